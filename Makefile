@@ -1,0 +1,47 @@
+# finetune-operator developer entry points. Every target works on a fresh machine:
+# it creates the virtualenv and builds the local control plane's binaries on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= operator,trainer,dev
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: help venv binaries crds check-crds lint typecheck test test-unit test-e2e cluster demo clean
+
+help: ## List targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+venv: $(VENV)/.installed ## Create the virtualenv with the operator, trainer and dev tools
+
+binaries: ## Build kube-apiserver, etcd, kubectl, helm, versitygw from Go modules (cached)
+	@localcluster/build-binaries.sh
+
+crds: venv ## Regenerate crds/finetunejobs.yaml from the typed schema
+	$(PY) -m finetune_operator.api.crd > crds/finetunejobs.yaml
+
+lint: venv ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv ## mypy on the operator and the shared schema
+	$(VENV)/bin/mypy
+
+test: venv binaries ## Everything: lint, types, unit and end-to-end tests (what CI runs)
+	$(MAKE) lint typecheck
+	$(VENV)/bin/pytest
+
+test-unit: venv ## Unit tests only (no control plane)
+	$(VENV)/bin/pytest tests/unit
+
+test-e2e: venv binaries ## End-to-end tests on the local control plane
+	$(VENV)/bin/pytest tests/e2e
+
+clean: ## Remove the virtualenv and caches (not the binary cache)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,165 @@
+"""The FineTuneJob spec: the trainer's config plus how and where to run it.
+
+The training part (model, dataset, lora, training, output) is the trainer's own schema,
+embedded unchanged, so what the user writes is exactly what the trainer reads.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, StringConstraints
+
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.config.base import K8sName, SpecModel
+
+# resource.Quantity: 500m, 4, 16Gi, 1e3 ...
+Quantity = Annotated[
+    str,
+    StringConstraints(
+        min_length=1,
+        max_length=64,
+        pattern=r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$",
+    ),
+]
+# Label and taint keys: an optional DNS prefix and a name.
+QualifiedName = Annotated[
+    str,
+    StringConstraints(
+        min_length=1,
+        max_length=317,
+        pattern=r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$",
+    ),
+]
+LabelValue = Annotated[
+    str,
+    StringConstraints(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"),
+]
+ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\s]+$")]
+
+
+class ResourcesSpec(SpecModel):
+    """Compute for the trainer pod."""
+
+    gpus: Annotated[int, Field(ge=0, le=16)] = Field(
+        1, description="GPUs for the trainer (limits.<gpuResourceName>). Default: 1."
+    )
+    gpu_resource_name: QualifiedName = Field(
+        "nvidia.com/gpu", description="Extended resource name of a GPU. Default: nvidia.com/gpu."
+    )
+    cpu: Quantity | None = Field(
+        None, description="CPU request (no limit is set, so data loading is never throttled)."
+    )
+    memory: Quantity | None = Field(
+        None, description="Memory request and limit (equal, so the pod is not evicted first)."
+    )
+    shared_memory: Quantity = Field(
+        "8Gi",
+        description="Size of the in-memory /dev/shm volume for data-loader workers. Default: 8Gi.",
+    )
+
+
+class Toleration(SpecModel):
+    """A toleration, as in a pod spec."""
+
+    key: QualifiedName | None = Field(None, description="Taint key; empty matches all keys.")
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal.")
+    value: LabelValue | None = Field(None, description="Taint value for Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect; empty matches all effects."
+    )
+    toleration_seconds: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="For NoExecute: how long the pod stays bound after the taint appears."
+    )
+
+
+class SchedulingSpec(SpecModel):
+    """Where the trainer pod may run."""
+
+    node_selector: Annotated[dict[QualifiedName, LabelValue], Field(max_length=64)] | None = Field(
+        None, description="Node labels the trainer pod requires."
+    )
+    tolerations: Annotated[list[Toleration], Field(max_length=64)] | None = Field(
+        None, description="Tolerations, e.g. for tainted GPU node pools."
+    )
+    affinity: dict[str, Any] | None = Field(
+        None,
+        description="A core/v1 Affinity, passed to the pod unchanged.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    priority_class_name: K8sName | None = Field(None, description="PriorityClass of the pod.")
+    queue_name: LabelValue | None = Field(
+        None,
+        description="Kueue LocalQueue: sets the kueue.x-k8s.io/queue-name label on the Job, "
+        "which is created suspended and admitted by Kueue.",
+    )
+
+
+class LifecycleSpec(SpecModel):
+    """Run control; these fields may be changed while the FineTuneJob runs."""
+
+    suspend: bool = Field(
+        False,
+        description="Suspend the run: the trainer checkpoints and stops; unsuspending resumes "
+        "from that checkpoint. Default: false.",
+    )
+    backoff_limit: Annotated[int, Field(ge=0, le=100)] = Field(
+        3,
+        description="Retries after failures (each resumes from the newest checkpoint). "
+        "Disruptions such as preemption and eviction do not count. Default: 3.",
+    )
+    active_deadline_seconds: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Wall-clock limit for the whole run, retries included."
+    )
+    ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = Field(
+        None,
+        description="Delete the finished Job (not the FineTuneJob, nor the outputs) after this "
+        "many seconds.",
+    )
+
+
+class FineTuneJobSpec(TrainerConfig):
+    """Fine-tune a causal LM with LoRA (4-bit QLoRA by default) on one GPU node."""
+
+    resources: ResourcesSpec = Field(
+        default_factory=ResourcesSpec, description="Compute for the trainer pod."
+    )
+    scheduling: SchedulingSpec = Field(
+        default_factory=SchedulingSpec, description="Where the trainer pod may run."
+    )
+    lifecycle: LifecycleSpec = Field(
+        default_factory=LifecycleSpec, description="Suspend, retries, deadlines and cleanup."
+    )
+    image: ImageRef | None = Field(
+        None, description="Trainer image. Default: the operator's configured trainer image."
+    )
+    image_pull_secrets: Annotated[list[K8sName], Field(max_length=16)] | None = Field(
+        None, description="Names of Secrets for pulling the trainer image."
+    )
+    service_account_name: K8sName | None = Field(
+        None,
+        description="ServiceAccount of the trainer pod. Default: the namespace's default "
+        "account; the trainer needs no Kubernetes API access.",
+    )
+
+    def trainer_config(self) -> TrainerConfig:
+        """The training part alone: what goes into the trainer's config file."""
+        return TrainerConfig.model_validate(
+            {name: getattr(self, name) for name in TrainerConfig.model_fields}
+        )
+
+
+# Fields whose change would alter what is being trained (or a running pod that cannot be
+# changed in place); everything in lifecycle stays mutable.
+IMMUTABLE_FIELDS: tuple[str, ...] = (
+    "model",
+    "dataset",
+    "lora",
+    "training",
+    "output",
+    "resources",
+    "scheduling",
+    "image",
+    "imagePullSecrets",
+    "serviceAccountName",
+)

@@ -1,0 +1,64 @@
+"""Environment of the trainer container. Secrets are only ever referenced
+(``valueFrom.secretKeyRef``): the operator never reads a Secret, so it needs no RBAC on
+Secrets and no secret value can leak into status, events or logs."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from finetune_trainer import contract
+from finetune_trainer.config import S3Location, TrainerConfig
+
+# Caches go to the writable scratch volume; the root filesystem is read-only.
+_SCRATCH_ENV = {
+    "HOME": contract.SCRATCH_DIR,
+    "HF_HOME": f"{contract.SCRATCH_DIR}/huggingface",
+    "XDG_CACHE_HOME": f"{contract.SCRATCH_DIR}/cache",
+    "TRITON_CACHE_DIR": f"{contract.SCRATCH_DIR}/triton",
+    "TORCHINDUCTOR_CACHE_DIR": f"{contract.SCRATCH_DIR}/inductor",
+    "MPLCONFIGDIR": f"{contract.SCRATCH_DIR}/matplotlib",
+    "TMPDIR": "/tmp",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def _secret(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def _s3_env(
+    role: Literal["model", "dataset", "output"], location: S3Location | None
+) -> list[dict[str, Any]]:
+    if location is None or location.credentials_secret_ref is None:
+        return []
+    creds = location.credentials_secret_ref
+    env = [
+        _secret(contract.Env.s3(role, "ACCESS_KEY_ID"), creds.name, creds.access_key_id_key),
+        _secret(
+            contract.Env.s3(role, "SECRET_ACCESS_KEY"), creds.name, creds.secret_access_key_key
+        ),
+    ]
+    if creds.session_token_key is not None:
+        env.append(
+            _secret(contract.Env.s3(role, "SESSION_TOKEN"), creds.name, creds.session_token_key)
+        )
+    return env
+
+
+def build_env(config: TrainerConfig) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": contract.Env.POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": contract.Env.METRICS_PORT, "value": str(contract.METRICS_PORT)},
+        {"name": contract.Env.TERMINATION_LOG, "value": contract.TERMINATION_MESSAGE_PATH},
+    ]
+    env += [{"name": k, "value": v} for k, v in _SCRATCH_ENV.items()]
+    token = config.model.token_secret_ref
+    if token is not None:
+        env.append(_secret(contract.Env.HF_TOKEN, token.name, token.key))
+    env += _s3_env("model", config.model.s3)
+    env += _s3_env("dataset", config.dataset.s3)
+    env += _s3_env("output", config.output.s3)
+    return env

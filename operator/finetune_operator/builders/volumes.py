@@ -1,0 +1,91 @@
+"""Volumes and mounts of the trainer pod.
+
+The trainer resolves ``pvc:`` and ``configMap:`` sources under fixed roots from the
+contract, so each referenced claim or ConfigMap is mounted once at ``<root>/<name>``.
+A claim used for the output is mounted read-write; claims used only for inputs honour
+their ``readOnly`` (default true).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from finetune_trainer import contract
+from finetune_trainer.config import TrainerConfig
+
+from ..api.spec import FineTuneJobSpec
+
+
+@dataclass(frozen=True)
+class PodStorage:
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+
+
+def _claims(config: TrainerConfig) -> dict[str, bool]:
+    """claimName -> read-only?, over every PVC the config references."""
+    claims: dict[str, bool] = {}
+    for source in (config.model.pvc, config.dataset.pvc):
+        if source is not None:
+            claims[source.claim_name] = claims.get(source.claim_name, True) and source.read_only
+    if config.output.pvc is not None:
+        claims[config.output.pvc.claim_name] = False
+    return claims
+
+
+def _volume_name(prefix: str, index: int) -> str:
+    # Volume names must be DNS labels (63 chars); claim names may be longer, so index them.
+    return f"{prefix}-{index}"
+
+
+def build_storage(spec: FineTuneJobSpec, config_map_name: str) -> PodStorage:
+    config = spec.trainer_config()
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name}},
+        # Writable scratch: Hub cache, compiled kernels, S3 staging. The root filesystem
+        # stays read-only.
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        {
+            "name": "dshm",
+            "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shared_memory},
+        },
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},
+        {"name": "scratch", "mountPath": contract.SCRATCH_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    for index, (claim, read_only) in enumerate(sorted(_claims(config).items())):
+        name = _volume_name("pvc", index)
+        volumes.append(
+            {"name": name, "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+        )
+        mounts.append(
+            {
+                "name": name,
+                "mountPath": f"{contract.PVC_MOUNT_ROOT}/{claim}",
+                "readOnly": read_only,
+            }
+        )
+    if config.dataset.config_map is not None:
+        source = config.dataset.config_map
+        volumes.append(
+            {
+                "name": "dataset-configmap",
+                "configMap": {
+                    "name": source.name,
+                    "items": [{"key": source.key, "path": source.key}],
+                },
+            }
+        )
+        mounts.append(
+            {
+                "name": "dataset-configmap",
+                "mountPath": f"{contract.CONFIGMAP_MOUNT_ROOT}/{source.name}",
+                "readOnly": True,
+            }
+        )
+    return PodStorage(volumes=volumes, mounts=mounts)

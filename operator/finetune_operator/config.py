@@ -1,0 +1,95 @@
+"""The operator's own settings, read once from the environment at start-up.
+
+Every knob has an FTO_ environment variable so the Helm chart, a container and
+``kopf run`` configure the operator the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .api import GROUP
+from .api.spec import Toleration
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Settings of one operator process."""
+
+    # Namespaces to watch; empty means the whole cluster.
+    namespaces: tuple[str, ...] = ()
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    trainer_image_pull_policy: str = "IfNotPresent"
+    # The trainer checkpoints on SIGTERM; give it time to finish writing before SIGKILL.
+    trainer_grace_period_seconds: int = 300
+    # UID/GID the trainer runs as (restricted Pod Security needs a non-root numeric user).
+    trainer_uid: int = 1000
+    progress_poll_seconds: float = 10.0
+    metrics_timeout_seconds: float = 3.0
+    # Prefix for kopf's finalizer and bookkeeping annotations.
+    annotation_prefix: str = GROUP
+    liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
+    log_format: str = "plain"  # plain | json
+    log_level: str = "INFO"
+    watch_server_timeout_seconds: int = 300
+    watch_client_timeout_seconds: int = 330
+    # Extra labels/tolerations for every trainer pod (e.g. a GPU node pool's taint).
+    default_node_selector: Mapping[str, str] = field(default_factory=dict)
+    default_tolerations: tuple[dict[str, object], ...] = ()
+
+    @property
+    def finalizer(self) -> str:
+        return f"{self.annotation_prefix}/finalizer"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+
+        def get(name: str, default: str) -> str:
+            return env.get(f"FTO_{name}", default)
+
+        namespaces = tuple(n.strip() for n in get("NAMESPACES", "").split(",") if n.strip())
+        selector = {}
+        for pair in get("DEFAULT_NODE_SELECTOR", "").split(","):
+            if "=" in pair:
+                key, value = pair.split("=", 1)
+                selector[key.strip()] = value.strip()
+        liveness = get("LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz") or None
+        log_format = get("LOG_FORMAT", "plain")
+        if log_format not in ("plain", "json"):
+            raise ValueError(f"FTO_LOG_FORMAT must be plain or json, not {log_format!r}")
+        return cls(
+            namespaces=namespaces,
+            trainer_image=get("TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
+            trainer_image_pull_policy=get("TRAINER_IMAGE_PULL_POLICY", "IfNotPresent"),
+            trainer_grace_period_seconds=int(get("TRAINER_GRACE_PERIOD_SECONDS", "300")),
+            trainer_uid=int(get("TRAINER_UID", "1000")),
+            progress_poll_seconds=float(get("PROGRESS_POLL_SECONDS", "10")),
+            metrics_timeout_seconds=float(get("METRICS_TIMEOUT_SECONDS", "3")),
+            annotation_prefix=get("ANNOTATION_PREFIX", GROUP),
+            liveness_endpoint=liveness,
+            log_format=log_format,
+            log_level=get("LOG_LEVEL", "INFO").upper(),
+            watch_server_timeout_seconds=int(get("WATCH_SERVER_TIMEOUT_SECONDS", "300")),
+            watch_client_timeout_seconds=int(get("WATCH_CLIENT_TIMEOUT_SECONDS", "330")),
+            default_node_selector=selector,
+            default_tolerations=_tolerations(get("DEFAULT_TOLERATIONS", "")),
+        )
+
+
+def _tolerations(text: str) -> tuple[dict[str, object], ...]:
+    """FTO_DEFAULT_TOLERATIONS: a JSON list of pod tolerations."""
+    if not text.strip():
+        return ()
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"FTO_DEFAULT_TOLERATIONS is not valid JSON: {exc}") from exc
+    if not isinstance(items, list):
+        raise ValueError("FTO_DEFAULT_TOLERATIONS must be a JSON list of tolerations")
+    return tuple(Toleration.model_validate(item).to_wire() for item in items)

@@ -1,0 +1,20 @@
+"""Entry for ``kopf run -m finetune_operator.kopf_entry [--all-namespaces | -n NS]``:
+registers the handlers into kopf's default registry with settings from FTO_* variables and
+credentials from the in-cluster service account or $KUBECONFIG."""
+
+import kopf
+
+from .config import OperatorConfig
+from .handlers import register
+from .kube import Kube
+from .reconciler import Reconciler
+from .runner import connection_info, load_api_client
+
+_config = OperatorConfig.from_env()
+_api_client = load_api_client()
+register(kopf.get_default_registry(), Reconciler(Kube(_api_client), _config), _config)
+
+
+@kopf.on.login()
+def _login(**_: object) -> kopf.ConnectionInfo:
+    return connection_info(_api_client)

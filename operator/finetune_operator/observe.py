@@ -1,0 +1,213 @@
+"""Read a Job and its pods into what the FineTuneJob's status should say. Pure: the
+inputs are the API objects as dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from finetune_trainer.contract import TerminationMessage
+
+from .naming import TRAINER_CONTAINER
+
+# Container waiting reasons worth surfacing while the pod is Pending.
+_WAITING_REASONS = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+}
+
+
+@dataclass(frozen=True)
+class Observation:
+    phase: str
+    reason: str
+    message: str
+    start_time: str | None = None
+    completion_time: str | None = None
+    restarts: int = 0
+    running_pod: str | None = None
+    running_pod_ip: str | None = None
+    # The newest terminated trainer's own summary (or its log tail when it crashed).
+    termination: TerminationMessage | None = None
+    termination_text: str | None = None
+    last_failure: str | None = None  # e.g. "OOMKilled" or "exit code 1"
+
+
+def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def _trainer_status(pod: dict[str, Any]) -> dict[str, Any]:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == TRAINER_CONTAINER:
+            return dict(status)
+    return {}
+
+
+def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
+    state = _trainer_status(pod).get("state") or {}
+    terminated = state.get("terminated")
+    return dict(terminated) if terminated else None
+
+
+def _newest_terminated(pods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    finished = [t for t in (_terminated(p) for p in pods) if t is not None]
+    if not finished:
+        return None
+    return max(finished, key=lambda t: t.get("finishedAt") or "")
+
+
+def _failure_text(terminated: dict[str, Any]) -> str:
+    reason = terminated.get("reason") or "Error"
+    if reason == "OOMKilled":
+        return "OOMKilled (raise spec.resources.memory or lower the batch/sequence length)"
+    return f"exit code {terminated.get('exitCode')} ({reason})"
+
+
+def _pending_reason(pod: dict[str, Any]) -> tuple[str, str]:
+    """Why an active pod is not running yet."""
+    scheduled = None
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "PodScheduled":
+            scheduled = cond
+    if scheduled and scheduled.get("status") == "False":
+        return scheduled.get("reason") or "Unschedulable", scheduled.get("message") or ""
+    waiting = (_trainer_status(pod).get("state") or {}).get("waiting") or {}
+    if waiting.get("reason") in _WAITING_REASONS:
+        return waiting["reason"], waiting.get("message") or ""
+    if scheduled is None:
+        return "WaitingForScheduler", "the trainer pod is waiting to be scheduled"
+    return "ContainerCreating", "the trainer container is starting"
+
+
+def _is_active(pod: dict[str, Any]) -> bool:
+    phase = (pod.get("status") or {}).get("phase")
+    return phase in (None, "Pending", "Running") and not pod["metadata"].get("deletionTimestamp")
+
+
+def _restarts(job: dict[str, Any], pods: Sequence[dict[str, Any]]) -> int:
+    failed_pods = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Failed")
+    return max(int((job.get("status") or {}).get("failed") or 0), failed_pods)
+
+
+def observe(
+    job: dict[str, Any] | None,
+    pods: Sequence[dict[str, Any]],
+    *,
+    queued: bool = False,
+) -> Observation:
+    if job is None:
+        return Observation("Pending", "CreatingJob", "creating the trainer Job")
+    status = job.get("status") or {}
+    restarts = _restarts(job, pods)
+    newest = _newest_terminated(pods)
+    text = (newest or {}).get("message")
+    summary = TerminationMessage.decode(text) if text else None
+    last_failure = _failure_text(newest) if newest and newest.get("exitCode") else None
+    seen = Observation(
+        phase="Pending",
+        reason="",
+        message="",
+        start_time=status.get("startTime"),
+        restarts=restarts,
+        termination=summary,
+        termination_text=text,
+        last_failure=last_failure,
+    )
+
+    complete = _condition(job, "Complete")
+    if complete:
+        where = summary.adapter_uri if summary and summary.adapter_uri else "the output location"
+        return replace(
+            seen,
+            phase="Succeeded",
+            reason="Succeeded",
+            message=f"training finished; adapter written to {where}",
+            completion_time=status.get("completionTime") or complete.get("lastTransitionTime"),
+        )
+    failed = _condition(job, "Failed")
+    if failed:
+        reason, message = _failure(failed, summary, text, last_failure)
+        return replace(
+            seen,
+            phase="Failed",
+            reason=reason,
+            message=message,
+            completion_time=failed.get("lastTransitionTime"),
+        )
+    active = sorted(
+        (p for p in pods if _is_active(p)),
+        key=lambda p: p["metadata"].get("creationTimestamp") or "",
+    )
+    if (job.get("spec") or {}).get("suspend"):
+        if queued and not seen.start_time:
+            return replace(
+                seen,
+                phase="Suspended",
+                reason="WaitingForQueue",
+                message="waiting for Kueue to admit the Job",
+            )
+        message = (
+            "suspending: the trainer is writing a checkpoint and stopping"
+            if active
+            else "suspended; set spec.lifecycle.suspend to false to resume from the newest "
+            "checkpoint"
+        )
+        return replace(seen, phase="Suspended", reason="Suspended", message=message)
+    if active:
+        pod = active[-1]
+        running = (_trainer_status(pod).get("state") or {}).get("running")
+        if running is not None and (pod.get("status") or {}).get("phase") == "Running":
+            message = "training"
+            if restarts:
+                message += f" (attempt {restarts + 1}, after {last_failure or 'a restart'})"
+            return replace(
+                seen,
+                phase="Running",
+                reason="Running",
+                message=message,
+                running_pod=pod["metadata"]["name"],
+                running_pod_ip=(pod.get("status") or {}).get("podIP"),
+            )
+        reason, message = _pending_reason(pod)
+        return replace(seen, reason=reason, message=message)
+    if restarts:
+        return replace(
+            seen,
+            reason="Restarting",
+            message=f"the trainer stopped ({last_failure or 'restart'}); the Job will retry "
+            "from the newest checkpoint",
+        )
+    return replace(seen, reason="WaitingForPod", message="waiting for the trainer pod")
+
+
+def _failure(
+    failed: dict[str, Any],
+    summary: TerminationMessage | None,
+    text: str | None,
+    last_failure: str | None,
+) -> tuple[str, str]:
+    job_reason = failed.get("reason") or "JobFailed"
+    if summary is not None and summary.status == "invalid_input":
+        return summary.reason, summary.message
+    detail = summary.message if summary and summary.message else (text or "").strip()
+    if job_reason == "DeadlineExceeded":
+        return "DeadlineExceeded", (
+            "spec.lifecycle.activeDeadlineSeconds passed before training finished"
+            + (f"; last trainer message: {detail}" if detail else "")
+        )
+    if job_reason == "BackoffLimitExceeded":
+        return "BackoffLimitExceeded", (
+            "the trainer failed more often than spec.lifecycle.backoffLimit allows"
+            + (f"; last failure: {last_failure}" if last_failure else "")
+            + (f"; {detail}" if detail else "")
+        )
+    return job_reason, detail or failed.get("message") or "the trainer Job failed"

@@ -1,0 +1,185 @@
+"""Level-based reconciliation of one FineTuneJob: make the children exist, keep the Job's
+lifecycle fields in step with the spec, and write the status that the world implies.
+
+Every trigger (the FineTuneJob changed, its Job or a pod changed, the progress timer
+fired, the operator restarted) calls the same ``reconcile``; it reads the current state
+and converges, so a trigger that runs twice, or is missed, does no harm.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+from finetune_trainer.config import describe_errors
+
+from .api.spec import FineTuneJobSpec
+from .api.status import TERMINAL_PHASES
+from .builders import (
+    Owner,
+    build_config_map,
+    build_job,
+    lifecycle_patch,
+    resolved_trainer_config,
+)
+from .config import OperatorConfig
+from .kube import ChildConflict, Kube, Obj
+from .observe import observe
+from .progress import scrape
+from .status_update import StatusUpdate, invalid_spec_status, next_status
+from .timeutil import Clock, rfc3339, utcnow
+
+log = logging.getLogger(__name__)
+
+_CONFLICT_RETRIES = 5
+
+
+def parse_spec(body: Obj) -> tuple[FineTuneJobSpec | None, list[str]]:
+    """The typed spec, or the list of problems (each naming the field and the fix)."""
+    try:
+        return FineTuneJobSpec.model_validate(body.get("spec") or {}), []
+    except ValidationError as exc:
+        return None, describe_errors(exc, prefix="spec")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        *,
+        clock: Clock = utcnow,
+        scraper: Callable[..., Any] = scrape,
+    ) -> None:
+        self.kube = kube
+        self.config = config
+        self.clock = clock
+        self.scraper = scraper
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._unfinished: set[tuple[str, str]] = set()
+        self._guard = threading.Lock()
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._guard:
+            self._locks.pop((namespace, name), None)
+            self._unfinished.discard((namespace, name))
+
+    def unfinished(self) -> list[tuple[str, str]]:
+        """FineTuneJobs last seen Pending, Running or Suspended (for the progress poller)."""
+        with self._guard:
+            return sorted(self._unfinished)
+
+    def _remember(self, namespace: str, name: str, phase: str | None) -> str | None:
+        with self._guard:
+            if phase is None or phase in TERMINAL_PHASES:
+                self._unfinished.discard((namespace, name))
+            else:
+                self._unfinished.add((namespace, name))
+        return phase
+
+    def reconcile(self, namespace: str, name: str, *, poll_metrics: bool = False) -> str | None:
+        """Converge one FineTuneJob; returns its phase (None when it no longer exists)."""
+        return self._remember(namespace, name, self._reconcile(namespace, name, poll_metrics))
+
+    def _reconcile(self, namespace: str, name: str, poll_metrics: bool) -> str | None:
+        with self._lock(namespace, name):
+            for _ in range(_CONFLICT_RETRIES):
+                body = self.kube.get_finetunejob(namespace, name)
+                if body is None or body["metadata"].get("deletionTimestamp"):
+                    return None
+                update = self._converge(body, poll_metrics=poll_metrics)
+                previous = body.get("status") or {}
+                if not update.changed_from(previous):
+                    return str(update.status.get("phase"))
+                if self.kube.patch_status(body, update.status):
+                    now = rfc3339(self.clock())
+                    for event in update.events:
+                        self.kube.post_event(body, event.type, event.reason, event.message, now)
+                    log.info(
+                        "%s/%s: %s (%s)",
+                        namespace,
+                        name,
+                        update.status.get("phase"),
+                        update.status.get("reason"),
+                    )
+                    return str(update.status.get("phase"))
+            log.warning(
+                "%s/%s: status kept conflicting; will retry on the next trigger", namespace, name
+            )
+            return None
+
+    def _converge(self, body: Obj, *, poll_metrics: bool) -> StatusUpdate:
+        previous: dict[str, Any] = body.get("status") or {}
+        generation = body["metadata"].get("generation")
+        now = self.clock()
+        spec, problems = parse_spec(body)
+        if spec is None:
+            return invalid_spec_status(previous, problems, generation, now)
+        owner = Owner.from_body(body)
+        queued = bool(spec.scheduling.queue_name)
+
+        job = self.kube.get_job(owner.namespace, owner.child_name)
+        if job is None and previous.get("phase") not in TERMINAL_PHASES:
+            try:
+                job = self._create_children(spec, owner)
+            except ChildConflict as exc:
+                return invalid_spec_status(previous, [str(exc)], generation, now)
+        elif job is not None:
+            self._sync_lifecycle(job, spec, queued)
+
+        pods = self.kube.list_trainer_pods(owner.namespace, owner.uid) if job else []
+        observation = observe(job, pods, queued=queued)
+        if job is None and previous.get("phase") in TERMINAL_PHASES:
+            # The finished Job was cleaned up (ttlSecondsAfterFinished): keep the outcome.
+            return StatusUpdate(dict(previous))
+        progress = None
+        if poll_metrics and observation.running_pod_ip:
+            progress = self.scraper(
+                observation.running_pod_ip, timeout=self.config.metrics_timeout_seconds
+            )
+        return next_status(
+            previous,
+            observation=observation,
+            progress=progress,
+            output=resolved_trainer_config(spec, owner).output,
+            job_name=owner.child_name,
+            config_map_name=owner.child_name,
+            generation=generation,
+            now=now,
+        )
+
+    def _create_children(self, spec: FineTuneJobSpec, owner: Owner) -> Obj:
+        # The ConfigMap first: the Job's pod mounts it.
+        self.kube.ensure(build_config_map(spec, owner), owner.uid)
+        job, created = self.kube.ensure(build_job(spec, owner, self.config), owner.uid)
+        if created:
+            log.info("%s/%s: created Job %s", owner.namespace, owner.name, owner.child_name)
+        return job
+
+    def _sync_lifecycle(self, job: Obj, spec: FineTuneJobSpec, queued: bool) -> None:
+        """Carry spec.lifecycle edits (suspend, retries, deadline, TTL) over to the Job."""
+        current = job.get("spec") or {}
+        if _finished(job):
+            return
+        wanted = lifecycle_patch(spec.lifecycle, queued=queued)
+        patch = {k: v for k, v in wanted.items() if current.get(k) != v}
+        if patch:
+            meta = job["metadata"]
+            self.kube.patch_job(meta["namespace"], meta["name"], {"spec": patch})
+            job["spec"] = {**current, **{k: v for k, v in patch.items() if v is not None}}
+            log.info("%s: Job lifecycle updated: %s", meta["name"], patch)
+
+
+def _finished(job: Obj) -> bool:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+            return True
+    return False

@@ -1,0 +1,167 @@
+"""Run the operator: as ``finetune-operator`` (a container's entry point), through
+``kopf run -m finetune_operator.kopf_entry``, or embedded in a thread (tests, demos)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import kopf
+from kubernetes import client
+from kubernetes import config as kube_config
+
+from .config import OperatorConfig
+from .handlers import register
+from .kube import Kube
+from .reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (or $KUBECONFIG)."""
+    configuration = client.Configuration()
+    if kubeconfig is None:
+        try:
+            kube_config.load_incluster_config(client_configuration=configuration)
+            return client.ApiClient(configuration)
+        except kube_config.ConfigException:
+            pass
+    kube_config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def connection_info(api_client: client.ApiClient) -> kopf.ConnectionInfo:
+    """kopf's credentials from the same client configuration the reconciler uses, so both
+    talk to the same server as the same user."""
+    cfg = api_client.configuration
+    token = None
+    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
+    if auth:
+        token = auth.removeprefix("Bearer ").strip()
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        token=token,
+    )
+
+
+def build_registry(api_client: client.ApiClient, config: OperatorConfig) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    reconciler = Reconciler(Kube(api_client), config)
+    register(registry, reconciler, config)
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return connection_info(api_client)
+
+    return registry
+
+
+async def run(
+    api_client: client.ApiClient,
+    config: OperatorConfig,
+    *,
+    stop_flag: Any = None,
+    ready_flag: Any = None,
+    liveness: bool = True,
+) -> None:
+    registry = build_registry(api_client, config)
+    await kopf.operator(
+        registry=registry,
+        standalone=True,
+        clusterwide=not config.namespaces,
+        namespaces=list(config.namespaces),
+        liveness_endpoint=config.liveness_endpoint if liveness else None,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
+
+
+class EmbeddedOperator:
+    """The operator in a background thread with its own event loop:
+
+    with EmbeddedOperator(api_client, config):
+        ...  # FineTuneJobs are reconciled
+    """
+
+    def __init__(
+        self, api_client: client.ApiClient, config: OperatorConfig, *, liveness: bool = False
+    ) -> None:
+        self.api_client = api_client
+        self.config = config
+        self.liveness = liveness
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self, timeout: float = 60) -> EmbeddedOperator:
+        self._thread = threading.Thread(target=self._main, name="finetune-operator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            self.stop()
+            raise RuntimeError(f"the operator did not become ready: {self.error!r}")
+        return self
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(
+                run(
+                    self.api_client,
+                    self.config,
+                    stop_flag=self._stop,
+                    ready_flag=self._ready,
+                    liveness=self.liveness,
+                )
+            )
+        except BaseException as exc:  # reported to the test that started it
+            self.error = exc
+            self._ready.set()
+
+    def stop(self, timeout: float = 30) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def __enter__(self) -> EmbeddedOperator:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="finetune-operator",
+        description="Run the finetune-operator. Settings come from FTO_* environment variables "
+        "(see the chart's values.yaml); flags override the namespaces.",
+    )
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
+    )
+    parser.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        default=[],
+        help="namespace to watch (repeatable); default: FTO_NAMESPACES or all namespaces",
+    )
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    config = OperatorConfig.from_env()
+    if args.namespace:
+        config = OperatorConfig(**{**config.__dict__, "namespaces": tuple(args.namespace)})
+    kopf.configure(
+        verbose=args.verbose or config.log_level == "DEBUG",
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
+    )
+    logging.getLogger().setLevel("DEBUG" if args.verbose else config.log_level)
+    asyncio.run(run(load_api_client(args.kubeconfig), config))

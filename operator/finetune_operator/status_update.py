@@ -1,0 +1,156 @@
+"""Compute a FineTuneJob's next status and the Events that announce the change. Pure: the
+handlers gather the inputs (the Job, its pods, the trainer's metrics) and write the result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from finetune_trainer.config import OutputSpec
+from finetune_trainer.contract import TrainerProgress
+
+from .conditions import conditions_for_phase
+from .observe import Observation
+from .progress import progress_status
+from .timeutil import rfc3339
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class StatusUpdate:
+    status: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+
+    def changed_from(self, previous: dict[str, Any]) -> bool:
+        return any(previous.get(k) != v for k, v in self.status.items())
+
+
+def invalid_spec_status(
+    previous: dict[str, Any], problems: list[str], generation: int | None, now: datetime
+) -> StatusUpdate:
+    """A spec the schema rejects: Failed, with every problem named, and no Job created."""
+    message = "invalid spec: " + "; ".join(problems)
+    status = {
+        "phase": "Failed",
+        "reason": "InvalidSpec",
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": conditions_for_phase(
+            "Failed", "InvalidSpec", message, generation, previous.get("conditions"), rfc3339(now)
+        ),
+        "completionTime": previous.get("completionTime") or rfc3339(now),
+    }
+    events = []
+    if previous.get("reason") != "InvalidSpec":
+        events.append(Event("Warning", "InvalidSpec", message))
+    return StatusUpdate(status, events)
+
+
+def next_status(
+    previous: dict[str, Any],
+    *,
+    observation: Observation,
+    progress: TrainerProgress | None,
+    output: OutputSpec,
+    job_name: str,
+    config_map_name: str,
+    generation: int | None,
+    now: datetime,
+) -> StatusUpdate:
+    obs = observation
+    stamp = rfc3339(now)
+    status: dict[str, Any] = {
+        "phase": obs.phase,
+        "reason": obs.reason,
+        "message": obs.message,
+        "observedGeneration": generation,
+        "jobName": job_name,
+        "configMapName": config_map_name,
+        "restarts": max(obs.restarts, int(previous.get("restarts") or 0)),
+        "conditions": conditions_for_phase(
+            obs.phase, obs.reason, obs.message, generation, previous.get("conditions"), stamp
+        ),
+    }
+    if obs.start_time:
+        status["startTime"] = obs.start_time
+    if obs.completion_time:
+        status["completionTime"] = obs.completion_time
+
+    live = progress_status(progress, previous.get("progress"), now) if progress else None
+    summary = obs.termination
+    if summary is not None and obs.phase in ("Succeeded", "Failed", "Pending", "Suspended"):
+        final = TrainerProgress(
+            step=summary.step, total_steps=summary.total_steps, loss=summary.loss
+        )
+        live = progress_status(final, previous.get("progress"), now) or live
+    if live is not None:
+        if obs.phase == "Succeeded":
+            live["etaSeconds"] = 0
+        status["progress"] = live
+
+    checkpoint = _checkpoint(summary, progress, output, previous.get("checkpoint"))
+    if checkpoint is not None:
+        status["checkpoint"] = checkpoint
+    if summary is not None and (summary.adapter_uri or summary.merged_uri):
+        status["output"] = {
+            k: v
+            for k, v in {"adapterUri": summary.adapter_uri, "mergedUri": summary.merged_uri}.items()
+            if v
+        }
+    return StatusUpdate(status, _events(previous, status))
+
+
+def _checkpoint(
+    summary: Any, progress: TrainerProgress | None, output: OutputSpec, previous: Any
+) -> dict[str, Any] | None:
+    candidates = []
+    if previous:
+        candidates.append(previous)
+    if summary is not None and summary.checkpoint is not None:
+        candidates.append({"step": summary.checkpoint.step, "uri": summary.checkpoint.uri})
+    if progress is not None and progress.checkpoint_step:
+        step = progress.checkpoint_step
+        candidates.append({"step": step, "uri": output.uri(f"checkpoint-{step}")})
+    return max(candidates, key=lambda c: int(c["step"])) if candidates else None
+
+
+def _events(previous: dict[str, Any], status: dict[str, Any]) -> list[Event]:
+    events = []
+    phase, reason = status["phase"], status["reason"]
+    if (previous.get("phase"), previous.get("reason")) != (phase, reason):
+        kind = "Warning" if phase == "Failed" or reason not in _NORMAL_REASONS else "Normal"
+        events.append(Event(kind, reason, f"{phase}: {status['message']}"))
+    if status.get("restarts", 0) > int(previous.get("restarts") or 0):
+        events.append(
+            Event("Warning", "Restarted", f"trainer restarted (restart {status['restarts']})")
+        )
+    old_ckpt = (previous.get("checkpoint") or {}).get("step")
+    new_ckpt = (status.get("checkpoint") or {}).get("step")
+    if new_ckpt is not None and new_ckpt != old_ckpt:
+        events.append(
+            Event(
+                "Normal",
+                "Checkpoint",
+                f"checkpoint at step {new_ckpt}: {status['checkpoint']['uri']}",
+            )
+        )
+    return events
+
+
+_NORMAL_REASONS = {
+    "CreatingJob",
+    "WaitingForPod",
+    "WaitingForScheduler",
+    "ContainerCreating",
+    "Running",
+    "Suspended",
+    "WaitingForQueue",
+    "Succeeded",
+}

@@ -1,0 +1,42 @@
+"""Shared inputs for the operator's unit tests: FineTuneJob bodies and settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from finetune_operator.api.spec import FineTuneJobSpec
+from finetune_operator.builders import Owner
+from finetune_operator.config import OperatorConfig
+
+UID = "6f1c2a9e-0000-4000-8000-000000000001"
+
+
+def body(spec: dict[str, Any] | None = None, name: str = "gpt-oss-ml") -> dict[str, Any]:
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {
+            "name": name,
+            "namespace": "ml",
+            "uid": UID,
+            "generation": 1,
+            "resourceVersion": "100",
+        },
+        "spec": spec or {},
+    }
+
+
+@pytest.fixture
+def owner() -> Owner:
+    return Owner(name="gpt-oss-ml", namespace="ml", uid=UID)
+
+
+@pytest.fixture
+def settings() -> OperatorConfig:
+    return OperatorConfig(trainer_image="registry.example/trainer:1.0")
+
+
+def spec_of(data: dict[str, Any]) -> FineTuneJobSpec:
+    return FineTuneJobSpec.model_validate(data)

@@ -1,0 +1,272 @@
+"""Every builder, from spec to the exact objects the operator creates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_operator.builders import Owner, build_config_map, build_job, lifecycle_patch
+from finetune_operator.config import OperatorConfig
+from finetune_operator.naming import LABEL_KUEUE_QUEUE, LABEL_OWNER_UID, child_name
+from finetune_trainer import contract
+from finetune_trainer.config import TrainerConfig
+
+from .conftest import UID, spec_of
+
+
+def pod_spec(job: dict[str, Any]) -> dict[str, Any]:
+    return job["spec"]["template"]["spec"]
+
+
+def container(job: dict[str, Any]) -> dict[str, Any]:
+    return pod_spec(job)["containers"][0]
+
+
+def env_of(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in container(job)["env"]}
+
+
+class TestNaming:
+    def test_child_name_is_deterministic_and_fits_a_label(self) -> None:
+        name = child_name("x" * 52, UID)
+        assert name == child_name("x" * 52, UID)
+        assert len(name) <= 63
+        assert child_name("a", UID) != child_name("a", UID.replace("1", "2"))
+
+
+class TestConfigMapBuilder:
+    def test_holds_the_resolved_trainer_config(self, owner: Owner) -> None:
+        spec = spec_of({"training": {"maxSteps": 5}, "resources": {"gpus": 2}})
+        cm = build_config_map(spec, owner)
+        assert cm["metadata"]["name"] == owner.child_name
+        assert cm["immutable"] is True
+        config = TrainerConfig.from_mapping(yaml.safe_load(cm["data"][contract.CONFIG_FILE]))
+        assert config.training.max_steps == 5
+        # Only the trainer's part of the spec goes in: the trainer rejects unknown keys.
+        assert "resources" not in yaml.safe_load(cm["data"][contract.CONFIG_FILE])
+
+    def test_pvc_output_without_path_gets_a_unique_directory(self, owner: Owner) -> None:
+        spec = spec_of({"output": {"pvc": {"claimName": "outs"}}})
+        text = build_config_map(spec, owner)["data"][contract.CONFIG_FILE]
+        config = TrainerConfig.from_mapping(yaml.safe_load(text))
+        assert config.output.pvc is not None
+        assert config.output.pvc.path == f"ml/gpt-oss-ml-{UID[:8]}"
+
+    def test_owned_by_the_finetunejob(self, owner: Owner) -> None:
+        ref = build_config_map(spec_of({}), owner)["metadata"]["ownerReferences"][0]
+        assert ref == {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "FineTuneJob",
+            "name": "gpt-oss-ml",
+            "uid": UID,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+class TestJobBuilder:
+    def test_identity_labels_and_owner(self, owner: Owner, settings: OperatorConfig) -> None:
+        job = build_job(spec_of({}), owner, settings)
+        meta = job["metadata"]
+        assert meta["name"] == owner.child_name
+        assert meta["labels"][LABEL_OWNER_UID] == UID
+        assert meta["ownerReferences"][0]["uid"] == UID
+        assert job["spec"]["template"]["metadata"]["labels"] == meta["labels"]
+
+    def test_runs_the_trainer_with_its_config(self, owner: Owner, settings: OperatorConfig) -> None:
+        job = build_job(spec_of({}), owner, settings)
+        c = container(job)
+        assert c["command"] == ["finetune-train", "--config", contract.CONFIG_PATH]
+        assert c["image"] == "registry.example/trainer:1.0"
+        assert c["ports"] == [{"name": "metrics", "containerPort": contract.METRICS_PORT}]
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+        volumes = {v["name"]: v for v in pod_spec(job)["volumes"]}
+        assert volumes["config"]["configMap"]["name"] == owner.child_name
+
+    def test_image_override(self, owner: Owner, settings: OperatorConfig) -> None:
+        job = build_job(spec_of({"image": "my/trainer@sha256:" + "a" * 64}), owner, settings)
+        assert container(job)["image"].startswith("my/trainer@sha256:")
+
+    @pytest.mark.parametrize(
+        "resources, limits, requests",
+        [
+            ({}, {"nvidia.com/gpu": "1"}, None),
+            (
+                {"gpus": 4, "cpu": "8", "memory": "64Gi"},
+                {"nvidia.com/gpu": "4", "memory": "64Gi"},
+                {"cpu": "8", "memory": "64Gi"},
+            ),
+            ({"gpus": 1, "gpuResourceName": "amd.com/gpu"}, {"amd.com/gpu": "1"}, None),
+            ({"gpus": 0}, None, None),
+        ],
+    )
+    def test_resources(self, owner, settings, resources, limits, requests) -> None:
+        res = container(build_job(spec_of({"resources": resources}), owner, settings))["resources"]
+        assert res.get("limits") == limits
+        assert res.get("requests") == requests
+
+    def test_restricted_pod_security(self, owner: Owner, settings: OperatorConfig) -> None:
+        job = build_job(spec_of({}), owner, settings)
+        pod = pod_spec(job)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == settings.trainer_uid
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        sc = container(job)["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["readOnlyRootFilesystem"] is True
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["restartPolicy"] == "Never"
+
+    def test_failure_policy(self, owner: Owner, settings: OperatorConfig) -> None:
+        spec = build_job(spec_of({}), owner, settings)["spec"]
+        rules = spec["podFailurePolicy"]["rules"]
+        assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}
+        assert rules[1]["action"] == "FailJob"
+        assert rules[1]["onExitCodes"]["values"] == [int(contract.ExitCode.INVALID_INPUT)]
+        assert spec["podReplacementPolicy"] == "Failed"
+        assert spec["backoffLimit"] == 3
+
+    def test_lifecycle_fields(self, owner: Owner, settings: OperatorConfig) -> None:
+        lifecycle = {
+            "suspend": True,
+            "backoffLimit": 7,
+            "activeDeadlineSeconds": 3600,
+            "ttlSecondsAfterFinished": 60,
+        }
+        spec = build_job(spec_of({"lifecycle": lifecycle}), owner, settings)["spec"]
+        assert spec["suspend"] is True
+        assert spec["backoffLimit"] == 7
+        assert spec["activeDeadlineSeconds"] == 3600
+        assert spec["ttlSecondsAfterFinished"] == 60
+
+    def test_unset_deadlines_are_left_out(self, owner: Owner, settings: OperatorConfig) -> None:
+        spec = build_job(spec_of({}), owner, settings)["spec"]
+        assert "activeDeadlineSeconds" not in spec and "ttlSecondsAfterFinished" not in spec
+        assert spec["suspend"] is False
+
+    def test_kueue_queue_starts_suspended(self, owner: Owner, settings: OperatorConfig) -> None:
+        job = build_job(spec_of({"scheduling": {"queueName": "gpu-queue"}}), owner, settings)
+        assert job["metadata"]["labels"][LABEL_KUEUE_QUEUE] == "gpu-queue"
+        assert job["spec"]["suspend"] is True
+
+    def test_secrets_only_by_reference(self, owner: Owner, settings: OperatorConfig) -> None:
+        spec = spec_of(
+            {
+                "model": {"name": "org/m", "tokenSecretRef": {"name": "hf", "key": "token"}},
+                "output": {"s3": {"uri": "s3://bkt/p", "credentialsSecretRef": {"name": "s3c"}}},
+            }
+        )
+        env = env_of(build_job(spec, owner, settings))
+        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf", "key": "token"}
+        access = env[contract.Env.s3("output", "ACCESS_KEY_ID")]
+        assert access["valueFrom"]["secretKeyRef"] == {"name": "s3c", "key": "AWS_ACCESS_KEY_ID"}
+        assert all("value" not in e for e in env.values() if "valueFrom" in e)
+        assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+
+    def test_scheduling(self, owner: Owner, settings: OperatorConfig) -> None:
+        scheduling = {
+            "nodeSelector": {"pool": "h200"},
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+            ],
+            "affinity": {
+                "nodeAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [
+                            {
+                                "matchExpressions": [
+                                    {"key": "zone", "operator": "In", "values": ["a"]}
+                                ]
+                            }
+                        ]
+                    }
+                }
+            },
+            "priorityClassName": "training",
+        }
+        pod = pod_spec(build_job(spec_of({"scheduling": scheduling}), owner, settings))
+        assert pod["nodeSelector"] == {"pool": "h200"}
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+            "tolerations"
+        ]
+        assert scheduling["tolerations"][0] in pod["tolerations"]
+        assert pod["affinity"] == scheduling["affinity"]
+        assert pod["priorityClassName"] == "training"
+
+    def test_operator_defaults_merge_under_the_spec(self, owner: Owner) -> None:
+        settings = OperatorConfig(
+            default_node_selector={"pool": "gpu", "tier": "a"},
+            default_tolerations=({"key": "gpu-pool", "operator": "Exists"},),
+        )
+        spec = spec_of({"scheduling": {"nodeSelector": {"tier": "b"}}})
+        pod = pod_spec(build_job(spec, owner, settings))
+        assert pod["nodeSelector"] == {"pool": "gpu", "tier": "b"}
+        assert {"key": "gpu-pool", "operator": "Exists"} in pod["tolerations"]
+
+
+class TestVolumes:
+    def mounts(self, job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {m["mountPath"]: m for m in container(job)["volumeMounts"]}
+
+    def test_claims_mounted_under_the_contract_root(self, owner, settings) -> None:
+        spec = spec_of(
+            {
+                "model": {"pvc": {"claimName": "models", "path": "gpt-oss"}},
+                "dataset": {"pvc": {"claimName": "data", "path": "mt.jsonl"}},
+                "output": {"pvc": {"claimName": "outs"}},
+            }
+        )
+        job = build_job(spec, owner, settings)
+        mounts = self.mounts(job)
+        assert mounts["/mnt/pvc/models"]["readOnly"] is True
+        assert mounts["/mnt/pvc/data"]["readOnly"] is True
+        assert mounts["/mnt/pvc/outs"]["readOnly"] is False
+        claims = {
+            v["persistentVolumeClaim"]["claimName"]
+            for v in pod_spec(job)["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        assert claims == {"models", "data", "outs"}
+
+    def test_shared_claim_for_input_and_output_is_writable(self, owner, settings) -> None:
+        spec = spec_of(
+            {
+                "dataset": {"pvc": {"claimName": "work", "path": "data"}},
+                "output": {"pvc": {"claimName": "work", "path": "out"}},
+            }
+        )
+        job = build_job(spec, owner, settings)
+        assert self.mounts(job)["/mnt/pvc/work"]["readOnly"] is False
+        pvc_volumes = [v for v in pod_spec(job)["volumes"] if "persistentVolumeClaim" in v]
+        assert len(pvc_volumes) == 1
+
+    def test_writable_scratch_on_a_read_only_root(self, owner, settings) -> None:
+        mounts = self.mounts(build_job(spec_of({}), owner, settings))
+        for path in (contract.SCRATCH_DIR, "/tmp", "/dev/shm"):
+            assert mounts[path].get("readOnly", False) is False
+        assert mounts[contract.CONFIG_DIR]["readOnly"] is True
+
+    def test_configmap_dataset(self, owner, settings) -> None:
+        spec = spec_of({"dataset": {"configMap": {"name": "tiny", "key": "train.jsonl"}}})
+        job = build_job(spec, owner, settings)
+        assert self.mounts(job)["/mnt/configmap/tiny"]["readOnly"] is True
+
+
+class TestLifecyclePatch:
+    def test_plain(self) -> None:
+        spec = spec_of({"lifecycle": {"suspend": True, "backoffLimit": 2}})
+        assert lifecycle_patch(spec.lifecycle, queued=False) == {
+            "suspend": True,
+            "backoffLimit": 2,
+            "activeDeadlineSeconds": None,
+            "ttlSecondsAfterFinished": None,
+        }
+
+    def test_queued_job_unsuspension_belongs_to_kueue(self) -> None:
+        spec = spec_of({})
+        assert "suspend" not in lifecycle_patch(spec.lifecycle, queued=True)
+        suspended = spec_of({"lifecycle": {"suspend": True}})
+        assert lifecycle_patch(suspended.lifecycle, queued=True)["suspend"] is True

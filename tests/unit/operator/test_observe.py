@@ -1,0 +1,209 @@
+"""From a Job and its pods to the phase, reason and message a user sees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from finetune_operator.observe import observe
+from finetune_trainer.contract import CheckpointRef, TerminationMessage
+
+
+def job(conditions: list[dict] | None = None, suspend: bool = False, **status: Any) -> dict:
+    return {
+        "metadata": {"name": "j", "namespace": "ml"},
+        "spec": {"suspend": suspend},
+        "status": {"conditions": conditions or [], **status},
+    }
+
+
+def cond(kind: str, reason: str = "", message: str = "", at: str = "T9") -> dict:
+    return {
+        "type": kind,
+        "status": "True",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": at,
+    }
+
+
+def pod(
+    phase: str = "Pending",
+    *,
+    name: str = "p1",
+    created: str = "T1",
+    state: dict | None = None,
+    conditions: list[dict] | None = None,
+    ip: str | None = None,
+    deleting: bool = False,
+) -> dict:
+    meta: dict[str, Any] = {"name": name, "creationTimestamp": created}
+    if deleting:
+        meta["deletionTimestamp"] = "T5"
+    status: dict[str, Any] = {"phase": phase, "conditions": conditions or []}
+    if state is not None:
+        status["containerStatuses"] = [{"name": "trainer", "state": state}]
+    if ip:
+        status["podIP"] = ip
+    return {"metadata": meta, "status": status}
+
+
+def terminated(code: int, message: str = "", reason: str = "Error", at: str = "T4") -> dict:
+    return {
+        "terminated": {"exitCode": code, "reason": reason, "message": message, "finishedAt": at}
+    }
+
+
+SUCCESS = TerminationMessage(
+    status="succeeded",
+    reason="Completed",
+    step=20,
+    total_steps=20,
+    loss=1.1,
+    checkpoint=CheckpointRef(step=20, uri="pvc://o/p/checkpoint-20"),
+    adapter_uri="pvc://o/p/final_model",
+).encode()
+
+
+class TestPhases:
+    def test_no_job_yet(self) -> None:
+        assert observe(None, []).reason == "CreatingJob"
+
+    def test_running_pod_reports_running_with_its_ip(self) -> None:
+        seen = observe(
+            job(active=1, startTime="T1"),
+            [pod("Running", state={"running": {"startedAt": "T2"}}, ip="10.0.0.7")],
+        )
+        assert (seen.phase, seen.running_pod_ip, seen.start_time) == ("Running", "10.0.0.7", "T1")
+
+    def test_succeeded_reads_the_termination_message(self) -> None:
+        seen = observe(
+            job([cond("Complete")], completionTime="T8"),
+            [pod("Succeeded", state=terminated(0, SUCCESS, reason="Completed"))],
+        )
+        assert seen.phase == "Succeeded"
+        assert seen.completion_time == "T8"
+        assert seen.termination is not None and seen.termination.adapter_uri.endswith("final_model")
+        assert "final_model" in seen.message
+
+    def test_invalid_input_fails_with_the_trainers_reason(self) -> None:
+        message = TerminationMessage(
+            status="invalid_input",
+            reason="InvalidDataset",
+            message="row 7: unknown role 'bot'; fix: use system, user or assistant",
+        ).encode()
+        seen = observe(
+            job([cond("Failed", "PodFailurePolicy")], failed=1),
+            [pod("Failed", state=terminated(78, message))],
+        )
+        assert (seen.phase, seen.reason) == ("Failed", "InvalidDataset")
+        assert "row 7" in seen.message
+
+    def test_backoff_exceeded_names_the_last_failure(self) -> None:
+        seen = observe(
+            job([cond("Failed", "BackoffLimitExceeded")], failed=4),
+            [pod("Failed", state=terminated(137, reason="OOMKilled"))],
+        )
+        assert seen.reason == "BackoffLimitExceeded"
+        assert "OOMKilled" in seen.message
+        assert seen.restarts == 4
+
+    def test_deadline(self) -> None:
+        seen = observe(job([cond("Failed", "DeadlineExceeded")]), [])
+        assert seen.reason == "DeadlineExceeded"
+        assert "activeDeadlineSeconds" in seen.message
+
+    def test_crash_without_message_uses_the_log_tail(self) -> None:
+        seen = observe(
+            job([cond("Failed", "BackoffLimitExceeded")], failed=1),
+            [pod("Failed", state=terminated(1, "Traceback ... CUDA error"))],
+        )
+        assert "CUDA error" in seen.message
+
+
+class TestPending:
+    @pytest.mark.parametrize(
+        "the_pod, reason, fragment",
+        [
+            (
+                pod(
+                    conditions=[
+                        {
+                            "type": "PodScheduled",
+                            "status": "False",
+                            "reason": "Unschedulable",
+                            "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+                        }
+                    ]
+                ),
+                "Unschedulable",
+                "Insufficient nvidia.com/gpu",
+            ),
+            (
+                pod(
+                    state={
+                        "waiting": {
+                            "reason": "ImagePullBackOff",
+                            "message": "Back-off pulling image",
+                        }
+                    },
+                    conditions=[{"type": "PodScheduled", "status": "True"}],
+                ),
+                "ImagePullBackOff",
+                "Back-off",
+            ),
+            (
+                pod(
+                    state={
+                        "waiting": {
+                            "reason": "CreateContainerConfigError",
+                            "message": 'secret "hf-token" not found',
+                        }
+                    },
+                    conditions=[{"type": "PodScheduled", "status": "True"}],
+                ),
+                "CreateContainerConfigError",
+                "hf-token",
+            ),
+            (
+                pod(
+                    state={"waiting": {"reason": "ContainerCreating"}},
+                    conditions=[{"type": "PodScheduled", "status": "True"}],
+                ),
+                "ContainerCreating",
+                "starting",
+            ),
+        ],
+    )
+    def test_why_the_pod_is_not_running(self, the_pod, reason, fragment) -> None:
+        seen = observe(job(active=1), [the_pod])
+        assert (seen.phase, seen.reason) == ("Pending", reason)
+        assert fragment in seen.message
+
+    def test_between_attempts_after_a_failure(self) -> None:
+        seen = observe(job(failed=1), [pod("Failed", state=terminated(137, reason="OOMKilled"))])
+        assert (seen.phase, seen.reason, seen.restarts) == ("Pending", "Restarting", 1)
+        assert "OOMKilled" in seen.message
+
+    def test_the_newest_pod_wins(self) -> None:
+        old = pod("Failed", name="old", created="T1", state=terminated(1))
+        new = pod("Running", name="new", created="T3", state={"running": {}}, ip="10.0.0.9")
+        seen = observe(job(active=1, failed=1), [old, new])
+        assert (seen.phase, seen.running_pod, seen.restarts) == ("Running", "new", 1)
+        assert "attempt 2" in seen.message
+
+
+class TestSuspend:
+    def test_suspending_while_the_trainer_checkpoints(self) -> None:
+        seen = observe(job(suspend=True), [pod("Running", state={"running": {}})])
+        assert (seen.phase, seen.reason) == ("Suspended", "Suspended")
+        assert "checkpoint" in seen.message
+
+    def test_suspended(self) -> None:
+        seen = observe(job(suspend=True, startTime="T1"), [])
+        assert "resume" in seen.message
+
+    def test_waiting_for_kueue(self) -> None:
+        seen = observe(job(suspend=True), [], queued=True)
+        assert seen.reason == "WaitingForQueue"

@@ -1,0 +1,43 @@
+"""status.progress: written only on change, with an ETA from the observed step rate."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from finetune_operator.progress import progress_status
+from finetune_trainer.contract import TrainerProgress
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_first_reading() -> None:
+    out = progress_status(TrainerProgress(step=2, total_steps=20, loss=2.5), None, T0)
+    assert out is not None
+    assert out["summary"] == "2/20"
+    assert out["loss"] == 2.5
+    assert out["updatedAt"] == "2026-01-01T00:00:00Z"
+    assert "etaSeconds" not in out
+
+
+def test_unchanged_reading_writes_nothing() -> None:
+    first = progress_status(TrainerProgress(step=2, total_steps=20, loss=2.5), None, T0)
+    later = T0 + timedelta(seconds=30)
+    assert progress_status(TrainerProgress(step=2, total_steps=20, loss=2.5), first, later) is None
+
+
+def test_eta_from_the_step_rate() -> None:
+    first = progress_status(TrainerProgress(step=2, total_steps=20), None, T0)
+    out = progress_status(
+        TrainerProgress(step=4, total_steps=20), first, T0 + timedelta(seconds=10)
+    )
+    assert out is not None
+    assert out["etaSeconds"] == 80  # 5 s per step, 16 steps left
+
+
+def test_done() -> None:
+    out = progress_status(TrainerProgress(step=20, total_steps=20), None, T0)
+    assert out is not None and out["etaSeconds"] == 0
+
+
+def test_nothing_before_the_first_step() -> None:
+    assert progress_status(TrainerProgress(), None, T0) is None

@@ -1,0 +1,91 @@
+"""The next status and the Events announcing the change."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from finetune_operator.observe import Observation
+from finetune_operator.status_update import invalid_spec_status, next_status
+from finetune_trainer.config import OutputSpec
+from finetune_trainer.contract import CheckpointRef, TerminationMessage, TrainerProgress
+
+NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
+OUTPUT = OutputSpec.model_validate({"pvc": {"claimName": "outs", "path": "ml/run"}})
+
+
+def update(previous: dict, obs: Observation, progress: TrainerProgress | None = None):
+    return next_status(
+        previous,
+        observation=obs,
+        progress=progress,
+        output=OUTPUT,
+        job_name="job",
+        config_map_name="job",
+        generation=2,
+        now=NOW,
+    )
+
+
+def test_running_with_live_progress_and_checkpoint() -> None:
+    obs = Observation("Running", "Running", "training", start_time="T1", running_pod_ip="x")
+    result = update({}, obs, TrainerProgress(step=12, total_steps=20, loss=1.7, checkpoint_step=10))
+    status = result.status
+    assert status["phase"] == "Running" and status["observedGeneration"] == 2
+    assert status["progress"]["summary"] == "12/20"
+    assert status["checkpoint"] == {"step": 10, "uri": "pvc://outs/ml/run/checkpoint-10"}
+    reasons = [e.reason for e in result.events]
+    assert reasons == ["Running", "Checkpoint"]
+
+
+def test_success_records_outputs_from_the_termination_message() -> None:
+    summary = TerminationMessage(
+        status="succeeded",
+        reason="Completed",
+        step=20,
+        total_steps=20,
+        loss=1.0,
+        checkpoint=CheckpointRef(step=20, uri="pvc://outs/ml/run/checkpoint-20"),
+        adapter_uri="pvc://outs/ml/run/final_model",
+    )
+    obs = Observation("Succeeded", "Succeeded", "done", completion_time="T9", termination=summary)
+    previous = {"phase": "Running", "reason": "Running", "checkpoint": {"step": 10, "uri": "u"}}
+    status = update(previous, obs).status
+    assert status["output"] == {"adapterUri": "pvc://outs/ml/run/final_model"}
+    assert status["checkpoint"]["step"] == 20
+    assert status["progress"]["step"] == 20 and status["progress"]["etaSeconds"] == 0
+    assert status["completionTime"] == "T9"
+
+
+def test_restart_count_never_goes_down_and_is_announced() -> None:
+    obs = Observation("Running", "Running", "training", restarts=1)
+    result = update({"phase": "Running", "reason": "Running", "restarts": 0}, obs)
+    assert result.status["restarts"] == 1
+    assert [e.reason for e in result.events] == ["Restarted"]
+    later = update(result.status, Observation("Running", "Running", "training", restarts=0))
+    assert later.status["restarts"] == 1
+
+
+def test_no_change_no_write() -> None:
+    obs = Observation("Running", "Running", "training")
+    first = update({}, obs).status
+    again = update(first, obs)
+    assert not again.changed_from(first)
+    assert again.events == []
+
+
+def test_failure_is_a_warning() -> None:
+    obs = Observation("Failed", "InvalidDataset", "row 3: ...")
+    event = update({"phase": "Running", "reason": "Running"}, obs).events[0]
+    assert (event.type, event.reason) == ("Warning", "InvalidDataset")
+
+
+def test_invalid_spec() -> None:
+    result = invalid_spec_status({}, ["spec.training.maxSteps: 0 is too small"], 1, NOW)
+    assert result.status["phase"] == "Failed"
+    assert result.status["reason"] == "InvalidSpec"
+    assert "spec.training.maxSteps" in result.status["message"]
+    stalled = next(c for c in result.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "True"
+    assert [e.type for e in result.events] == ["Warning"]
+    again = invalid_spec_status(result.status, ["same"], 1, NOW)
+    assert again.events == []

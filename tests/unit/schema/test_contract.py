@@ -1,0 +1,74 @@
+"""The operator/trainer contract: metrics parsing and the termination message."""
+
+from __future__ import annotations
+
+import json
+
+from finetune_trainer.contract import (
+    TERMINATION_MESSAGE_LIMIT,
+    CheckpointRef,
+    ExitCode,
+    Metric,
+    TerminationMessage,
+    parse_metrics,
+)
+
+EXPOSITION = f"""# HELP {Metric.STEP} Optimizer steps done.
+# TYPE {Metric.STEP} gauge
+{Metric.STEP} 12.0
+{Metric.TOTAL_STEPS} 20.0
+{Metric.LOSS} 1.73
+{Metric.LEARNING_RATE} 1.6e-04
+{Metric.TOKENS_PER_SECOND}{{device="cuda:0"}} 7800.5 1700000000000
+{Metric.EPOCH} NaN
+{Metric.CHECKPOINT_STEP} 10
+python_gc_objects_collected_total{{generation="0"}} 123.0
+"""
+
+
+def test_parse_metrics_reads_contract_gauges() -> None:
+    progress = parse_metrics(EXPOSITION)
+    assert progress.step == 12
+    assert progress.total_steps == 20
+    assert progress.loss == 1.73
+    assert progress.learning_rate == 1.6e-4
+    assert progress.tokens_per_second == 7800.5
+    assert progress.epoch is None  # NaN means "not set yet"
+    assert progress.checkpoint_step == 10
+
+
+def test_parse_metrics_of_garbage_is_empty() -> None:
+    assert parse_metrics("not prometheus\n{}\n").step is None
+
+
+def test_termination_message_round_trip() -> None:
+    message = TerminationMessage(
+        status="succeeded",
+        reason="Completed",
+        step=20,
+        total_steps=20,
+        loss=1.2,
+        checkpoint=CheckpointRef(step=20, uri="pvc://out/a/checkpoint-20"),
+        adapter_uri="pvc://out/a/final_model",
+    )
+    text = message.encode()
+    assert json.loads(text)["adapterUri"] == "pvc://out/a/final_model"
+    assert TerminationMessage.decode(text) == message
+
+
+def test_termination_message_fits_the_kubelet_limit() -> None:
+    message = TerminationMessage(status="failed", reason="Crash", message="x" * 10000)
+    text = message.encode()
+    assert len(text.encode()) <= TERMINATION_MESSAGE_LIMIT
+    decoded = TerminationMessage.decode(text)
+    assert decoded is not None and decoded.message.endswith("[truncated]")
+
+
+def test_foreign_text_is_not_a_termination_message() -> None:
+    assert TerminationMessage.decode("Traceback (most recent call last): ...") is None
+
+
+def test_exit_codes_are_distinct_and_stable() -> None:
+    assert int(ExitCode.INVALID_INPUT) == 78
+    assert int(ExitCode.INTERRUPTED) == 75
+    assert len({int(c) for c in ExitCode}) == len(ExitCode)

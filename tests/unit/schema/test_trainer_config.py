@@ -1,0 +1,228 @@
+"""The shared schema: defaults, valid and invalid inputs, the original example's keys."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from finetune_trainer.config import TrainerConfig, describe_errors
+
+
+def errors_of(data: dict) -> list[str]:
+    with pytest.raises(ValidationError) as info:
+        TrainerConfig.from_mapping(data)
+    return describe_errors(info.value, prefix="spec")
+
+
+class TestDefaults:
+    """An empty config is the original single-machine example."""
+
+    def test_defaults_reproduce_the_original_example(self) -> None:
+        config = TrainerConfig.from_mapping({})
+        assert config.model.name == "unsloth/gpt-oss-20b"
+        assert config.model.max_seq_length == 1024
+        assert config.model.load_in_4bit is True
+        assert config.dataset.name == "HuggingFaceH4/Multilingual-Thinking"
+        assert config.dataset.format == "sharegpt"
+        assert config.dataset.split == "train"
+        assert (config.lora.rank, config.lora.alpha, config.lora.dropout) == (8, 16, 0.0)
+        assert "gate_up_proj" in config.lora.target_modules
+        training = config.training
+        assert training.max_steps == 20
+        assert training.per_device_train_batch_size == 1
+        assert training.gradient_accumulation_steps == 4
+        assert training.learning_rate == pytest.approx(2e-4)
+        assert training.optimizer == "adamw_8bit"
+        assert training.save_steps == 10
+        assert training.seed == 3407
+        assert config.output.path == "outputs"
+
+    def test_wire_form_is_camel_case_and_round_trips(self) -> None:
+        config = TrainerConfig.from_mapping({})
+        wire = config.to_wire()
+        assert wire["model"]["loadIn4bit"] is True
+        assert wire["training"]["gradientAccumulationSteps"] == 4
+        assert TrainerConfig.from_mapping(wire) == config
+
+    def test_short_runs_shrink_the_default_checkpoint_interval(self) -> None:
+        config = TrainerConfig.from_mapping({"training": {"maxSteps": 4}})
+        assert config.training.save_steps == 4
+        assert config.training.warmup_steps == 3
+
+
+class TestValid:
+    @pytest.mark.parametrize(
+        "data, check",
+        [
+            (
+                {"model": {"pvc": {"claimName": "models", "path": "gpt-oss"}}},
+                lambda c: c.model.source_kind == "pvc" and c.model.name is None,
+            ),
+            (
+                {"model": {"s3": {"uri": "s3://bucket/models/x"}}},
+                lambda c: c.model.s3.bucket == "bucket" and c.model.s3.prefix == "models/x",
+            ),
+            (
+                {"dataset": {"configMap": {"name": "data", "key": "train.jsonl"}}},
+                lambda c: c.dataset.source_kind == "config_map",
+            ),
+            (
+                {"dataset": {"path": "/data/x.parquet", "format": "custom"}},
+                lambda c: c.dataset.format == "custom",
+            ),
+            ({"dataset": {"split": "train[:100]"}}, lambda c: c.dataset.split == "train[:100]"),
+            (
+                {"training": {"numEpochs": 2}},
+                lambda c: c.training.max_steps is None and c.training.num_epochs == 2,
+            ),
+            ({"model": {"maxSeqLength": 131072}}, lambda c: c.model.max_seq_length == 131072),
+            (
+                {
+                    "output": {
+                        "s3": {
+                            "uri": "s3://bkt/p",
+                            "endpoint": "http://127.0.0.1:9000",
+                            "credentialsSecretRef": {"name": "creds"},
+                        }
+                    }
+                },
+                lambda c: (
+                    c.output.s3.credentials_secret_ref.access_key_id_key == "AWS_ACCESS_KEY_ID"
+                ),
+            ),
+        ],
+    )
+    def test_accepts(self, data: dict, check) -> None:
+        assert check(TrainerConfig.from_mapping(data))
+
+
+class TestInvalid:
+    @pytest.mark.parametrize(
+        "data, expected",
+        [
+            (
+                {"training": {"maxSteps": 0}},
+                "spec.training.maxSteps: 0 is too small; fix: use a value greater than or equal "
+                "to 1",
+            ),
+            ({"training": {"optimizer": "adam"}}, "spec.training.optimizer: 'adam' is not allowed"),
+            ({"training": {"bogus": 1}}, "spec.training.bogus: unknown field"),
+            ({"model": {"maxSeqLength": 200000}}, "spec.model.maxSeqLength: 200000 is too large"),
+            (
+                {"model": {"name": "a/b", "pvc": {"claimName": "x"}}},
+                "set at most one of model.name, model.path, model.pvc and model.s3",
+            ),
+            (
+                {"model": {"pvc": {"claimName": "m"}, "tokenSecretRef": {"name": "t", "key": "k"}}},
+                "model.tokenSecretRef is only used with model.name",
+            ),
+            (
+                {"dataset": {"pvc": {"claimName": "d", "path": "../etc"}}},
+                "spec.dataset.pvc.path: must not contain a '..' segment",
+            ),
+            (
+                {"dataset": {"pvc": {"claimName": "Not_A_Name"}}},
+                "spec.dataset.pvc.claimName: 'Not_A_Name' is not of the right form",
+            ),
+            ({"dataset": {"format": "alpaca"}}, "spec.dataset.format: 'alpaca' is not allowed"),
+            (
+                {"training": {"maxSteps": 20, "saveSteps": 30}},
+                "training.saveSteps (30) must not exceed training.maxSteps (20)",
+            ),
+            (
+                {"training": {"maxSteps": 5, "numEpochs": 1}},
+                "set only one of training.maxSteps and training.numEpochs",
+            ),
+            ({"output": {"s3": {"uri": "http://bucket/x"}}}, "spec.output.s3.uri"),
+            ({"lora": {"rank": 0}}, "spec.lora.rank: 0 is too small"),
+        ],
+    )
+    def test_rejects_with_field_and_fix(self, data: dict, expected: str) -> None:
+        assert any(expected in line for line in errors_of(data)), errors_of(data)
+
+    def test_reports_every_problem_at_once(self) -> None:
+        lines = errors_of({"training": {"maxSteps": 0, "optimizer": "x"}, "lora": {"rank": -1}})
+        assert len(lines) == 3
+
+
+class TestOriginalExampleConfig:
+    """The single-machine example's config.yaml keeps working."""
+
+    def test_snake_case_and_old_names(self, tmp_path) -> None:
+        path = tmp_path / "config.yaml"
+        path.write_text(
+            """
+model:
+  name: unsloth/gpt-oss-20b
+  max_seq_length: 2048
+  load_in_4bit: true
+dataset:
+  path: HuggingFaceH4/Multilingual-Thinking
+  format: sharegpt
+  split: train
+  max_samples: 100
+lora:
+  r: 16
+  lora_alpha: 32
+  lora_dropout: 0
+  target_modules: [q_proj, v_proj]
+training:
+  max_steps: 30
+  per_device_train_batch_size: 2
+  gradient_accumulation_steps: 4
+  learning_rate: 1.0e-4
+  warmup_steps: 5
+  logging_steps: 1
+  save_steps: 10
+  optim: adamw_8bit
+output:
+  dir: outputs/run1
+"""
+        )
+        config = TrainerConfig.from_file(path)
+        assert config.model.max_seq_length == 2048
+        assert config.dataset.name == "HuggingFaceH4/Multilingual-Thinking"
+        assert config.dataset.max_samples == 100
+        assert (config.lora.rank, config.lora.alpha) == (16, 32)
+        assert config.training.max_steps == 30
+        assert config.training.optimizer == "adamw_8bit"
+        assert config.output.path == "outputs/run1"
+
+    def test_local_dataset_path_stays_a_path(self) -> None:
+        config = TrainerConfig.from_mapping({"dataset": {"path": "./data/train.jsonl"}})
+        assert config.dataset.path == "./data/train.jsonl"
+        assert config.dataset.name is None
+
+    def test_max_steps_minus_one_means_epochs(self) -> None:
+        config = TrainerConfig.from_mapping({"training": {"max_steps": -1, "num_epochs": 3}})
+        assert config.training.max_steps is None
+        assert config.training.num_epochs == 3
+
+
+class TestFingerprint:
+    def test_ignores_output_location_and_bookkeeping(self) -> None:
+        base = TrainerConfig.from_mapping({})
+        moved = TrainerConfig.from_mapping(
+            {"output": {"path": "elsewhere"}, "training": {"saveSteps": 5, "loggingSteps": 2}}
+        )
+        assert base.fingerprint() == moved.fingerprint()
+
+    def test_changes_with_what_is_trained(self) -> None:
+        base = TrainerConfig.from_mapping({})
+        other = TrainerConfig.from_mapping({"lora": {"rank": 16}})
+        assert base.fingerprint() != other.fingerprint()
+
+
+class TestOutputUri:
+    @pytest.mark.parametrize(
+        "output, expected",
+        [
+            ({"pvc": {"claimName": "out", "path": "ml/run"}}, "pvc://out/ml/run/checkpoint-10"),
+            ({"pvc": {"claimName": "out"}}, "pvc://out/checkpoint-10"),
+            ({"s3": {"uri": "s3://bucket/runs/a/"}}, "s3://bucket/runs/a/checkpoint-10"),
+            ({"path": "/data/out"}, "/data/out/checkpoint-10"),
+        ],
+    )
+    def test_uri(self, output: dict, expected: str) -> None:
+        config = TrainerConfig.from_mapping({"output": output})
+        assert config.output.uri("checkpoint-10") == expected

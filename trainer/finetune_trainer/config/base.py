@@ -1,0 +1,96 @@
+"""The base model every schema section derives from, and the constrained string types.
+
+One model serves three readers: the trainer parsing its config file, the operator parsing a
+FineTuneJob's spec, and the CRD generator. Keys are camelCase on the wire (the Kubernetes
+convention) and snake_case is accepted too, so the original example's ``config.yaml`` keeps
+working. Unknown keys are errors: a typo must never be silently ignored in a training run
+that costs GPU hours.
+
+Patterns are written for both pydantic (Rust regex) and the API server (Go RE2), so they
+use no look-around; what a pattern cannot say is a validator here and a CEL rule in the CRD.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, WithJsonSchema
+from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
+
+
+class SpecModel(BaseModel):
+    """Base for every section of the FineTuneJob spec and the trainer config."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The camelCase dict a FineTuneJob or a trainer config file holds."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def cel(rule: str, message: str) -> JsonDict:
+    """One ``x-kubernetes-validations`` entry."""
+    return {"rule": rule, "message": message}
+
+
+def _no_parent_segments(value: str) -> str:
+    if ".." in value.split("/"):
+        raise ValueError("must not contain a '..' segment; give a path inside the volume")
+    return value
+
+
+# Kubernetes object names (DNS-1123 subdomain, RFC 1123).
+K8sName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+]
+# Keys inside a Secret or ConfigMap.
+K8sKey = Annotated[
+    str, StringConstraints(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$")
+]
+# A relative path inside a volume: no leading slash, no '..' segment.
+RelativePath = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1024, pattern=r"^[^/].*$"),
+    AfterValidator(_no_parent_segments),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 1024,
+            "pattern": r"^[^/].*$",
+            "x-kubernetes-validations": [
+                cel("!('..' in self.split('/'))", "must not contain a '..' segment")
+            ],
+        }
+    ),
+]
+# A local filesystem path, absolute or relative to the working directory.
+LocalPath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+# A Hugging Face Hub repository id: "name" or "owner/name".
+HubRepoId = Annotated[
+    str,
+    StringConstraints(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$",
+    ),
+]
+# An s3://bucket/key-prefix URI.
+S3Uri = Annotated[
+    str,
+    StringConstraints(
+        min_length=8, max_length=1024, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
+    ),
+]
+# An http(s) endpoint URL, for S3-compatible stores.
+EndpointUrl = Annotated[
+    str, StringConstraints(min_length=8, max_length=2048, pattern=r"^https?://[^\s/]+(/\S*)?$")
+]
+ShortString = Annotated[str, StringConstraints(min_length=1, max_length=253)]

@@ -1,0 +1,110 @@
+"""The training data: where it is, its shape, and what to do with rows that do not fit."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, model_validator
+
+from .base import HubRepoId, K8sKey, LocalPath, ShortString, SpecModel, cel
+from .sources import ConfigMapKey, PvcPath, S3Location
+
+DEFAULT_DATASET = "HuggingFaceH4/Multilingual-Thinking"
+
+_SOURCES = ("name", "path", "pvc", "s3", "config_map")
+
+# "train", "train[:1000]", "train[10%:20%]" (the datasets library's split syntax).
+SplitExpr = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+(\[[0-9%:+-]*\])?$"),
+]
+
+
+class DatasetSpec(SpecModel):
+    """The training data. Give exactly one source: a Hub dataset id (name), a local file or
+    directory (path), a PVC path, an S3 prefix or object, or a ConfigMap key; with none, the
+    Hub dataset HuggingFaceH4/Multilingual-Thinking is used. Local files may be .json,
+    .jsonl or .parquet."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "[has(self.name), has(self.path), has(self.pvc), has(self.s3), "
+                    "has(self.configMap)].filter(x, x).size() <= 1",
+                    "set at most one of dataset.name, dataset.path, dataset.pvc, dataset.s3 "
+                    "and dataset.configMap",
+                ),
+            ]
+        }
+    }
+
+    name: HubRepoId | None = Field(
+        None,
+        description="Hugging Face Hub dataset id. Default: HuggingFaceH4/Multilingual-Thinking "
+        "when no other source is set.",
+    )
+    config_name: ShortString | None = Field(
+        None, description="Hub dataset configuration (subset) name."
+    )
+    revision: ShortString | None = Field(None, description="Hub branch, tag or commit to pin.")
+    path: LocalPath | None = Field(
+        None, description="A .json, .jsonl or .parquet file, or a directory of them."
+    )
+    pvc: PvcPath | None = Field(None, description="A data file or directory on a PVC.")
+    s3: S3Location | None = Field(
+        None, description="A data object, or a prefix of data objects, on S3."
+    )
+    config_map: ConfigMapKey | None = Field(
+        None, description="A JSON Lines dataset held in a ConfigMap key."
+    )
+    format: Literal["sharegpt", "custom"] = Field(
+        "sharegpt",
+        description="sharegpt: a column of chat messages (role, content, optional thinking) "
+        "rendered through the model's chat template; custom: a column of ready-made "
+        "training text. Default: sharegpt.",
+    )
+    messages_column: K8sKey = Field(
+        "messages", description="Column holding the chat messages (sharegpt). Default: messages."
+    )
+    text_column: K8sKey = Field(
+        "text", description="Column holding the training text (custom). Default: text."
+    )
+    split: SplitExpr = Field(
+        "train", description="Split to train on, with optional slicing. Default: train."
+    )
+    max_samples: Annotated[int, Field(ge=1, le=100_000_000)] | None = Field(
+        None, description="Use only the first N rows (after the split). Empty uses all rows."
+    )
+    overlong_policy: Literal["skip", "truncate", "error"] = Field(
+        "skip",
+        description="Rows longer than model.maxSeqLength: skip drops them (counted and "
+        "logged), truncate cuts them, error fails the run naming the first such row. "
+        "Default: skip.",
+    )
+    invalid_row_policy: Literal["error", "skip"] = Field(
+        "error",
+        description="Rows with a missing column, an unknown role or empty content: error "
+        "fails the run naming the row; skip drops them (counted and logged). Default: error.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        given = [s for s in _SOURCES if getattr(self, s) is not None]
+        if len(given) > 1:
+            names = ", ".join("configMap" if g == "config_map" else g for g in given)
+            raise ValueError(
+                "set at most one of dataset.name, dataset.path, dataset.pvc, dataset.s3 and "
+                f"dataset.configMap (got {names})"
+            )
+        if not given:
+            self.name = DEFAULT_DATASET
+        if self.name is None and (self.config_name is not None or self.revision is not None):
+            raise ValueError(
+                "dataset.configName and dataset.revision are only used with dataset.name"
+            )
+        return self
+
+    @property
+    def source_kind(self) -> str:
+        return next(s for s in _SOURCES if getattr(self, s) is not None)

@@ -1,0 +1,57 @@
+"""The trainer's whole configuration: the training part of a FineTuneJob's spec."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from .base import SpecModel
+from .dataset import DatasetSpec
+from .legacy import upgrade_legacy_keys
+from .lora import LoraSpec
+from .model import ModelSpec
+from .output import OutputSpec
+from .training import TrainingSpec
+
+
+class TrainerConfig(SpecModel):
+    """What to fine-tune, on what, how, and where the results go. Every section is optional;
+    an empty config reproduces the original example (gpt-oss-20b on Multilingual-Thinking)."""
+
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The base model.")
+    dataset: DatasetSpec = Field(default_factory=DatasetSpec, description="The training data.")
+    lora: LoraSpec = Field(default_factory=LoraSpec, description="The LoRA adapter.")
+    training: TrainingSpec = Field(
+        default_factory=TrainingSpec, description="Optimization settings."
+    )
+    output: OutputSpec = Field(
+        default_factory=OutputSpec, description="Where checkpoints and the adapter go."
+    )
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> TrainerConfig:
+        """Validate a parsed config, accepting the original example's keys as well."""
+        return cls.model_validate(upgrade_legacy_keys(data))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainerConfig:
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+        return cls.from_mapping({} if data is None else data)
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes what a checkpoint means. Resuming is refused when
+        the checkpoint was written under a different fingerprint. Where outputs go, and
+        settings that only change speed or bookkeeping, are left out."""
+        wire = self.to_wire()
+        wire.pop("output", None)
+        training = wire.get("training", {})
+        for key in ("autoMicroBatch", "saveSteps", "saveTotalLimit", "loggingSteps"):
+            training.pop(key, None)
+        canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,0 +1,189 @@
+"""The contract between the operator and the trainer pod, importable by both.
+
+Everything the two sides must agree on lives here and nowhere else: exit codes, where the
+operator mounts things, environment variable names, the metrics endpoint and its metric
+names, and the JSON termination message. Pure Python plus pydantic: the operator imports
+this without torch, and the trainer without Kubernetes.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class ExitCode(enum.IntEnum):
+    """What the trainer's exit status means. The Job's podFailurePolicy fails fast on
+    INVALID_INPUT (retrying cannot fix a bad config or bad data) and retries the rest."""
+
+    SUCCEEDED = 0
+    FAILED = 1  # anything unexpected: retried, resuming from the newest checkpoint
+    INTERRUPTED = 75  # SIGTERM honoured after a best-effort checkpoint (sysexits EX_TEMPFAIL)
+    INVALID_INPUT = 78  # bad config or bad data (sysexits EX_CONFIG): never retried
+
+
+# --- Where the operator puts things in the pod ------------------------------------------
+CONFIG_DIR = "/etc/finetune"
+CONFIG_FILE = "config.yaml"
+CONFIG_PATH = f"{CONFIG_DIR}/{CONFIG_FILE}"
+# Each referenced PVC is mounted at <root>/<claimName>; the trainer resolves PvcPath there.
+PVC_MOUNT_ROOT = "/mnt/pvc"
+# Each referenced ConfigMap is mounted at <root>/<name>; keys are files.
+CONFIGMAP_MOUNT_ROOT = "/mnt/configmap"
+# Writable scratch: Hub cache, S3 staging, temporary files.
+SCRATCH_DIR = "/scratch"
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+
+
+class Env:
+    """Environment variables the trainer reads (all optional outside Kubernetes)."""
+
+    CONFIG = "FTO_CONFIG"  # config file path when --config is not given
+    OUTPUT_DIR = "FTO_OUTPUT_DIR"  # overrides output.path
+    PVC_ROOT = "FTO_PVC_ROOT"  # overrides PVC_MOUNT_ROOT
+    CONFIGMAP_ROOT = "FTO_CONFIGMAP_ROOT"  # overrides CONFIGMAP_MOUNT_ROOT
+    METRICS_HOST = "FTO_METRICS_HOST"  # bind address of the metrics server
+    METRICS_PORT = "FTO_METRICS_PORT"  # 0 disables the metrics server
+    TERMINATION_LOG = "FTO_TERMINATION_LOG"  # where the termination message is written
+    POD_IP = "POD_IP"  # downward API; the metrics server binds here when set
+    SCRATCH_DIR = "FTO_SCRATCH_DIR"  # overrides SCRATCH_DIR (S3 staging, downloads)
+    HF_TOKEN = "HF_TOKEN"
+
+    @staticmethod
+    def s3(role: Literal["model", "dataset", "output"], what: str) -> str:
+        """Per-location S3 credentials, so model, dataset and output may use different
+        Secrets: FTO_S3_OUTPUT_ACCESS_KEY_ID, ..._SECRET_ACCESS_KEY, ..._SESSION_TOKEN."""
+        return f"FTO_S3_{role.upper()}_{what}"
+
+
+S3_CREDENTIAL_PARTS = ("ACCESS_KEY_ID", "SECRET_ACCESS_KEY", "SESSION_TOKEN")
+
+# --- Metrics endpoint (Prometheus text format) ------------------------------------------
+METRICS_PORT = 9090
+METRICS_PORT_NAME = "metrics"
+METRICS_PATH = "/metrics"
+
+
+class Metric:
+    """Gauge names the trainer serves and the operator reads."""
+
+    STEP = "finetune_step"
+    TOTAL_STEPS = "finetune_total_steps"
+    EPOCH = "finetune_epoch"
+    LOSS = "finetune_loss"
+    LEARNING_RATE = "finetune_learning_rate"
+    GRAD_NORM = "finetune_grad_norm"
+    TOKENS_PER_SECOND = "finetune_tokens_per_second"
+    GPU_MEMORY_ALLOCATED = "finetune_gpu_memory_allocated_bytes"
+    GPU_MEMORY_RESERVED = "finetune_gpu_memory_reserved_bytes"
+    CHECKPOINT_STEP = "finetune_checkpoint_step"
+    RESUMED_FROM_STEP = "finetune_resumed_from_step"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    def to_wire(self) -> dict[str, object]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class TrainerProgress(_Wire):
+    """A snapshot of the trainer's metrics."""
+
+    step: int | None = None
+    total_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+    checkpoint_step: int | None = None
+
+
+_FIELDS = {
+    Metric.STEP: ("step", int),
+    Metric.TOTAL_STEPS: ("total_steps", int),
+    Metric.EPOCH: ("epoch", float),
+    Metric.LOSS: ("loss", float),
+    Metric.LEARNING_RATE: ("learning_rate", float),
+    Metric.GRAD_NORM: ("grad_norm", float),
+    Metric.TOKENS_PER_SECOND: ("tokens_per_second", float),
+    Metric.CHECKPOINT_STEP: ("checkpoint_step", int),
+}
+# name, optional {labels}, value; timestamps are allowed and ignored.
+_SAMPLE = re.compile(
+    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(?P<value>\S+)(\s+\S+)?\s*$"
+)
+
+
+def parse_metrics(text: str) -> TrainerProgress:
+    """Read the contract's gauges from a Prometheus text exposition. Unknown metrics, comments
+    and NaN values (a gauge not yet set) are ignored."""
+    values: dict[str, float | int] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if not match or match["name"] not in _FIELDS:
+            continue
+        try:
+            value = float(match["value"])
+        except ValueError:
+            continue
+        if math.isnan(value) or math.isinf(value):
+            continue
+        field, kind = _FIELDS[match["name"]]
+        values[field] = int(value) if kind is int else value
+    return TrainerProgress(**values)
+
+
+# --- Termination message -----------------------------------------------------------------
+TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps
+
+TerminationStatus = Literal["succeeded", "failed", "interrupted", "invalid_input"]
+
+
+class CheckpointRef(_Wire):
+    step: int
+    uri: str
+
+
+class TerminationMessage(_Wire):
+    """The JSON the trainer writes to its termination-message file on every exit, and the
+    operator copies into the FineTuneJob's status."""
+
+    status: TerminationStatus
+    reason: str = Field(description="CamelCase machine-readable reason, e.g. InvalidDataset.")
+    message: str = ""
+    step: int | None = None
+    total_steps: int | None = None
+    loss: float | None = None
+    checkpoint: CheckpointRef | None = None
+    adapter_uri: str | None = None
+    merged_uri: str | None = None
+    resumed_from_step: int | None = None
+
+    def encode(self) -> str:
+        """JSON that fits the kubelet's 4 KiB limit, shortening the message if needed."""
+        text = self.model_dump_json(by_alias=True, exclude_none=True)
+        over = len(text.encode()) - TERMINATION_MESSAGE_LIMIT
+        if over > 0:
+            keep = max(0, len(self.message.encode()) - over - 16)
+            short = self.message.encode()[:keep].decode(errors="ignore") + " [truncated]"
+            text = self.model_copy(update={"message": short}).model_dump_json(
+                by_alias=True, exclude_none=True
+            )
+        return text
+
+    @classmethod
+    def decode(cls, text: str) -> TerminationMessage | None:
+        """Parse a termination message; None when it is not ours (e.g. a crash's stderr)."""
+        try:
+            return cls.model_validate_json(text)
+        except ValueError:
+            return None
