@@ -20,7 +20,14 @@ from . import API_VERSION, CATEGORIES, GROUP, KIND, PLURAL, SHORT_NAMES, SINGULA
 from .spec import IMMUTABLE_FIELDS, FineTuneJobSpec
 from .status import FineTuneJobStatus
 
-_DROP = {"title", "default", "additionalProperties", "propertyNames", "examples"}
+_DROP = {
+    "title",
+    "default",
+    "additionalProperties",
+    "propertyNames",
+    "patternProperties",
+    "examples",
+}
 
 
 class _Structural:

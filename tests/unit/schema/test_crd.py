@@ -61,7 +61,16 @@ def test_printer_columns(version: dict[str, Any]) -> None:
 def test_schema_is_structural(version: dict[str, Any]) -> None:
     root = version["schema"]["openAPIV3Schema"]
     text = yaml.safe_dump(root)
-    for forbidden in ("$ref", "anyOf", "allOf", "oneOf", "$defs", "title", "default:"):
+    for forbidden in (
+        "$ref",
+        "anyOf",
+        "allOf",
+        "oneOf",
+        "$defs",
+        "title",
+        "default:",
+        "patternProperties",
+    ):
         assert forbidden not in text, forbidden
     for path, node in walk(root):
         assert "type" in node, f"{path} has no type"
