@@ -1,0 +1,237 @@
+"""The operator core on a real control plane: admission, the Job it creates, status for
+pods that cannot run, suspend/resume, garbage collection and restarts. These tests need
+no training run; the full training path is in test_training.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from finetune_operator.naming import child_name
+
+from .conftest import REPO, OperatorHandle
+from .ftj import FineTuneJobs
+
+pytestmark = pytest.mark.e2e
+
+# A spec whose pod never needs to train: the Job stays suspended.
+SUSPENDED = {"lifecycle": {"suspend": True}, "resources": {"gpus": 1}}
+
+
+def test_example_manifest_creates_exactly_one_job(ftjs: FineTuneJobs) -> None:
+    example = yaml.safe_load((REPO / "examples" / "finetunejob.yaml").read_text())
+    example["metadata"]["namespace"] = ftjs.namespace
+    example["spec"]["lifecycle"]["suspend"] = True  # no pod: we check the Job's spec only
+    ftjs.kubectl("apply", "-f", "-", input=yaml.safe_dump(example))
+    name = example["metadata"]["name"]
+    status = ftjs.wait_phase(name, "Suspended")
+    jobs = ftjs.jobs(name)
+    assert len(jobs) == 1
+    job = jobs[0]
+    uid = ftjs.get(name)["metadata"]["uid"]
+    assert job["metadata"]["name"] == child_name(name, uid) == status["jobName"]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == uid
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["command"] == ["finetune-train", "--config", "/etc/finetune/config.yaml"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["limits"]["memory"] == "48Gi"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["restartPolicy"] == "Never"
+    assert job["spec"]["podFailurePolicy"]["rules"][1]["onExitCodes"]["values"] == [78]
+    hf_token = next(e for e in container["env"] if e["name"] == "HF_TOKEN")
+    assert hf_token["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+    # The restricted namespace admitted the Job's pod template (dry-run pod creation).
+    template = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "admission-check", "namespace": ftjs.namespace},
+        "spec": pod,
+    }
+    ftjs.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(template))
+    # The ConfigMap holds the trainer config.
+    cm = json.loads(ftjs.kubectl("get", "configmap", status["configMapName"], "-o", "json").stdout)
+    assert "maxSteps: 20" in cm["data"]["config.yaml"]
+    assert status["observedGeneration"] == 1
+    kinds = {c["type"]: c["status"] for c in status["conditions"]}
+    assert kinds == {
+        "Ready": "False",
+        "Reconciling": "False",
+        "Stalled": "False",
+        "Suspended": "True",
+    }
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ({"training": {"optimizer": "adam"}}, 'Unsupported value: "adam"'),
+        (
+            {"model": {"name": "a/b", "pvc": {"claimName": "models"}}},
+            "set at most one of model.name, model.path, model.pvc and model.s3",
+        ),
+        (
+            {"training": {"maxSteps": 5, "saveSteps": 10}},
+            "training.saveSteps must not exceed training.maxSteps",
+        ),
+        (
+            {"dataset": {"pvc": {"claimName": "d", "path": "../x"}}},
+            "must not contain a '..' segment",
+        ),
+        ({"lora": {"rank": 0}}, "should be greater than or equal to 1"),
+        ({"bogus": True}, 'unknown field "spec.bogus"'),
+    ],
+)
+def test_invalid_manifests_are_rejected_at_admission(
+    ftjs: FineTuneJobs, spec: dict, message: str
+) -> None:
+    result = ftjs.apply("bad", spec, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_name_too_long_for_its_job_is_rejected(ftjs: FineTuneJobs) -> None:
+    result = ftjs.apply("x" * 53, SUSPENDED, check=False)
+    assert "at most 52 characters" in result.stderr
+
+
+def test_training_part_is_immutable_but_lifecycle_is_not(ftjs: FineTuneJobs) -> None:
+    ftjs.apply("immutable", SUSPENDED)
+    result = ftjs.patch("immutable", {"spec": {"training": {"maxSteps": 40}}}, check=False)
+    assert result.returncode != 0
+    assert "spec.training is immutable once created; create a new FineTuneJob" in result.stderr
+    added = ftjs.patch("immutable", {"spec": {"lora": {"rank": 4}}}, check=False)
+    assert "spec.lora is immutable" in added.stderr
+    ftjs.patch("immutable", {"spec": {"lifecycle": {"backoffLimit": 5}}})
+    ftjs.wait_status(
+        "immutable",
+        lambda s: s.get("observedGeneration") == 2,
+        what="the operator to see generation 2",
+    )
+    job = ftjs.jobs("immutable")[0]
+    assert job["spec"]["backoffLimit"] == 5
+
+
+def test_spec_only_the_full_schema_rejects_fails_with_the_fix(ftjs: FineTuneJobs) -> None:
+    # warmupSteps 5 >= maxSteps 3: CEL passes (warmupSteps unset), the schema default
+    # shrinks, so use an explicit combination CEL cannot see: numEpochs and maxSteps.
+    ftjs.apply("epochs", {"training": {"maxSteps": 3, "numEpochs": 1}})
+    status = ftjs.wait_phase("epochs", "Failed")
+    assert status["reason"] == "InvalidSpec"
+    assert "set only one of training.maxSteps and training.numEpochs" in status["message"]
+    assert ftjs.jobs("epochs") == []
+    assert any(e["reason"] == "InvalidSpec" for e in ftjs.events("epochs"))
+
+
+def test_too_many_gpus_shows_the_schedulers_message(ftjs: FineTuneJobs) -> None:
+    ftjs.apply("greedy", {"resources": {"gpus": 8}})
+    status = ftjs.wait_status(
+        "greedy", lambda s: s.get("reason") == "Unschedulable", what="Unschedulable"
+    )
+    assert status["phase"] == "Pending"
+    assert "Insufficient nvidia.com/gpu" in status["message"]
+    reconciling = next(c for c in status["conditions"] if c["type"] == "Reconciling")
+    assert reconciling["status"] == "True" and reconciling["reason"] == "Unschedulable"
+
+
+def test_missing_pvc_is_named(ftjs: FineTuneJobs) -> None:
+    ftjs.apply("nopvc", {"output": {"pvc": {"claimName": "does-not-exist"}}})
+    status = ftjs.wait_status(
+        "nopvc", lambda s: "does-not-exist" in (s.get("message") or ""), what="PVC message"
+    )
+    assert status["phase"] == "Pending"
+    assert status["reason"] == "Unschedulable"
+
+
+def test_missing_secret_is_named(ftjs: FineTuneJobs) -> None:
+    spec = {"model": {"name": "org/model", "tokenSecretRef": {"name": "absent", "key": "t"}}}
+    ftjs.apply("nosecret", spec)
+    status = ftjs.wait_status(
+        "nosecret",
+        lambda s: s.get("reason") == "CreateContainerConfigError",
+        what="CreateContainerConfigError",
+    )
+    assert 'secret "absent" not found' in status["message"]
+
+
+def test_unpullable_image(ftjs: FineTuneJobs) -> None:
+    # The node agent stands in for a container runtime: images on *.invalid registries
+    # fail to pull (see localcluster/README.md).
+    ftjs.apply("noimage", {"image": "registry.invalid/finetune/trainer:0"})
+    status = ftjs.wait_status(
+        "noimage",
+        lambda s: s.get("reason") in ("ErrImagePull", "ImagePullBackOff"),
+        what="an image pull failure",
+    )
+    assert "registry.invalid" in status["message"]
+
+
+def test_suspend_and_resume_toggle_the_job(ftjs: FineTuneJobs) -> None:
+    ftjs.apply("toggle", SUSPENDED)
+    ftjs.wait_phase("toggle", "Suspended")
+    assert ftjs.jobs("toggle")[0]["spec"]["suspend"] is True
+    uid = ftjs.get("toggle")["metadata"]["uid"]
+    assert ftjs.pods(uid) == []
+    # Unsuspend with a pod that can never be scheduled, so nothing trains.
+    ftjs.patch("toggle", {"spec": {"lifecycle": {"suspend": False}}})
+    status = ftjs.wait_status(
+        "toggle",
+        lambda s: s.get("phase") == "Pending" and s.get("observedGeneration") == 2,
+        what="unsuspended",
+    )
+    assert ftjs.jobs("toggle")[0]["spec"]["suspend"] is False
+    assert status["phase"] == "Pending"
+    ftjs.patch("toggle", {"spec": {"lifecycle": {"suspend": True}}})
+    ftjs.wait_phase("toggle", "Suspended")
+    reasons = [e["reason"] for e in ftjs.events("toggle")]
+    assert reasons.count("Suspended") >= 2
+
+
+def test_deleting_the_finetunejob_collects_its_children(ftjs: FineTuneJobs, wait_for) -> None:
+    ftjs.apply("doomed", {"resources": {"gpus": 8}})  # a pending pod exists
+    ftjs.wait_status("doomed", lambda s: s.get("reason") == "Unschedulable")
+    uid = ftjs.get("doomed")["metadata"]["uid"]
+    assert ftjs.pods(uid)
+    ftjs.kubectl("delete", "finetunejob", "doomed", "--wait=true")
+    wait_for(
+        lambda: not ftjs.jobs_by_uid(uid) and not ftjs.pods(uid),
+        timeout=60,
+        message="the Job and pods to be garbage-collected",
+    )
+    cms = json.loads(ftjs.kubectl("get", "configmaps", "-o", "json").stdout)["items"]
+    assert not [c for c in cms if c["metadata"]["name"].startswith("doomed-")]
+
+
+def test_restarted_operator_picks_up_without_duplicates(
+    ftjs: FineTuneJobs, operator: OperatorHandle
+) -> None:
+    operator.stop()
+    try:
+        ftjs.apply("while-down", SUSPENDED)
+        ftjs.apply("before", SUSPENDED)
+    finally:
+        operator.start()
+    ftjs.wait_phase("while-down", "Suspended")
+    ftjs.wait_phase("before", "Suspended")
+    operator.restart()
+    ftjs.patch("before", {"spec": {"lifecycle": {"backoffLimit": 9}}})
+    ftjs.wait_status("before", lambda s: s.get("observedGeneration") == 2)
+    assert len(ftjs.jobs("while-down")) == 1
+    assert len(ftjs.jobs("before")) == 1
+
+
+def test_operator_writes_no_spec_and_no_finalizer(ftjs: FineTuneJobs) -> None:
+    ftjs.apply("clean", SUSPENDED)
+    ftjs.wait_phase("clean", "Suspended")
+    body = json.loads(
+        ftjs.kubectl("get", "finetunejob", "clean", "-o", "json", "--show-managed-fields").stdout
+    )
+    assert not body["metadata"].get("finalizers")
+    managers = {m["manager"]: m for m in body["metadata"]["managedFields"]}
+    assert any(m.get("subresource") == "status" for m in managers.values()), managers
+    for manager, entry in managers.items():
+        if manager != "kubectl-client-side-apply" and entry.get("subresource") != "status":
+            fields = json.dumps(entry.get("fieldsV1", {}))
+            assert '"f:spec"' not in fields, f"{manager} wrote spec"
