@@ -23,6 +23,10 @@ venv: $(VENV)/.installed ## Create the virtualenv with the operator, trainer and
 binaries: ## Build kube-apiserver, etcd, kubectl, helm, versitygw from Go modules (cached)
 	@localcluster/build-binaries.sh
 
+# CLUSTER_ARGS: e.g. "--s3 --nodes 3 --gpus-per-node 8 --state-dir .work/cluster"
+cluster: venv binaries ## Start the local control plane + node agent until Ctrl-C; prints KUBECONFIG
+	$(PY) -m finetune_localcluster up $(CLUSTER_ARGS)
+
 crds: venv ## Regenerate crds/finetunejobs.yaml from the typed schema
 	$(PY) -m finetune_operator.api.crd > crds/finetunejobs.yaml
 
