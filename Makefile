@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 EXTRAS ?= operator,trainer,dev
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: help venv binaries crds check-crds lint typecheck test test-unit test-e2e cluster demo clean
+.PHONY: help venv binaries crds lint typecheck test test-unit test-e2e cluster demo clean
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ binaries: ## Build kube-apiserver, etcd, kubectl, helm, versitygw from Go module
 # CLUSTER_ARGS: e.g. "--s3 --nodes 3 --gpus-per-node 8 --state-dir .work/cluster"
 cluster: venv binaries ## Start the local control plane + node agent until Ctrl-C; prints KUBECONFIG
 	$(PY) -m finetune_localcluster up $(CLUSTER_ARGS)
+
+demo: venv binaries ## Local control plane + operator + a real (tiny, CPU) training run, end to end
+	$(PY) -m finetune_localcluster.demo
 
 crds: venv ## Regenerate crds/finetunejobs.yaml from the typed schema
 	$(PY) -m finetune_operator.api.crd > crds/finetunejobs.yaml

@@ -179,6 +179,14 @@ def observe(
             )
         reason, message = _pending_reason(pod)
         return replace(seen, reason=reason, message=message)
+    if any((p.get("status") or {}).get("phase") == "Succeeded" for p in pods):
+        # The trainer exited 0; the Job controller has not marked the Job Complete yet.
+        return replace(
+            seen,
+            phase="Running",
+            reason="Completing",
+            message="the trainer finished; waiting for the Job to complete",
+        )
     if restarts:
         return replace(
             seen,

@@ -150,6 +150,7 @@ _NORMAL_REASONS = {
     "WaitingForScheduler",
     "ContainerCreating",
     "Running",
+    "Completing",
     "Suspended",
     "WaitingForQueue",
     "Succeeded",

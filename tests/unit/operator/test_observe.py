@@ -186,6 +186,10 @@ class TestPending:
         assert (seen.phase, seen.reason, seen.restarts) == ("Pending", "Restarting", 1)
         assert "OOMKilled" in seen.message
 
+    def test_finished_trainer_before_the_job_completes(self) -> None:
+        seen = observe(job(succeeded=1), [pod("Succeeded", state=terminated(0, SUCCESS))])
+        assert (seen.phase, seen.reason) == ("Running", "Completing")
+
     def test_the_newest_pod_wins(self) -> None:
         old = pod("Failed", name="old", created="T1", state=terminated(1))
         new = pod("Running", name="new", created="T3", state={"running": {}}, ip="10.0.0.9")

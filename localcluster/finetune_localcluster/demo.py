@@ -1,0 +1,164 @@
+"""`make demo`: the whole product on this machine, with no cluster and no GPU.
+
+Starts the local control plane and node agent, installs the CRD, runs the operator as its
+own process (as it runs in a cluster), generates a tiny gpt-oss model and dataset onto an
+input PVC, applies examples/finetunejob-tiny.yaml, follows the FineTuneJob like
+`kubectl get ftj -w`, and prints where the adapter is and what its manifest holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from finetune_localcluster.cluster import LocalCluster, gpu_nodes
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "finetunejob-tiny.yaml"
+CRD = REPO / "crds" / "finetunejobs.yaml"
+NAMESPACE = "demo"
+NAME = "tiny-gpt-oss"
+
+
+def say(text: str) -> None:
+    print(f"==> {text}", flush=True)
+
+
+def _columns(body: dict[str, Any]) -> tuple[str, ...]:
+    status = body.get("status") or {}
+    progress = status.get("progress") or {}
+    loss = progress.get("loss")
+    return (
+        status.get("phase") or "",
+        progress.get("summary") or "",
+        f"{loss:.3f}" if isinstance(loss, float) else "",
+        str(progress.get("etaSeconds", "")),
+        status.get("reason") or "",
+    )
+
+
+def follow(cluster: LocalCluster, timeout: float) -> dict[str, Any]:
+    """Print a row whenever what `kubectl get ftj` shows changes; return the final object."""
+    row = "{:<14} {:<10} {:<9} {:<8} {:<6} {}"
+    print(row.format("NAME", "PHASE", "PROGRESS", "LOSS", "ETA", "REASON"), flush=True)
+    deadline = time.monotonic() + timeout
+    last: tuple[str, ...] = ()
+    while time.monotonic() < deadline:
+        out = cluster.kubectl(["-n", NAMESPACE, "get", "ftj", NAME, "-o", "json"], check=False)
+        if out.returncode == 0:
+            body = json.loads(out.stdout)
+            cols = _columns(body)
+            if cols[0] and cols != last:
+                print(row.format(NAME, *cols), flush=True)
+                last = cols
+            if cols[0] in ("Succeeded", "Failed"):
+                return dict(body)
+        time.sleep(1)
+    raise SystemExit(f"the FineTuneJob did not finish within {timeout:.0f}s")
+
+
+def host_path(uri: str, claims: dict[str, Path]) -> Path:
+    """pvc://claim/path -> the PV's directory on this machine."""
+    claim, _, rest = uri.removeprefix("pvc://").partition("/")
+    return claims[claim] / rest
+
+
+def run(args: argparse.Namespace) -> int:
+    state = Path(args.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    say(f"starting the local control plane and node agent (state in {state})")
+    with LocalCluster(state / "cluster", nodes=gpu_nodes(1, 1)) as cluster:
+        say(f"export KUBECONFIG={cluster.kubeconfig}")
+        cluster.kubectl(["apply", "--server-side", "-f", str(CRD)])
+        cluster.kubectl(["wait", "--for=condition=Established", "crd/finetunejobs.finetune.dev"])
+        cluster.create_namespace(NAMESPACE, {"pod-security.kubernetes.io/enforce": "restricted"})
+        claims = {
+            name: cluster.make_pvc(NAMESPACE, name, state / "volumes" / name)
+            for name in ("demo-inputs", "demo-outputs")
+        }
+        say("generating a tiny gpt-oss model and a Multilingual-Thinking-shaped dataset")
+        from finetune_trainer.fixtures import write_tiny_dataset, write_tiny_model
+
+        write_tiny_model(claims["demo-inputs"] / "tiny-gpt-oss")
+        write_tiny_dataset(claims["demo-inputs"] / "multilingual-thinking-tiny.jsonl", rows=64)
+        operator_log = state / "operator.log"
+        say(f"starting the operator (log: {operator_log})")
+        env = {
+            **os.environ,
+            "FTO_PROGRESS_POLL_SECONDS": "2",
+            "FTO_LIVENESS_ENDPOINT": "",
+            "FTO_TRAINER_GRACE_PERIOD_SECONDS": "60",
+        }
+        with operator_log.open("w") as log:
+            operator = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "finetune_operator",
+                    "--kubeconfig",
+                    str(cluster.kubeconfig),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        try:
+            say(f"kubectl apply -f {EXAMPLE.relative_to(REPO)}")
+            cluster.kubectl(["apply", "-f", str(EXAMPLE)])
+            body = follow(cluster, args.timeout)
+        finally:
+            operator.terminate()
+            operator.wait(timeout=30)
+        return report(cluster, body, claims)
+
+
+def report(cluster: LocalCluster, body: dict[str, Any], claims: dict[str, Path]) -> int:
+    status = body.get("status") or {}
+    if status.get("phase") != "Succeeded":
+        say(f"the FineTuneJob failed: {status.get('reason')}: {status.get('message')}")
+        return 1
+    adapter_uri = status["output"]["adapterUri"]
+    adapter = host_path(adapter_uri, claims)
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    say(f"adapter: {adapter_uri}")
+    say(f"on this machine: {adapter}")
+    checkpoint = status.get("checkpoint") or {}
+    say(f"newest checkpoint: step {checkpoint.get('step')} at {checkpoint.get('uri')}")
+    files = manifest.get("files") or []
+    say(
+        f"manifest: {len(files)} files, step {manifest.get('step')}, "
+        f"config fingerprint {manifest.get('fingerprint')}"
+    )
+    for entry in files:
+        print(f"    {entry['path']:<28} {entry['size']:>10} bytes  sha256 {entry['sha256'][:12]}")
+    events = cluster.kubectl(
+        [
+            "-n",
+            NAMESPACE,
+            "get",
+            "events",
+            "--field-selector",
+            f"involvedObject.name={NAME}",
+            "-o",
+            "custom-columns=REASON:.reason,MESSAGE:.message",
+        ]
+    )
+    say("events on the FineTuneJob:")
+    print(events.stdout, flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune_localcluster.demo")
+    parser.add_argument("--state-dir", default=".work/demo", help="state, volumes and logs")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
