@@ -1,0 +1,160 @@
+"""The command line: config loading and errors, overrides, exit codes, and that --help and
+config validation never import torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from finetune_trainer.cli import apply_overrides, load_config
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.contract import ExitCode
+from finetune_trainer.errors import InvalidConfig
+
+from .cli_helpers import cli_env, run_cli, termination, write_config
+
+# The original single-machine example's config.yaml, in its own snake_case spelling.
+ORIGINAL_EXAMPLE = """\
+model:
+  model_name: unsloth/gpt-oss-20b
+  max_seq_length: 1024
+  load_in_4bit: true
+dataset:
+  path: HuggingFaceH4/Multilingual-Thinking
+  format: sharegpt
+  split: train
+  max_samples: 1000
+lora:
+  r: 8
+  lora_alpha: 16
+  lora_dropout: 0
+training:
+  max_steps: 20
+  per_device_train_batch_size: 1
+  gradient_accumulation_steps: 4
+  learning_rate: 2.0e-4
+  optim: adamw_8bit
+  save_steps: 10
+  seed: 3407
+output:
+  dir: outputs
+"""
+
+
+def heavy_modules(stderr: str) -> set[str]:
+    """Top-level packages of heavy libraries in a ``python -X importtime`` report."""
+    heavy = {"torch", "transformers", "peft", "trl", "datasets", "unsloth", "boto3"}
+    found = set()
+    for line in stderr.splitlines():
+        if line.startswith("import time:"):
+            name = line.rsplit("|", 1)[-1].strip()
+            if name.split(".")[0] in heavy:
+                found.add(name.split(".")[0])
+    return found
+
+
+def test_help_is_fast_and_imports_no_heavy_library(tmp_path: Path) -> None:
+    result = run_cli(["--help"], cli_env(tmp_path), python_flags=("-X", "importtime"))
+    assert result.returncode == 0
+    assert "--dry-run" in result.stdout and "--output-dir" in result.stdout
+    assert "78" in result.stdout  # the exit codes are documented
+    assert heavy_modules(result.stderr) == set()
+
+
+def test_bad_config_exits_78_naming_every_field(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path / "config.yaml",
+        {
+            "model": {"maxSeqLength": 8},
+            "lora": {"rank": 0},
+            "training": {"maxSteps": 10, "optimizer": "adam9000", "lerning_rate": 1e-4},
+        },
+    )
+    result = run_cli(
+        ["--config", str(config)], cli_env(tmp_path), python_flags=("-X", "importtime")
+    )
+
+    assert result.returncode == int(ExitCode.INVALID_INPUT) == 78
+    for field in ("model.maxSeqLength", "lora.rank", "training.optimizer", "training.lerningRate"):
+        assert field in result.stderr, field
+    assert "unknown field" in result.stderr
+    assert "fix:" in result.stderr
+    message = termination(tmp_path)
+    assert message.status == "invalid_input"
+    assert message.reason == "InvalidConfig"
+    assert "lora.rank" in message.message
+    assert heavy_modules(result.stderr) == set()
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason"),
+    [
+        ("missing-file", "ConfigNotFound"),
+        ("no-config", "ConfigNotFound"),
+        ("bad-yaml", "InvalidConfig"),
+        ("bad-port", "InvalidConfig"),
+    ],
+)
+def test_config_problems_exit_78(tmp_path: Path, setup: str, reason: str) -> None:
+    env = cli_env(tmp_path)
+    args: list[str] = []
+    if setup == "missing-file":
+        args = ["--config", str(tmp_path / "nope.yaml")]
+    elif setup == "bad-yaml":
+        bad = tmp_path / "bad.yaml"
+        bad.write_text("model: [unclosed\n")
+        args = ["--config", str(bad)]
+    elif setup == "bad-port":
+        env["FTO_METRICS_PORT"] = "ninety"
+        args = ["--config", str(write_config(tmp_path / "c.yaml", {}))]
+    result = run_cli(args, env)
+    assert result.returncode == 78, result.stderr
+    assert termination(tmp_path).reason == reason
+
+
+def test_config_comes_from_fto_config(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", {"training": {"maxSteps": 0}})
+    result = run_cli([], cli_env(tmp_path, FTO_CONFIG=str(config)))
+    assert result.returncode == 78
+    assert "training.maxSteps" in result.stderr
+
+
+def test_original_example_config_loads(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(ORIGINAL_EXAMPLE)
+    config = load_config(path)
+    assert config.model.name == "unsloth/gpt-oss-20b"
+    assert config.model.max_seq_length == 1024
+    assert config.dataset.name == "HuggingFaceH4/Multilingual-Thinking"
+    assert config.dataset.max_samples == 1000
+    assert (config.lora.rank, config.lora.alpha, config.lora.dropout) == (8, 16, 0.0)
+    assert config.training.optimizer == "adamw_8bit"
+    assert config.training.max_steps == 20 and config.training.save_steps == 10
+    assert config.output.path == "outputs"
+
+
+def test_output_dir_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = TrainerConfig.from_mapping(
+        {"output": {"s3": {"uri": "s3://bucket/runs/a"}, "mergedExport": "merged_16bit"}}
+    )
+    monkeypatch.delenv("FTO_OUTPUT_DIR", raising=False)
+    assert apply_overrides(config, None) is config
+
+    flagged = apply_overrides(config, tmp_path / "flag")
+    assert flagged.output.path == str(tmp_path / "flag") and flagged.output.s3 is None
+    assert flagged.output.merged_export == "merged_16bit"
+    assert flagged.fingerprint() == config.fingerprint()  # where outputs go is not training
+
+    monkeypatch.setenv("FTO_OUTPUT_DIR", str(tmp_path / "env"))
+    assert apply_overrides(config, None).output.path == str(tmp_path / "env")
+    assert apply_overrides(config, tmp_path / "flag").output.path == str(tmp_path / "flag")
+
+
+def test_load_config_raises_invalid_config_for_validation_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path / "c.yaml", {"training": {"numEpochs": 1, "maxSteps": 5}})
+    with pytest.raises(InvalidConfig, match="set only one of"):
+        load_config(path)
+    assert "invalid config" in capsys.readouterr().err

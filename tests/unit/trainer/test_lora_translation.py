@@ -1,0 +1,103 @@
+"""The pure translators from the config to PEFT, Unsloth and TRL arguments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from finetune_trainer.config import LoraSpec, TrainerConfig, TrainingSpec
+from finetune_trainer.lora import (
+    peft_lora_kwargs,
+    sft_config_kwargs,
+    split_lora_targets,
+    unsloth_peft_kwargs,
+)
+
+GPT_OSS_EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+
+
+def test_expert_names_become_target_parameters_on_a_moe_model() -> None:
+    modules, params = split_lora_targets(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"], GPT_OSS_EXPERTS
+    )
+    assert modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert params == GPT_OSS_EXPERTS
+
+
+def test_gate_and_up_aliases_map_to_the_fused_parameter_once() -> None:
+    modules, params = split_lora_targets(["q_proj", "gate_proj", "up_proj"], GPT_OSS_EXPERTS)
+    assert modules == ["q_proj"]
+    assert params == ["mlp.experts.gate_up_proj"]
+
+
+def test_a_dense_model_keeps_every_name_a_module() -> None:
+    names = ["q_proj", "gate_proj", "up_proj", "down_proj"]
+    assert split_lora_targets(names, []) == (names, [])
+
+
+def test_peft_kwargs() -> None:
+    kwargs = peft_lora_kwargs(LoraSpec(rank=4, alpha=8, dropout=0.1), GPT_OSS_EXPERTS)
+    assert kwargs["r"] == 4 and kwargs["lora_alpha"] == 8 and kwargs["lora_dropout"] == 0.1
+    assert kwargs["task_type"] == "CAUSAL_LM" and kwargs["bias"] == "none"
+    assert kwargs["target_parameters"] == GPT_OSS_EXPERTS
+    assert "target_parameters" not in peft_lora_kwargs(LoraSpec(), [])
+
+
+def test_unsloth_kwargs_match_the_original_example() -> None:
+    kwargs = unsloth_peft_kwargs(LoraSpec(), seed=3407, gradient_checkpointing="unsloth")
+    assert kwargs == {
+        "r": 8,
+        "lora_alpha": 16,
+        "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"],
+        "bias": "none",
+        "use_gradient_checkpointing": "unsloth",
+        "random_state": 3407,
+        "use_rslora": False,
+        "loftq_config": None,
+    }
+    off = unsloth_peft_kwargs(LoraSpec(), seed=1, gradient_checkpointing="off")
+    assert off["use_gradient_checkpointing"] is False
+
+
+def test_sft_config_kwargs(tmp_path: Path) -> None:
+    training = TrainingSpec(max_steps=20, learning_rate=1e-4, save_steps=10, warmup_steps=2)
+    kwargs = sft_config_kwargs(
+        training,
+        output_dir=tmp_path,
+        max_length=1024,
+        optimizer="adamw_torch",
+        gradient_checkpointing=True,
+        bf16=False,
+        fp16=False,
+        use_cpu=True,
+    )
+    assert kwargs["max_steps"] == 20
+    assert kwargs["per_device_train_batch_size"] == 1
+    assert kwargs["gradient_accumulation_steps"] == 4
+    assert kwargs["learning_rate"] == 1e-4
+    assert kwargs["warmup_steps"] == 2
+    assert kwargs["optim"] == "adamw_torch"
+    assert kwargs["save_steps"] == 10 and kwargs["save_total_limit"] is None
+    assert kwargs["report_to"] == "none"
+    assert kwargs["completion_only_loss"] is True
+    assert "dataset_kwargs" not in kwargs  # TRL must build the labels from our mask
+    assert kwargs["seed"] == kwargs["data_seed"] == 3407
+    assert kwargs["output_dir"] == str(tmp_path)
+
+
+def test_sft_config_kwargs_by_epochs(tmp_path: Path) -> None:
+    config = TrainerConfig.from_mapping({"training": {"numEpochs": 2}})
+    kwargs = sft_config_kwargs(
+        config.training,
+        output_dir=tmp_path,
+        max_length=256,
+        optimizer="adamw_torch",
+        gradient_checkpointing=False,
+        bf16=True,
+        fp16=False,
+        per_device_batch=2,
+        gradient_accumulation=2,
+    )
+    assert kwargs["max_steps"] == -1 and kwargs["num_train_epochs"] == 2
+    assert kwargs["per_device_train_batch_size"] == 2
+    assert kwargs["gradient_accumulation_steps"] == 2

@@ -1,0 +1,100 @@
+"""The step plan and the GPU memory estimate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.memory import GIB, ModelShape, estimate_memory
+from finetune_trainer.plan import plan_steps
+
+# gpt-oss-20b's published shape (config.json of openai/gpt-oss-20b).
+GPT_OSS_20B = {
+    "model_type": "gpt_oss",
+    "vocab_size": 201088,
+    "hidden_size": 2880,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "head_dim": 64,
+    "intermediate_size": 2880,
+    "num_local_experts": 32,
+    "num_experts_per_tok": 4,
+    "tie_word_embeddings": False,
+}
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"]
+
+
+def test_gpt_oss_20b_parameter_counts() -> None:
+    shape = ModelShape.from_config(GPT_OSS_20B)
+    assert shape.total_params() == pytest.approx(20.9e9, rel=0.01)  # "21B parameters"
+    assert shape.active_params() == pytest.approx(3.6e9 + 0.6e9, rel=0.05)  # 3.6B + embeddings
+    # Rank 8 on attention and on all 32 experts' projections of all 24 layers.
+    assert shape.lora_params(8, TARGETS) == pytest.approx(92.45e6, rel=0.001)
+    attention_only = shape.lora_params(8, TARGETS[:4])
+    assert attention_only == 24 * 8 * (2 * (2880 + 4096) + 2 * (2880 + 512))
+
+
+def test_memory_estimate_is_monotonic_and_sane() -> None:
+    shape = ModelShape.from_config(GPT_OSS_20B)
+
+    def total(seq: int, **kw: object) -> float:
+        args = {
+            "seq_length": seq,
+            "micro_batch": 1,
+            "load_in_4bit": True,
+            "lora_rank": 8,
+            "target_modules": TARGETS,
+            "optimizer": "adamw_8bit",
+            "gradient_checkpointing": "unsloth",
+        }
+        args.update(kw)
+        return estimate_memory(shape, **args).total / GIB  # type: ignore[arg-type]
+
+    at_1k = total(1024)
+    assert 12 < at_1k < 18  # the example promises a 16 GB GPU is enough
+    assert at_1k < total(8192) < total(32768) < total(131072)
+    assert total(1024, load_in_4bit=False) > at_1k + 25  # 16-bit weights: ~39 GiB
+    assert total(8192, gradient_checkpointing="off") > total(8192)
+    assert total(32768, chunked_loss=False) > total(32768) + 30  # full 200k-vocab logits
+
+
+def test_dense_model_shape() -> None:
+    llama_like = {
+        "model_type": "llama",
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "intermediate_size": 11008,
+    }
+    shape = ModelShape.from_config(llama_like)
+    assert shape.num_experts == 0
+    assert shape.total_params() == pytest.approx(6.74e9, rel=0.02)  # Llama-2-7B
+
+
+@pytest.mark.parametrize(
+    ("rows", "training", "steps", "epochs"),
+    [
+        (100, {"maxSteps": 20}, 20, 20 / 25),  # 100 rows / 4 per step = 25 steps an epoch
+        (10, {"maxSteps": 20}, 20, 20 / 3),  # 10 micro-batches -> 3 steps (last one short)
+        (
+            64,
+            {"numEpochs": 2, "perDeviceTrainBatchSize": 2, "gradientAccumulationSteps": 4},
+            16,
+            2,
+        ),
+        (65, {"numEpochs": 1, "perDeviceTrainBatchSize": 2, "gradientAccumulationSteps": 4}, 9, 1),
+        (3, {"numEpochs": 1.5}, 2, 1.5),
+    ],
+)
+def test_plan_steps(rows: int, training: dict[str, Any], steps: int, epochs: float) -> None:
+    config = TrainerConfig.from_mapping({"training": training})
+    plan = plan_steps(rows, config.training)
+    assert plan.total_steps == steps
+    assert plan.epochs == pytest.approx(epochs, abs=1e-3)
+    assert plan.effective_batch == (
+        config.training.per_device_train_batch_size * config.training.gradient_accumulation_steps
+    )

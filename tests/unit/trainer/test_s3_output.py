@@ -1,0 +1,283 @@
+"""S3 output against the real S3-compatible server (versitygw): uploads with the manifest
+last, the latest pointer, rotation, retries, credentials, and resume from S3 into a fresh
+staging directory."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finetune_trainer.config import S3Location
+from finetune_trainer.errors import InvalidConfig
+from finetune_trainer.resume import find_resume_point
+from finetune_trainer.storage.manifest import MANIFEST_NAME, parse_manifest
+from finetune_trainer.storage.retry import RetryPolicy
+from finetune_trainer.storage.s3 import S3Store, credentials_from_env
+from finetune_trainer.storage.targets import LATEST_POINTER, S3Target
+
+from .test_checkpoints import write_fake_checkpoint
+
+FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
+
+
+class RecordingStore(S3Store):
+    """The real store, recording the order of uploads and failing the first few of them
+    on demand (a flaky network), to observe ordering and retries."""
+
+    def __init__(self, *args: Any, fail_first: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.uploaded: list[str] = []
+        self.failures_left = fail_first
+        real_upload = self.client.upload_file
+
+        def upload(path: str, bucket: str, key: str) -> None:
+            if self.failures_left > 0:
+                self.failures_left -= 1
+                raise ConnectionError("connection reset by peer (injected)")
+            real_upload(path, bucket, key)
+            self.uploaded.append(key)
+
+        self.client.upload_file = upload
+
+
+@pytest.fixture
+def bucket(s3_server: Any) -> str:
+    return str(s3_server.create_bucket(f"out-{uuid.uuid4().hex[:10]}"))
+
+
+@pytest.fixture
+def s3_env(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FTO_S3_OUTPUT_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("FTO_S3_OUTPUT_SECRET_ACCESS_KEY", s3_server.secret_key)
+
+
+def location(s3_server: Any, bucket: str, prefix: str = "runs/a") -> S3Location:
+    return S3Location(
+        uri=f"s3://{bucket}/{prefix}", endpoint=s3_server.endpoint, region=s3_server.region
+    )
+
+
+def make_target(
+    s3_server: Any, bucket: str, staging: Path, *, limit: int | None = None, fail_first: int = 0
+) -> S3Target:
+    loc = location(s3_server, bucket)
+    base = S3Store.for_location(loc, "output", retry=FAST)
+    store = RecordingStore(base.client, base.bucket, retry=FAST, fail_first=fail_first)
+    target = S3Target(store, loc.prefix, staging, limit)
+    target.prepare()
+    return target
+
+
+def publish_checkpoint(target: S3Target, step: int, fingerprint: str = "fp") -> None:
+    written = write_fake_checkpoint(target.artifacts, step)
+    name = f"checkpoint-{step}"
+    manifest = target.artifacts.commit(
+        written,
+        name,
+        kind="checkpoint",
+        step=step,
+        fingerprint=fingerprint,
+        started_at="2026-01-01T00:00:00Z",
+    )
+    target.published(name, manifest)
+
+
+def keys(s3_server: Any, bucket: str) -> set[str]:
+    client = s3_server.client()
+    return {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def get_json(s3_server: Any, bucket: str, key: str) -> Any:
+    return json.loads(s3_server.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def test_checkpoints_upload_with_manifest_last_then_latest_moves(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
+) -> None:
+    target = make_target(s3_server, bucket, tmp_path / "staging")
+    publish_checkpoint(target, 10)
+    publish_checkpoint(target, 20)
+    target.flush()
+
+    store = target.store
+    assert isinstance(store, RecordingStore)
+    for step in (10, 20):
+        uploads = [k for k in store.uploaded if k.startswith(f"runs/a/checkpoint-{step}/")]
+        assert uploads[-1] == f"runs/a/checkpoint-{step}/{MANIFEST_NAME}"
+        assert len(uploads) == 4
+    present = keys(s3_server, bucket)
+    assert "runs/a/checkpoint-20/sub/rng_state.pth" in present
+    manifest = parse_manifest(
+        s3_server.client()
+        .get_object(Bucket=bucket, Key="runs/a/checkpoint-20/manifest.json")["Body"]
+        .read()
+    )
+    assert manifest.step == 20 and manifest.fingerprint == "fp"
+    pointer = get_json(s3_server, bucket, f"runs/a/{LATEST_POINTER}")
+    assert pointer["step"] == 20
+    assert pointer["uri"] == f"s3://{bucket}/runs/a/checkpoint-20"
+    # The staging copy of 10 is gone (uploaded, superseded); the newest stays for a fast
+    # resume in the same pod.
+    assert [c.step for c in target.artifacts.checkpoints()] == [20]
+    target.close()
+
+
+def test_uploads_are_retried_with_backoff(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    target = make_target(s3_server, bucket, tmp_path / "staging", fail_first=2)
+    publish_checkpoint(target, 5)
+    target.flush()
+    assert "runs/a/checkpoint-5/manifest.json" in keys(s3_server, bucket)
+    assert "attempt 1 of 4" in caplog.text and "attempt 2 of 4" in caplog.text
+    target.close()
+
+
+def test_failed_upload_keeps_the_staging_copy_and_is_reported(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
+) -> None:
+    target = make_target(s3_server, bucket, tmp_path / "staging", fail_first=100)
+    publish_checkpoint(target, 5)
+    with pytest.raises(ConnectionError):
+        target.flush()
+    assert [c.step for c in target.artifacts.complete_checkpoints()] == [5]
+    assert not any(k.endswith("manifest.json") for k in keys(s3_server, bucket))
+    # The next container in the same pod uploads it before anything else.
+    again = make_target(s3_server, bucket, tmp_path / "staging")
+    assert "runs/a/checkpoint-5/manifest.json" in keys(s3_server, bucket)
+    again.close()
+    target.close()
+
+
+def test_rotation_on_s3_keeps_the_newest(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
+) -> None:
+    target = make_target(s3_server, bucket, tmp_path / "staging", limit=2)
+    for step in (10, 20, 30):
+        publish_checkpoint(target, step)
+    target.flush()
+    prefixes = {k.split("/")[2] for k in keys(s3_server, bucket) if "checkpoint-" in k}
+    assert prefixes == {"checkpoint-20", "checkpoint-30"}
+    target.close()
+
+
+def test_resume_from_s3_into_a_fresh_staging_dir_with_fallback(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = make_target(s3_server, bucket, tmp_path / "staging-1")
+    for step in (10, 20, 30):
+        publish_checkpoint(first, step)
+    first.close()
+    client = s3_server.client()
+    # Corrupt checkpoint-30 on S3 (same size, one byte flipped), and leave a checkpoint-40
+    # whose upload never finished (no manifest).
+    key = "runs/a/checkpoint-30/adapter_model.safetensors"
+    data = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    data[3] ^= 0xFF
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+    client.put_object(Bucket=bucket, Key="runs/a/checkpoint-40/trainer_state.json", Body=b"{}")
+
+    fresh = make_target(s3_server, bucket, tmp_path / "staging-2")
+    point = find_resume_point(fresh, "fp")
+
+    assert point is not None and point.step == 20
+    assert point.path == tmp_path / "staging-2" / "checkpoint-20"
+    assert point.uri == f"s3://{bucket}/runs/a/checkpoint-20"
+    assert (point.path / "sub" / "rng_state.pth").is_file()
+    assert "checkpoint-40 is not usable: no manifest.json on S3" in caplog.text
+    assert "checkpoint-30 is not usable: adapter_model.safetensors does not match" in caplog.text
+    fresh.close()
+
+
+def test_credentials_come_from_the_location_variables(
+    s3_server: Any,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="finetune_trainer")
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("FTO_S3_OUTPUT_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.delenv("FTO_S3_OUTPUT_SECRET_ACCESS_KEY", raising=False)
+    with pytest.raises(InvalidConfig, match="FTO_S3_OUTPUT_SECRET_ACCESS_KEY is not set"):
+        credentials_from_env("output")
+
+    monkeypatch.setenv("FTO_S3_OUTPUT_SECRET_ACCESS_KEY", "wrong-" + s3_server.secret_key)
+    store = S3Store.for_location(location(s3_server, bucket), "output", retry=FAST)
+    with pytest.raises(Exception, match=r"SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+        store.put_json("runs/a/x", {})
+    assert "attempt" not in caplog.text  # denied access is not retried
+
+    monkeypatch.setenv("FTO_S3_OUTPUT_SECRET_ACCESS_KEY", s3_server.secret_key)
+    store = S3Store.for_location(location(s3_server, bucket), "output", retry=FAST)
+    store.put_json("runs/a/x", {"ok": True})
+    assert json.loads(store.get_bytes("runs/a/x") or b"") == {"ok": True}
+    assert store.get_bytes("runs/a/missing") is None
+    assert s3_server.secret_key not in caplog.text
+
+
+def test_training_to_s3_and_resuming_from_s3_in_a_fresh_pod(
+    s3_server: Any, bucket: str, tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path
+) -> None:
+    from finetune_trainer.contract import TerminationMessage
+
+    from .cli_helpers import cli_env, json_records
+    from .train_helpers import finish, start_cli, tiny_config
+
+    output = {
+        "s3": {
+            "uri": f"s3://{bucket}/runs/tiny",
+            "endpoint": s3_server.endpoint,
+            "region": s3_server.region,
+        }
+    }
+    config = tiny_config(tiny_model_dir, tiny_dataset_path, output, maxSteps=4, saveSteps=2)
+    credentials = {
+        "FTO_S3_OUTPUT_ACCESS_KEY_ID": s3_server.access_key,
+        "FTO_S3_OUTPUT_SECRET_ACCESS_KEY": s3_server.secret_key,
+    }
+
+    def run(scratch: str) -> tuple[int, str, str, TerminationMessage]:
+        env = cli_env(tmp_path, FTO_SCRATCH_DIR=str(tmp_path / scratch), **credentials)
+        code, stdout, stderr = finish(start_cli(config, tmp_path, env))
+        text = (tmp_path / "termination-log").read_text()
+        message = TerminationMessage.decode(text)
+        assert message is not None
+        return code, stdout, stderr, message
+
+    code, _, stderr, message = run("pod-1")
+    assert code == 0, stderr[-4000:]
+    present = keys(s3_server, bucket)
+    for name in ("checkpoint-2", "checkpoint-4", "final_model"):
+        assert f"runs/tiny/{name}/manifest.json" in present
+        assert f"runs/tiny/{name}/adapter_model.safetensors" in present
+    assert get_json(s3_server, bucket, "runs/tiny/latest")["step"] == 4
+    assert message.adapter_uri == f"s3://{bucket}/runs/tiny/final_model"
+    assert message.checkpoint is not None
+    assert message.checkpoint.uri == f"s3://{bucket}/runs/tiny/checkpoint-4"
+    assert s3_server.secret_key not in stderr
+
+    # Lose the newest checkpoint's manifest and the final adapter: a new pod (fresh
+    # staging) must fall back to checkpoint-2 even though `latest` still says 4.
+    client = s3_server.client()
+    client.delete_object(Bucket=bucket, Key="runs/tiny/checkpoint-4/manifest.json")
+    for key in [k for k in present if k.startswith("runs/tiny/final_model/")]:
+        client.delete_object(Bucket=bucket, Key=key)
+
+    code, stdout, stderr, message = run("pod-2")
+    assert code == 0, stderr[-4000:]
+    assert "checkpoint-4 is not usable: no manifest.json on S3" in stderr
+    assert "resuming from checkpoint-2 (step 2)" in stderr
+    assert message.resumed_from_step == 2
+    assert [r["step"] for r in json_records(stdout)] == [3, 4]
+    present = keys(s3_server, bucket)
+    assert "runs/tiny/checkpoint-4/manifest.json" in present
+    assert "runs/tiny/final_model/manifest.json" in present
+    assert get_json(s3_server, bucket, "runs/tiny/latest")["step"] == 4

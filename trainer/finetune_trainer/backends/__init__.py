@@ -1,0 +1,56 @@
+"""Model backends: Unsloth on CUDA (the product path), transformers + PEFT elsewhere.
+
+Selecting a backend imports torch; choosing Unsloth imports it before transformers, TRL
+and PEFT, which Unsloth requires for its patches to apply.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+from .base import Backend, Precision
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Backend", "Precision", "select_backend"]
+
+
+def unsloth_installed() -> bool:
+    return importlib.util.find_spec("unsloth") is not None
+
+
+def select_backend(
+    choice: Literal["auto", "unsloth", "transformers"] = "auto", scratch: Path | None = None
+) -> Backend:
+    """``auto``: Unsloth when a CUDA GPU is present and Unsloth is installed; otherwise
+    transformers + PEFT, logged as such. ``unsloth`` fails when either is missing.
+    ``scratch`` is where Unsloth may write its compiled kernels and merge buffers (it
+    defaults to the working directory, which a hardened pod mounts read-only)."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if choice == "unsloth" or (choice == "auto" and cuda and unsloth_installed()):
+        if not cuda:
+            raise RuntimeError("the unsloth backend needs a CUDA GPU; none is visible")
+        if scratch is not None:
+            os.environ.setdefault(
+                "UNSLOTH_COMPILE_LOCATION", str(scratch / "unsloth_compiled_cache")
+            )
+        from .unsloth_backend import UnslothBackend
+
+        return UnslothBackend(scratch)
+    from .transformers_backend import TransformersBackend
+
+    backend = TransformersBackend(cuda=cuda)
+    if choice == "auto":
+        why = "no CUDA GPU is visible" if not cuda else "unsloth is not installed"
+        log.warning(
+            "using the transformers + PEFT backend because %s; Unsloth's speed and memory "
+            "savings do not apply (fine for tests and small models)",
+            why,
+        )
+    return backend

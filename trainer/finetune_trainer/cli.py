@@ -1,0 +1,175 @@
+"""``finetune-train``: the trainer's command line.
+
+Reads one config file (the FineTuneJob's training spec, or the original example's
+``config.yaml``), applies the container's overrides, then trains or, with ``--dry-run``,
+validates the config and the data and prints the plan. Exit codes follow
+``contract.ExitCode``; a termination message is written on every exit.
+
+Only the standard library, pydantic and PyYAML load before the config is known to be good:
+``--help`` and config errors never import torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from .config import OutputSpec, TrainerConfig, describe_errors
+from .contract import CONFIG_PATH, Env, ExitCode, TerminationMessage
+from .errors import InvalidConfig, InvalidInput
+from .runtime import RuntimeOptions
+from .termination import exit_code_for, write_termination_message
+
+log = logging.getLogger("finetune_trainer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="finetune-train",
+        description="Fine-tune a causal LM with LoRA (Unsloth on CUDA, transformers + PEFT "
+        "elsewhere), checkpointing to a directory, a PVC or S3 and resuming after failures.",
+        epilog=f"Exit codes: {ExitCode.SUCCEEDED} done, {ExitCode.INVALID_INPUT} bad config or "
+        f"data (not retried), {ExitCode.INTERRUPTED} interrupted by SIGTERM after a "
+        f"checkpoint, {ExitCode.FAILED} anything else (retried, resuming).",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help=f"Config file (YAML). Default: ${Env.CONFIG}, else {CONFIG_PATH}.",
+    )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help=f"Write checkpoints and the adapter to this local directory instead of the "
+        f"config's output (also ${Env.OUTPUT_DIR}).",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="Validate the config and the data (tokenizer and rows, no model weights) and "
+        "print the plan: rows, tokens, steps, epochs, a GPU memory estimate.",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help=f"Port of the Prometheus endpoint; 0 disables it (also ${Env.METRICS_PORT}; "
+        "default 9090).",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        help=f"Bind address of the metrics endpoint (also ${Env.METRICS_HOST}, else "
+        f"${Env.POD_IP}, else 0.0.0.0).",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "unsloth", "transformers"),
+        default="auto",
+        help="auto: Unsloth when a CUDA GPU and Unsloth are available, else transformers + "
+        "PEFT. Default: auto.",
+    )
+    return parser
+
+
+def setup_logging() -> None:
+    """Human-readable logs on stderr; stdout carries the JSON step records and the plan."""
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def config_path(arg: Path | None) -> Path:
+    if arg is not None:
+        return arg
+    env = os.environ.get(Env.CONFIG)
+    if env:
+        return Path(env)
+    if Path(CONFIG_PATH).is_file():
+        return Path(CONFIG_PATH)
+    raise InvalidConfig(
+        f"no config file: pass --config, or set {Env.CONFIG}, or mount one at {CONFIG_PATH}",
+        reason="ConfigNotFound",
+    )
+
+
+def load_config(path: Path) -> TrainerConfig:
+    """Parse and validate the config file; every problem is printed, then InvalidConfig."""
+    import yaml
+
+    try:
+        return TrainerConfig.from_file(path)
+    except FileNotFoundError:
+        raise InvalidConfig(f"config file {path} does not exist", reason="ConfigNotFound") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidConfig(f"config file {path} cannot be read: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise InvalidConfig(f"config file {path} is not valid YAML: {exc}") from None
+    except ValidationError as exc:
+        problems = describe_errors(exc)
+        print(f"invalid config {path}:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise InvalidConfig("; ".join(problems)) from None
+
+
+def apply_overrides(config: TrainerConfig, output_dir: Path | None) -> TrainerConfig:
+    """--output-dir or $FTO_OUTPUT_DIR replaces the config's output target."""
+    target = output_dir or (
+        Path(os.environ[Env.OUTPUT_DIR]) if os.environ.get(Env.OUTPUT_DIR) else None
+    )
+    if target is None:
+        return config
+    if config.output.target_kind != "path":
+        log.info(
+            "output overridden to %s (the config's output.%s is not used)",
+            target,
+            config.output.target_kind,
+        )
+    output = OutputSpec(path=str(target), merged_export=config.output.merged_export)
+    return config.model_copy(update={"output": output})
+
+
+def run(argv: Sequence[str] | None = None) -> TerminationMessage:
+    """Parse arguments, then validate, dry-run or train; never raises for expected errors."""
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        runtime = RuntimeOptions.from_env(
+            metrics_host=args.metrics_host, metrics_port=args.metrics_port, backend=args.backend
+        )
+        config = apply_overrides(load_config(config_path(args.config)), args.output_dir)
+    except InvalidInput as exc:
+        log.error("%s", exc)
+        return TerminationMessage(status="invalid_input", reason=exc.reason, message=str(exc))
+    except ValueError as exc:  # a malformed port in the environment, for example
+        log.error("%s", exc)
+        return TerminationMessage(status="invalid_input", reason="InvalidConfig", message=str(exc))
+    if args.dry_run:
+        from .plan import dry_run
+
+        return dry_run(config, runtime)
+    from .train import main as train_main
+
+    return train_main(config, runtime)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point: run, write the termination message, return the code."""
+    message = run(argv)
+    # The runtime may not exist when the arguments were bad; recompute the path cheaply.
+    from .termination import termination_path
+
+    write_termination_message(message, termination_path())
+    return int(exit_code_for(message))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

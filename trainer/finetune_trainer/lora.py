@@ -1,0 +1,149 @@
+"""Pure translators from the config to the libraries' arguments: PEFT's ``LoraConfig``,
+Unsloth's ``get_peft_model`` and TRL's ``SFTConfig``. No imports of those libraries here,
+so the translation is testable (and fast) on its own; the backends build the objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+from .config import LoraSpec, TrainingSpec
+
+# Names a user may give for the MoE experts' fused projections. gpt-oss stores each layer's
+# experts as two 3-D parameters (experts x in x out), not as Linear modules, so PEFT must
+# reach them through ``target_parameters`` rather than ``target_modules``.
+_EXPERT_ALIASES = {
+    "gate_up_proj": "gate_up_proj",
+    "gate_proj": "gate_up_proj",
+    "up_proj": "gate_up_proj",
+    "down_proj": "down_proj",
+}
+
+
+def split_lora_targets(
+    target_modules: Collection[str], expert_parameters: Collection[str]
+) -> tuple[list[str], list[str]]:
+    """Split the configured names into (Linear module names, expert parameter paths).
+
+    ``expert_parameters`` are the fused expert parameters the model has, by path suffix
+    (e.g. ``mlp.experts.gate_up_proj``). A configured name that matches one of them by its
+    last segment (or an alias: gate_proj/up_proj for gate_up_proj) targets that parameter;
+    on a dense model (no expert parameters) every name stays a module name.
+    """
+    modules: list[str] = []
+    parameters: list[str] = []
+    by_leaf = {p.rsplit(".", 1)[-1]: p for p in expert_parameters}
+    for name in target_modules:
+        leaf = _EXPERT_ALIASES.get(name)
+        if leaf is not None and leaf in by_leaf:
+            if by_leaf[leaf] not in parameters:
+                parameters.append(by_leaf[leaf])
+        elif name not in modules:
+            modules.append(name)
+    return modules, parameters
+
+
+def peft_lora_kwargs(spec: LoraSpec, expert_parameters: Collection[str] = ()) -> dict[str, Any]:
+    """Keyword arguments for ``peft.LoraConfig``."""
+    modules, parameters = split_lora_targets(spec.target_modules, expert_parameters)
+    kwargs: dict[str, Any] = {
+        "r": spec.rank,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": spec.dropout,
+        "bias": "none",
+        "use_rslora": spec.use_rslora,
+        "task_type": "CAUSAL_LM",
+        "target_modules": modules,
+    }
+    if parameters:
+        kwargs["target_parameters"] = parameters
+    return kwargs
+
+
+def unsloth_peft_kwargs(
+    spec: LoraSpec, *, seed: int, gradient_checkpointing: str
+) -> dict[str, Any]:
+    """Keyword arguments for ``FastLanguageModel.get_peft_model``. Unsloth maps the expert
+    names itself (fused parameters or, for its 4-bit gpt-oss, per-expert Linear modules),
+    so the configured names go through unchanged."""
+    return {
+        "r": spec.rank,
+        "lora_alpha": spec.alpha,
+        "lora_dropout": spec.dropout,
+        "target_modules": list(spec.target_modules),
+        "bias": "none",
+        "use_gradient_checkpointing": {"unsloth": "unsloth", "on": True, "off": False}[
+            gradient_checkpointing
+        ],
+        "random_state": seed,
+        "use_rslora": spec.use_rslora,
+        "loftq_config": None,
+    }
+
+
+def sft_config_kwargs(
+    training: TrainingSpec,
+    *,
+    output_dir: Path,
+    max_length: int,
+    optimizer: str,
+    gradient_checkpointing: bool,
+    bf16: bool,
+    fp16: bool,
+    per_device_batch: int | None = None,
+    gradient_accumulation: int | None = None,
+    use_cpu: bool = False,
+) -> dict[str, Any]:
+    """Keyword arguments for ``trl.SFTConfig``.
+
+    Checkpoints: Trainer writes them into ``output_dir`` (our uncommitted work directory)
+    every ``save_steps``; our callback then commits, uploads and rotates them, so
+    Trainer's own rotation is off (``save_total_limit=None``).
+
+    Loss mask: the dataset arrives tokenized (``input_ids``) with our ``completion_mask``.
+    With ``completion_only_loss=True`` and dataset preparation left on, TRL sees
+    ``input_ids`` and does not tokenize again; it only turns the mask into a ``labels``
+    column (the token where the mask is 1, -100 elsewhere) and drops the mask. Its
+    truncation to ``max_length`` is a no-op (rows already fit), and ``packing`` (when
+    asked for) packs those labelled rows. TRL 1.15 refuses ``skip_prepare_dataset`` with a
+    mask column and no labels, and without ``completion_only_loss`` it would ignore the
+    mask and train on every token.
+
+    ``per_device_batch`` and ``gradient_accumulation`` default to the config's and exist so
+    the micro-batch can be resized for speed with the same effective batch.
+    """
+    return {
+        "output_dir": str(output_dir),
+        "max_steps": training.max_steps if training.max_steps is not None else -1,
+        "num_train_epochs": training.num_epochs if training.num_epochs is not None else 1.0,
+        "per_device_train_batch_size": per_device_batch or training.per_device_train_batch_size,
+        "gradient_accumulation_steps": gradient_accumulation
+        or training.gradient_accumulation_steps,
+        "learning_rate": training.learning_rate,
+        "lr_scheduler_type": training.lr_scheduler_type,
+        "warmup_steps": training.warmup_steps,
+        "weight_decay": training.weight_decay,
+        "max_grad_norm": training.max_grad_norm,
+        "optim": optimizer,
+        "logging_strategy": "steps",
+        "logging_steps": training.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "steps",
+        "save_steps": training.save_steps,
+        "save_total_limit": None,
+        "seed": training.seed,
+        "data_seed": training.seed,
+        "report_to": "none",
+        "bf16": bf16,
+        "fp16": fp16,
+        "use_cpu": use_cpu,
+        "gradient_checkpointing": gradient_checkpointing,
+        "max_length": max_length,
+        "packing": training.packing,
+        "completion_only_loss": True,
+        "shuffle_dataset": False,  # the sampler shuffles, seeded, and resumes in order
+        "dataloader_num_workers": 0,
+        "disable_tqdm": False,
+    }

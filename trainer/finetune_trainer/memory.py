@@ -1,0 +1,241 @@
+"""A rough GPU memory estimate for LoRA/QLoRA training, from the model's ``config.json``.
+
+It is a planning aid, not a promise: real use depends on kernels, the allocator and
+fragmentation. The formula (all terms in bytes, B = micro-batch, S = max_seq_length,
+H = hidden size, L = layers, V = vocabulary, E = experts, k = experts per token,
+I = expert/MLP intermediate size, r = LoRA rank):
+
+- **weights**: parameters counted from the config, experts included (a MoE model keeps
+  every expert in memory, not only the active ones). With 4-bit (bitsandbytes NF4) the
+  projection matrices cost 0.5 byte + 1/64 * 2 bytes of block scales per parameter; the
+  embeddings, LM head, norms, biases and router stay 16-bit (2 bytes). 16-bit weights cost
+  2 bytes, 32-bit 4.
+- **LoRA**: r * (in + out) per adapted matrix (times E for expert matrices), stored in
+  float32 (4) with float32 gradients (4) and optimizer state: 2 bytes for 8-bit AdamW,
+  8 bytes for 32-bit AdamW, 4 for Adafactor/SGD as an upper bound.
+- **activations**: with checkpointing each layer keeps its input, B*S*H*2 per layer; the
+  "unsloth" mode offloads those to CPU RAM, leaving about 2 layers' worth on the GPU. One
+  layer is recomputed at a time during backward: about B*S*2*(12*H + 4*q + 3*k*I) (hidden
+  states, attention projections with memory-efficient attention -- no S^2 term -- and the
+  routed experts' intermediate activations). Without checkpointing every layer keeps that
+  working set (x L).
+- **logits**: T*V*6 (16-bit logits plus their float32 loss computation) where T is the
+  number of tokens whose logits exist at once: with Unsloth's chunked, fused loss only
+  one chunk (taken as 4096 tokens) at a time, otherwise all B*S -- the dominant term at
+  long context with a 200k vocabulary.
+- **overhead**: CUDA context, workspace and allocator slack, a flat 1 GiB + 5%.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+GIB = 1024**3
+LOSS_CHUNK_TOKENS = 4096
+
+_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+_GATE_UP_NAMES = ("gate_up_proj", "gate_proj", "up_proj")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes that decide memory, read from a Hugging Face ``config.json``."""
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    num_experts: int  # 0 for a dense model
+    experts_per_token: int
+    tie_word_embeddings: bool
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ModelShape:
+        text = config.get("text_config") or config
+        hidden = int(text["hidden_size"])
+        heads = int(text.get("num_attention_heads", 1))
+        experts = int(
+            text.get("num_local_experts")
+            or text.get("num_experts")
+            or text.get("n_routed_experts")
+            or 0
+        )
+        intermediate = int(
+            (text.get("moe_intermediate_size") if experts else None)
+            or text.get("intermediate_size")
+            or 4 * hidden
+        )
+        return cls(
+            model_type=str(config.get("model_type", "unknown")),
+            vocab_size=int(text["vocab_size"]),
+            hidden_size=hidden,
+            num_layers=int(text["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(text.get("num_key_value_heads") or heads),
+            head_dim=int(text.get("head_dim") or hidden // heads),
+            intermediate_size=intermediate,
+            num_experts=experts,
+            experts_per_token=int(
+                text.get("num_experts_per_tok") or text.get("experts_per_token") or 0
+            ),
+            tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        )
+
+    # --- parameter counts --------------------------------------------------------------------
+    @property
+    def q_width(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_width(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def attention_matrices(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each attention projection in one layer."""
+        h = self.hidden_size
+        return {
+            "q_proj": (h, self.q_width),
+            "k_proj": (h, self.kv_width),
+            "v_proj": (h, self.kv_width),
+            "o_proj": (self.q_width, h),
+        }
+
+    def mlp_matrices(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each MLP projection in one layer, per expert for a MoE model."""
+        h, i = self.hidden_size, self.intermediate_size
+        if self.num_experts:
+            return {"gate_up_proj": (h, 2 * i), "down_proj": (i, h)}
+        return {"gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    @property
+    def copies_per_mlp(self) -> int:
+        return max(1, self.num_experts)
+
+    def projection_params(self) -> int:
+        """Parameters of the matrices bitsandbytes quantizes (attention + MLP/experts)."""
+        per_layer = sum(i * o for i, o in self.attention_matrices().values())
+        per_layer += self.copies_per_mlp * sum(i * o for i, o in self.mlp_matrices().values())
+        return per_layer * self.num_layers
+
+    def other_params(self) -> int:
+        """Embeddings, LM head, norms, biases, router: kept in 16-bit."""
+        h = self.hidden_size
+        embeddings = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        per_layer = 2 * h  # two norms
+        per_layer += self.q_width + 2 * self.kv_width + h  # attention biases (upper bound)
+        if self.num_experts:
+            per_layer += self.num_experts * (h + 1)  # router
+            per_layer += self.num_experts * (2 * self.intermediate_size + h)  # expert biases
+        return embeddings + per_layer * self.num_layers + h
+
+    def total_params(self) -> int:
+        return self.projection_params() + self.other_params()
+
+    def active_params(self) -> int:
+        """Parameters used per token (only the routed experts of a MoE model)."""
+        if not self.num_experts:
+            return self.total_params()
+        expert = sum(i * o for i, o in self.mlp_matrices().values()) * self.num_layers
+        return self.total_params() - expert * (self.num_experts - self.experts_per_token)
+
+    def lora_params(self, rank: int, target_modules: list[str]) -> int:
+        """Trainable LoRA parameters for ``target_modules`` (names as in the config)."""
+        wanted = set(target_modules)
+        per_layer = 0
+        for name, (i, o) in self.attention_matrices().items():
+            if name in wanted:
+                per_layer += rank * (i + o)
+        for name, (i, o) in self.mlp_matrices().items():
+            aliases = _GATE_UP_NAMES if name == "gate_up_proj" else (name,)
+            if wanted.intersection(aliases):
+                per_layer += self.copies_per_mlp * rank * (i + o)
+        return per_layer * self.num_layers
+
+
+_OPTIMIZER_BYTES = {
+    "adamw_8bit": 2,
+    "paged_adamw_8bit": 2,
+    "adamw_torch": 8,
+    "adamw_torch_fused": 8,
+    "paged_adamw_32bit": 8,
+    "adafactor": 4,
+    "sgd": 4,
+}
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    lora: int
+    activations: int
+    logits: int
+    overhead: int
+    lora_params: int
+    total_params: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.lora + self.activations + self.logits + self.overhead
+
+    def as_gib(self) -> dict[str, float]:
+        return {
+            "weights": round(self.weights / GIB, 2),
+            "lora_and_optimizer": round(self.lora / GIB, 2),
+            "activations": round(self.activations / GIB, 2),
+            "logits": round(self.logits / GIB, 2),
+            "overhead": round(self.overhead / GIB, 2),
+            "total": round(self.total / GIB, 2),
+        }
+
+
+def estimate_memory(
+    shape: ModelShape,
+    *,
+    seq_length: int,
+    micro_batch: int,
+    load_in_4bit: bool,
+    weight_bytes: int = 2,
+    lora_rank: int,
+    target_modules: list[str],
+    optimizer: str,
+    gradient_checkpointing: str,
+    chunked_loss: bool = True,
+) -> MemoryEstimate:
+    """Apply the formula in this module's docstring."""
+    if load_in_4bit:
+        weights = int(shape.projection_params() * (0.5 + 2 / 64)) + shape.other_params() * 2
+    else:
+        weights = shape.total_params() * weight_bytes
+    lora_params = shape.lora_params(lora_rank, target_modules)
+    lora = lora_params * (4 + 4 + _OPTIMIZER_BYTES.get(optimizer, 8))
+
+    tokens = micro_batch * seq_length
+    h = shape.hidden_size
+    routed = shape.experts_per_token if shape.num_experts else 1
+    per_token = 12 * h + 4 * shape.q_width + 3 * routed * shape.intermediate_size
+    layer_working_set = tokens * 2 * per_token
+    layer_input = tokens * h * 2
+    if gradient_checkpointing == "unsloth":
+        activations = 2 * layer_input + layer_working_set
+    elif gradient_checkpointing == "on":
+        activations = shape.num_layers * layer_input + layer_working_set
+    else:
+        activations = shape.num_layers * layer_working_set
+    logit_tokens = min(tokens, LOSS_CHUNK_TOKENS) if chunked_loss else tokens
+    logits = logit_tokens * shape.vocab_size * 6
+    subtotal = weights + lora + activations + logits
+    overhead = int(GIB + 0.05 * subtotal)
+    return MemoryEstimate(
+        weights=weights,
+        lora=lora,
+        activations=activations,
+        logits=logits,
+        overhead=overhead,
+        lora_params=lora_params,
+        total_params=shape.total_params(),
+    )

@@ -1,0 +1,66 @@
+"""Find the checkpoint to resume from: the newest complete one whose files verify.
+
+Candidates are tried newest first. One that is incomplete (no manifest) or corrupt (a size
+or checksum differs) is skipped with a logged reason, and the previous one is tried. A
+checkpoint written under a different config fingerprint is refused outright: resuming it
+would silently mix two trainings, so the output location must change instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import IncompatibleCheckpoint
+from .storage.manifest import Manifest, ManifestError
+from .storage.targets import OutputTarget
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    step: int
+    path: Path
+    uri: str
+    manifest: Manifest
+
+
+def incompatible(what: str, uri: str, found: str, expected: str) -> IncompatibleCheckpoint:
+    return IncompatibleCheckpoint(
+        f"{what} {uri} was written by a different training config (fingerprint {found}, "
+        f"this config is {expected}); resuming it would mix two runs. Use a new output "
+        "path (output.path, output.pvc.path or output.s3.uri) for this config, or restore "
+        "the config that wrote it."
+    )
+
+
+def find_resume_point(target: OutputTarget, fingerprint: str) -> ResumePoint | None:
+    """The newest usable checkpoint, or None when there is none (a fresh start)."""
+    rejected: list[str] = []
+    for candidate in target.resume_candidates():
+        name = f"checkpoint-{candidate.step}"
+        try:
+            path, manifest = candidate.fetch()
+        except (ManifestError, OSError) as exc:
+            reason = f"{name} is not usable: {exc}"
+            log.warning("%s; falling back to the previous checkpoint", reason)
+            rejected.append(reason)
+            continue
+        if manifest.fingerprint != fingerprint:
+            raise incompatible("checkpoint", candidate.uri, manifest.fingerprint, fingerprint)
+        if manifest.step != candidate.step:
+            reason = f"{name} has a manifest for step {manifest.step}"
+            log.warning("%s; falling back to the previous checkpoint", reason)
+            rejected.append(reason)
+            continue
+        log.info("resuming from %s (step %d) at %s", name, manifest.step, candidate.uri)
+        return ResumePoint(manifest.step, path, candidate.uri, manifest)
+    if rejected:
+        log.warning(
+            "none of the %d checkpoints found is usable (%s); starting from step 0",
+            len(rejected),
+            "; ".join(rejected),
+        )
+    return None

@@ -1,0 +1,59 @@
+"""Run-time options that are not part of the training config: where to bind the metrics
+endpoint, where the termination message and scratch files go, which backend to use. They
+come from command-line flags and the contract's environment variables, so the same config
+file runs unchanged on a laptop and in a pod."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from .contract import SCRATCH_DIR, Env
+from .metrics import metrics_bind_host, metrics_port_from_env
+from .termination import termination_path
+
+BackendChoice = Literal["auto", "unsloth", "transformers"]
+
+
+@dataclass
+class RuntimeOptions:
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
+    termination_path: Path | None = None
+    scratch_dir: Path | None = None
+    backend: BackendChoice = "auto"
+    hf_token: str | None = field(default=None, repr=False)  # never printed
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        metrics_host: str | None = None,
+        metrics_port: int | None = None,
+        backend: BackendChoice = "auto",
+    ) -> RuntimeOptions:
+        """Flags win over the environment; the environment over the contract's defaults."""
+        scratch = os.environ.get(Env.SCRATCH_DIR)
+        return cls(
+            metrics_host=metrics_host or metrics_bind_host(),
+            metrics_port=metrics_port if metrics_port is not None else metrics_port_from_env(),
+            termination_path=termination_path(),
+            scratch_dir=Path(scratch) if scratch else None,
+            backend=backend,
+            hf_token=os.environ.get(Env.HF_TOKEN) or None,
+        )
+
+    def scratch(self) -> Path:
+        """The writable scratch directory: the option, else the pod's /scratch mount when it
+        is writable, else a fresh temporary directory (created once per run)."""
+        if self.scratch_dir is None:
+            default = Path(SCRATCH_DIR)
+            if default.is_dir() and os.access(default, os.W_OK):
+                self.scratch_dir = default
+            else:
+                self.scratch_dir = Path(tempfile.mkdtemp(prefix="finetune-scratch-"))
+        self.scratch_dir.mkdir(parents=True, exist_ok=True)
+        return self.scratch_dir

@@ -1,0 +1,161 @@
+"""Checkpoints and final artifacts in a local (or PVC) directory, laid out as the original
+example did: ``<root>/checkpoint-<step>/``, ``<root>/final_model/``, ``<root>/merged_16bit/``.
+
+The training loop writes each artifact under ``<root>/.incomplete/``; :meth:`commit` then
+fsyncs it, renames it into place, fsyncs the parent, and writes ``manifest.json`` last. A
+directory without a valid manifest is incomplete and never resumed from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .fsutil import fsync_dir, fsync_tree, remove_tree
+from .manifest import (
+    ArtifactKind,
+    Manifest,
+    ManifestError,
+    build_manifest,
+    read_manifest,
+    verify_dir,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+FINAL_MODEL_DIR = "final_model"
+MERGED_16BIT_DIR = "merged_16bit"
+INCOMPLETE_DIR = ".incomplete"
+_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step}"
+
+
+def parse_checkpoint_name(name: str) -> int | None:
+    match = _CHECKPOINT_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class LocalCheckpoint:
+    step: int
+    path: Path
+
+    def manifest(self) -> Manifest | None:
+        """The parsed manifest, or None when the checkpoint is incomplete."""
+        try:
+            return read_manifest(self.path)
+        except ManifestError:
+            return None
+
+
+class LocalArtifacts:
+    """The artifacts in one directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @property
+    def work_dir(self) -> Path:
+        """Where artifacts are written before they are committed."""
+        return self.root / INCOMPLETE_DIR
+
+    def prepare(self) -> None:
+        """Create the directory and clear what a previous, killed attempt left half-written."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.work_dir.exists():
+            log.info("removing half-written artifacts from a previous attempt in %s", self.work_dir)
+            remove_tree(self.work_dir)
+        for leftover in self.root.glob(".deleting-*"):
+            remove_tree(leftover)
+        self.work_dir.mkdir()
+
+    def clear_work_dir(self) -> None:
+        """Remove what is left in the work directory (e.g. the model card TRL writes there
+        beside each checkpoint) once nothing more will be committed from it."""
+        if not self.work_dir.is_dir():
+            return
+        for entry in self.work_dir.iterdir():
+            if entry.is_dir():
+                remove_tree(entry)
+            else:
+                entry.unlink()
+
+    def checkpoints(self) -> list[LocalCheckpoint]:
+        """Every checkpoint-N directory, complete or not, newest first."""
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in self.root.iterdir():
+            step = parse_checkpoint_name(entry.name)
+            if step is not None and entry.is_dir():
+                found.append(LocalCheckpoint(step, entry))
+        return sorted(found, key=lambda c: c.step, reverse=True)
+
+    def complete_checkpoints(self) -> list[LocalCheckpoint]:
+        """Checkpoints with a readable manifest (checksums not verified), newest first."""
+        return [c for c in self.checkpoints() if c.manifest() is not None]
+
+    def commit(
+        self,
+        written: Path,
+        name: str,
+        *,
+        kind: ArtifactKind,
+        step: int,
+        fingerprint: str,
+        started_at: str,
+    ) -> Manifest:
+        """Make ``written`` (a directory under :attr:`work_dir`) the complete artifact
+        ``<root>/<name>``: fsync its files, hash them, rename it into place replacing any
+        previous (incomplete or superseded) copy, fsync the parent, write the manifest."""
+        fsync_tree(written)
+        manifest = build_manifest(
+            written, kind=kind, step=step, fingerprint=fingerprint, started_at=started_at
+        )
+        target = self.root / name
+        if target.exists():
+            log.info("replacing the existing %s", target)
+            remove_tree(target)
+        os.replace(written, target)
+        fsync_dir(self.root)
+        write_manifest(target, manifest)
+        return manifest
+
+    def verified(self, name: str, *, checksums: bool = True) -> Manifest | None:
+        """The manifest of artifact ``name`` when it is complete and its files (sizes, and
+        with ``checksums`` their sha256) match it."""
+        path = self.root / name
+        if not path.is_dir():
+            return None
+        try:
+            return verify_dir(path, checksums=checksums)
+        except ManifestError:
+            return None
+
+    def rotate(self, keep: int, *, protect: frozenset[int] = frozenset()) -> list[int]:
+        """Keep the ``keep`` newest complete checkpoints (at least one, so the newest
+        complete checkpoint always survives) plus the steps in ``protect``; delete the
+        older complete ones and any incomplete leftovers older than the newest complete one.
+        Returns the deleted steps."""
+        keep = max(1, keep)
+        complete = self.complete_checkpoints()
+        if not complete:
+            return []
+        newest = complete[0].step
+        kept = {c.step for c in complete[:keep]} | set(protect)
+        deleted = []
+        for checkpoint in self.checkpoints():
+            if checkpoint.step in kept or checkpoint.step >= newest:
+                continue
+            log.info("rotating out %s (saveTotalLimit=%d)", checkpoint.path.name, keep)
+            remove_tree(checkpoint.path)
+            deleted.append(checkpoint.step)
+        return deleted

@@ -1,0 +1,287 @@
+"""Where a run's artifacts go: a local/PVC directory, or an S3 prefix staged through a local
+directory. Both expose the same operations to the training loop and to resume:
+
+- ``artifacts``: the local directory the loop writes and commits into;
+- ``published(name, manifest)``: called after each local commit (S3: upload it);
+- ``resume_candidates()``: checkpoints, newest first, each fetched and verified on demand;
+- ``uri(name)``: how status and the termination message name an artifact.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoints import (
+    CHECKPOINT_PREFIX,
+    INCOMPLETE_DIR,
+    LocalArtifacts,
+    checkpoint_name,
+    parse_checkpoint_name,
+)
+from .fsutil import remove_tree
+from .manifest import MANIFEST_NAME, Manifest, ManifestError, parse_manifest, utc_now, verify_dir
+from .s3 import S3Store, join_key
+
+log = logging.getLogger(__name__)
+
+LATEST_POINTER = "latest"
+
+
+@dataclass(frozen=True)
+class ResumeCandidate:
+    """A checkpoint that may be resumed from; ``fetch`` makes it local and verifies it,
+    raising ManifestError (or OSError) with the reason when it is not usable."""
+
+    step: int
+    uri: str
+    fetch: Callable[[], tuple[Path, Manifest]]
+
+
+class OutputTarget:
+    """Base: a local directory that is also the final destination."""
+
+    def __init__(self, root: Path, uri_base: str, save_total_limit: int | None = None) -> None:
+        self.artifacts = LocalArtifacts(root)
+        self.uri_base = uri_base.rstrip("/")
+        self.save_total_limit = save_total_limit
+
+    def describe(self) -> str:
+        return self.uri_base
+
+    def uri(self, name: str) -> str:
+        return f"{self.uri_base}/{name}"
+
+    def prepare(self) -> None:
+        self.artifacts.prepare()
+
+    def published(self, name: str, manifest: Manifest) -> None:
+        """An artifact was committed locally. For a local target it is already final."""
+        if manifest.kind == "checkpoint" and self.save_total_limit is not None:
+            self.artifacts.rotate(self.save_total_limit)
+
+    def flush(self) -> None:
+        """Wait until every published artifact reached its destination; raise if one
+        could not."""
+
+    def close(self) -> None:
+        """Release resources; pending uploads are finished first."""
+        self.flush()
+
+    def resume_candidates(self) -> Iterator[ResumeCandidate]:
+        for checkpoint in self.artifacts.checkpoints():
+
+            def fetch(path: Path = checkpoint.path) -> tuple[Path, Manifest]:
+                return path, verify_dir(path)
+
+            yield ResumeCandidate(checkpoint.step, self.uri(checkpoint.path.name), fetch)
+
+    def artifact_manifest(self, name: str) -> Manifest | None:
+        """The manifest of a final artifact (final_model, merged_16bit) when a complete one
+        is already there (sizes checked; checksums are for resume, where they matter)."""
+        return self.artifacts.verified(name, checksums=False)
+
+
+class LocalTarget(OutputTarget):
+    """output.path or output.pvc: artifacts are final once committed."""
+
+
+class S3Target(OutputTarget):
+    """output.s3: artifacts are committed in a local staging directory, then uploaded in
+    the background (one at a time, in order) under ``<prefix>/<name>/`` with the manifest
+    last; for checkpoints the ``<prefix>/latest`` pointer then moves. A staging copy is
+    deleted only after its upload succeeded (the newest one is kept for a fast resume)."""
+
+    def __init__(
+        self,
+        store: S3Store,
+        prefix: str,
+        staging: Path,
+        save_total_limit: int | None = None,
+    ) -> None:
+        super().__init__(
+            staging, store.uri(prefix) if prefix else f"s3://{store.bucket}", save_total_limit
+        )
+        self.store = store
+        self.prefix = prefix
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="s3-upload"
+        )
+        self._pending: list[concurrent.futures.Future[None]] = []
+        self._lock = threading.Lock()
+
+    def describe(self) -> str:
+        return f"{self.uri_base} (staged in {self.artifacts.root})"
+
+    def key(self, *parts: str) -> str:
+        return join_key(self.prefix, *parts)
+
+    # --- publishing ------------------------------------------------------------------------
+    def prepare(self) -> None:
+        super().prepare()
+        self._upload_leftovers()
+
+    def _upload_leftovers(self) -> None:
+        """Complete checkpoints a previous container staged but did not get to upload."""
+        for checkpoint in reversed(self.artifacts.complete_checkpoints()):
+            name = checkpoint.path.name
+            if self.store.get_bytes(self.key(name, MANIFEST_NAME)) is None:
+                manifest = checkpoint.manifest()
+                assert manifest is not None
+                log.info("uploading %s, staged by a previous attempt but never uploaded", name)
+                self._upload(name, manifest)
+
+    def published(self, name: str, manifest: Manifest) -> None:
+        with self._lock:
+            self._raise_failed()
+            self._pending.append(self._executor.submit(self._upload, name, manifest))
+
+    def _upload(self, name: str, manifest: Manifest) -> None:
+        local = self.artifacts.root / name
+        stale = self.store.delete_prefix(self.key(name))
+        if stale:
+            log.info("removed %d stale objects under %s before uploading", stale, self.uri(name))
+        size = self.store.upload_dir(local, self.key(name), last=MANIFEST_NAME)
+        log.info("uploaded %s (%d files, %d bytes)", self.uri(name), len(manifest.files) + 1, size)
+        if manifest.kind != "checkpoint":
+            return
+        self.store.put_json(
+            self.key(LATEST_POINTER),
+            {
+                "step": manifest.step,
+                "checkpoint": name,
+                "uri": self.uri(name),
+                "fingerprint": manifest.fingerprint,
+                "updatedAt": utc_now(),
+            },
+        )
+        self._rotate_after_upload(manifest.step)
+
+    def _rotate_after_upload(self, uploaded_step: int) -> None:
+        # Staging: everything older than the checkpoint just uploaded is safely on S3.
+        for checkpoint in self.artifacts.checkpoints():
+            if checkpoint.step < uploaded_step:
+                remove_tree(checkpoint.path)
+        if self.save_total_limit is None:
+            return
+        complete = sorted(self._remote_complete_steps(), reverse=True)
+        keep = set(complete[: max(1, self.save_total_limit)]) | {uploaded_step}
+        for step in self._remote_steps():
+            if step not in keep and step < uploaded_step:
+                log.info(
+                    "rotating out %s (saveTotalLimit=%d)",
+                    self.uri(checkpoint_name(step)),
+                    self.save_total_limit,
+                )
+                self.store.delete_prefix(self.key(checkpoint_name(step)))
+
+    def _raise_failed(self) -> None:
+        done = [f for f in self._pending if f.done()]
+        self._pending = [f for f in self._pending if not f.done()]
+        for future in done:
+            future.result()  # re-raises an upload that failed after all its retries
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        errors = []
+        for future in pending:
+            try:
+                future.result()
+            except Exception as exc:  # keep waiting for the others, then report
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            self._executor.shutdown(wait=True)
+
+    # --- resume ------------------------------------------------------------------------------
+    def _remote_steps(self) -> set[int]:
+        steps = set()
+        for child in self.store.list_children(self.prefix):
+            step = parse_checkpoint_name(child)
+            if step is not None:
+                steps.add(step)
+        return steps
+
+    def _remote_complete_steps(self) -> set[int]:
+        return {
+            step
+            for step in self._remote_steps()
+            if self.store.get_bytes(self.key(checkpoint_name(step), MANIFEST_NAME)) is not None
+        }
+
+    def latest_pointer(self) -> dict[str, object] | None:
+        raw = self.store.get_bytes(self.key(LATEST_POINTER))
+        if raw is None:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            log.warning("%s is not valid JSON; ignoring it", self.uri(LATEST_POINTER))
+            return None
+        return value if isinstance(value, dict) else None
+
+    def resume_candidates(self) -> Iterator[ResumeCandidate]:
+        steps = self._remote_steps()
+        pointer = self.latest_pointer()
+        pointed = pointer.get("step") if pointer is not None else None
+        if isinstance(pointed, int):
+            log.info("%s points at checkpoint-%d", self.uri(LATEST_POINTER), pointed)
+            steps.add(pointed)
+        for step in sorted(steps, reverse=True):
+            name = checkpoint_name(step)
+            yield ResumeCandidate(step, self.uri(name), functools.partial(self._fetch, name))
+
+    def _fetch(self, name: str) -> tuple[Path, Manifest]:
+        raw = self.store.get_bytes(self.key(name, MANIFEST_NAME))
+        if raw is None:
+            raise ManifestError(f"no {MANIFEST_NAME} on S3 (the upload never finished)")
+        remote = parse_manifest(raw)
+        local = self.artifacts.root / name
+        try:
+            if verify_dir(local) == remote:
+                log.info("the staged copy of %s matches S3; not downloading it", name)
+                return local, remote
+        except ManifestError:
+            pass
+        scratch = self.artifacts.root / INCOMPLETE_DIR / f"download-{name}"
+        if scratch.exists():
+            remove_tree(scratch)
+        self.store.download_prefix(self.key(name), scratch)
+        manifest = verify_dir(scratch)
+        if manifest != remote:
+            raise ManifestError("the downloaded manifest differs from the one listed")
+        if local.exists():
+            remove_tree(local)
+        scratch.rename(local)
+        return local, manifest
+
+    def artifact_manifest(self, name: str) -> Manifest | None:
+        raw = self.store.get_bytes(self.key(name, MANIFEST_NAME))
+        if raw is None:
+            return None
+        try:
+            return parse_manifest(raw)
+        except ManifestError:
+            return None
+
+
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "LATEST_POINTER",
+    "LocalTarget",
+    "OutputTarget",
+    "ResumeCandidate",
+    "S3Target",
+]

@@ -1,0 +1,306 @@
+"""The training run: ``main(config, runtime) -> TerminationMessage``.
+
+Order matters and is deliberate:
+1. outputs prepared, an already finished run recognised, the resume point found -- cheap,
+   and a wrong output location fails before any GPU time is spent;
+2. the backend chosen (Unsloth must be imported before transformers, TRL and PEFT);
+3. tokenizer and data prepared and checked -- bad data fails before the model loads;
+4. the model loaded with LoRA, and TRL's SFTTrainer run with our callbacks;
+5. the final adapter (and optionally a merged export) committed and published.
+Every exit, expected or not, becomes a TerminationMessage; the CLI writes it and exits with
+the matching code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from .config import TrainerConfig
+from .contract import TerminationMessage
+from .errors import IncompatibleCheckpoint, InvalidInput
+from .metrics import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, MetricsServer, plot_loss
+from .progress import RunProgress
+from .resume import ResumePoint, find_resume_point, incompatible
+from .runtime import RuntimeOptions
+from .signals import Interrupted, StopRequest
+from .sources import pvc_local_path, pvc_uri, resolve_dataset, resolve_model
+from .storage.checkpoints import FINAL_MODEL_DIR, MERGED_16BIT_DIR
+from .storage.manifest import ArtifactKind, utc_now
+from .storage.targets import LocalTarget, OutputTarget, S3Target
+
+log = logging.getLogger(__name__)
+
+
+def make_target(config: TrainerConfig, scratch: Path) -> OutputTarget:
+    """The output location of ``config.output``; S3 is staged under ``scratch``."""
+    output = config.output
+    limit = config.training.save_total_limit
+    if output.s3 is not None:
+        from .storage.s3 import S3Store
+
+        store = S3Store.for_location(output.s3, "output")
+        staging = scratch / "output-staging" / output.s3.bucket / (output.s3.prefix or "_root")
+        return S3Target(store, output.s3.prefix, staging, limit)
+    if output.pvc is not None:
+        return LocalTarget(pvc_local_path(output.pvc), pvc_uri(output.pvc), limit)
+    root = Path(output.path or "outputs").expanduser().resolve()
+    return LocalTarget(root, str(root), limit)
+
+
+class TrainingRun:
+    """One attempt at the configured training, from outputs to the final adapter."""
+
+    def __init__(self, config: TrainerConfig, runtime: RuntimeOptions) -> None:
+        self.config = config
+        self.runtime = runtime
+        self.fingerprint = config.fingerprint()
+        self.progress = RunProgress()
+        self.stop = StopRequest()
+        self.metrics = MetricsServer()
+        self.metrics_log = MetricsLog()
+        self.target: OutputTarget | None = None
+
+    # --- the run ---------------------------------------------------------------------------
+    def execute(self) -> TerminationMessage:
+        self.stop.install()
+        try:
+            self.metrics.start(self.runtime.metrics_host, self.runtime.metrics_port)
+            return self._train()
+        except InvalidInput as exc:
+            log.error("%s", exc)
+            return self.progress.message("invalid_input", exc.reason, str(exc))
+        except Interrupted as exc:
+            log.warning("%s; exiting", exc)
+            return self.progress.message("interrupted", "Interrupted", str(exc))
+        except Exception as exc:
+            log.error("training failed:\n%s", traceback.format_exc())
+            text = f"{type(exc).__name__}: {exc}"
+            if self.progress.checkpoint is not None:
+                text += (
+                    f" (the next attempt resumes from checkpoint-{self.progress.checkpoint.step})"
+                )
+            return self.progress.message("failed", "TrainingFailed", text)
+        finally:
+            self._close()
+
+    def _close(self) -> None:
+        if self.target is not None:
+            try:
+                self.target.close()
+            except Exception as exc:
+                log.error("publishing outputs failed: %s", exc)
+        self.metrics.stop()
+        self.stop.uninstall()
+
+    def _train(self) -> TerminationMessage:
+        config = self.config
+        scratch = self.runtime.scratch()
+        self.target = target = make_target(config, scratch)
+        log.info("output: %s (config fingerprint %s)", target.describe(), self.fingerprint)
+        target.prepare()
+
+        done = self._already_finished(target)
+        if done is not None:
+            return done
+        resume = find_resume_point(target, self.fingerprint)
+        if resume is not None:
+            self.progress.resumed_from_step = resume.step
+            self.progress.checkpoint = _ref(resume.step, resume.uri)
+            self.metrics.update(resumed_from_step=resume.step, checkpoint_step=resume.step)
+            self.metrics_log.restore(resume.path / METRICS_FILE, resume.step)
+
+        from .backends import select_backend
+
+        backend = select_backend(self.runtime.backend, scratch)
+        log.info("backend: %s", backend.description)
+
+        from transformers import AutoTokenizer
+
+        from .data import load_rows, prepare_dataset
+        from .plan import plan_steps
+
+        model_source = resolve_model(config.model, scratch)
+        token = self.runtime.hf_token
+        tokenizer = AutoTokenizer.from_pretrained(
+            model_source.name_or_path, revision=model_source.revision, token=token
+        )
+        rows = load_rows(
+            config.dataset,
+            resolve_dataset(config.dataset, scratch),
+            token=token,
+            cache_dir=scratch / "datasets-cache",
+        )
+        prepared = prepare_dataset(rows, tokenizer, config)
+        log.info("data: %s", prepared.stats.to_dict())
+        steps = plan_steps(len(prepared.dataset), config.training)
+        self.progress.total_steps = steps.total_steps
+        self.metrics.update(total_steps=steps.total_steps)
+        log.info(
+            "plan: %d optimizer steps (%.2f epochs) of %d rows each",
+            steps.total_steps,
+            steps.epochs,
+            steps.effective_batch,
+        )
+
+        started = time.monotonic()
+        model, tokenizer = backend.load(config, model_source, token)
+        log.info("model loaded in %.1fs", time.monotonic() - started)
+
+        trainer = self._build_trainer(backend, model, tokenizer, prepared.dataset, target)
+        with self.stop.during("training"):
+            trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        self.progress.step = int(trainer.state.global_step)
+
+        if self.progress.interrupted:
+            with self.stop.during("finishing"):
+                target.flush()
+            checkpoint = self.progress.checkpoint
+            where = f"checkpoint-{checkpoint.step} at {checkpoint.uri}" if checkpoint else "none"
+            return self.progress.message(
+                "interrupted",
+                "Interrupted",
+                f"stopped by {self.stop.signal_name} after step {self.progress.step}; "
+                f"checkpoint: {where}",
+            )
+        with self.stop.during("finishing"):
+            self._finish(backend, trainer, model, tokenizer, target)
+        return self.progress.message(
+            "succeeded",
+            "Completed",
+            f"trained {self.progress.step} steps; adapter at {self.progress.adapter_uri}",
+        )
+
+    # --- pieces ----------------------------------------------------------------------------
+    def _already_finished(self, target: OutputTarget) -> TerminationMessage | None:
+        """A previous attempt already wrote the final adapter (e.g. the pod died right
+        after): report it again rather than train twice."""
+        final = target.artifact_manifest(FINAL_MODEL_DIR)
+        if final is None:
+            return None
+        if final.fingerprint != self.fingerprint:
+            raise incompatible(
+                "final_model", target.uri(FINAL_MODEL_DIR), final.fingerprint, self.fingerprint
+            )
+        merged_wanted = self.config.output.merged_export == "merged_16bit"
+        if merged_wanted and target.artifact_manifest(MERGED_16BIT_DIR) is None:
+            return None
+        log.info("%s is already complete (step %d); nothing to do", FINAL_MODEL_DIR, final.step)
+        self.progress.step = self.progress.total_steps = final.step
+        self.progress.adapter_uri = target.uri(FINAL_MODEL_DIR)
+        if merged_wanted:
+            self.progress.merged_uri = target.uri(MERGED_16BIT_DIR)
+        newest = next(iter(target.resume_candidates()), None)
+        if newest is not None:
+            self.progress.checkpoint = _ref(newest.step, newest.uri)
+        return self.progress.message(
+            "succeeded", "AlreadyCompleted", f"the adapter at {self.progress.adapter_uri} exists"
+        )
+
+    def _build_trainer(
+        self, backend: Any, model: Any, tokenizer: Any, dataset: Any, target: OutputTarget
+    ) -> Any:
+        from .callbacks import BatchAccounting, RunTracker, make_callbacks
+        from .lora import sft_config_kwargs
+
+        config = self.config
+        precision = backend.precision(config)
+        kwargs = sft_config_kwargs(
+            config.training,
+            output_dir=target.artifacts.work_dir,
+            max_length=config.model.max_seq_length,
+            optimizer=backend.optimizer(config.training.optimizer),
+            gradient_checkpointing=backend.trainer_gradient_checkpointing(config),
+            bf16=precision.bf16,
+            fp16=precision.fp16,
+            use_cpu=backend.use_cpu,
+        )
+        if kwargs["gradient_checkpointing"]:
+            kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+        args = backend.sft_config_class()(**kwargs)
+        trainer = backend.sft_trainer_class()(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer
+        )
+        accounting = BatchAccounting(trainer.data_collator)
+        trainer.data_collator = accounting
+        tracker = RunTracker(
+            target=target,
+            fingerprint=self.fingerprint,
+            progress=self.progress,
+            metrics=self.metrics,
+            metrics_log=self.metrics_log,
+            stop=self.stop,
+            accounting=accounting,
+            micro_batches_per_step=args.gradient_accumulation_steps,
+        )
+        from transformers.trainer_callback import ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)
+        for callback in make_callbacks(tracker):
+            trainer.add_callback(callback)
+        log.info(
+            "SFTTrainer: %s precision, optimizer %s, micro-batch %d x %d accumulation",
+            precision.label,
+            getattr(args.optim, "value", args.optim),
+            args.per_device_train_batch_size,
+            args.gradient_accumulation_steps,
+        )
+        return trainer
+
+    def _finish(
+        self, backend: Any, trainer: Any, model: Any, tokenizer: Any, target: OutputTarget
+    ) -> None:
+        step = int(trainer.state.global_step)
+        work = target.artifacts.work_dir
+        final_dir = work / FINAL_MODEL_DIR
+        started = utc_now()
+        trainer.save_model(str(final_dir))
+        tokenizer.save_pretrained(str(final_dir))
+        self.metrics_log.write_jsonl(final_dir / METRICS_FILE)
+        model_name = self.config.model.name or self.config.model.source_kind
+        title = f"{model_name} LoRA r={self.config.lora.rank}"
+        plot_loss(self.metrics_log.records, final_dir / LOSS_PLOT_FILE, title)
+        self._commit(target, final_dir, FINAL_MODEL_DIR, "final_model", step, started)
+        self.progress.adapter_uri = target.uri(FINAL_MODEL_DIR)
+        if self.config.output.merged_export == "merged_16bit":
+            merged_dir = work / MERGED_16BIT_DIR
+            started = utc_now()
+            log.info("exporting the merged 16-bit model (%s)", backend.description)
+            backend.save_merged(model, tokenizer, merged_dir)
+            self._commit(target, merged_dir, MERGED_16BIT_DIR, "merged_16bit", step, started)
+            self.progress.merged_uri = target.uri(MERGED_16BIT_DIR)
+        target.artifacts.clear_work_dir()
+        target.flush()
+
+    def _commit(
+        self,
+        target: OutputTarget,
+        written: Path,
+        name: str,
+        kind: ArtifactKind,
+        step: int,
+        started: str,
+    ) -> None:
+        manifest = target.artifacts.commit(
+            written, name, kind=kind, step=step, fingerprint=self.fingerprint, started_at=started
+        )
+        target.published(name, manifest)
+        log.info("%s complete: %d files -> %s", name, len(manifest.files), target.uri(name))
+
+
+def _ref(step: int, uri: str) -> Any:
+    from .contract import CheckpointRef
+
+    return CheckpointRef(step=step, uri=uri)
+
+
+def main(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessage:
+    """Train as configured; always returns the termination message (never raises for a
+    training failure: the message says what happened, the CLI maps it to the exit code)."""
+    return TrainingRun(config, runtime).execute()
+
+
+__all__ = ["IncompatibleCheckpoint", "ResumePoint", "main", "make_target"]
