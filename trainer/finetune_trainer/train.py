@@ -205,9 +205,17 @@ class TrainingRun:
     ) -> Any:
         from .callbacks import BatchAccounting, RunTracker, make_callbacks
         from .lora import sft_config_kwargs
+        from .microbatch import plan_micro_batch
 
         config = self.config
         precision = backend.precision(config)
+        micro = plan_micro_batch(config.training, backend.memory_probe(model, tokenizer, config))
+        log.info(
+            "micro-batch %d x %d accumulation: %s",
+            micro.per_device,
+            micro.accumulation,
+            micro.reason,
+        )
         kwargs = sft_config_kwargs(
             config.training,
             output_dir=target.artifacts.work_dir,
@@ -217,6 +225,8 @@ class TrainingRun:
             bf16=precision.bf16,
             fp16=precision.fp16,
             use_cpu=backend.use_cpu,
+            per_device_batch=micro.per_device,
+            gradient_accumulation=micro.accumulation,
         )
         if kwargs["gradient_checkpointing"]:
             kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}

@@ -40,6 +40,9 @@ def select_backend(
             os.environ.setdefault(
                 "UNSLOTH_COMPILE_LOCATION", str(scratch / "unsloth_compiled_cache")
             )
+        # No usage statistics from a training job: clusters often have no egress, and a
+        # job should not phone home unasked.
+        os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
         from .unsloth_backend import UnslothBackend
 
         return UnslothBackend(scratch)

@@ -1,0 +1,66 @@
+"""Micro-batch sizing: same effective batch, the largest micro-batch that fits."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune_trainer.config import TrainingSpec
+from finetune_trainer.microbatch import candidates, memory_fraction, plan_micro_batch
+
+
+def training(**kwargs) -> TrainingSpec:
+    return TrainingSpec.model_validate(kwargs)
+
+
+@pytest.mark.parametrize(
+    "per_device, accumulation, expected",
+    [(1, 4, [4, 2, 1]), (2, 4, [8, 4, 2]), (1, 6, [6, 3, 2, 1]), (3, 1, [3])],
+)
+def test_candidates_keep_the_effective_batch(per_device, accumulation, expected) -> None:
+    assert candidates(per_device, accumulation) == expected
+
+
+def test_seed_settings_become_one_micro_batch_of_four() -> None:
+    tried: list[int] = []
+    plan = plan_micro_batch(training(), lambda size: tried.append(size) or True)
+    assert (plan.per_device, plan.accumulation, plan.effective) == (4, 1, 4)
+    assert tried == [4]
+
+
+def test_falls_back_to_the_largest_that_fits() -> None:
+    spec = training(perDeviceTrainBatchSize=1, gradientAccumulationSteps=8)
+    tried: list[int] = []
+    plan = plan_micro_batch(spec, lambda size: tried.append(size) or size <= 2)
+    assert (plan.per_device, plan.accumulation) == (2, 4)
+    assert tried == [8, 4, 2]
+
+
+def test_nothing_fits_keeps_the_configured_split() -> None:
+    plan = plan_micro_batch(training(), lambda size: False)
+    assert (plan.per_device, plan.accumulation) == (1, 4)
+
+
+@pytest.mark.parametrize(
+    "spec, probe, reason",
+    [
+        (training(autoMicroBatch=False), lambda s: True, "autoMicroBatch is off"),
+        (training(gradientAccumulationSteps=1), lambda s: True, "no accumulation"),
+        (training(), None, "no GPU"),
+    ],
+)
+def test_configured_split_is_kept(spec, probe, reason) -> None:
+    plan = plan_micro_batch(spec, probe)
+    assert (plan.per_device, plan.accumulation) == (
+        spec.per_device_train_batch_size,
+        spec.gradient_accumulation_steps,
+    )
+    assert reason in plan.reason
+
+
+def test_memory_fraction_from_the_environment(monkeypatch) -> None:
+    assert memory_fraction() == 0.85
+    monkeypatch.setenv("FTO_GPU_MEMORY_FRACTION", "0.5")
+    assert memory_fraction() == 0.5
+    monkeypatch.setenv("FTO_GPU_MEMORY_FRACTION", "2")
+    with pytest.raises(ValueError, match="FTO_GPU_MEMORY_FRACTION"):
+        memory_fraction()
