@@ -16,8 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import PROCESS_START
 from .contract import CheckpointRef
-from .metrics import METRICS_FILE, MetricsLog, MetricsServer, gpu_memory
+from .metrics import METRICS_FILE, MetricsLog, MetricsServer, gpu_memory, gpu_peak_memory
 from .progress import RunProgress
 from .signals import StopRequest
 from .storage.checkpoints import checkpoint_name
@@ -98,15 +99,21 @@ class RunTracker:
         self._window_start = clock()
         self._window_tokens = 0
         self._window_digests: list[bytes] = []
+        self._window_step_seconds: list[float] = []
+        self._last_step_end: float | None = None
         self._save_started: str | None = None
 
     def train_begin(self, state: Any) -> None:
         self.progress.total_steps = int(state.max_steps)
         self.progress.step = int(state.global_step)
         self.metrics.update(total_steps=state.max_steps, step=state.global_step, epoch=state.epoch)
-        self._window_start = self.clock()
+        self._window_start = self._last_step_end = self.clock()
 
     def step_end(self, state: Any, control: Any) -> None:
+        now = self.clock()
+        if self._last_step_end is not None:
+            self._window_step_seconds.append(now - self._last_step_end)
+        self._last_step_end = now
         if self.accounting is not None:
             tokens, digests = self.accounting.take(self.micro_batches_per_step)
             self._window_tokens += tokens
@@ -152,6 +159,11 @@ class RunTracker:
                 "tokens_per_second": tokens_per_second,
                 "tokens": self._window_tokens,
                 "data": combine_digests(self._window_digests) if self._window_digests else None,
+                # Wall time of the window's optimizer steps (the GPU synchronized at each
+                # step end) and since the trainer started: the benchmark's raw numbers.
+                "step_seconds": _mean(self._window_step_seconds),
+                "elapsed": round(now - PROCESS_START, 3),
+                **gpu_peak_memory(),
             }
         )
         self.progress.loss = loss
@@ -164,6 +176,7 @@ class RunTracker:
         self._window_start = now
         self._window_tokens = 0
         self._window_digests = []
+        self._window_step_seconds = []
 
     def on_save(self, state: Any, output_dir: Path) -> None:
         """Trainer has written ``<work dir>/checkpoint-<step>``: commit and publish it."""
@@ -192,6 +205,10 @@ class RunTracker:
         )
 
 
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
 def _float(value: Any) -> float | None:
     if value is None:
         return None
@@ -204,14 +221,20 @@ def _float(value: Any) -> float | None:
 def make_callbacks(tracker: RunTracker) -> list[Any]:
     """The TrainerCallback that forwards to ``tracker``, and a progress bar that leaves
     stdout to the JSON records (the stock one also prints each log dict there)."""
+    import torch
     from transformers import TrainerCallback
     from transformers.trainer_callback import ProgressCallback
 
+    # Step times must include the GPU work queued for the step, not just its launch.
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
     class _RunCallback(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            sync()
             tracker.train_begin(state)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            sync()
             tracker.step_end(state, control)
 
         def on_log(

@@ -112,6 +112,17 @@ def gpu_memory() -> dict[str, int | None]:
     }
 
 
+def gpu_peak_memory() -> dict[str, float]:
+    """Peak allocated and reserved CUDA memory so far, in GiB (empty without a GPU)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return {}
+    return {
+        "gpu_peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+        "gpu_peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3),
+    }
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None

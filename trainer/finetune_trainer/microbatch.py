@@ -118,6 +118,8 @@ def cuda_probe(model: Any, seq_len: int, vocab_size: int) -> Probe:
             model.zero_grad(set_to_none=True)
             model.train(was_training)
             torch.cuda.empty_cache()
+            # Training's reported peak is its own, not the largest probe's.
+            torch.cuda.reset_peak_memory_stats(device)
             torch.set_rng_state(cpu_rng)
             torch.cuda.set_rng_state(cuda_rng, device)
         return fits

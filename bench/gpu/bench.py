@@ -1,0 +1,320 @@
+"""GPU benchmark: our trainer vs the plain Unsloth script vs plain transformers + PEFT, on
+gpt-oss-20b's shape with random weights, back to back on one GPU.
+
+    python bench/gpu/bench.py --preset gpt-oss-20b --work /scratch/bench \\
+        --out bench/results/h200.jsonl [--configs ours,reference,...]
+
+Each configuration runs in its own process and prints one BENCH: JSON line; this script
+adds the GPU, software versions and the measured bf16 matmul rate, appends the records to
+--out, and prints a markdown table. Steady state = the median step after --warmup steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+from common import active_parameters, parse_result, summarize  # noqa: E402
+
+
+def matmul_tflops() -> float:
+    """Measured dense bf16 matmul rate (the MFU denominator), 8192^3, median of 10."""
+    import torch
+
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    times.sort()
+    return 2 * 8192**3 / times[len(times) // 2] / 1e12
+
+
+def environment() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    import torch
+
+    versions = {}
+    for name in (
+        "torch",
+        "transformers",
+        "peft",
+        "trl",
+        "accelerate",
+        "unsloth",
+        "unsloth_zoo",
+        "bitsandbytes",
+        "datasets",
+        "triton",
+    ):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "gpu": torch.cuda.get_device_name(0),
+        "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def run(argv: list[str], log: Path, timeout: float) -> str:
+    with log.open("w") as handle:
+        proc = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        handle.write(proc.stdout)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stdout.splitlines()[-40:])
+        raise RuntimeError(f"{argv[1]} exited {proc.returncode}; log {log}:\n{tail}")
+    return proc.stdout
+
+
+def ours(
+    args: argparse.Namespace,
+    name: str,
+    model: Path,
+    data: Path,
+    peak: float,
+    micro: int = 1,
+    accum: int = 4,
+    auto: bool = True,
+) -> dict[str, Any]:
+    """Our trainer through its real CLI and config file (the same code the Job runs)."""
+    work = args.work / name
+    config = {
+        "model": {"path": str(model), "maxSeqLength": args.seq},
+        "dataset": {"path": str(data), "overlongPolicy": "truncate"},
+        "training": {
+            "maxSteps": args.warmup + args.steps,
+            "saveSteps": args.warmup + args.steps,
+            "perDeviceTrainBatchSize": micro,
+            "gradientAccumulationSteps": accum,
+            "autoMicroBatch": auto,
+            "trainOn": "all",  # the reference trains on every token; compare like for like
+        },
+        "output": {"path": str(work / "out")},
+    }
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    out = run(
+        [
+            sys.executable,
+            "-m",
+            "finetune_trainer.cli",
+            "--config",
+            str(work / "config.yaml"),
+            "--metrics-port",
+            "0",
+        ],
+        work / "log.txt",
+        args.timeout,
+    )
+    steps, load, chosen = [], None, None
+    for line in out.splitlines():
+        if "model loaded in" in line:
+            load = float(line.rsplit("model loaded in", 1)[1].strip().rstrip("s"))
+        if "micro-batch" in line and "accumulation:" in line:
+            chosen = line.split("micro-batch", 1)[1].split(":")[0].strip()
+        # Step records are JSON lines; a progress bar on stderr may precede one.
+        at = line.find('{"step"')
+        if at >= 0:
+            record, _ = json.JSONDecoder().raw_decode(line, at)
+            if record.get("step_seconds") is not None:
+                steps.append(record)
+    from transformers import AutoConfig
+
+    timed = [
+        {"seconds": r["step_seconds"], "tokens": r["tokens"], "elapsed": r["elapsed"]}
+        for r in steps
+    ]
+    summary = summarize(
+        timed, args.warmup, active_parameters(AutoConfig.from_pretrained(model)), peak
+    )
+    return {
+        "config": name,
+        "micro_batch": micro,
+        "accumulation": accum,
+        "auto_micro_batch": auto,
+        "chosen_micro_batch": chosen,
+        "seq": args.seq,
+        "load_seconds": load,
+        **summary,
+        "peak_allocated_gib": steps[-1].get("gpu_peak_allocated_gib"),
+        "peak_reserved_gib": steps[-1].get("gpu_peak_reserved_gib"),
+    }
+
+
+def script(
+    args: argparse.Namespace,
+    name: str,
+    file: str,
+    extra: list[str],
+    peak: float,
+    micro: int,
+    accum: int,
+) -> dict[str, Any]:
+    work = args.work / name
+    work.mkdir(parents=True, exist_ok=True)
+    out = run(
+        [
+            sys.executable,
+            str(HERE / file),
+            *extra,
+            "--batch",
+            str(micro),
+            "--accum",
+            str(accum),
+            "--seq",
+            str(args.seq),
+            "--steps",
+            str(args.steps),
+            "--warmup",
+            str(args.warmup),
+            "--peak-flops",
+            str(peak),
+            "--name",
+            name,
+        ],
+        work / "log.txt",
+        args.timeout,
+    )
+    result = parse_result(out)
+    if result is None:
+        raise RuntimeError(f"{name} printed no BENCH: line; see {work / 'log.txt'}")
+    return result
+
+
+COLUMNS = [
+    ("config", "configuration"),
+    ("micro_batch", "micro"),
+    ("accumulation", "accum"),
+    ("median_step_seconds", "s/step"),
+    ("tokens_per_second", "tokens/s"),
+    ("peak_allocated_gib", "peak alloc GiB"),
+    ("peak_reserved_gib", "peak reserved GiB"),
+    ("load_seconds", "load s"),
+    ("time_to_first_step_seconds", "first step s"),
+    ("mfu", "MFU"),
+]
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    head = "| " + " | ".join(label for _, label in COLUMNS) + " |"
+    rule = "|" + "---|" * len(COLUMNS)
+    rows = ["| " + " | ".join(str(r.get(key, "")) for key, _ in COLUMNS) + " |" for r in records]
+    return "\n".join([head, rule, *rows])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="gpt-oss-20b")
+    parser.add_argument("--work", type=Path, default=Path("/scratch/bench"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--configs", default="ours,ours-1x4,reference,reference-4x1,transformers")
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=400)
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    from random_gptoss import write
+
+    from finetune_trainer.fixtures import write_tiny_dataset
+
+    data = args.work / "multilingual-thinking-bench.jsonl"
+    if not data.exists():
+        write_tiny_dataset(data, rows=args.rows, seed=1, reasoning_scale=6.0)
+    model = args.work / "models" / f"{args.preset}-random"
+    if not (model / "config.json").exists():
+        started = time.monotonic()
+        print(json.dumps({"wrote_model": write(model, args.preset)}), flush=True)
+        print(f"model written in {time.monotonic() - started:.0f}s", flush=True)
+    peak = matmul_tflops() * 1e12
+    env = environment()
+    print(json.dumps({"environment": env, "bf16_matmul_tflops": round(peak / 1e12, 1)}), flush=True)
+    plans = {
+        "ours": lambda: ours(args, "ours", model, data, peak),
+        "ours-1x4": lambda: ours(args, "ours-1x4", model, data, peak, auto=False),
+        "ours-8x1": lambda: ours(args, "ours-8x1", model, data, peak, micro=8, accum=1),
+        "ours-16x1": lambda: ours(args, "ours-16x1", model, data, peak, micro=16, accum=1),
+        "reference": lambda: script(
+            args,
+            "reference",
+            "reference_unsloth.py",
+            ["--model", str(model), "--data", str(data)],
+            peak,
+            1,
+            4,
+        ),
+        "reference-4x1": lambda: script(
+            args,
+            "reference-4x1",
+            "reference_unsloth.py",
+            ["--model", str(model), "--data", str(data)],
+            peak,
+            4,
+            1,
+        ),
+        "transformers": lambda: script(
+            args,
+            "transformers",
+            "reference_transformers.py",
+            ["--preset", args.preset, "--data", str(data)],
+            peak,
+            1,
+            4,
+        ),
+    }
+    records = []
+    for name in args.configs.split(","):
+        started = time.monotonic()
+        try:
+            record = plans[name]()
+        except Exception as exc:  # keep going: one failing configuration is still a result
+            record = {"config": name, "error": str(exc)[-2000:]}
+        record.update(
+            preset=args.preset,
+            wall_seconds=round(time.monotonic() - started, 1),
+            bf16_matmul_tflops=round(peak / 1e12, 1),
+            **env,
+        )
+        records.append(record)
+        with args.out.open("a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        print(json.dumps(record, sort_keys=True), flush=True)
+    print(table([r for r in records if "error" not in r]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
