@@ -5,7 +5,7 @@ Running them as 1 x 4 or 4 x 1 is the same math -- the same rows per step, and T
 normalizes the loss by the tokens of the whole step -- but a GPU does far more work per
 second on 4 rows at once. So, unless ``training.autoMicroBatch`` is off, the trainer tries
 the divisors of the effective batch from the largest down, keeps the first whose
-forward+backward on full-length rows stays inside the memory budget, and accumulates the
+estimated peak for full-length rows stays inside the memory budget, and accumulates the
 rest. A resumed run may pick differently (say on another GPU) and still resumes exactly:
 Trainer skips ``step x effective batch`` rows either way.
 """
@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import TrainingSpec
+from .config import TrainerConfig, TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -81,47 +81,41 @@ def memory_fraction() -> float:
     return fraction
 
 
-def cuda_probe(model: Any, seq_len: int, vocab_size: int) -> Probe:
-    """A probe that runs one forward+backward of ``size`` full-length rows and reports
-    whether the peak stayed within the budget. Weights and RNG are left as they were:
-    gradients are dropped and no optimizer step is taken."""
+def cuda_estimate(model: Any, config: TrainerConfig) -> Probe:
+    """Whether ``size`` full-length rows fit: the memory the loaded model holds now, plus
+    memory.py's estimate of what training adds at that micro-batch (activations, logits,
+    LoRA gradients and optimizer state, overhead).
+
+    An estimate rather than a trial forward/backward: on Unsloth a manual backward before
+    training invalidates its compiled kernels, and recompiling costs more than it saves."""
     import torch
 
+    from .memory import ModelShape, estimate_memory
+
     device = next(p for p in model.parameters()).device
-    total = torch.cuda.get_device_properties(device).total_memory
-    budget = total * memory_fraction()
+    held = torch.cuda.memory_allocated(device)
+    budget = torch.cuda.get_device_properties(device).total_memory * memory_fraction()
+    shape = ModelShape.from_config(model.config.to_dict())
 
-    def probe(size: int) -> bool:
-        cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state(device)
-        was_training = model.training
-        model.train()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        fits = False
-        try:
-            ids = torch.randint(0, vocab_size, (size, seq_len), device=device)
-            loss = model(input_ids=ids, labels=ids).loss
-            loss.backward()
-            torch.cuda.synchronize(device)
-            peak = torch.cuda.max_memory_reserved(device)
-            fits = peak <= budget
-            log.info(
-                "micro-batch %d x %d tokens: peak %.1f GiB of a %.1f GiB budget",
-                size,
-                seq_len,
-                peak / 2**30,
-                budget / 2**30,
-            )
-        except torch.cuda.OutOfMemoryError:
-            log.info("micro-batch %d x %d tokens: out of memory", size, seq_len)
-        finally:
-            model.zero_grad(set_to_none=True)
-            model.train(was_training)
-            torch.cuda.empty_cache()
-            # Training's reported peak is its own, not the largest probe's.
-            torch.cuda.reset_peak_memory_stats(device)
-            torch.set_rng_state(cpu_rng)
-            torch.cuda.set_rng_state(cuda_rng, device)
-        return fits
+    def fits(size: int) -> bool:
+        estimate = estimate_memory(
+            shape,
+            seq_length=config.model.max_seq_length,
+            micro_batch=size,
+            load_in_4bit=config.model.load_in_4bit,
+            lora_rank=config.lora.rank,
+            target_modules=list(config.lora.target_modules),
+            optimizer=config.training.optimizer,
+            gradient_checkpointing=config.training.gradient_checkpointing,
+        )
+        need = held + estimate.total - estimate.weights
+        log.info(
+            "micro-batch %d x %d tokens: about %.1f GiB of a %.1f GiB budget",
+            size,
+            config.model.max_seq_length,
+            need / 2**30,
+            budget / 2**30,
+        )
+        return need <= budget
 
-    return probe
+    return fits

@@ -57,16 +57,15 @@ class Backend(ABC):
         return False
 
     def memory_probe(self, model: Any, tokenizer: Any, config: TrainerConfig) -> Any:
-        """A probe for sizing the micro-batch (see microbatch.py), or None where memory
-        cannot be measured (CPU): the micro-batch then stays as configured."""
+        """Whether a micro-batch fits (see microbatch.py), or None where GPU memory does not
+        apply (CPU): the micro-batch then stays as configured."""
         import torch
 
         if self.use_cpu or not torch.cuda.is_available():
             return None
-        from ..microbatch import cuda_probe
+        from ..microbatch import cuda_estimate
 
-        vocab = min(len(tokenizer), model.config.get_text_config().vocab_size)
-        return cuda_probe(model, config.model.max_seq_length, vocab)
+        return cuda_estimate(model, config)
 
     def sft_trainer_class(self) -> type:
         """TRL's SFTTrainer, imported after the backend's own imports (Unsloth patches it)."""
