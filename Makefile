@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 .PHONY: help venv binaries crds lint typecheck test test-unit test-e2e cluster demo clean
 
 help: ## List targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,9 @@ cluster: venv binaries ## Start the local control plane + node agent until Ctrl-
 demo: venv binaries ## Local control plane + operator + a real (tiny, CPU) training run, end to end
 	$(PY) -m finetune_localcluster.demo
 
-crds: venv ## Regenerate crds/finetunejobs.yaml from the typed schema
+crds: venv ## Regenerate crds/finetunejobs.yaml (and the chart's copy) from the typed schema
 	$(PY) -m finetune_operator.api.crd > crds/finetunejobs.yaml
+	$(PY) hack/chart/generate.py
 
 lint: venv ## ruff
 	$(VENV)/bin/ruff check .
@@ -52,3 +53,6 @@ test-e2e: venv binaries ## End-to-end tests on the local control plane
 
 clean: ## Remove the virtualenv and caches (not the binary cache)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+include mk/images.mk
+include mk/chart.mk

@@ -29,6 +29,8 @@ class OperatorConfig:
     trainer_grace_period_seconds: int = 300
     # UID/GID the trainer runs as (restricted Pod Security needs a non-root numeric user).
     trainer_uid: int = 1000
+    # ServiceAccount of trainer pods whose spec names none ("" = the namespace's default).
+    trainer_service_account: str = ""
     progress_poll_seconds: float = 10.0
     metrics_timeout_seconds: float = 3.0
     # Prefix for kopf's finalizer and bookkeeping annotations.
@@ -69,6 +71,7 @@ class OperatorConfig:
             trainer_image_pull_policy=get("TRAINER_IMAGE_PULL_POLICY", "IfNotPresent"),
             trainer_grace_period_seconds=int(get("TRAINER_GRACE_PERIOD_SECONDS", "300")),
             trainer_uid=int(get("TRAINER_UID", "1000")),
+            trainer_service_account=get("TRAINER_SERVICE_ACCOUNT", "").strip(),
             progress_poll_seconds=float(get("PROGRESS_POLL_SECONDS", "10")),
             metrics_timeout_seconds=float(get("METRICS_TIMEOUT_SECONDS", "3")),
             annotation_prefix=get("ANNOTATION_PREFIX", GROUP),

@@ -39,10 +39,16 @@ def connection_info(api_client: client.ApiClient) -> kopf.ConnectionInfo:
     """kopf's credentials from the same client configuration the reconciler uses, so both
     talk to the same server as the same user."""
     cfg = api_client.configuration
+    if cfg.refresh_api_key_hook is not None:
+        # In-cluster: re-read the projected ServiceAccount token, which the kubelet rotates.
+        cfg.refresh_api_key_hook(cfg)
+    keys = cfg.api_key or {}
+    auth = keys.get("authorization") or keys.get("BearerToken")
     token = None
-    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken")
     if auth:
-        token = auth.removeprefix("Bearer ").strip()
+        # The in-cluster loader stores "bearer <token>" (lower case); kubeconfigs "Bearer".
+        scheme, _, value = auth.strip().partition(" ")
+        token = value.strip() if value and scheme.lower() == "bearer" else auth.strip()
     return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert,

@@ -225,8 +225,12 @@ def make_callbacks(tracker: RunTracker) -> list[Any]:
     from transformers import TrainerCallback
     from transformers.trainer_callback import ProgressCallback
 
-    # Step times must include the GPU work queued for the step, not just its launch.
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    cuda = torch.cuda.is_available()
+
+    def sync() -> None:
+        # Step times must include the GPU work queued for the step, not just its launch.
+        if cuda:
+            torch.cuda.synchronize()
 
     class _RunCallback(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

@@ -122,8 +122,9 @@ def build_job(spec: FineTuneJobSpec, owner: Owner, settings: OperatorConfig) -> 
         "volumes": storage.volumes,
         "tolerations": _tolerations(spec, settings),
     }
-    if spec.service_account_name:
-        pod_spec["serviceAccountName"] = spec.service_account_name
+    service_account = spec.service_account_name or settings.trainer_service_account
+    if service_account:
+        pod_spec["serviceAccountName"] = service_account
     node_selector = {**settings.default_node_selector, **(spec.scheduling.node_selector or {})}
     if node_selector:
         pod_spec["nodeSelector"] = node_selector

@@ -1,0 +1,133 @@
+{{/* Chart name, truncated to leave room for suffixes in resource names. */}}
+{{- define "finetune-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full name: the release name, plus the chart name unless the release name has it. */}}
+{{- define "finetune-operator.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := include "finetune-operator.name" . -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Selector labels of the operator pod (immutable in a Deployment: keep them few). */}}
+{{- define "finetune-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "finetune-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{/* Labels on every resource the chart creates. */}}
+{{- define "finetune-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "finetune-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: finetune-operator
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The operator's ServiceAccount name. */}}
+{{- define "finetune-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "finetune-operator.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* An image reference from {registry, repository, tag, digest}: the digest wins. */}}
+{{- define "finetune-operator.imageRef" -}}
+{{- $image := .image -}}
+{{- $repo := $image.repository -}}
+{{- if $image.registry -}}
+{{- $repo = printf "%s/%s" $image.registry $image.repository -}}
+{{- end -}}
+{{- if $image.digest -}}
+{{- printf "%s@%s" $repo $image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .appVersion $image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "finetune-operator.operatorImage" -}}
+{{- include "finetune-operator.imageRef" (dict "image" .Values.image "appVersion" .Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "finetune-operator.trainerImage" -}}
+{{- include "finetune-operator.imageRef" (dict "image" .Values.trainer.image "appVersion" .Chart.AppVersion) -}}
+{{- end -}}
+
+{{/* Namespaces with the trainer ServiceAccount and NetworkPolicy, as a JSON list. */}}
+{{- define "finetune-operator.trainerNamespaces" -}}
+{{- $namespaces := .Values.trainer.namespaces -}}
+{{- if not $namespaces -}}
+{{- $namespaces = .Values.watchNamespaces | default (list .Release.Namespace) -}}
+{{- end -}}
+{{- toJson $namespaces -}}
+{{- end -}}
+
+{{/* "true" when trainer pods default to the chart's trainer ServiceAccount. */}}
+{{- define "finetune-operator.trainerServiceAccountIsDefault" -}}
+{{- $choice := .Values.trainer.serviceAccount.useAsDefault -}}
+{{- if kindIs "invalid" $choice -}}
+{{- $choice = and .Values.trainer.serviceAccount.create (not (empty .Values.watchNamespaces)) (empty .Values.trainer.namespaces) -}}
+{{- end -}}
+{{- if $choice }}true{{ end -}}
+{{- end -}}
+
+{{/*
+The operator's API access, derived from every call in operator/finetune_operator/kube.py
+and the watches kopf opens for handlers.py (tests/chart holds them equal). Shared by the
+ClusterRole and the per-namespace Roles.
+*/}}
+{{- define "finetune-operator.rules" -}}
+# Watch FineTuneJobs (kopf) and read one before reconciling it.
+- apiGroups: ["finetune.dev"]
+  resources: ["finetunejobs"]
+  verbs: ["get", "list", "watch"]
+# Write the observed state. The operator never writes spec, so GitOps sees no drift.
+- apiGroups: ["finetune.dev"]
+  resources: ["finetunejobs/status"]
+  verbs: ["patch"]
+# Children carry an owner reference with blockOwnerDeletion, which clusters running the
+# OwnerReferencesPermissionEnforcement admission plugin allow only with this permission.
+- apiGroups: ["finetune.dev"]
+  resources: ["finetunejobs/finalizers"]
+  verbs: ["update"]
+# The trainer Job: create it, watch it, and carry spec.lifecycle edits (suspend, ...) over.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["create", "get", "list", "watch", "patch"]
+# The trainer's config file.
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "get"]
+# Trainer pods: phase, restarts, termination message and the IP of the metrics endpoint.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list", "watch"]
+# Events on FineTuneJobs (Created, Checkpoint, Restarted, Failed, ...).
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- end -}}
+
+{{/* FTO_DEFAULT_NODE_SELECTOR: key=value pairs joined by commas, in key order. */}}
+{{- define "finetune-operator.nodeSelectorEnv" -}}
+{{- $pairs := list -}}
+{{- range $key := keys . | sortAlpha -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key (get $ $key)) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
