@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -109,6 +110,8 @@ def ours(
 ) -> dict[str, Any]:
     """Our trainer through its real CLI and config file (the same code the Job runs)."""
     work = args.work / name
+    # A fresh output every time: the trainer rightly refuses to resume another config's run.
+    shutil.rmtree(work, ignore_errors=True)
     config = {
         "model": {"path": str(model), "maxSeqLength": args.seq},
         "dataset": {"path": str(data), "overlongPolicy": "truncate"},

@@ -106,8 +106,9 @@ def sft_config_kwargs(
     With ``completion_only_loss=True`` and dataset preparation left on, TRL sees
     ``input_ids`` and does not tokenize again; it only turns the mask into a ``labels``
     column (the token where the mask is 1, -100 elsewhere) and drops the mask. Its
-    truncation to ``max_length`` is a no-op (rows already fit), and ``packing`` (when
-    asked for) packs those labelled rows. TRL 1.15 refuses ``skip_prepare_dataset`` with a
+    truncation to ``max_length`` is a no-op (rows already fit). Packing stays off: with
+    gpt-oss's eager attention (and Unsloth's flex attention) packed rows would attend to
+    each other; ``groupByLength`` cuts padding instead. TRL 1.15 refuses ``skip_prepare_dataset`` with a
     mask column and no labels, and without ``completion_only_loss`` it would ignore the
     mask and train on every token.
 
@@ -141,7 +142,8 @@ def sft_config_kwargs(
         "use_cpu": use_cpu,
         "gradient_checkpointing": gradient_checkpointing,
         "max_length": max_length,
-        "packing": training.packing,
+        "packing": False,
+        "train_sampling_strategy": "group_by_length" if training.group_by_length else "random",
         "completion_only_loss": True,
         "shuffle_dataset": False,  # the sampler shuffles, seeded, and resumes in order
         "dataloader_num_workers": 0,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from finetune_trainer.config import LoraSpec, TrainerConfig, TrainingSpec
 from finetune_trainer.lora import (
     peft_lora_kwargs,
@@ -101,3 +103,22 @@ def test_sft_config_kwargs_by_epochs(tmp_path: Path) -> None:
     assert kwargs["max_steps"] == -1 and kwargs["num_train_epochs"] == 2
     assert kwargs["per_device_train_batch_size"] == 2
     assert kwargs["gradient_accumulation_steps"] == 2
+
+
+@pytest.mark.parametrize("grouped, strategy", [(False, "random"), (True, "group_by_length")])
+def test_group_by_length_selects_the_sampler(tmp_path: Path, grouped: bool, strategy: str) -> None:
+    kwargs = sft_config_kwargs(
+        TrainingSpec(group_by_length=grouped),
+        output_dir=tmp_path,
+        max_length=512,
+        optimizer="adamw_torch",
+        gradient_checkpointing=False,
+        bf16=False,
+        fp16=False,
+    )
+    assert kwargs["train_sampling_strategy"] == strategy
+    assert kwargs["packing"] is False
+    # The transformers version pinned here accepts it.
+    from trl import SFTConfig
+
+    assert SFTConfig(**{**kwargs, "use_cpu": True}).train_sampling_strategy == strategy

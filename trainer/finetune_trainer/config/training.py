@@ -112,10 +112,11 @@ class TrainingSpec(SpecModel):
         description="Activation checkpointing: unsloth (offloaded, the example's setting), on "
         "(standard), off. Default: unsloth.",
     )
-    packing: bool = Field(
+    group_by_length: bool = Field(
         False,
-        description="Pack several short rows into one sequence (padding-free, with "
-        "per-row attention boundaries). Default: false.",
+        description="Batch rows of similar length together (length-sorted groups within "
+        "shuffled mega-batches), so micro-batches carry little padding. Same rows per epoch "
+        "in a different order than the default shuffle. Default: false.",
     )
 
     @model_validator(mode="after")
