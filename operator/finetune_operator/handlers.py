@@ -52,11 +52,11 @@ def register(
 ) -> None:
     """Register the handlers into ``registry`` (kopf's default one for ``kopf run``)."""
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="configure", registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, config)
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, registry=registry)
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="finetunejob", registry=registry)
     def finetunejob_changed(type: str, body: Any, **_: Any) -> None:
         meta = body["metadata"]
         if type == "DELETED":
@@ -66,11 +66,11 @@ def register(
 
     poller = ProgressPoller(reconciler, config.progress_poll_seconds)
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(id="start-progress-poller", registry=registry)
     def start_poller(**_: Any) -> None:
         poller.start()
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(id="stop-progress-poller", registry=registry)
     def stop_poller(**_: Any) -> None:
         poller.stop()
 
@@ -79,11 +79,11 @@ def register(
         LABEL_OWNER: kopf.PRESENT,
     }
 
-    @kopf.on.event("batch", "v1", "jobs", labels=children, registry=registry)
+    @kopf.on.event("batch", "v1", "jobs", labels=children, id="job", registry=registry)
     def job_changed(body: Any, **_: Any) -> None:
         _owner_changed(reconciler, body)
 
-    @kopf.on.event("", "v1", "pods", labels=children, registry=registry)
+    @kopf.on.event("", "v1", "pods", labels=children, id="pod", registry=registry)
     def pod_changed(body: Any, **_: Any) -> None:
         _owner_changed(reconciler, body)
 

@@ -15,6 +15,6 @@ _api_client = load_api_client()
 register(kopf.get_default_registry(), Reconciler(Kube(_api_client), _config), _config)
 
 
-@kopf.on.login()
+@kopf.on.login(id="login")
 def _login(**_: object) -> kopf.ConnectionInfo:
     return connection_info(_api_client)

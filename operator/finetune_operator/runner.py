@@ -64,7 +64,7 @@ def build_registry(api_client: client.ApiClient, config: OperatorConfig) -> kopf
     reconciler = Reconciler(Kube(api_client), config)
     register(registry, reconciler, config)
 
-    @kopf.on.login(registry=registry)
+    @kopf.on.login(id="login", registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         return connection_info(api_client)
 
