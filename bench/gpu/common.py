@@ -147,3 +147,63 @@ def parse_result(text: str) -> dict[str, Any] | None:
             result: dict[str, Any] = json.loads(line[len(RESULT_PREFIX) :])
             return result
     return None
+
+
+def script_parser(description: str, name: str) -> Any:
+    """The arguments every reference script takes (bench.py passes them)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--accum", type=int, default=4)
+    parser.add_argument("--seq", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--peak-flops", type=float, default=0.0)
+    parser.add_argument("--name", default=name)
+    return parser
+
+
+def sft_arguments(args: Any, work_dir: str, **overrides: Any) -> dict[str, Any]:
+    """The original example's SFTConfig settings, shared by both reference scripts."""
+    import os
+
+    return {
+        "dataset_text_field": "text",
+        "max_length": args.seq,
+        "per_device_train_batch_size": args.batch,
+        "gradient_accumulation_steps": args.accum,
+        "warmup_steps": 5,
+        "max_steps": args.warmup + args.steps,
+        "learning_rate": 2e-4,
+        "logging_steps": 1,
+        "seed": 3407,
+        "output_dir": os.environ.get("BENCH_WORK_DIR", work_dir),
+        "save_strategy": "no",
+        "report_to": "none",
+        **overrides,
+    }
+
+
+def train_and_report(
+    trainer: Any, args: Any, model_config: Any, load_seconds: float, **extra: Any
+) -> None:
+    """Count tokens, time every step, train, and print the BENCH: record."""
+    counter = TokenCounter(trainer.data_collator)
+    trainer.data_collator = counter
+    timer = step_timer(counter)
+    trainer.add_callback(timer)
+    trainer.train()
+    emit(
+        {
+            "config": args.name,
+            "micro_batch": args.batch,
+            "accumulation": args.accum,
+            "seq": args.seq,
+            "load_seconds": round(load_seconds, 1),
+            **extra,
+            **summarize(timer.steps, args.warmup, active_parameters(model_config), args.peak_flops),
+            **memory(),
+        }
+    )

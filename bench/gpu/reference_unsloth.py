@@ -10,7 +10,6 @@ SFTTrainer with batch 1 x 4 accumulation, learning rate 2e-4, adamw_8bit, seq 10
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -22,28 +21,12 @@ import unsloth  # noqa: F401  (first, as the example does: it patches TRL and PE
 from unsloth import FastLanguageModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    TokenCounter,
-    active_parameters,
-    emit,
-    memory,
-    step_timer,
-    summarize,
-    text_dataset,
-)
+from common import script_parser, sft_arguments, text_dataset, train_and_report
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser()
+    parser = script_parser(__doc__.split("\n\n")[0], "reference")
     parser.add_argument("--model", required=True)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--accum", type=int, default=4)
-    parser.add_argument("--seq", type=int, default=1024)
-    parser.add_argument("--steps", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--peak-flops", type=float, default=0.0)
-    parser.add_argument("--name", default="reference")
     args = parser.parse_args()
 
     started = time.monotonic()
@@ -63,45 +46,21 @@ def main() -> int:
     load_seconds = time.monotonic() - started
     from trl import SFTConfig, SFTTrainer
 
-    dataset = text_dataset(args.data, tokenizer)
     trainer = SFTTrainer(
         model=model,
         processing_class=tokenizer,
-        train_dataset=dataset,
+        train_dataset=text_dataset(args.data, tokenizer),
         args=SFTConfig(
-            dataset_text_field="text",
-            max_length=args.seq,
-            per_device_train_batch_size=args.batch,
-            gradient_accumulation_steps=args.accum,
-            warmup_steps=5,
-            max_steps=args.warmup + args.steps,
-            learning_rate=2e-4,
-            logging_steps=1,
-            optim="adamw_8bit",
-            weight_decay=0.01,
-            lr_scheduler_type="linear",
-            seed=3407,
-            output_dir=os.environ.get("BENCH_WORK_DIR", "/tmp/bench-reference"),
-            save_strategy="no",
-            report_to="none",
+            **sft_arguments(
+                args,
+                "/tmp/bench-reference",
+                optim="adamw_8bit",
+                weight_decay=0.01,
+                lr_scheduler_type="linear",
+            )
         ),
     )
-    counter = TokenCounter(trainer.data_collator)
-    trainer.data_collator = counter
-    timer = step_timer(counter)
-    trainer.add_callback(timer)
-    trainer.train()
-    emit(
-        {
-            "config": args.name,
-            "micro_batch": args.batch,
-            "accumulation": args.accum,
-            "seq": args.seq,
-            "load_seconds": round(load_seconds, 1),
-            **summarize(timer.steps, args.warmup, active_parameters(model.config), args.peak_flops),
-            **memory(),
-        }
-    )
+    train_and_report(trainer, args, model.config, load_seconds)
     return 0
 
 
