@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -70,7 +71,9 @@ def host_path(uri: str, claims: dict[str, Path]) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     state = Path(args.state_dir).resolve()
-    state.mkdir(parents=True, exist_ok=True)
+    # Each demo starts from scratch: a cluster, volumes and logs of its own.
+    shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True)
     say(f"starting the local control plane and node agent (state in {state})")
     with LocalCluster(state / "cluster", nodes=gpu_nodes(1, 1)) as cluster:
         say(f"export KUBECONFIG={cluster.kubeconfig}")
@@ -136,7 +139,7 @@ def report(cluster: LocalCluster, body: dict[str, Any], claims: dict[str, Path])
     )
     for entry in files:
         print(f"    {entry['path']:<28} {entry['size']:>10} bytes  sha256 {entry['sha256'][:12]}")
-    events = cluster.kubectl(
+    listed = cluster.kubectl(
         [
             "-n",
             NAMESPACE,
@@ -145,11 +148,16 @@ def report(cluster: LocalCluster, body: dict[str, Any], claims: dict[str, Path])
             "--field-selector",
             f"involvedObject.name={NAME}",
             "-o",
-            "custom-columns=REASON:.reason,MESSAGE:.message",
+            "json",
         ]
     )
+    # resourceVersion orders events by creation more finely than their 1 s timestamps.
+    events = sorted(
+        json.loads(listed.stdout)["items"], key=lambda e: int(e["metadata"]["resourceVersion"])
+    )
     say("events on the FineTuneJob:")
-    print(events.stdout, flush=True)
+    for event in events:
+        print(f"    {event['type']:<8} {event['reason']:<20} {event['message']}", flush=True)
     return 0
 
 

@@ -207,6 +207,10 @@ def create_cluster_pki(directory: Path, service_cluster_ip: str) -> ClusterPKI:
     `service_cluster_ip` is the first address of the service range, the ClusterIP of the
     `kubernetes` Service, which the apiserver's serving certificate must cover."""
     directory.mkdir(parents=True, exist_ok=True)
+    # A reused state directory keeps node certificates signed by the previous CA, and
+    # node_client() issues one only when none exists: drop them with the old CA.
+    for stale in directory.glob("node-*.*"):
+        stale.unlink()
 
     def pair(stem: str) -> CertPair:
         return CertPair(directory / f"{stem}.crt", directory / f"{stem}.key")

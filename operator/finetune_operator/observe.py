@@ -94,8 +94,18 @@ def _is_active(pod: dict[str, Any]) -> bool:
 
 
 def _restarts(job: dict[str, Any], pods: Sequence[dict[str, Any]]) -> int:
-    failed_pods = sum(1 for p in pods if (p.get("status") or {}).get("phase") == "Failed")
-    return max(int((job.get("status") or {}).get("failed") or 0), failed_pods)
+    """Failed trainer pods that were retried. Until the next attempt exists, the newest
+    failure may be the last one (bad input, backoff limit, deadline), so it counts only once
+    a newer pod runs; a disrupted pod (DisruptionTarget) is always retried, so it counts at
+    once (its pod object may be gone by the time the replacement starts)."""
+    failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    disrupted = sum(1 for p in failed_pods if _condition(p, "DisruptionTarget"))
+    # The Job's failed count leaves out the disruptions its podFailurePolicy ignores.
+    failures = max(int((job.get("status") or {}).get("failed") or 0), len(failed_pods) - disrupted)
+    retried = any(
+        _is_active(p) or (p.get("status") or {}).get("phase") == "Succeeded" for p in pods
+    )
+    return failures - (0 if retried else min(failures, 1)) + disrupted
 
 
 def observe(
@@ -187,7 +197,7 @@ def observe(
             reason="Completing",
             message="the trainer finished; waiting for the Job to complete",
         )
-    if restarts:
+    if last_failure or restarts:
         return replace(
             seen,
             reason="Restarting",

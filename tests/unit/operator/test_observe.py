@@ -107,7 +107,7 @@ class TestPhases:
         )
         assert seen.reason == "BackoffLimitExceeded"
         assert "OOMKilled" in seen.message
-        assert seen.restarts == 4
+        assert seen.restarts == 3  # four attempts: the last failure was not retried
 
     def test_deadline(self) -> None:
         seen = observe(job([cond("Failed", "DeadlineExceeded")]), [])
@@ -183,8 +183,22 @@ class TestPending:
 
     def test_between_attempts_after_a_failure(self) -> None:
         seen = observe(job(failed=1), [pod("Failed", state=terminated(137, reason="OOMKilled"))])
-        assert (seen.phase, seen.reason, seen.restarts) == ("Pending", "Restarting", 1)
+        # Not a restart until the next attempt exists: this failure may yet be the last.
+        assert (seen.phase, seen.reason, seen.restarts) == ("Pending", "Restarting", 0)
         assert "OOMKilled" in seen.message
+
+    def test_a_failure_that_fails_the_job_is_not_a_restart(self) -> None:
+        failed = pod("Failed", state=terminated(78))
+        assert observe(job(failed=1), [failed]).restarts == 0  # before the Job reacts
+        assert observe(job([cond("Failed", "PodFailurePolicy")], failed=1), [failed]).restarts == 0
+
+    def test_a_disruption_counts_at_once(self) -> None:
+        # The Job ignores it (podFailurePolicy), and the pod may be gone before its
+        # replacement starts: count it while it is visible.
+        disrupted = pod(
+            "Failed", state=terminated(75), conditions=[cond("DisruptionTarget", "Preempted")]
+        )
+        assert observe(job(), [disrupted]).restarts == 1
 
     def test_finished_trainer_before_the_job_completes(self) -> None:
         seen = observe(job(succeeded=1), [pod("Succeeded", state=terminated(0, SUCCESS))])
