@@ -108,9 +108,9 @@ def sft_config_kwargs(
     column (the token where the mask is 1, -100 elsewhere) and drops the mask. Its
     truncation to ``max_length`` is a no-op (rows already fit). Packing stays off: with
     gpt-oss's eager attention (and Unsloth's flex attention) packed rows would attend to
-    each other; ``groupByLength`` cuts padding instead. TRL 1.15 refuses ``skip_prepare_dataset`` with a
-    mask column and no labels, and without ``completion_only_loss`` it would ignore the
-    mask and train on every token.
+    each other; ``groupByLength`` cuts padding instead. TRL 1.15 refuses
+    ``skip_prepare_dataset`` with a mask column and no labels, and without
+    ``completion_only_loss`` it would ignore the mask and train on every token.
 
     ``per_device_batch`` and ``gradient_accumulation`` default to the config's and exist so
     the micro-batch can be resized for speed with the same effective batch.
