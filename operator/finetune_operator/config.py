@@ -36,6 +36,9 @@ class OperatorConfig:
     # Prefix for kopf's finalizer and bookkeeping annotations.
     annotation_prefix: str = GROUP
     liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
+    # The operator's own Prometheus endpoint; 0 disables it.
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 8081
     log_format: str = "plain"  # plain | json
     log_level: str = "INFO"
     watch_server_timeout_seconds: int = 300
@@ -76,6 +79,8 @@ class OperatorConfig:
             metrics_timeout_seconds=float(get("METRICS_TIMEOUT_SECONDS", "3")),
             annotation_prefix=get("ANNOTATION_PREFIX", GROUP),
             liveness_endpoint=liveness,
+            metrics_host=get("OPERATOR_METRICS_HOST", "0.0.0.0"),
+            metrics_port=int(get("OPERATOR_METRICS_PORT", "8081")),
             log_format=log_format,
             log_level=get("LOG_LEVEL", "INFO").upper(),
             watch_server_timeout_seconds=int(get("WATCH_SERVER_TIMEOUT_SECONDS", "300")),

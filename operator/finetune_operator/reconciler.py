@@ -28,6 +28,7 @@ from .builders import (
 )
 from .config import OperatorConfig
 from .kube import ChildConflict, Kube, Obj
+from .metrics import OperatorMetrics
 from .observe import observe
 from .progress import scrape
 from .status_update import StatusUpdate, invalid_spec_status, next_status
@@ -54,13 +55,16 @@ class Reconciler:
         *,
         clock: Clock = utcnow,
         scraper: Callable[..., Any] = scrape,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.kube = kube
         self.config = config
         self.clock = clock
         self.scraper = scraper
+        self.metrics = metrics or OperatorMetrics()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._unfinished: set[tuple[str, str]] = set()
+        self._phases: dict[tuple[str, str], str] = {}
         self._guard = threading.Lock()
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
@@ -71,6 +75,8 @@ class Reconciler:
         with self._guard:
             self._locks.pop((namespace, name), None)
             self._unfinished.discard((namespace, name))
+            self._phases.pop((namespace, name), None)
+            self.metrics.set_phases(self._phases.values())
 
     def unfinished(self) -> list[tuple[str, str]]:
         """FineTuneJobs last seen Pending, Running or Suspended (for the progress poller)."""
@@ -83,11 +89,22 @@ class Reconciler:
                 self._unfinished.discard((namespace, name))
             else:
                 self._unfinished.add((namespace, name))
+            if phase is None:
+                self._phases.pop((namespace, name), None)
+            else:
+                self._phases[(namespace, name)] = phase
+            self.metrics.set_phases(self._phases.values())
         return phase
 
     def reconcile(self, namespace: str, name: str, *, poll_metrics: bool = False) -> str | None:
         """Converge one FineTuneJob; returns its phase (None when it no longer exists)."""
-        return self._remember(namespace, name, self._reconcile(namespace, name, poll_metrics))
+        with self.metrics.reconcile_seconds.time():
+            try:
+                phase = self._reconcile(namespace, name, poll_metrics)
+            except Exception:
+                self.metrics.reconciles.labels("error").inc()
+                raise
+        return self._remember(namespace, name, phase)
 
     def _reconcile(self, namespace: str, name: str, poll_metrics: bool) -> str | None:
         with self._lock(namespace, name):
@@ -98,11 +115,15 @@ class Reconciler:
                 update = self._converge(body, poll_metrics=poll_metrics)
                 previous = body.get("status") or {}
                 if not update.changed_from(previous):
+                    self.metrics.reconciles.labels("ok").inc()
                     return str(update.status.get("phase"))
                 if self.kube.patch_status(body, update.status):
+                    self.metrics.reconciles.labels("ok").inc()
+                    self.metrics.status_writes.inc()
                     now = rfc3339(self.clock())
                     for event in update.events:
                         self.kube.post_event(body, event.type, event.reason, event.message, now)
+                        self.metrics.events.labels(event.type, event.reason).inc()
                     log.info(
                         "%s/%s: %s (%s)",
                         namespace,
@@ -161,6 +182,7 @@ class Reconciler:
         self.kube.ensure(build_config_map(spec, owner), owner.uid)
         job, created = self.kube.ensure(build_job(spec, owner, self.config), owner.uid)
         if created:
+            self.metrics.jobs_created.inc()
             log.info("%s/%s: created Job %s", owner.namespace, owner.name, owner.child_name)
         return job
 

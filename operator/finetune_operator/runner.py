@@ -17,6 +17,7 @@ from kubernetes import config as kube_config
 from .config import OperatorConfig
 from .handlers import register
 from .kube import Kube
+from .metrics import OperatorMetrics
 from .reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,11 @@ def connection_info(api_client: client.ApiClient) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(api_client: client.ApiClient, config: OperatorConfig) -> kopf.OperatorRegistry:
+def build_registry(
+    api_client: client.ApiClient, config: OperatorConfig, metrics: OperatorMetrics | None = None
+) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    reconciler = Reconciler(Kube(api_client), config)
+    reconciler = Reconciler(Kube(api_client), config, metrics=metrics)
     register(registry, reconciler, config)
 
     @kopf.on.login(id="login", registry=registry)
@@ -78,8 +81,14 @@ async def run(
     stop_flag: Any = None,
     ready_flag: Any = None,
     liveness: bool = True,
+    metrics: OperatorMetrics | None = None,
 ) -> None:
-    registry = build_registry(api_client, config)
+    """Run the operator until stop_flag is set. Without ``metrics`` the operator serves
+    its own on config.metrics_host:metrics_port; with them, the caller decides."""
+    if metrics is None:
+        metrics = OperatorMetrics()
+        metrics.serve(config.metrics_host, config.metrics_port)
+    registry = build_registry(api_client, config, metrics)
     await kopf.operator(
         registry=registry,
         standalone=True,
@@ -99,11 +108,18 @@ class EmbeddedOperator:
     """
 
     def __init__(
-        self, api_client: client.ApiClient, config: OperatorConfig, *, liveness: bool = False
+        self,
+        api_client: client.ApiClient,
+        config: OperatorConfig,
+        *,
+        liveness: bool = False,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.api_client = api_client
         self.config = config
         self.liveness = liveness
+        # Not served: the embedding process reads them from this object.
+        self.metrics = metrics or OperatorMetrics()
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -126,6 +142,7 @@ class EmbeddedOperator:
                     stop_flag=self._stop,
                     ready_flag=self._ready,
                     liveness=self.liveness,
+                    metrics=self.metrics,
                 )
             )
         except BaseException as exc:  # reported to the test that started it

@@ -26,6 +26,8 @@ LOCAL_VALUES: dict[str, Any] = {
         "progressPollSeconds": 1,
         "metricsTimeoutSeconds": 1,
     },
+    # Pods of the node agent share the host's network: bind the pod's own address.
+    "metrics": {"operator": {"bindAddress": "$(POD_IP)"}},
 }
 
 

@@ -37,7 +37,7 @@ from finetune_localcluster.cluster import LocalCluster
 from finetune_localcluster.pytest_plugin import RESTRICTED_LABELS
 from finetune_localcluster.waiting import wait_for
 from finetune_operator.config import OperatorConfig
-from finetune_operator.runner import EmbeddedOperator, connection_info
+from finetune_operator.runner import EmbeddedOperator
 
 from .cluster_helpers import (
     LOCAL_VALUES,
@@ -55,15 +55,6 @@ pytestmark = pytest.mark.e2e
 
 CRD_NAME = "finetunejobs.finetune.dev"
 TRAINER_SA = "finetune-trainer"
-
-
-def _reads_in_cluster_tokens() -> bool:
-    """Whether the operator turns the in-cluster loader's "bearer <token>" into kopf's
-    token (the loader writes the scheme in lower case)."""
-    configuration = client.Configuration()
-    configuration.host = "https://127.0.0.1:6443"
-    configuration.api_key = {"BearerToken": "bearer probe-token"}
-    return connection_info(client.ApiClient(configuration)).token == "probe-token"
 
 
 def _suffix() -> str:
@@ -275,13 +266,6 @@ def test_the_operator_pod_runs_under_restricted_pod_security(
     assert "violates PodSecurity" in rejected.stderr
 
 
-@pytest.mark.xfail(
-    not _reads_in_cluster_tokens(),
-    reason="finetune_operator.runner.connection_info passes the in-cluster token as "
-    "'bearer <token>' to kopf, so every in-cluster operator gets 401 Unauthorized",
-    raises=AssertionError,
-    strict=True,
-)
 def test_the_installed_operator_trains_a_finetunejob_to_success(
     cluster: LocalCluster, namespaced_release: Release, make_pvc: Any, tiny_inputs: Path
 ) -> None:

@@ -170,7 +170,7 @@ def test_probes_hit_kopfs_health_endpoint(helm: Path) -> None:
     deployment = only(render(helm, {"operator": {"health": {"port": 9000}}}), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["finetune-operator"]
-    assert container["ports"] == [{"name": "health", "containerPort": 9000, "protocol": "TCP"}]
+    assert container["ports"][0] == {"name": "health", "containerPort": 9000, "protocol": "TCP"}
     for probe in ("livenessProbe", "readinessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     env = container_env(deployment)
@@ -245,6 +245,35 @@ def test_network_policies_are_off_by_default_and_match_the_pods_when_on(helm: Pa
     }
     assert from_prometheus["namespaceSelector"] == {"matchLabels": {"name": "monitoring"}}
     assert ingress["ports"] == [{"port": contract.METRICS_PORT, "protocol": "TCP"}]
+    # The operator's own metrics port is open to the same Prometheus, and only to it.
+    probes, metrics = operator_policy["spec"]["ingress"]
+    assert probes == {"ports": [{"port": "health", "protocol": "TCP"}]}
+    assert metrics["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert metrics["from"][0]["namespaceSelector"] == {"matchLabels": {"name": "monitoring"}}
+
+
+def test_operator_metrics_port_and_pod_monitor(helm: Path) -> None:
+    deployment = only(render(helm), "Deployment")
+    env = container_env(deployment)
+    config = operator_config.OperatorConfig.from_env(env)
+    assert config.metrics_port == 8081
+    ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in ports
+    monitor = only(
+        render(helm, {"metrics": {"operator": {"podMonitor": {"enabled": True}}}}), "PodMonitor"
+    )
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+        deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    off = render(helm, {"metrics": {"operator": {"port": 0, "podMonitor": {"enabled": True}}}})
+    assert of_kind(off, "PodMonitor") == []
+    off_ports = only(off, "Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert [p["name"] for p in off_ports] == ["health"]
+    assert (
+        operator_config.OperatorConfig.from_env(container_env(only(off, "Deployment"))).metrics_port
+        == 0
+    )
 
 
 def test_trainer_pod_monitor_toggle(helm: Path) -> None:

@@ -106,8 +106,8 @@ def test_the_chart_sets_every_operator_setting() -> None:
     deployment_env = REPO / "charts" / "finetune-operator" / "templates" / "deployment.yaml"
     set_by_chart = set(re.findall(r"name: (FTO_[A-Z_]+)", deployment_env.read_text()))
     assert read - not_exposed <= set_by_chart
-    # Settings the chart passes that this operator version does not read yet.
-    assert set_by_chart - read <= {"FTO_TRAINER_SERVICE_ACCOUNT"}
+    # And nothing the chart passes goes unread.
+    assert set_by_chart <= read
 
 
 def test_tolerations_travel_as_json(helm: Path) -> None:
@@ -115,13 +115,6 @@ def test_tolerations_travel_as_json(helm: Path) -> None:
     assert json.loads(env["FTO_DEFAULT_TOLERATIONS"]) == GPU_VALUES["trainer"]["tolerations"]
 
 
-@pytest.mark.xfail(
-    not hasattr(OperatorConfig(), "trainer_service_account"),
-    reason="the operator does not read FTO_TRAINER_SERVICE_ACCOUNT yet, so trainer pods "
-    "without spec.serviceAccountName use the namespace's default account",
-    raises=AssertionError,
-    strict=True,
-)
 def test_trainer_pods_default_to_the_charts_trainer_account(helm: Path) -> None:
     job = _trainer_job(helm, GPU_VALUES)  # watchNamespaces set: the account exists there
     assert job["spec"]["template"]["spec"].get("serviceAccountName") == "finetune-trainer"

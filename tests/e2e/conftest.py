@@ -11,6 +11,7 @@ import pytest
 
 from finetune_localcluster.cluster import LocalCluster
 from finetune_operator.config import OperatorConfig
+from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.runner import EmbeddedOperator
 
 from .ftj import FineTuneJobs
@@ -50,9 +51,13 @@ class OperatorHandle:
         self.cluster = cluster
         self.api_client = cluster.api_client()
         self.running: EmbeddedOperator | None = None
+        # One set of counters across restarts, as one long-running operator would keep.
+        self.metrics = OperatorMetrics()
 
     def start(self) -> None:
-        self.running = EmbeddedOperator(self.api_client, e2e_operator_config()).start()
+        self.running = EmbeddedOperator(
+            self.api_client, e2e_operator_config(), metrics=self.metrics
+        ).start()
 
     def stop(self) -> None:
         if self.running is not None:

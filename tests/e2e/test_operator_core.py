@@ -222,6 +222,21 @@ def test_restarted_operator_picks_up_without_duplicates(
     assert len(ftjs.jobs("before")) == 1
 
 
+def test_operator_metrics_count_what_it_did(ftjs: FineTuneJobs, operator: OperatorHandle) -> None:
+    registry = operator.metrics.registry
+    before = registry.get_sample_value("finetune_operator_jobs_created_total") or 0
+    ftjs.apply("counted", SUSPENDED)
+    ftjs.wait_phase("counted", "Suspended")
+    assert registry.get_sample_value("finetune_operator_jobs_created_total") == before + 1
+    assert registry.get_sample_value("finetune_operator_reconciles_total", {"result": "ok"})
+    assert registry.get_sample_value("finetune_operator_status_writes_total")
+    suspended = registry.get_sample_value("finetune_operator_finetunejobs", {"phase": "Suspended"})
+    assert suspended is not None and suspended >= 1
+    assert registry.get_sample_value(
+        "finetune_operator_events_total", {"type": "Normal", "reason": "Suspended"}
+    )
+
+
 def test_operator_writes_no_spec_and_no_finalizer(ftjs: FineTuneJobs) -> None:
     ftjs.apply("clean", SUSPENDED)
     ftjs.wait_phase("clean", "Suspended")
