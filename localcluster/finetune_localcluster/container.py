@@ -122,6 +122,7 @@ class ContainerRun:
             "root_dir": str(self.directory / "rootfs"),
             "shadow_dir": str(self.directory / "shadows"),
             "start_error_path": str(error_file),
+            "image_paths": image_paths(),
             "hostname": hostname,
             "working_dir": self.spec.get("workingDir") or "/",
             "mounts": mounts,
@@ -161,7 +162,8 @@ class ContainerRun:
         finished_at = podstatus.now()
         reason: str | None = None
         error_file = self.directory / f"start-error-{self.restart_count}.json"
-        if exit_code == podexec.START_ERROR_EXIT_CODE and error_file.exists():
+        started = not (error_file.exists() and error_file.stat().st_size)
+        if exit_code == podexec.START_ERROR_EXIT_CODE and not started:
             error = json.loads(error_file.read_text())
             reason, message = error["reason"], error["message"]
         else:
@@ -229,3 +231,13 @@ class ContainerRun:
 def _killpg(pgid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
+
+
+def image_paths() -> list[str]:
+    """The host paths that stand in for a container image: the project's interpreter and
+    virtualenv and its source tree (the editable install). A volume mounted over one of them
+    (an emptyDir at /tmp when the project lives under /tmp) must not hide it, as a volume
+    never hides a real image's /opt/venv."""
+    repo = Path(__file__).resolve().parents[2]
+    paths = {sys.prefix, sys.base_prefix, str(repo)}
+    return sorted(os.path.realpath(p) for p in paths)

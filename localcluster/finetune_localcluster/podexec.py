@@ -197,12 +197,26 @@ def _prepare_root(spec: dict[str, Any]) -> None:
                 f" it is {'a directory' if os.path.isdir(target) else 'a file'}"
             )
         _bind(mount["source"], target, read_only=bool(mount.get("read_only")))
+    # The project's environment plays the image: put back any part a volume covered.
+    for path in spec.get("image_paths", []):
+        if any(_covers(mount["target"], path) for mount in mounts) and os.path.isdir(path):
+            _bind(path, root.ensure(path, is_dir=True))
     root.pivot()
 
 
+def _covers(mount_target: str, path: str) -> bool:
+    target = mount_target.rstrip("/") or "/"
+    return path == target or path.startswith(target + "/")
+
+
+_error_fd: int | None = None
+
+
 def _fail(spec: dict[str, Any], reason: str, message: str) -> None:
-    with open(spec["start_error_path"], "w") as handle:
-        json.dump({"reason": reason, "message": message}, handle)
+    # Written through a descriptor opened before the pivot: the error file's host path may
+    # be hidden by then (under a volume, or outside the new root).
+    if _error_fd is not None:
+        os.write(_error_fd, json.dumps({"reason": reason, "message": message}).encode())
     print(f"{reason}: {message}", file=sys.stderr)
     sys.exit(START_ERROR_EXIT_CODE)
 
@@ -224,6 +238,9 @@ def main() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != spec["parent_pid"]:
         sys.exit(START_ERROR_EXIT_CODE)
+    global _error_fd
+    # Not inherited by the command (Python opens descriptors close-on-exec).
+    _error_fd = os.open(spec["start_error_path"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare")
         _mount(None, "/", None, MS_REC | MS_PRIVATE)

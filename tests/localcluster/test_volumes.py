@@ -168,3 +168,31 @@ def test_missing_config_map_volume_keeps_the_pod_creating(
     pod = get_pod(api, namespace, "nomount")
     assert pod["status"]["phase"] == "Pending"
     assert container_state(pod)["waiting"]["reason"] == "ContainerCreating"
+
+
+def test_a_volume_over_the_project_does_not_hide_its_environment(
+    api: KubeAPI, namespace: str, wait_for: WaitFor, pod_logs: Any
+) -> None:
+    """The project's virtualenv and sources stand in for the image: an emptyDir mounted
+    over the directory that holds them (as /tmp is, when the checkout lives under /tmp)
+    covers everything else there but not them."""
+    import sys
+
+    top = "/" + Path(os.path.realpath(sys.prefix)).parts[1]
+    script = (
+        f"import os, finetune_trainer; print(os.path.realpath({sys.prefix!r}) != ''); "
+        f"print(sorted(os.listdir({top!r})) != sorted({sorted(os.listdir(top))!r}))"
+    )
+    mounts = [{"name": "cover", "mountPath": top}]
+    container = manifests.container("main", [sys.executable, "-c", script], volume_mounts=mounts)
+    spec = manifests.pod_spec([container], volumes=[{"name": "cover", "emptyDir": {}}])
+    api.create(f"/api/v1/namespaces/{namespace}/pods", manifests.pod("covered", namespace, spec))
+    wait_for(
+        lambda: "terminated" in container_state(get_pod(api, namespace, "covered")),
+        30,
+        message="the pod to finish",
+    )
+    logs = pod_logs(namespace, "covered")
+    assert get_pod(api, namespace, "covered")["status"]["phase"] == "Succeeded", logs
+    # The interpreter and the package imported; the rest of the covered directory is gone.
+    assert logs.splitlines() == ["True", "True"]
