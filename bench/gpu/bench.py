@@ -81,7 +81,7 @@ def environment() -> dict[str, Any]:
     }
 
 
-def run(argv: list[str], log: Path, timeout: float) -> str:
+def run(argv: list[str], log: Path, timeout: float, env: dict[str, str] | None = None) -> str:
     with log.open("w") as handle:
         proc = subprocess.run(
             argv,
@@ -89,7 +89,7 @@ def run(argv: list[str], log: Path, timeout: float) -> str:
             stderr=subprocess.STDOUT,
             text=True,
             timeout=timeout,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},
         )
         handle.write(proc.stdout)
     if proc.returncode != 0:
@@ -107,8 +107,10 @@ def ours(
     micro: int = 1,
     accum: int = 4,
     auto: bool = True,
+    **training: Any,
 ) -> dict[str, Any]:
-    """Our trainer through its real CLI and config file (the same code the Job runs)."""
+    """Our trainer through its real CLI and config file (the same code the Job runs);
+    ``training`` adds settings to the config's training section (e.g. groupByLength)."""
     work = args.work / name
     # A fresh output every time: the trainer rightly refuses to resume another config's run.
     shutil.rmtree(work, ignore_errors=True)
@@ -122,11 +124,15 @@ def ours(
             "gradientAccumulationSteps": accum,
             "autoMicroBatch": auto,
             "trainOn": "all",  # the reference trains on every token; compare like for like
+            **training,
         },
         "output": {"path": str(work / "out")},
     }
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(yaml.safe_dump(config))
+    env = dict(os.environ)
+    if args.snapshots:
+        env["FTO_CUDA_MEMORY_SNAPSHOT"] = str(args.snapshots / f"{name}.pickle")
     out = run(
         [
             sys.executable,
@@ -139,11 +145,14 @@ def ours(
         ],
         work / "log.txt",
         args.timeout,
+        env,
     )
-    steps, load, chosen = [], None, None
+    steps, load, chosen, load_peak = [], None, None, None
     for line in out.splitlines():
         if "model loaded in" in line:
             load = float(line.rsplit("model loaded in", 1)[1].strip().rstrip("s"))
+        if "GPU memory after loading:" in line:
+            load_peak = float(line.split("held,", 1)[1].split("GiB")[0])
         if "micro-batch" in line and "accumulation:" in line:
             chosen = line.split("micro-batch", 1)[1].split(":")[0].strip()
         # Step records are JSON lines; a progress bar on stderr may precede one.
@@ -166,12 +175,14 @@ def ours(
         "micro_batch": micro,
         "accumulation": accum,
         "auto_micro_batch": auto,
+        "training": training,
         "chosen_micro_batch": chosen,
         "seq": args.seq,
         "load_seconds": load,
         **summary,
-        "peak_allocated_gib": steps[-1].get("gpu_peak_allocated_gib"),
-        "peak_reserved_gib": steps[-1].get("gpu_peak_reserved_gib"),
+        "load_peak_allocated_gib": load_peak,
+        "peak_allocated_gib": max(r.get("gpu_peak_allocated_gib") or 0 for r in steps),
+        "peak_reserved_gib": max(r.get("gpu_peak_reserved_gib") or 0 for r in steps),
     }
 
 
@@ -221,7 +232,8 @@ COLUMNS = [
     ("accumulation", "accum"),
     ("median_step_seconds", "s/step"),
     ("tokens_per_second", "tokens/s"),
-    ("peak_allocated_gib", "peak alloc GiB"),
+    ("load_peak_allocated_gib", "load peak GiB"),
+    ("peak_allocated_gib", "train peak alloc GiB"),
     ("peak_reserved_gib", "peak reserved GiB"),
     ("load_seconds", "load s"),
     ("time_to_first_step_seconds", "first step s"),
@@ -247,6 +259,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument(
+        "--snapshots",
+        type=Path,
+        help="write a CUDA memory snapshot of our trainer's first steps here, one per config",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -268,8 +285,35 @@ def main() -> int:
     plans = {
         "ours": lambda: ours(args, "ours", model, data, peak),
         "ours-1x4": lambda: ours(args, "ours-1x4", model, data, peak, auto=False),
+        "ours-grouped": lambda: ours(args, "ours-grouped", model, data, peak, groupByLength=True),
+        "ours-nogc": lambda: ours(
+            args, "ours-nogc", model, data, peak, gradientCheckpointing="off"
+        ),
+        "ours-grouped-nogc": lambda: ours(
+            args,
+            "ours-grouped-nogc",
+            model,
+            data,
+            peak,
+            groupByLength=True,
+            gradientCheckpointing="off",
+        ),
         "ours-8x1": lambda: ours(args, "ours-8x1", model, data, peak, micro=8, accum=1),
         "ours-16x1": lambda: ours(args, "ours-16x1", model, data, peak, micro=16, accum=1),
+        "ours-16x1-grouped": lambda: ours(
+            args, "ours-16x1-grouped", model, data, peak, micro=16, accum=1, groupByLength=True
+        ),
+        "ours-8x1-grouped-nogc": lambda: ours(
+            args,
+            "ours-8x1-grouped-nogc",
+            model,
+            data,
+            peak,
+            micro=8,
+            accum=1,
+            groupByLength=True,
+            gradientCheckpointing="off",
+        ),
         "reference": lambda: script(
             args,
             "reference",

@@ -118,6 +118,8 @@ def summarize(
 
 
 def memory() -> dict[str, float]:
+    if not torch.cuda.is_available():
+        return {}
     return {
         "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
@@ -194,6 +196,10 @@ def train_and_report(
     trainer.data_collator = counter
     timer = step_timer(counter)
     trainer.add_callback(timer)
+    # Loading and training peak apart, measured as the product's trainer measures them.
+    load_peak = memory().get("peak_allocated_gib")
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     trainer.train()
     emit(
         {
@@ -204,6 +210,7 @@ def train_and_report(
             "load_seconds": round(load_seconds, 1),
             **extra,
             **summarize(timer.steps, args.warmup, active_parameters(model_config), args.peak_flops),
+            "load_peak_allocated_gib": load_peak,
             **memory(),
         }
     )

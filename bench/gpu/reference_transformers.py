@@ -15,10 +15,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import script_parser, sft_arguments, text_dataset, train_and_report
 
 
+def full_logits_trainer(base: type) -> type:
+    """For the CPU smoke test only: TRL's fused LM-head loss is a Triton (GPU) kernel."""
+    from transformers import Trainer
+
+    class FullLogits(base):  # type: ignore[misc, valid-type]
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+            inputs["use_cache"] = False
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return FullLogits
+
+
 def main() -> int:
     parser = script_parser(__doc__.split("\n\n")[0], "transformers-peft")
     parser.add_argument("--preset", default="gpt-oss-20b")
+    parser.add_argument("--device", default="cuda", help="cpu runs a small preset's smoke test")
     args = parser.parse_args()
+    cuda = args.device == "cuda"
 
     from peft import LoraConfig, get_peft_model
     from trl import SFTConfig, SFTTrainer
@@ -30,7 +44,7 @@ def main() -> int:
     tokenizer = build_tiny_tokenizer()
     config = model_config(args.preset, tokenizer=tokenizer)
     config._attn_implementation = "eager"  # gpt-oss's attention sinks need eager here
-    model = build_model(config, dtype="bfloat16", device="cuda")
+    model = build_model(config, dtype="bfloat16" if cuda else "float32", device=args.device)
     model.config.use_cache = False
     model = get_peft_model(
         model,
@@ -44,7 +58,8 @@ def main() -> int:
         ),
     )
     load_seconds = time.monotonic() - started
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer if cuda else full_logits_trainer(SFTTrainer)
+    trainer = trainer_class(
         model=model,
         processing_class=tokenizer,
         train_dataset=text_dataset(args.data, tokenizer),
@@ -54,8 +69,9 @@ def main() -> int:
                 "/tmp/bench-transformers",
                 gradient_checkpointing=True,
                 gradient_checkpointing_kwargs={"use_reentrant": False},
-                bf16=True,
-                optim="adamw_torch_fused",
+                bf16=cuda,
+                use_cpu=not cuda,
+                optim="adamw_torch_fused" if cuda else "adamw_torch",
             )
         ),
     )

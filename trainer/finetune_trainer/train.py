@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from . import gpu_memory
 from .config import TrainerConfig
 from .contract import TerminationMessage
 from .errors import IncompatibleCheckpoint, InvalidInput
@@ -149,6 +150,7 @@ class TrainingRun:
         started = time.monotonic()
         model, tokenizer = backend.load(config, model_source, token)
         log.info("model loaded in %.1fs", time.monotonic() - started)
+        gpu_memory.after_load()
 
         trainer = self._build_trainer(backend, model, tokenizer, prepared.dataset, target)
         with self.stop.during("training"):
@@ -249,7 +251,7 @@ class TrainingRun:
         from transformers.trainer_callback import ProgressCallback
 
         trainer.remove_callback(ProgressCallback)
-        for callback in make_callbacks(tracker):
+        for callback in make_callbacks(tracker, gpu_memory.SnapshotRecorder.from_env()):
             trainer.add_callback(callback)
         log.info(
             "SFTTrainer: %s precision, optimizer %s, micro-batch %d x %d accumulation",
