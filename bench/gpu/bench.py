@@ -132,8 +132,6 @@ def ours(
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, **(env or {})}
-    if args.snapshots:
-        env["FTO_CUDA_MEMORY_SNAPSHOT"] = str(args.snapshots / f"{name}.pickle")
     out = run(
         [
             sys.executable,
@@ -261,11 +259,6 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rows", type=int, default=400)
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument(
-        "--snapshots",
-        type=Path,
-        help="write a CUDA memory snapshot of our trainer's first steps here, one per config",
-    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from . import PROCESS_START
 from .contract import CheckpointRef
-from .gpu_memory import SnapshotRecorder
 from .metrics import METRICS_FILE, MetricsLog, MetricsServer, gpu_memory, gpu_peak_memory
 from .progress import RunProgress
 from .signals import StopRequest
@@ -219,10 +218,9 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def make_callbacks(tracker: RunTracker, snapshot: SnapshotRecorder | None = None) -> list[Any]:
-    """The TrainerCallback that forwards to ``tracker`` (and drives the optional CUDA
-    memory ``snapshot``), and a progress bar that leaves stdout to the JSON records (the
-    stock one also prints each log dict there)."""
+def make_callbacks(tracker: RunTracker) -> list[Any]:
+    """The TrainerCallback that forwards to ``tracker``, and a progress bar that leaves
+    stdout to the JSON records (the stock one also prints each log dict there)."""
     import torch
     from transformers import TrainerCallback
     from transformers.trainer_callback import ProgressCallback
@@ -238,18 +236,10 @@ def make_callbacks(tracker: RunTracker, snapshot: SnapshotRecorder | None = None
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             sync()
             tracker.train_begin(state)
-            if snapshot is not None:
-                snapshot.start()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             sync()
             tracker.step_end(state, control)
-            if snapshot is not None:
-                snapshot.step_end(int(state.global_step))
-
-        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if snapshot is not None:
-                snapshot.finish()
 
         def on_log(
             self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any

@@ -52,7 +52,6 @@ class Env:
     TERMINATION_LOG = "FTO_TERMINATION_LOG"  # where the termination message is written
     POD_IP = "POD_IP"  # downward API; the metrics server binds here when set
     SCRATCH_DIR = "FTO_SCRATCH_DIR"  # overrides SCRATCH_DIR (S3 staging, downloads)
-    CUDA_MEMORY_SNAPSHOT = "FTO_CUDA_MEMORY_SNAPSHOT"  # write an allocator snapshot here
     HF_TOKEN = "HF_TOKEN"
 
     @staticmethod

@@ -251,7 +251,7 @@ class TrainingRun:
         from transformers.trainer_callback import ProgressCallback
 
         trainer.remove_callback(ProgressCallback)
-        for callback in make_callbacks(tracker, gpu_memory.SnapshotRecorder.from_env()):
+        for callback in make_callbacks(tracker):
             trainer.add_callback(callback)
         log.info(
             "SFTTrainer: %s precision, optimizer %s, micro-batch %d x %d accumulation",
