@@ -16,14 +16,13 @@ log = logging.getLogger(__name__)
 GIB = 2**30
 
 
-def after_load() -> dict[str, float]:
+def after_load() -> None:
     """Log what the loaded model holds and what loading peaked at, then restart the peak
-    counters. Empty without a GPU (or before torch is imported)."""
+    counters. Nothing without a GPU (or before torch is imported)."""
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():
-        return {}
+        return
     held = torch.cuda.memory_allocated() / GIB
     peak = torch.cuda.max_memory_allocated() / GIB
     log.info("GPU memory after loading: %.2f GiB held, %.2f GiB peak while loading", held, peak)
     torch.cuda.reset_peak_memory_stats()
-    return {"gpu_load_held_gib": round(held, 3), "gpu_load_peak_allocated_gib": round(peak, 3)}
