@@ -100,4 +100,10 @@ def _tolerations(text: str) -> tuple[dict[str, object], ...]:
         raise ValueError(f"FTO_DEFAULT_TOLERATIONS is not valid JSON: {exc}") from exc
     if not isinstance(items, list):
         raise ValueError("FTO_DEFAULT_TOLERATIONS must be a JSON list of tolerations")
-    return tuple(Toleration.model_validate(item).to_wire() for item in items)
+    # The chart's values allow "" for "unset" (as a pod spec does); the model wants None.
+    return tuple(
+        Toleration.model_validate(
+            {k: v for k, v in item.items() if v != ""} if isinstance(item, dict) else item
+        ).to_wire()
+        for item in items
+    )

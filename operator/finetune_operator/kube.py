@@ -26,6 +26,24 @@ class ChildConflict(Exception):
     """An object with the child's deterministic name exists but belongs to someone else."""
 
 
+class ChildRejected(Exception):
+    """The API server refused to create a child (validation, admission, quota): retrying
+    the same object cannot succeed, so the message goes to the FineTuneJob's status."""
+
+
+# Status codes of a create that the same request will always meet again.
+_REJECTED = (400, 403, 422)
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own message (its Status object), else the HTTP reason."""
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return str(message or exc.reason or exc.status)
+
+
 def _data(response: Any) -> Obj:
     result: Obj = json.loads(response.data)
     return result
@@ -58,6 +76,10 @@ class Kube:
                 raise ValueError(f"cannot create {kind}")
             return _data(created), True
         except ApiException as exc:
+            if exc.status in _REJECTED:
+                raise ChildRejected(
+                    f"the API server rejected {kind} {namespace}/{name}: {_api_message(exc)}"
+                ) from exc
             if exc.status != 409:
                 raise
         existing = (

@@ -27,11 +27,17 @@ from .builders import (
     resolved_trainer_config,
 )
 from .config import OperatorConfig
-from .kube import ChildConflict, Kube, Obj
+from .kube import ChildConflict, ChildRejected, Kube, Obj
 from .metrics import OperatorMetrics
 from .observe import observe
 from .progress import scrape
-from .status_update import StatusUpdate, invalid_spec_status, next_status
+from .status_update import (
+    StatusUpdate,
+    failed_status,
+    invalid_spec_status,
+    kept_outcome,
+    next_status,
+)
 from .timeutil import Clock, rfc3339, utcnow
 
 log = logging.getLogger(__name__)
@@ -103,6 +109,9 @@ class Reconciler:
                 phase = self._reconcile(namespace, name, poll_metrics)
             except Exception:
                 self.metrics.reconciles.labels("error").inc()
+                # Event handlers are not retried: the progress poller comes back to it.
+                with self._guard:
+                    self._unfinished.add((namespace, name))
                 raise
         return self._remember(namespace, name, phase)
 
@@ -148,19 +157,35 @@ class Reconciler:
         queued = bool(spec.scheduling.queue_name)
 
         job = self.kube.get_job(owner.namespace, owner.child_name)
-        if job is None and previous.get("phase") not in TERMINAL_PHASES:
+        if job is None and previous.get("phase") in TERMINAL_PHASES:
+            # The finished Job was cleaned up (ttlSecondsAfterFinished): keep the outcome.
+            return kept_outcome(previous, generation)
+        if job is None and previous.get("jobName"):
+            # The Job existed and is gone before its outcome was recorded (deleted by hand,
+            # or cleaned up while the operator was down). Creating it again could start a
+            # second trainer on the same output while the first is still stopping, or
+            # retrain a run that had already used up its retries.
+            return failed_status(
+                previous,
+                "JobDeleted",
+                f"the Job {previous['jobName']} was deleted before it finished; delete and "
+                "re-create the FineTuneJob to train again (it resumes from the newest "
+                "checkpoint in its output)",
+                generation,
+                now,
+            )
+        if job is None:
             try:
                 job = self._create_children(spec, owner)
             except ChildConflict as exc:
                 return invalid_spec_status(previous, [str(exc)], generation, now)
-        elif job is not None:
+            except ChildRejected as exc:
+                return failed_status(previous, "JobRejected", str(exc), generation, now)
+        else:
             self._sync_lifecycle(job, spec, queued)
 
-        pods = self.kube.list_trainer_pods(owner.namespace, owner.uid) if job else []
+        pods = self.kube.list_trainer_pods(owner.namespace, owner.uid)
         observation = observe(job, pods, queued=queued)
-        if job is None and previous.get("phase") in TERMINAL_PHASES:
-            # The finished Job was cleaned up (ttlSecondsAfterFinished): keep the outcome.
-            return StatusUpdate(dict(previous))
         progress = None
         if poll_metrics and observation.running_pod_ip:
             progress = self.scraper(
@@ -189,9 +214,10 @@ class Reconciler:
     def _sync_lifecycle(self, job: Obj, spec: FineTuneJobSpec, queued: bool) -> None:
         """Carry spec.lifecycle edits (suspend, retries, deadline, TTL) over to the Job."""
         current = job.get("spec") or {}
-        if _finished(job):
-            return
         wanted = lifecycle_patch(spec.lifecycle, queued=queued)
+        if _finished(job):
+            # Only the clean-up delay still means something for a finished Job.
+            wanted = {"ttlSecondsAfterFinished": wanted["ttlSecondsAfterFinished"]}
         patch = {k: v for k, v in wanted.items() if current.get(k) != v}
         if patch:
             meta = job["metadata"]

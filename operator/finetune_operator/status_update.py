@@ -32,25 +32,50 @@ class StatusUpdate:
         return any(previous.get(k) != v for k, v in self.status.items())
 
 
-def invalid_spec_status(
-    previous: dict[str, Any], problems: list[str], generation: int | None, now: datetime
+def failed_status(
+    previous: dict[str, Any],
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
 ) -> StatusUpdate:
-    """A spec the schema rejects: Failed, with every problem named, and no Job created."""
-    message = "invalid spec: " + "; ".join(problems)
+    """Failed for a reason the operator found itself (not the Job's outcome), with one
+    Warning Event the first time that reason appears."""
     status = {
         "phase": "Failed",
-        "reason": "InvalidSpec",
+        "reason": reason,
         "message": message,
         "observedGeneration": generation,
         "conditions": conditions_for_phase(
-            "Failed", "InvalidSpec", message, generation, previous.get("conditions"), rfc3339(now)
+            "Failed", reason, message, generation, previous.get("conditions"), rfc3339(now)
         ),
         "completionTime": previous.get("completionTime") or rfc3339(now),
     }
     events = []
-    if previous.get("reason") != "InvalidSpec":
-        events.append(Event("Warning", "InvalidSpec", message))
+    if previous.get("reason") != reason:
+        events.append(Event("Warning", reason, message))
     return StatusUpdate(status, events)
+
+
+def invalid_spec_status(
+    previous: dict[str, Any], problems: list[str], generation: int | None, now: datetime
+) -> StatusUpdate:
+    """A spec the schema rejects: Failed, with every problem named, and no Job created."""
+    return failed_status(
+        previous, "InvalidSpec", "invalid spec: " + "; ".join(problems), generation, now
+    )
+
+
+def kept_outcome(previous: dict[str, Any], generation: int | None) -> StatusUpdate:
+    """A finished FineTuneJob whose Job is gone (ttlSecondsAfterFinished): the outcome stays
+    as it was, and a later spec edit is acknowledged so GitOps tools see it observed."""
+    status = dict(previous)
+    status["observedGeneration"] = generation
+    status["conditions"] = [
+        {**condition, "observedGeneration": generation}
+        for condition in previous.get("conditions") or []
+    ]
+    return StatusUpdate(status)
 
 
 def next_status(

@@ -168,6 +168,35 @@ def test_unpullable_image(ftjs: FineTuneJobs) -> None:
     assert "registry.invalid" in status["message"]
 
 
+def test_a_job_the_api_server_rejects_fails_with_its_message(ftjs: FineTuneJobs) -> None:
+    # The affinity passes through unchecked; Job validation refuses an empty term list.
+    affinity = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}
+        }
+    }
+    ftjs.apply("refused", {"scheduling": {"affinity": affinity}})
+    status = ftjs.wait_phase("refused", "Failed")
+    assert status["reason"] == "JobRejected"
+    assert "nodeSelectorTerms" in status["message"]
+    assert ftjs.jobs("refused") == []
+    assert any(e["reason"] == "JobRejected" for e in ftjs.events("refused"))
+
+
+def test_a_deleted_job_is_reported_not_recreated(ftjs: FineTuneJobs) -> None:
+    ftjs.apply("orphaned", SUSPENDED)
+    status = ftjs.wait_phase("orphaned", "Suspended")
+    ftjs.kubectl("delete", "job", status["jobName"], "--wait=true")
+    status = ftjs.wait_phase("orphaned", "Failed")
+    assert status["reason"] == "JobDeleted"
+    assert "re-create the FineTuneJob" in status["message"]
+    assert ftjs.jobs("orphaned") == []
+    # A later lifecycle edit is acknowledged without bringing the Job back.
+    ftjs.patch("orphaned", {"spec": {"lifecycle": {"backoffLimit": 7}}})
+    ftjs.wait_status("orphaned", lambda s: s.get("observedGeneration") == 2)
+    assert ftjs.jobs("orphaned") == []
+
+
 def test_suspend_and_resume_toggle_the_job(ftjs: FineTuneJobs) -> None:
     ftjs.apply("toggle", SUSPENDED)
     ftjs.wait_phase("toggle", "Suspended")

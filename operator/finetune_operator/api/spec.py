@@ -8,18 +8,19 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StringConstraints, model_validator
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.config.base import K8sName, SpecModel
 
-# resource.Quantity: 500m, 4, 16Gi, 1e3 ...
+# resource.Quantity as Kubernetes parses it (500m, 4, 16Gi, 1.5G, 1e3), never negative: a
+# value the API server would refuse fails here, naming the field, not at Job creation.
 Quantity = Annotated[
     str,
     StringConstraints(
         min_length=1,
         max_length=64,
-        pattern=r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$",
+        pattern=r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?$",
     ),
 ]
 # Label and taint keys: an optional DNS prefix and a name.
@@ -71,6 +72,17 @@ class Toleration(SpecModel):
     toleration_seconds: Annotated[int, Field(ge=0)] | None = Field(
         None, description="For NoExecute: how long the pod stays bound after the taint appears."
     )
+
+    @model_validator(mode="after")
+    def _as_kubernetes_accepts(self) -> Toleration:
+        # The pod validation rules, checked here so the field and the fix are named.
+        if self.operator == "Exists" and self.value:
+            raise ValueError("a toleration with operator Exists takes no value; remove value")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds applies only to effect NoExecute; set that effect")
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("a toleration without a key must use operator Exists")
+        return self
 
 
 class SchedulingSpec(SpecModel):

@@ -5,7 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from finetune_operator.observe import Observation
-from finetune_operator.status_update import invalid_spec_status, next_status
+from finetune_operator.status_update import (
+    failed_status,
+    invalid_spec_status,
+    kept_outcome,
+    next_status,
+)
 from finetune_trainer.config import OutputSpec
 from finetune_trainer.contract import CheckpointRef, TerminationMessage, TrainerProgress
 
@@ -89,3 +94,21 @@ def test_invalid_spec() -> None:
     assert [e.type for e in result.events] == ["Warning"]
     again = invalid_spec_status(result.status, ["same"], 1, NOW)
     assert again.events == []
+
+
+def test_failure_found_by_the_operator_names_its_reason_once() -> None:
+    result = failed_status({"phase": "Pending"}, "JobRejected", "the API server rejected", 2, NOW)
+    assert (result.status["phase"], result.status["reason"]) == ("Failed", "JobRejected")
+    assert result.status["observedGeneration"] == 2
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "JobRejected")]
+    assert failed_status(result.status, "JobRejected", "again", 2, NOW).events == []
+
+
+def test_a_kept_outcome_still_acknowledges_a_later_generation() -> None:
+    finished = failed_status({}, "JobDeleted", "gone", 1, NOW).status
+    kept = kept_outcome(finished, 3)
+    assert kept.events == []
+    assert (kept.status["phase"], kept.status["reason"]) == ("Failed", "JobDeleted")
+    assert kept.status["observedGeneration"] == 3
+    assert {c["observedGeneration"] for c in kept.status["conditions"]} == {3}
+    assert {c["observedGeneration"] for c in finished["conditions"]} == {1}
