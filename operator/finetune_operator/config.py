@@ -46,6 +46,9 @@ class OperatorConfig:
     # Extra labels/tolerations for every trainer pod (e.g. a GPU node pool's taint).
     default_node_selector: Mapping[str, str] = field(default_factory=dict)
     default_tolerations: tuple[dict[str, object], ...] = ()
+    # What spec.image and spec.serviceAccountName may name (policy.py); empty: anything.
+    allowed_images: tuple[str, ...] = ()
+    allowed_service_accounts: tuple[str, ...] = ()
 
     @property
     def finalizer(self) -> str:
@@ -58,7 +61,10 @@ class OperatorConfig:
         def get(name: str, default: str) -> str:
             return env.get(f"FTO_{name}", default)
 
-        namespaces = tuple(n.strip() for n in get("NAMESPACES", "").split(",") if n.strip())
+        def listed(name: str) -> tuple[str, ...]:
+            return tuple(item.strip() for item in get(name, "").split(",") if item.strip())
+
+        namespaces = listed("NAMESPACES")
         selector = {}
         for pair in get("DEFAULT_NODE_SELECTOR", "").split(","):
             if "=" in pair:
@@ -87,6 +93,8 @@ class OperatorConfig:
             watch_client_timeout_seconds=int(get("WATCH_CLIENT_TIMEOUT_SECONDS", "330")),
             default_node_selector=selector,
             default_tolerations=_tolerations(get("DEFAULT_TOLERATIONS", "")),
+            allowed_images=listed("ALLOWED_IMAGES"),
+            allowed_service_accounts=listed("ALLOWED_SERVICE_ACCOUNTS"),
         )
 
 

@@ -30,6 +30,7 @@ from .config import OperatorConfig
 from .kube import ChildConflict, ChildRejected, Kube, Obj
 from .metrics import OperatorMetrics
 from .observe import observe
+from .policy import policy_problems
 from .progress import scrape
 from .status_update import (
     StatusUpdate,
@@ -169,12 +170,18 @@ class Reconciler:
                 previous,
                 "JobDeleted",
                 f"the Job {previous['jobName']} was deleted before it finished; delete and "
-                "re-create the FineTuneJob to train again (it resumes from the newest "
-                "checkpoint in its output)",
+                "re-create the FineTuneJob to train again (with the same output location, "
+                "an output.pvc.path or output.s3 prefix, it resumes from the newest "
+                "checkpoint there)",
                 generation,
                 now,
             )
         if job is None:
+            not_allowed = policy_problems(spec, self.config)
+            if not_allowed:
+                return failed_status(
+                    previous, "NotAllowed", "; ".join(not_allowed), generation, now
+                )
             try:
                 job = self._create_children(spec, owner)
             except ChildConflict as exc:

@@ -30,6 +30,9 @@ def e2e_operator_config(**overrides: Any) -> OperatorConfig:
         "metrics_timeout_seconds": 1.0,
         "trainer_grace_period_seconds": 60,
         "liveness_endpoint": None,
+        # As a platform would narrow them (policy.py); test_unpullable_image uses the first.
+        "allowed_images": ("registry.invalid/",),
+        "allowed_service_accounts": ("trainer-allowed",),
     }
     settings.update(overrides)
     return OperatorConfig(**settings)

@@ -197,6 +197,19 @@ def test_a_deleted_job_is_reported_not_recreated(ftjs: FineTuneJobs) -> None:
     assert ftjs.jobs("orphaned") == []
 
 
+def test_image_and_service_account_outside_the_allowed_lists_are_refused(
+    ftjs: FineTuneJobs,
+) -> None:
+    ftjs.apply("outsider", {"image": "evil.example/miner:1", "serviceAccountName": "admin"})
+    status = ftjs.wait_phase("outsider", "Failed")
+    assert status["reason"] == "NotAllowed"
+    assert "spec.image: evil.example/miner:1 is not allowed" in status["message"]
+    assert "registry.invalid/" in status["message"]
+    assert "spec.serviceAccountName: admin is not allowed" in status["message"]
+    assert ftjs.jobs("outsider") == []
+    assert any(e["reason"] == "NotAllowed" for e in ftjs.events("outsider"))
+
+
 def test_suspend_and_resume_toggle_the_job(ftjs: FineTuneJobs) -> None:
     ftjs.apply("toggle", SUSPENDED)
     ftjs.wait_phase("toggle", "Suspended")
