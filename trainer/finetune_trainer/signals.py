@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 Phase = Literal["startup", "training", "finishing"]
 
 
-class Interrupted(Exception):
-    """Raised when a stop signal arrives before training started."""
+class Interrupted(BaseException):
+    """Raised when a stop signal arrives before training started. A BaseException, like
+    KeyboardInterrupt: the many `except Exception` around data loading and retries must
+    not turn a preemption into a bad-row error or another attempt."""
 
 
 class StopRequest:
