@@ -136,3 +136,14 @@ def test_rotation_never_deletes_the_newest_complete_checkpoint(artifacts: LocalA
     assert artifacts.rotate(0) == [10]  # a limit below one still keeps the newest
     assert [c.step for c in artifacts.complete_checkpoints()] == [20]
     assert artifacts.rotate(1, protect=frozenset({20})) == []
+
+
+def test_rotation_after_a_commit_ignores_unusable_newer_leftovers(
+    artifacts: LocalArtifacts,
+) -> None:
+    # An earlier attempt left checkpoint-40, which resume rejected (say a corrupt file), so
+    # this attempt resumed from 20 and has just committed 30: 30 must survive.
+    for step in (10, 20, 30, 40):
+        commit(artifacts, step)
+    assert sorted(artifacts.rotate(1, upto=30)) == [10, 20]
+    assert sorted(c.step for c in artifacts.checkpoints()) == [30, 40]

@@ -140,13 +140,19 @@ class LocalArtifacts:
         except ManifestError:
             return None
 
-    def rotate(self, keep: int, *, protect: frozenset[int] = frozenset()) -> list[int]:
+    def rotate(
+        self, keep: int, *, protect: frozenset[int] = frozenset(), upto: int | None = None
+    ) -> list[int]:
         """Keep the ``keep`` newest complete checkpoints (at least one, so the newest
         complete checkpoint always survives) plus the steps in ``protect``; delete the
         older complete ones and any incomplete leftovers older than the newest complete one.
-        Returns the deleted steps."""
+
+        ``upto`` is the step just committed: checkpoints above it are left over from an
+        earlier attempt that could not resume from them (say a corrupt file), so they are
+        neither counted as newest nor deleted here -- counting them would rotate out the
+        checkpoint just written. Returns the deleted steps."""
         keep = max(1, keep)
-        complete = self.complete_checkpoints()
+        complete = [c for c in self.complete_checkpoints() if upto is None or c.step <= upto]
         if not complete:
             return []
         newest = complete[0].step

@@ -64,7 +64,7 @@ class OutputTarget:
     def published(self, name: str, manifest: Manifest) -> None:
         """An artifact was committed locally. For a local target it is already final."""
         if manifest.kind == "checkpoint" and self.save_total_limit is not None:
-            self.artifacts.rotate(self.save_total_limit)
+            self.artifacts.rotate(self.save_total_limit, upto=manifest.step)
 
     def flush(self) -> None:
         """Wait until every published artifact reached its destination; raise if one
