@@ -315,3 +315,21 @@ def test_a_template_error_is_an_invalid_row(tiny_tokenizer: Any) -> None:
     assert "dataset row 1 " in str(caught.value)
     assert "the model's chat template rejected the messages" in str(caught.value)
     assert "system messages are not supported" in str(caught.value)
+
+
+def test_the_end_token_is_trained_when_it_doubles_as_padding(tiny_tokenizer: Any) -> None:
+    """Many tokenizers (Llama-2, Mistral) pad with their end-of-text token; it still closes
+    the assistant's answer, and the model must learn to emit it."""
+    import copy
+
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    eos = tokenizer.eos_token
+    tokenizer.pad_token = eos
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '" + eos + "' }}{% endfor %}"
+    )
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]
+    prepared = prepare_dataset(
+        _rows([{"messages": chat}]), tokenizer, _config(training={"trainOn": "final"})
+    )
+    assert _trained_text(tokenizer, prepared.dataset[0]) == " Hello there" + eos

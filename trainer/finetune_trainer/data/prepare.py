@@ -79,12 +79,14 @@ def _nothing_to_learn(settings: _Settings) -> str:
 
 def _closing_markers(tokenizer: Any) -> list[str]:
     """Special tokens that may close an assistant message in a non-harmony template: every
-    special token but padding and the beginning-of-text token (which opens, not closes)."""
+    special token but padding and the beginning-of-text token (which opens, not closes).
+    The end-of-text token always closes, also when a tokenizer reuses it as padding or as
+    its beginning-of-text token: the model must learn to stop."""
     special = {str(t) for t in getattr(tokenizer, "all_special_tokens", [])}
     special |= {
         str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special
     }
-    special -= {str(tokenizer.pad_token), str(tokenizer.bos_token)}
+    special -= {str(tokenizer.pad_token), str(tokenizer.bos_token)} - {str(tokenizer.eos_token)}
     return sorted(special)
 
 
