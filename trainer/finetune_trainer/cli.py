@@ -155,7 +155,13 @@ def run(argv: Sequence[str] | None = None) -> TerminationMessage:
     if args.dry_run:
         from .plan import dry_run
 
-        return dry_run(config, runtime)
+        try:
+            return dry_run(config, runtime)
+        except Exception as exc:  # say what failed in the termination message, too
+            log.exception("the dry run failed")
+            return TerminationMessage(
+                status="failed", reason="DryRunFailed", message=f"{type(exc).__name__}: {exc}"
+            )
     from .train import main as train_main
 
     return train_main(config, runtime)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LoraSpec, TrainingSpec
+from .errors import InvalidConfig
 
 # Names a user may give for the MoE experts' fused projections. gpt-oss stores each layer's
 # experts as two 3-D parameters (experts x in x out), not as Linear modules, so PEFT must
@@ -149,3 +150,29 @@ def sft_config_kwargs(
         "dataloader_num_workers": 0,
         "disable_tqdm": False,
     }
+
+
+def layer_names(model: Any) -> list[str]:
+    """The last name of each linear layer and 3-D expert weight of ``model``: the names
+    lora.targetModules can use."""
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if name and "Linear" in type(module).__name__
+    }
+    names |= {name.rsplit(".", 1)[-1] for name, p in model.named_parameters() if p.dim() == 3}
+    return sorted(names)
+
+
+def check_module_targets(model: Any, targets: Collection[str]) -> None:
+    """Every name in ``targets`` must name a layer of ``model``: PEFT quietly skips a name
+    that matches nothing as long as another one matches, which would train less than the
+    config says. The experts' projection names are left to the backends (gpt-oss keeps
+    them as parameters, or Unsloth as per-expert modules of its own naming)."""
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    missing = [t for t in targets if t not in present and t not in _EXPERT_ALIASES]
+    if missing:
+        raise InvalidConfig(
+            f"lora.targetModules: {', '.join(missing)} match no layer of this model; the "
+            f"names this model has: {', '.join(layer_names(model))}; fix or remove them"
+        )

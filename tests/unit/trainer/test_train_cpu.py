@@ -330,3 +330,35 @@ def test_dry_run_prints_the_plan_without_loading_weights(
     }
     assert "peft" not in imported and "trl" not in imported
     assert not any(name.startswith("transformers.models.gpt_oss.modeling") for name in imported)
+
+
+def test_a_lora_target_the_model_lacks_exits_78_naming_the_field(
+    tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path
+) -> None:
+    config = tiny_config(tiny_model_dir, tiny_dataset_path, str(tmp_path / "out"))
+    config["lora"] = {"targetModules": ["q_proj", "q_projj"]}
+    result = run_cli(
+        ["--config", str(write_config(tmp_path / "c.yaml", config))], cli_env(tmp_path)
+    )
+    assert result.returncode == 78, result.stderr[-4000:]
+    message = termination(tmp_path)
+    assert message.reason == "InvalidConfig"
+    assert "lora.targetModules" in message.message and "q_projj" in message.message
+    assert "the names this model has: " in message.message and "o_proj" in message.message
+
+
+def test_a_dry_run_that_fails_unexpectedly_still_writes_its_message(
+    tiny_dataset_path: Path, tmp_path: Path
+) -> None:
+    model = tmp_path / "model"  # a config.json and nothing else: no tokenizer to load
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "gpt_oss"}')
+    config = tiny_config(model, tiny_dataset_path, str(tmp_path / "out"))
+    result = run_cli(
+        ["--config", str(write_config(tmp_path / "c.yaml", config)), "--dry-run"],
+        cli_env(tmp_path),
+    )
+    assert result.returncode == 1, result.stderr[-4000:]
+    message = termination(tmp_path)
+    assert message.status == "failed" and message.reason == "DryRunFailed"
+    assert message.message

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainerConfig
-from ..lora import peft_lora_kwargs
+from ..lora import check_module_targets, peft_lora_kwargs
 from ..sources import ModelSource
 from .base import Backend, Precision
 
@@ -104,6 +104,7 @@ class TransformersBackend(Backend):
         if experts:
             log.info("LoRA on the MoE expert parameters %s via target_parameters", experts)
         torch.manual_seed(config.training.seed)  # the same LoRA initialisation every run
+        check_module_targets(base, lora_kwargs["target_modules"])
         model: Any = get_peft_model(base, LoraConfig(**lora_kwargs))
         trainable, total = model.get_nb_trainable_parameters()
         log.info(

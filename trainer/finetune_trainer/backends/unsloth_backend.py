@@ -17,7 +17,7 @@ from typing import Any
 import unsloth  # noqa: F401  (first: it patches transformers, TRL and PEFT on import)
 
 from ..config import TrainerConfig
-from ..lora import unsloth_peft_kwargs
+from ..lora import check_module_targets, unsloth_peft_kwargs
 from ..sources import ModelSource
 from .base import Backend, Precision
 
@@ -67,6 +67,7 @@ class UnslothBackend(Backend):
         if source.revision:
             kwargs["revision"] = source.revision
         model, tokenizer = FastLanguageModel.from_pretrained(**kwargs)
+        check_module_targets(model, peft_kwargs["target_modules"])
         model = FastLanguageModel.get_peft_model(model, **peft_kwargs)
         trainable, total = model.get_nb_trainable_parameters()
         log.info(
