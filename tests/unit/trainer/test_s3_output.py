@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -211,9 +212,14 @@ def test_credentials_come_from_the_location_variables(
 
     monkeypatch.setenv("FTO_S3_OUTPUT_SECRET_ACCESS_KEY", "wrong-" + s3_server.secret_key)
     store = S3Store.for_location(location(s3_server, bucket), "output", retry=FAST)
-    with pytest.raises(Exception, match=r"SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+    # Denied access is a config error (exit 78) naming the location and what to check,
+    # and it is not retried.
+    with pytest.raises(InvalidConfig) as denied:
         store.put_json("runs/a/x", {})
-    assert "attempt" not in caplog.text  # denied access is not retried
+    assert re.search(r"SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId", str(denied.value))
+    assert str(denied.value).startswith("output.s3: the write of s3://")
+    assert "credentialsSecretRef" in str(denied.value)
+    assert "attempt" not in caplog.text
 
     monkeypatch.setenv("FTO_S3_OUTPUT_SECRET_ACCESS_KEY", s3_server.secret_key)
     store = S3Store.for_location(location(s3_server, bucket), "output", retry=FAST)
@@ -221,6 +227,10 @@ def test_credentials_come_from_the_location_variables(
     assert json.loads(store.get_bytes("runs/a/x") or b"") == {"ok": True}
     assert store.get_bytes("runs/a/missing") is None
     assert s3_server.secret_key not in caplog.text
+    # A bucket that does not exist: the same kind of error, naming the bucket.
+    missing = S3Store.for_location(location(s3_server, "no-such-bucket"), "output", retry=FAST)
+    with pytest.raises(InvalidConfig, match=r"output\.s3: .*s3://no-such-bucket/.*NoSuchBucket"):
+        missing.put_json("runs/a/x", {})
 
 
 def test_training_to_s3_and_resuming_from_s3_in_a_fresh_pod(

@@ -14,14 +14,16 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..config import S3Location
 from ..contract import Env
 from ..errors import InvalidConfig
 from .retry import DEFAULT_RETRY, RetryPolicy, with_retries
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -108,40 +110,63 @@ def is_fatal(exc: BaseException) -> bool:
     return _error_code(exc) in _FATAL_CODES
 
 
+# Refusals that only a change of the bucket name or of the credentials can fix.
+_REFUSED_CODES = _FATAL_CODES - {"404", "NoSuchKey", "NotFound"}
+
+
 class S3Store:
     """Artifact operations on one bucket, every network call retried with backoff."""
 
-    def __init__(self, client: Any, bucket: str, *, retry: RetryPolicy = DEFAULT_RETRY) -> None:
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        role: S3Role | None = None,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.retry = retry
+        self.role = role
 
     @classmethod
     def for_location(
         cls, location: S3Location, role: S3Role, *, retry: RetryPolicy = DEFAULT_RETRY
     ) -> S3Store:
-        return cls(make_client(location, role), location.bucket, retry=retry)
+        return cls(make_client(location, role), location.bucket, retry=retry, role=role)
+
+    def _call(self, action: Callable[[], T], what: str) -> T:
+        """``action`` with retries; a refused bucket or credentials is a config error (the
+        run exits 78, and retrying the pod would meet the same answer)."""
+        try:
+            return with_retries(action, what=what, policy=self.retry, fatal=is_fatal)
+        except Exception as exc:
+            code = _error_code(exc)
+            if code not in _REFUSED_CODES or self.role is None:
+                raise
+            raise InvalidConfig(
+                f"{self.role}.s3: the {what} was refused ({code}); check the bucket name "
+                f"and the credentials: the FineTuneJob's {self.role}.s3.credentialsSecretRef "
+                f"(FTO_S3_{self.role.upper()}_* in the pod), or the pod's cloud identity"
+            ) from exc
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
     # --- single objects ------------------------------------------------------------------
     def upload_file(self, path: Path, key: str) -> None:
-        with_retries(
+        self._call(
             lambda: self.client.upload_file(str(path), self.bucket, key),
-            what=f"upload of {self.uri(key)}",
-            policy=self.retry,
-            fatal=is_fatal,
+            f"upload of {self.uri(key)}",
         )
 
     def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> None:
-        with_retries(
+        self._call(
             lambda: self.client.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
             ),
-            what=f"write of {self.uri(key)}",
-            policy=self.retry,
-            fatal=is_fatal,
+            f"write of {self.uri(key)}",
         )
 
     def put_json(self, key: str, value: Any) -> None:
@@ -159,15 +184,13 @@ class S3Store:
                 raise
             return bytes(response["Body"].read())
 
-        return with_retries(get, what=f"read of {self.uri(key)}", policy=self.retry, fatal=is_fatal)
+        return self._call(get, f"read of {self.uri(key)}")
 
     def download_file(self, key: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with_retries(
+        self._call(
             lambda: self.client.download_file(self.bucket, key, str(path)),
-            what=f"download of {self.uri(key)}",
-            policy=self.retry,
-            fatal=is_fatal,
+            f"download of {self.uri(key)}",
         )
 
     # --- prefixes ------------------------------------------------------------------------
@@ -182,9 +205,7 @@ class S3Store:
                 keys.extend(obj["Key"] for obj in page.get("Contents", []))
             return keys
 
-        yield from with_retries(
-            page_all, what=f"listing of {self.uri(prefix)}", policy=self.retry, fatal=is_fatal
-        )
+        yield from self._call(page_all, f"listing of {self.uri(prefix)}")
 
     def list_children(self, prefix: str) -> list[str]:
         """Names of the 'directories' directly under ``prefix``."""
@@ -198,22 +219,18 @@ class S3Store:
                     names.append(common["Prefix"][len(prefix) :].rstrip("/"))
             return names
 
-        return with_retries(
-            page_all, what=f"listing of {self.uri(prefix)}", policy=self.retry, fatal=is_fatal
-        )
+        return self._call(page_all, f"listing of {self.uri(prefix)}")
 
     def delete_prefix(self, prefix: str) -> int:
         """Delete every object under ``prefix``; returns how many there were."""
         keys = list(self.list_keys(prefix))
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start : start + 1000]]
-            with_retries(
+            self._call(
                 lambda batch=batch: self.client.delete_objects(  # type: ignore[misc]
                     Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
                 ),
-                what=f"delete under {self.uri(prefix)}",
-                policy=self.retry,
-                fatal=is_fatal,
+                f"delete under {self.uri(prefix)}",
             )
         return len(keys)
 
