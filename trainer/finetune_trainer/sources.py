@@ -95,7 +95,22 @@ def resolve_model(spec: ModelSpec, scratch: Path) -> ModelSource:
         )
     if not (path / "config.json").is_file():
         raise InvalidModel(f"{what}: {path} has no config.json; is this a saved model?")
+    # Both are read from this directory; say which is missing before any is loaded.
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise InvalidModel(
+            f"{what}: {path} has no tokenizer ({', '.join(_TOKENIZER_FILES)}); save the "
+            "tokenizer next to the model (tokenizer.save_pretrained)"
+        )
+    if not any(next(path.glob(pattern), None) for pattern in _WEIGHT_FILES):
+        raise InvalidModel(
+            f"{what}: {path} has no weights ({', '.join(_WEIGHT_FILES)}); point it at a "
+            "complete saved model (model.save_pretrained)"
+        )
     return ModelSource(str(path), None, True, what)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+_WEIGHT_FILES = ("*.safetensors", "*.bin")
 
 
 def resolve_dataset(spec: DatasetSpec, scratch: Path) -> Path | None:

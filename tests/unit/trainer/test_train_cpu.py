@@ -348,11 +348,13 @@ def test_a_lora_target_the_model_lacks_exits_78_naming_the_field(
 
 
 def test_a_dry_run_that_fails_unexpectedly_still_writes_its_message(
-    tiny_dataset_path: Path, tmp_path: Path
+    tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path
 ) -> None:
-    model = tmp_path / "model"  # a config.json and nothing else: no tokenizer to load
-    model.mkdir()
-    (model / "config.json").write_text('{"model_type": "gpt_oss"}')
+    import shutil
+
+    model = tmp_path / "model"  # complete, but its config.json is not JSON
+    shutil.copytree(tiny_model_dir, model)
+    (model / "config.json").write_text("{")
     config = tiny_config(model, tiny_dataset_path, str(tmp_path / "out"))
     result = run_cli(
         ["--config", str(write_config(tmp_path / "c.yaml", config)), "--dry-run"],
