@@ -61,10 +61,10 @@ class OperatorConfig:
         def get(name: str, default: str) -> str:
             return env.get(f"FTO_{name}", default)
 
-        def listed(name: str) -> tuple[str, ...]:
-            return tuple(item.strip() for item in get(name, "").split(",") if item.strip())
+        def listed(text: str) -> tuple[str, ...]:
+            return tuple(item.strip() for item in text.split(",") if item.strip())
 
-        namespaces = listed("NAMESPACES")
+        namespaces = listed(get("NAMESPACES", ""))
         selector = {}
         for pair in get("DEFAULT_NODE_SELECTOR", "").split(","):
             if "=" in pair:
@@ -93,8 +93,8 @@ class OperatorConfig:
             watch_client_timeout_seconds=int(get("WATCH_CLIENT_TIMEOUT_SECONDS", "330")),
             default_node_selector=selector,
             default_tolerations=_tolerations(get("DEFAULT_TOLERATIONS", "")),
-            allowed_images=listed("ALLOWED_IMAGES"),
-            allowed_service_accounts=listed("ALLOWED_SERVICE_ACCOUNTS"),
+            allowed_images=listed(get("ALLOWED_IMAGES", "")),
+            allowed_service_accounts=listed(get("ALLOWED_SERVICE_ACCOUNTS", "")),
         )
 
 
