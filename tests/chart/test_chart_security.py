@@ -115,6 +115,13 @@ def test_tolerations_travel_as_json(helm: Path) -> None:
     assert json.loads(env["FTO_DEFAULT_TOLERATIONS"]) == GPU_VALUES["trainer"]["tolerations"]
 
 
+def test_allowed_lists_travel_comma_separated(helm: Path) -> None:
+    values = {"trainer": {"allowedImages": ["r.example/ml/", "ghcr.io/o/t"]}}
+    env = container_env(only(render(helm, values), "Deployment"))
+    assert env["FTO_ALLOWED_IMAGES"] == "r.example/ml/,ghcr.io/o/t"
+    assert env["FTO_ALLOWED_SERVICE_ACCOUNTS"] == ""
+
+
 def test_trainer_pods_default_to_the_charts_trainer_account(helm: Path) -> None:
     job = _trainer_job(helm, GPU_VALUES)  # watchNamespaces set: the account exists there
     assert job["spec"]["template"]["spec"].get("serviceAccountName") == "finetune-trainer"
