@@ -158,8 +158,10 @@ class Reconciler:
         queued = bool(spec.scheduling.queue_name)
 
         job = self.kube.get_job(owner.namespace, owner.child_name)
-        if job is None and previous.get("phase") in TERMINAL_PHASES:
-            # The finished Job was cleaned up (ttlSecondsAfterFinished): keep the outcome.
+        going = job is None or bool(job["metadata"].get("deletionTimestamp"))
+        if going and previous.get("phase") in TERMINAL_PHASES:
+            # The finished Job is cleaned up (ttlSecondsAfterFinished deletes it in the
+            # foreground: pods first, so the trainer's message is gone before the Job).
             return kept_outcome(previous, generation)
         if job is None and previous.get("jobName"):
             # The Job existed and is gone before its outcome was recorded (deleted by hand,
@@ -189,7 +191,9 @@ class Reconciler:
             except ChildRejected as exc:
                 return failed_status(previous, "JobRejected", str(exc), generation, now)
         else:
-            self._sync_lifecycle(job, spec, queued)
+            self._sync_lifecycle(
+                job, spec, queued, outcome_recorded=previous.get("phase") in TERMINAL_PHASES
+            )
 
         pods = self.kube.list_trainer_pods(owner.namespace, owner.uid)
         observation = observe(job, pods, queued=queued)
@@ -218,10 +222,12 @@ class Reconciler:
             log.info("%s/%s: created Job %s", owner.namespace, owner.name, owner.child_name)
         return job
 
-    def _sync_lifecycle(self, job: Obj, spec: FineTuneJobSpec, queued: bool) -> None:
+    def _sync_lifecycle(
+        self, job: Obj, spec: FineTuneJobSpec, queued: bool, *, outcome_recorded: bool
+    ) -> None:
         """Carry spec.lifecycle edits (suspend, retries, deadline, TTL) over to the Job."""
         current = job.get("spec") or {}
-        wanted = lifecycle_patch(spec.lifecycle, queued=queued)
+        wanted = lifecycle_patch(spec.lifecycle, queued=queued, outcome_recorded=outcome_recorded)
         if _finished(job):
             # Only the clean-up delay still means something for a finished Job.
             wanted = {"ttlSecondsAfterFinished": wanted["ttlSecondsAfterFinished"]}

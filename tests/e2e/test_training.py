@@ -342,6 +342,24 @@ def test_bad_dataset_fails_fast_with_the_trainers_message(
     assert "InvalidDataset" in reasons and "Restarted" not in reasons, reasons
 
 
+def test_a_finished_job_is_cleaned_up_only_after_its_outcome_is_recorded(
+    ftjs: FineTuneJobs, claims: dict[str, Path]
+) -> None:
+    # ttlSecondsAfterFinished 0 would let the Job vanish the moment it fails; the operator
+    # adds the TTL only once the status holds the trainer's reason, and keeps that reason
+    # while the Job's foreground deletion removes its pods first.
+    (claims[INPUT_CLAIM] / "empty.jsonl").write_text("")
+    name = "cleaned-up"
+    lifecycle = {"backoffLimit": 0, "ttlSecondsAfterFinished": 0}
+    ftjs.apply(name, training_spec(dataset_file="empty.jsonl", lifecycle=lifecycle))
+    status = ftjs.wait_phase(name, "Failed", timeout=RUN_TIMEOUT)
+    assert status["reason"] == "InvalidDataset", json.dumps(status, indent=1)
+    uid = ftjs.get(name)["metadata"]["uid"]
+    ftjs.wait_status(name, lambda s: not ftjs.jobs_by_uid(uid), what="the Job cleaned up")
+    status = ftjs.status(name)
+    assert (status["phase"], status["reason"]) == ("Failed", "InvalidDataset")
+
+
 def test_suspend_checkpoints_and_unsuspend_resumes(
     ftjs: FineTuneJobs,
     claims: dict[str, Path],

@@ -125,8 +125,8 @@ class LifecycleSpec(SpecModel):
     )
     ttl_seconds_after_finished: Annotated[int, Field(ge=0)] | None = Field(
         None,
-        description="Delete the finished Job (not the FineTuneJob, nor the outputs) after this "
-        "many seconds.",
+        description="Delete the finished Job (not the FineTuneJob, nor the outputs) this many "
+        "seconds after the FineTuneJob recorded how it ended.",
     )
 
 

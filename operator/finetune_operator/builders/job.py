@@ -148,7 +148,9 @@ def build_job(spec: FineTuneJobSpec, owner: Owner, settings: OperatorConfig) -> 
         },
     }
     queued = bool(spec.scheduling.queue_name)
-    for key, value in lifecycle_patch(spec.lifecycle, queued=queued).items():
+    for key, value in lifecycle_patch(
+        spec.lifecycle, queued=queued, outcome_recorded=False
+    ).items():
         if value is not None:
             job_spec[key] = value
     if queued:
@@ -157,14 +159,22 @@ def build_job(spec: FineTuneJobSpec, owner: Owner, settings: OperatorConfig) -> 
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": job_spec}
 
 
-def lifecycle_patch(lifecycle: LifecycleSpec, *, queued: bool) -> dict[str, Any]:
+def lifecycle_patch(
+    lifecycle: LifecycleSpec, *, queued: bool, outcome_recorded: bool
+) -> dict[str, Any]:
     """A merge patch of the Job spec fields that follow spec.lifecycle while the Job exists
     (None removes a field). For a Job in a Kueue queue, suspension belongs to Kueue: the
-    user can still suspend it, and unsuspending hands it back to Kueue's admission."""
+    user can still suspend it, and unsuspending hands it back to Kueue's admission.
+
+    ttlSecondsAfterFinished goes on the Job only once the FineTuneJob's status holds the
+    outcome (``outcome_recorded``): with it on from the start, a short TTL could delete the
+    finished Job before the operator saw how it ended."""
     patch: dict[str, Any] = {
         "backoffLimit": lifecycle.backoff_limit,
         "activeDeadlineSeconds": lifecycle.active_deadline_seconds,
-        "ttlSecondsAfterFinished": lifecycle.ttl_seconds_after_finished,
+        "ttlSecondsAfterFinished": lifecycle.ttl_seconds_after_finished
+        if outcome_recorded
+        else None,
     }
     if lifecycle.suspend or not queued:
         patch["suspend"] = lifecycle.suspend

@@ -140,7 +140,8 @@ class TestJobBuilder:
         assert spec["suspend"] is True
         assert spec["backoffLimit"] == 7
         assert spec["activeDeadlineSeconds"] == 3600
-        assert spec["ttlSecondsAfterFinished"] == 60
+        # The TTL waits until the FineTuneJob's status holds the outcome (see lifecycle_patch).
+        assert "ttlSecondsAfterFinished" not in spec
 
     def test_unset_deadlines_are_left_out(self, owner: Owner, settings: OperatorConfig) -> None:
         spec = build_job(spec_of({}), owner, settings)["spec"]
@@ -258,15 +259,23 @@ class TestVolumes:
 class TestLifecyclePatch:
     def test_plain(self) -> None:
         spec = spec_of({"lifecycle": {"suspend": True, "backoffLimit": 2}})
-        assert lifecycle_patch(spec.lifecycle, queued=False) == {
+        assert lifecycle_patch(spec.lifecycle, queued=False, outcome_recorded=False) == {
             "suspend": True,
             "backoffLimit": 2,
             "activeDeadlineSeconds": None,
             "ttlSecondsAfterFinished": None,
         }
 
+    def test_the_ttl_waits_for_the_recorded_outcome(self) -> None:
+        spec = spec_of({"lifecycle": {"ttlSecondsAfterFinished": 60}})
+        patch = lifecycle_patch(spec.lifecycle, queued=False, outcome_recorded=False)
+        assert patch["ttlSecondsAfterFinished"] is None
+        patch = lifecycle_patch(spec.lifecycle, queued=False, outcome_recorded=True)
+        assert patch["ttlSecondsAfterFinished"] == 60
+
     def test_queued_job_unsuspension_belongs_to_kueue(self) -> None:
         spec = spec_of({})
-        assert "suspend" not in lifecycle_patch(spec.lifecycle, queued=True)
+        assert "suspend" not in lifecycle_patch(spec.lifecycle, queued=True, outcome_recorded=False)
         suspended = spec_of({"lifecycle": {"suspend": True}})
-        assert lifecycle_patch(suspended.lifecycle, queued=True)["suspend"] is True
+        patch = lifecycle_patch(suspended.lifecycle, queued=True, outcome_recorded=False)
+        assert patch["suspend"] is True
