@@ -30,9 +30,6 @@ def e2e_operator_config(**overrides: Any) -> OperatorConfig:
         "metrics_timeout_seconds": 1.0,
         "trainer_grace_period_seconds": 60,
         "liveness_endpoint": None,
-        # As a platform would narrow them (policy.py); test_unpullable_image uses the first.
-        "allowed_images": ("registry.invalid/",),
-        "allowed_service_accounts": ("trainer-allowed",),
     }
     settings.update(overrides)
     return OperatorConfig(**settings)
@@ -57,9 +54,10 @@ class OperatorHandle:
         # One set of counters across restarts, as one long-running operator would keep.
         self.metrics = OperatorMetrics()
 
-    def start(self) -> None:
+    def start(self, **settings: Any) -> None:
+        """Start with the e2e settings, changed by ``settings`` (OperatorConfig fields)."""
         self.running = EmbeddedOperator(
-            self.api_client, e2e_operator_config(), metrics=self.metrics
+            self.api_client, e2e_operator_config(**settings), metrics=self.metrics
         ).start()
 
     def stop(self) -> None:

@@ -198,10 +198,20 @@ def test_a_deleted_job_is_reported_not_recreated(ftjs: FineTuneJobs) -> None:
 
 
 def test_image_and_service_account_outside_the_allowed_lists_are_refused(
-    ftjs: FineTuneJobs,
+    ftjs: FineTuneJobs, operator: OperatorHandle
 ) -> None:
-    ftjs.apply("outsider", {"image": "evil.example/miner:1", "serviceAccountName": "admin"})
-    status = ftjs.wait_phase("outsider", "Failed")
+    # As a platform would narrow them (policy.py), for this test only.
+    operator.stop()
+    operator.start(
+        allowed_images=("registry.invalid/",), allowed_service_accounts=("trainer-allowed",)
+    )
+    try:
+        ftjs.apply("outsider", {"image": "evil.example/miner:1", "serviceAccountName": "admin"})
+        status = ftjs.wait_phase("outsider", "Failed")
+        ftjs.apply("insider", {**SUSPENDED, "image": "registry.invalid/trainer:1"})
+        ftjs.wait_phase("insider", "Suspended")
+    finally:
+        operator.restart()
     assert status["reason"] == "NotAllowed"
     assert "spec.image: evil.example/miner:1 is not allowed" in status["message"]
     assert "registry.invalid/" in status["message"]
