@@ -95,13 +95,45 @@ def find_python(version: str) -> str | None:
     return None
 
 
-def resolve(requirements: list[str], python: str) -> dict[str, Pin]:
-    """name -> the version and wheel hash pip picks for CPython ``python`` on linux x86_64.
+def pip_dry_run(
+    interpreter: str, python: str, requirements: Path, report: Path, *extra: str
+) -> list[str]:
+    """The pip command that resolves ``requirements`` for CPython ``python`` on manylinux
+    x86_64, wheels only, writing pip's JSON report and fetching no wheel. pip runs under
+    ``interpreter`` (``pip --python``): dependency markers are evaluated against the running
+    interpreter, which ``--python-version`` alone does not change. The image tests resolve
+    the written locks with the same command (plus ``--require-hashes``)."""
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        interpreter,
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--quiet",
+        "--disable-pip-version-check",
+        *extra,
+        "--report",
+        str(report),
+        "--python-version",
+        python,
+        "--implementation",
+        "cp",
+        "--abi",
+        "cp" + python.replace(".", ""),
+        "--only-binary=:all:",
+        "-r",
+        str(requirements),
+    ]
+    for platform in PLATFORMS:
+        command += ["--platform", platform]
+    return command
 
-    pip runs under a real interpreter of that version (``pip --python``): environment
-    markers in dependencies are evaluated against the running interpreter, which
-    ``--python-version`` alone does not change."""
-    abi = "cp" + python.replace(".", "")
+
+def resolve(requirements: list[str], python: str) -> dict[str, Pin]:
+    """name -> the version and wheel hash pip picks for CPython ``python`` on linux x86_64."""
     interpreter = find_python(python)
     if interpreter is None:
         raise SystemExit(f"no working python{python} found (~/.pyenv/versions or PATH)")
@@ -109,32 +141,7 @@ def resolve(requirements: list[str], python: str) -> dict[str, Pin]:
         inputs = Path(scratch) / "requirements.in"
         inputs.write_text("\n".join(requirements) + "\n")
         report = Path(scratch) / "report.json"
-        command = [
-            sys.executable,
-            "-m",
-            "pip",
-            "--python",
-            interpreter,
-            "install",
-            "--dry-run",
-            "--ignore-installed",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--report",
-            str(report),
-            "--python-version",
-            python,
-            "--implementation",
-            "cp",
-            "--abi",
-            abi,
-            "--only-binary=:all:",
-            "-r",
-            str(inputs),
-        ]
-        for platform in PLATFORMS:
-            command += ["--platform", platform]
-        subprocess.run(command, check=True)
+        subprocess.run(pip_dry_run(interpreter, python, inputs, report), check=True)
         installs = json.loads(report.read_text())["install"]
     pins = {}
     for item in installs:

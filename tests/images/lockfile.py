@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[2]
-# Every manylinux tag a glibc 2.39 x86_64 machine accepts (Ubuntu 24.04; Debian 13 has 2.41).
-IMAGE_PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(39, 4, -1)] + [
-    "manylinux2014_x86_64",
-    "manylinux2010_x86_64",
-    "manylinux1_x86_64",
-    "linux_x86_64",
-]
+
+
+def _lock_tool() -> ModuleType:
+    """hack/images/lock.py, which writes the locks: the tests resolve them as it does."""
+    spec = importlib.util.spec_from_file_location("images_lock", REPO / "hack/images/lock.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+LOCK_TOOL = _lock_tool()
 
 
 def locked_versions(lock: Path, python: str) -> dict[str, Version]:
@@ -42,32 +50,7 @@ def resolve_lock(
     """pip's resolution of ``lock`` (hash-checked) for CPython ``python`` on manylinux
     x86_64, run under ``interpreter`` so dependency markers are evaluated for that Python.
     Only metadata is fetched, never the wheels."""
-    command = [
-        sys.executable,
-        "-m",
-        "pip",
-        "--python",
-        interpreter,
-        "install",
-        "--dry-run",
-        "--ignore-installed",
-        "--quiet",
-        "--disable-pip-version-check",
-        "--require-hashes",
-        "--report",
-        str(report),
-        "--python-version",
-        python,
-        "--implementation",
-        "cp",
-        "--abi",
-        "cp" + python.replace(".", ""),
-        "--only-binary=:all:",
-        "-r",
-        str(lock),
-    ]
-    for platform in IMAGE_PLATFORMS:
-        command += ["--platform", platform]
+    command = LOCK_TOOL.pip_dry_run(interpreter, python, lock, report, "--require-hashes")
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     installs: list[dict[str, object]] = json.loads(report.read_text())["install"]
