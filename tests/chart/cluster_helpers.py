@@ -66,27 +66,17 @@ class Release:
         return path
 
     def install(self, chart: Path = CHART) -> str:
-        # --take-ownership: the CRD is cluster-scoped and other releases (and tests that
-        # apply crds/ with kubectl) may have created it first.
-        result = self._helm(
-            "install",
-            self.name,
-            str(chart),
-            "--namespace",
-            self.namespace,
-            "--values",
-            str(self._values_file()),
-            "--take-ownership",
-            "--wait",
-            "--timeout",
-            "180s",
-        )
-        self.output = result.stdout
+        self.output = self._apply("install", chart)
         return self.output
 
     def upgrade(self, chart: Path = CHART) -> str:
+        return self._apply("upgrade", chart)
+
+    def _apply(self, verb: str, chart: Path) -> str:
+        # --take-ownership: the CRD is cluster-scoped and other releases (and tests that
+        # apply crds/ with kubectl) may have created it first.
         result = self._helm(
-            "upgrade",
+            verb,
             self.name,
             str(chart),
             "--namespace",
