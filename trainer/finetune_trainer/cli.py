@@ -152,19 +152,26 @@ def run(argv: Sequence[str] | None = None) -> TerminationMessage:
     except ValueError as exc:  # a malformed port in the environment, for example
         log.error("%s", exc)
         return TerminationMessage(status="invalid_input", reason="InvalidConfig", message=str(exc))
-    if args.dry_run:
-        from .plan import dry_run
+    try:
+        if args.dry_run:
+            return _dry_run(config, runtime)
+        from .train import main as train_main
 
-        try:
-            return dry_run(config, runtime)
-        except Exception as exc:  # say what failed in the termination message, too
-            log.exception("the dry run failed")
-            return TerminationMessage(
-                status="failed", reason="DryRunFailed", message=f"{type(exc).__name__}: {exc}"
-            )
-    from .train import main as train_main
+        return train_main(config, runtime)
+    finally:
+        runtime.remove_own_scratch()
 
-    return train_main(config, runtime)
+
+def _dry_run(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessage:
+    from .plan import dry_run
+
+    try:
+        return dry_run(config, runtime)
+    except Exception as exc:  # say what failed in the termination message, too
+        log.exception("the dry run failed")
+        return TerminationMessage(
+            status="failed", reason="DryRunFailed", message=f"{type(exc).__name__}: {exc}"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,7 +5,9 @@ file runs unchanged on a laptop and in a pod."""
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,8 @@ from typing import Literal
 from .contract import SCRATCH_DIR, Env
 from .metrics import metrics_bind_host, metrics_port_from_env
 from .termination import termination_path
+
+log = logging.getLogger(__name__)
 
 BackendChoice = Literal["auto", "unsloth", "transformers"]
 
@@ -26,6 +30,8 @@ class RuntimeOptions:
     scratch_dir: Path | None = None
     backend: BackendChoice = "auto"
     hf_token: str | None = field(default=None, repr=False)  # never printed
+    # True once scratch() made its own temporary directory, which remove_own_scratch() deletes
+    owns_scratch: bool = field(default=False, repr=False)
 
     @classmethod
     def from_env(
@@ -55,5 +61,15 @@ class RuntimeOptions:
                 self.scratch_dir = default
             else:
                 self.scratch_dir = Path(tempfile.mkdtemp(prefix="finetune-scratch-"))
+                self.owns_scratch = True
+                log.info("scratch: %s (temporary, removed at exit)", self.scratch_dir)
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         return self.scratch_dir
+
+    def remove_own_scratch(self) -> None:
+        """Delete the temporary scratch directory this run created, so runs outside a pod
+        leave nothing behind; a directory the user or the pod provided is left alone."""
+        if self.owns_scratch and self.scratch_dir is not None:
+            shutil.rmtree(self.scratch_dir, ignore_errors=True)
+            self.scratch_dir = None
+            self.owns_scratch = False

@@ -356,11 +356,14 @@ def test_a_dry_run_that_fails_unexpectedly_still_writes_its_message(
     shutil.copytree(tiny_model_dir, model)
     (model / "config.json").write_text("{")
     config = tiny_config(model, tiny_dataset_path, str(tmp_path / "out"))
-    result = run_cli(
-        ["--config", str(write_config(tmp_path / "c.yaml", config)), "--dry-run"],
-        cli_env(tmp_path),
-    )
+    # No scratch directory given: the run makes its own under TMPDIR and removes it at exit.
+    env = cli_env(tmp_path, TMPDIR=str(tmp_path / "tmp"))
+    del env["FTO_SCRATCH_DIR"]
+    (tmp_path / "tmp").mkdir()
+    result = run_cli(["--config", str(write_config(tmp_path / "c.yaml", config)), "--dry-run"], env)
     assert result.returncode == 1, result.stderr[-4000:]
     message = termination(tmp_path)
     assert message.status == "failed" and message.reason == "DryRunFailed"
     assert message.message
+    assert f"scratch: {tmp_path / 'tmp'}/finetune-scratch-" in result.stderr
+    assert list((tmp_path / "tmp").iterdir()) == []
