@@ -4,6 +4,7 @@ proves it closed and installable against PyPI)."""
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -73,6 +74,25 @@ def test_the_gpu_stack_is_the_one_proven_on_the_gpu() -> None:
         assert requirement.specifier.contains(pins[canonicalize_name(requirement.name)])
     # torch 2.11's PyPI wheels for linux x86_64 are CUDA 13 builds.
     assert pins["nvidia-cuda-runtime"].major == 13
+
+
+def test_the_lock_pins_the_versions_the_gpu_benchmark_ran() -> None:
+    """Every package version recorded by a benchmark run in bench/results is the one the
+    image installs, so the figures in bench/README.md describe the image users get."""
+    pins = locked(IMAGE_PYTHON)
+    records = [
+        json.loads(line)
+        for path in sorted((REPO / "bench" / "results").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+    recorded = {(name, version) for r in records for name, version in r["versions"].items()}
+    assert {name for name, _ in recorded} >= {"torch", "unsloth", "bitsandbytes", "trl", "peft"}
+    for name, version in sorted(recorded):
+        assert pins[canonicalize_name(name)] == Version(version), (
+            f"bench/results ran {name} {version}; requirements/trainer.txt pins "
+            f"{pins[canonicalize_name(name)]}"
+        )
 
 
 def test_no_marker_is_left_unevaluated() -> None:
