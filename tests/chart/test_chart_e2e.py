@@ -63,8 +63,9 @@ def _suffix() -> str:
 
 def _trainer_image() -> str:
     """A trainer image unique to one release: a Job carrying it was built by that
-    release's operator, not by another operator running in the shared cluster."""
-    return f"registry.example/chart-e2e/trainer:{_suffix()}"
+    release's operator, not by another operator running in the shared cluster. The tag
+    starts with a letter: a bare hex suffix such as 12e345 is a number to YAML."""
+    return f"registry.example/chart-e2e/trainer:t{_suffix()}"
 
 
 def _image_values(image: str) -> dict[str, Any]:
