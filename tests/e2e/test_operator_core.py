@@ -16,8 +16,15 @@ from .ftj import FineTuneJobs
 
 pytestmark = pytest.mark.e2e
 
+# Every FineTuneJob names output storage that outlives its pod. This claim is never
+# created, so a pod that mounts it is never scheduled and nothing trains.
+UNBOUND_OUTPUT = {"output": {"pvc": {"claimName": "outputs"}}}
+# For tests about where a pod gets to: an S3 output needs no volume, so the scheduler and
+# the node agent judge the pod on its other parts alone (nothing here gets to train).
+S3_OUTPUT = {"output": {"s3": {"uri": "s3://outputs/e2e"}}}
 # A spec whose pod never needs to train: the Job stays suspended.
-SUSPENDED = {"lifecycle": {"suspend": True}, "resources": {"gpus": 1}}
+SUSPENDED = {"lifecycle": {"suspend": True}, "resources": {"gpus": 1}, **UNBOUND_OUTPUT}
+DURABLE_OUTPUT = "set spec.output.pvc (a PersistentVolumeClaim) or spec.output.s3"
 
 
 def test_example_manifest_creates_exactly_one_job(ftjs: FineTuneJobs) -> None:
@@ -73,23 +80,63 @@ def test_example_manifest_creates_exactly_one_job(ftjs: FineTuneJobs) -> None:
             "set at most one of model.name, model.path, model.pvc and model.s3",
         ),
         (
+            {"model": {"pvc": {"claimName": "models"}, "revision": "main"}},
+            "model.revision is only used with model.name",
+        ),
+        (
+            {"dataset": {"pvc": {"claimName": "d", "path": "t.jsonl"}, "configName": "en"}},
+            "dataset.configName and dataset.revision are only used with dataset.name",
+        ),
+        (
             {"training": {"maxSteps": 5, "saveSteps": 10}},
             "training.saveSteps must not exceed training.maxSteps",
+        ),
+        (
+            {"training": {"maxSteps": 3, "numEpochs": 1}},
+            "set only one of training.maxSteps and training.numEpochs",
         ),
         (
             {"dataset": {"pvc": {"claimName": "d", "path": "../x"}}},
             "must not contain a '..' segment",
         ),
         ({"lora": {"rank": 0}}, "should be greater than or equal to 1"),
+        (
+            {"scheduling": {"tolerations": [{"key": "gpu", "operator": "Exists", "value": "a"}]}},
+            "a toleration with operator Exists takes no value",
+        ),
+        (
+            {"scheduling": {"tolerations": [{"key": "gpu", "tolerationSeconds": 5}]}},
+            "tolerationSeconds applies only to effect NoExecute",
+        ),
+        (
+            {"scheduling": {"tolerations": [{"value": "a"}]}},
+            "a toleration without a key must use operator Exists",
+        ),
+        (
+            {"output": {"s3": {"uri": "s3://b/p", "endpoint": "https://u:p@minio.example"}}},
+            "must not carry credentials (user:password@host)",
+        ),
+        ({"output": {"path": "/data/out"}}, DURABLE_OUTPUT),
+        ({"output": {}}, DURABLE_OUTPUT),
         ({"bogus": True}, 'unknown field "spec.bogus"'),
     ],
 )
 def test_invalid_manifests_are_rejected_at_admission(
     ftjs: FineTuneJobs, spec: dict, message: str
 ) -> None:
-    result = ftjs.apply("bad", spec, check=False)
+    result = ftjs.apply("bad", {**UNBOUND_OUTPUT, **spec}, check=False)
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
+
+
+def test_a_finetunejob_without_output_storage_is_rejected_at_admission(
+    ftjs: FineTuneJobs,
+) -> None:
+    # Checkpoints and the adapter would land on the pod's scratch volume and vanish with it.
+    result = ftjs.apply("no-output", {"training": {"maxSteps": 5}}, check=False)
+    assert result.returncode != 0
+    assert DURABLE_OUTPUT in result.stderr, result.stderr
+    assert "checkpoints and the adapter must outlive the trainer pod" in result.stderr
 
 
 def test_name_too_long_for_its_job_is_rejected(ftjs: FineTuneJobs) -> None:
@@ -115,18 +162,21 @@ def test_training_part_is_immutable_but_lifecycle_is_not(ftjs: FineTuneJobs) -> 
 
 
 def test_spec_only_the_full_schema_rejects_fails_with_the_fix(ftjs: FineTuneJobs) -> None:
-    # warmupSteps 5 >= maxSteps 3: CEL passes (warmupSteps unset), the schema default
-    # shrinks, so use an explicit combination CEL cannot see: numEpochs and maxSteps.
-    ftjs.apply("epochs", {"training": {"maxSteps": 3, "numEpochs": 1}})
+    # The cross-field rules are CEL rules too (maxSteps with numEpochs is refused at
+    # admission, above). An explicit null is what CEL lets through: maxSteps: null with no
+    # numEpochs leaves nothing to stop at, which only the full schema sees. kubectl create
+    # sends the null as written.
+    manifest = ftjs.manifest("epochs", {"training": {"maxSteps": None}, **UNBOUND_OUTPUT})
+    ftjs.kubectl("create", "-f", "-", input=manifest)
     status = ftjs.wait_phase("epochs", "Failed")
     assert status["reason"] == "InvalidSpec"
-    assert "set only one of training.maxSteps and training.numEpochs" in status["message"]
+    assert "set training.maxSteps or training.numEpochs" in status["message"]
     assert ftjs.jobs("epochs") == []
     assert any(e["reason"] == "InvalidSpec" for e in ftjs.events("epochs"))
 
 
 def test_too_many_gpus_shows_the_schedulers_message(ftjs: FineTuneJobs) -> None:
-    ftjs.apply("greedy", {"resources": {"gpus": 8}})
+    ftjs.apply("greedy", {"resources": {"gpus": 8}, **S3_OUTPUT})
     status = ftjs.wait_status(
         "greedy", lambda s: s.get("reason") == "Unschedulable", what="Unschedulable"
     )
@@ -146,7 +196,10 @@ def test_missing_pvc_is_named(ftjs: FineTuneJobs) -> None:
 
 
 def test_missing_secret_is_named(ftjs: FineTuneJobs) -> None:
-    spec = {"model": {"name": "org/model", "tokenSecretRef": {"name": "absent", "key": "t"}}}
+    spec = {
+        "model": {"name": "org/model", "tokenSecretRef": {"name": "absent", "key": "t"}},
+        **S3_OUTPUT,
+    }
     ftjs.apply("nosecret", spec)
     status = ftjs.wait_status(
         "nosecret",
@@ -159,7 +212,7 @@ def test_missing_secret_is_named(ftjs: FineTuneJobs) -> None:
 def test_unpullable_image(ftjs: FineTuneJobs) -> None:
     # The node agent stands in for a container runtime: images on *.invalid registries
     # fail to pull (see localcluster/README.md).
-    ftjs.apply("noimage", {"image": "registry.invalid/finetune/trainer:0"})
+    ftjs.apply("noimage", {"image": "registry.invalid/finetune/trainer:0", **S3_OUTPUT})
     status = ftjs.wait_status(
         "noimage",
         lambda s: s.get("reason") in ("ErrImagePull", "ImagePullBackOff"),
@@ -175,7 +228,7 @@ def test_a_job_the_api_server_rejects_fails_with_its_message(ftjs: FineTuneJobs)
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}
         }
     }
-    ftjs.apply("refused", {"scheduling": {"affinity": affinity}})
+    ftjs.apply("refused", {"scheduling": {"affinity": affinity}, **UNBOUND_OUTPUT})
     status = ftjs.wait_phase("refused", "Failed")
     assert status["reason"] == "JobRejected"
     assert "nodeSelectorTerms" in status["message"]
@@ -206,7 +259,10 @@ def test_image_and_service_account_outside_the_allowed_lists_are_refused(
         allowed_images=("registry.invalid/",), allowed_service_accounts=("trainer-allowed",)
     )
     try:
-        ftjs.apply("outsider", {"image": "evil.example/miner:1", "serviceAccountName": "admin"})
+        ftjs.apply(
+            "outsider",
+            {"image": "evil.example/miner:1", "serviceAccountName": "admin", **UNBOUND_OUTPUT},
+        )
         status = ftjs.wait_phase("outsider", "Failed")
         ftjs.apply("insider", {**SUSPENDED, "image": "registry.invalid/trainer:1"})
         ftjs.wait_phase("insider", "Suspended")
@@ -242,7 +298,7 @@ def test_suspend_and_resume_toggle_the_job(ftjs: FineTuneJobs) -> None:
 
 
 def test_deleting_the_finetunejob_collects_its_children(ftjs: FineTuneJobs, wait_for) -> None:
-    ftjs.apply("doomed", {"resources": {"gpus": 8}})  # a pending pod exists
+    ftjs.apply("doomed", {"resources": {"gpus": 8}, **S3_OUTPUT})  # a pending pod exists
     ftjs.wait_status("doomed", lambda s: s.get("reason") == "Unschedulable")
     uid = ftjs.get("doomed")["metadata"]["uid"]
     assert ftjs.pods(uid)

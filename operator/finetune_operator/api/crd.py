@@ -114,7 +114,11 @@ def _dict_key_limits(spec: dict[str, Any]) -> None:
 
 def build_crd() -> dict[str, Any]:
     spec = structural_schema(FineTuneJobSpec)
-    spec["x-kubernetes-validations"] = _immutability_rules()
+    # The spec's own rules (from the model) first, then immutability (transition rules).
+    spec["x-kubernetes-validations"] = [
+        *spec.get("x-kubernetes-validations", []),
+        *_immutability_rules(),
+    ]
     _dict_key_limits(spec)
     status = structural_schema(FineTuneJobStatus)
     return {

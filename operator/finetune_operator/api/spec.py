@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from finetune_trainer.config import TrainerConfig
-from finetune_trainer.config.base import K8sName, SpecModel
+from finetune_trainer.config import OutputSpec, TrainerConfig
+from finetune_trainer.config.base import K8sName, SpecModel, cel
 
 # resource.Quantity as Kubernetes parses it (500m, 4, 16Gi, 1.5G, 1e3), never negative: a
 # value the API server would refuse fails here, naming the field, not at Job creation.
@@ -62,6 +62,29 @@ class ResourcesSpec(SpecModel):
 
 class Toleration(SpecModel):
     """A toleration, as in a pod spec."""
+
+    # The same pod validation rules as the validator below, so a bad toleration is refused
+    # at admission instead of after creation, when spec.scheduling can no longer change.
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.operator) || self.operator != 'Exists' || !has(self.value) "
+                    "|| self.value == ''",
+                    "a toleration with operator Exists takes no value; remove value",
+                ),
+                cel(
+                    "!has(self.tolerationSeconds) || (has(self.effect) && "
+                    "self.effect == 'NoExecute')",
+                    "tolerationSeconds applies only to effect NoExecute; set that effect",
+                ),
+                cel(
+                    "has(self.key) || (has(self.operator) && self.operator == 'Exists')",
+                    "a toleration without a key must use operator Exists",
+                ),
+            ]
+        }
+    }
 
     key: QualifiedName | None = Field(None, description="Taint key; empty matches all keys.")
     operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal.")
@@ -130,8 +153,36 @@ class LifecycleSpec(SpecModel):
     )
 
 
+# The trainer's own config may write to a local directory (its default, "outputs"); in a
+# pod that directory is on the pod's scratch volume, gone with the pod: retries would start
+# from step 0 and the reported adapter would not exist. So a FineTuneJob must name storage
+# that outlives the pod.
+DURABLE_OUTPUT_MESSAGE = (
+    "set spec.output.pvc (a PersistentVolumeClaim) or spec.output.s3 (an S3 prefix): "
+    "checkpoints and the adapter must outlive the trainer pod, and output.path would be "
+    "inside it"
+)
+
+
 class FineTuneJobSpec(TrainerConfig):
     """Fine-tune a causal LM with LoRA (4-bit QLoRA by default) on one GPU node."""
+
+    model_config = {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                cel(
+                    "has(self.output) && (has(self.output.pvc) || has(self.output.s3))",
+                    DURABLE_OUTPUT_MESSAGE,
+                ),
+            ]
+        }
+    }
+
+    output: OutputSpec = Field(
+        default_factory=OutputSpec,
+        description="Where checkpoints and the adapter go. Required: a PVC (pvc) or an S3 "
+        "prefix (s3); output.path is only for running the trainer outside Kubernetes.",
+    )
 
     resources: ResourcesSpec = Field(
         default_factory=ResourcesSpec, description="Compute for the trainer pod."
@@ -153,6 +204,13 @@ class FineTuneJobSpec(TrainerConfig):
         description="ServiceAccount of the trainer pod. Default: the namespace's default "
         "account; the trainer needs no Kubernetes API access.",
     )
+
+    @field_validator("output")
+    @classmethod
+    def _durable_output(cls, output: OutputSpec) -> OutputSpec:
+        if output.pvc is None and output.s3 is None:
+            raise ValueError(DURABLE_OUTPUT_MESSAGE)
+        return output
 
     def trainer_config(self) -> TrainerConfig:
         """The training part alone: what goes into the trainer's config file."""

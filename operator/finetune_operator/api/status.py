@@ -11,11 +11,25 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from finetune_trainer.config.base import (
+    MAX_K8S_NAME,
+    MAX_LOCAL_PATH,
+    MAX_RELATIVE_PATH,
+    MAX_S3_URI,
+)
+
 Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
 
 Text = Annotated[str, Field(max_length=32768)]
 Short = Annotated[str, Field(max_length=1024)]
+# A location under the spec's output (pvc://claim/path/..., s3://bucket/prefix/..., or a
+# local path) plus what the trainer appends (/checkpoint-N, /final_model, ...). Longer than
+# any location the spec accepts, so a status that reports one is never refused.
+MAX_URI = (
+    max(MAX_LOCAL_PATH, MAX_S3_URI, len("pvc://") + MAX_K8S_NAME + 1 + MAX_RELATIVE_PATH) + 256
+)
+Uri = Annotated[str, Field(max_length=MAX_URI)]
 
 
 class _Status(BaseModel):
@@ -58,14 +72,14 @@ class CheckpointStatus(_Status):
     """The newest complete checkpoint."""
 
     step: int = Field(description="Optimizer step of the checkpoint.")
-    uri: Short = Field(description="Where it is: pvc://claim/path, s3://bucket/key or a path.")
+    uri: Uri = Field(description="Where it is: pvc://claim/path, s3://bucket/key or a path.")
 
 
 class OutputStatus(_Status):
     """The trained artifacts."""
 
-    adapter_uri: Short | None = Field(None, description="The final LoRA adapter (final_model).")
-    merged_uri: Short | None = Field(None, description="The merged 16-bit model, if exported.")
+    adapter_uri: Uri | None = Field(None, description="The final LoRA adapter (final_model).")
+    merged_uri: Uri | None = Field(None, description="The merged 16-bit model, if exported.")
 
 
 class FineTuneJobStatus(_Status):

@@ -11,6 +11,13 @@ from finetune_operator.builders import Owner
 from finetune_operator.config import OperatorConfig
 
 UID = "6f1c2a9e-0000-4000-8000-000000000001"
+# A FineTuneJob must name output storage that outlives its pod; tests about other parts of
+# the spec get this one unless they give their own.
+OUTPUT = {"pvc": {"claimName": "outputs"}}
+
+
+def with_output(spec: dict[str, Any]) -> dict[str, Any]:
+    return spec if "output" in spec else {**spec, "output": OUTPUT}
 
 
 def body(spec: dict[str, Any] | None = None, name: str = "gpt-oss-ml") -> dict[str, Any]:
@@ -24,7 +31,7 @@ def body(spec: dict[str, Any] | None = None, name: str = "gpt-oss-ml") -> dict[s
             "generation": 1,
             "resourceVersion": "100",
         },
-        "spec": spec or {},
+        "spec": with_output(spec or {}),
     }
 
 
@@ -39,4 +46,4 @@ def settings() -> OperatorConfig:
 
 
 def spec_of(data: dict[str, Any]) -> FineTuneJobSpec:
-    return FineTuneJobSpec.model_validate(data)
+    return FineTuneJobSpec.model_validate(with_output(data))

@@ -8,12 +8,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from finetune_operator.api.spec import FineTuneJobSpec
+from finetune_operator.api.spec import DURABLE_OUTPUT_MESSAGE, FineTuneJobSpec
 from finetune_operator.config import OperatorConfig
+from finetune_operator.reconciler import parse_spec
+from finetune_trainer.config import TrainerConfig
+
+from .conftest import with_output
 
 
 def spec(**parts: Any) -> FineTuneJobSpec:
-    return FineTuneJobSpec.model_validate(parts)
+    return FineTuneJobSpec.model_validate(with_output(parts))
 
 
 @pytest.mark.parametrize("value", ["48Gi", "500m", "8", "1.5G", "0.5", ".5Gi", "1e3", "+2Ti"])
@@ -56,3 +60,32 @@ def test_chart_tolerations_with_empty_strings_mean_unset() -> None:
     }
     config = OperatorConfig.from_env(env)
     assert config.default_tolerations == ({"key": "nvidia.com/gpu", "operator": "Exists"},)
+
+
+@pytest.mark.parametrize(
+    "output",
+    [None, {}, {"path": "/data/out"}, {"path": "outputs", "mergedExport": "merged_16bit"}],
+)
+def test_a_finetunejob_names_output_storage_that_outlives_its_pod(
+    output: dict[str, Any] | None,
+) -> None:
+    spec_body = {"training": {"maxSteps": 5}}
+    if output is not None:
+        spec_body["output"] = output
+    parsed, problems = parse_spec({"spec": spec_body})
+    assert parsed is None
+    assert problems == [f"spec.output: {DURABLE_OUTPUT_MESSAGE}"]
+    assert "set spec.output.pvc" in problems[0] and "spec.output.s3" in problems[0]
+
+
+@pytest.mark.parametrize(
+    "output", [{"pvc": {"claimName": "outs"}}, {"s3": {"uri": "s3://bucket/runs"}}]
+)
+def test_pvc_or_s3_output_is_enough(output: dict[str, Any]) -> None:
+    parsed, problems = parse_spec({"spec": {"output": output}})
+    assert problems == [] and parsed is not None
+
+
+def test_the_trainers_own_config_keeps_its_local_default() -> None:
+    # Outside Kubernetes a local directory is durable; only the FineTuneJob needs more.
+    assert TrainerConfig.from_mapping({}).output.path == "outputs"

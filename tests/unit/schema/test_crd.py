@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,13 @@ import pytest
 import yaml
 
 from finetune_operator.api.crd import build_crd, render
+from finetune_operator.api.spec import DURABLE_OUTPUT_MESSAGE
+from finetune_trainer.config.base import (
+    MAX_K8S_NAME,
+    MAX_LOCAL_PATH,
+    MAX_RELATIVE_PATH,
+    MAX_S3_URI,
+)
 
 CRD_PATH = Path(__file__).resolve().parents[3] / "crds" / "finetunejobs.yaml"
 
@@ -103,7 +111,7 @@ def test_strings_and_lists_are_bounded(spec_schema: dict[str, Any]) -> None:
 
 
 def test_training_part_is_immutable(spec_schema: dict[str, Any]) -> None:
-    rules = spec_schema["x-kubernetes-validations"]
+    rules = [r for r in spec_schema["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
     covered = {r["rule"].split("(")[1].split(")")[0] for r in rules}
     for field in ("self.model", "self.dataset", "self.lora", "self.training", "self.output"):
         assert field in covered
@@ -116,3 +124,56 @@ def test_cross_field_rules_present(spec_schema: dict[str, Any]) -> None:
     assert any("size() <= 1" in r["rule"] for r in model_rules)
     training_rules = spec_schema["properties"]["training"]["x-kubernetes-validations"]
     assert any("saveSteps" in r["rule"] for r in training_rules)
+
+
+def rules_of(node: dict[str, Any]) -> dict[str, str]:
+    return {r["message"]: r["rule"] for r in node.get("x-kubernetes-validations") or []}
+
+
+def test_a_finetunejob_must_name_pvc_or_s3_output(spec_schema: dict[str, Any]) -> None:
+    rules = rules_of(spec_schema)
+    assert rules[DURABLE_OUTPUT_MESSAGE] == (
+        "has(self.output) && (has(self.output.pvc) || has(self.output.s3))"
+    )
+
+
+def test_every_cross_field_check_is_also_a_cel_rule(spec_schema: dict[str, Any]) -> None:
+    """Each pydantic cross-field check has an admission rule with the same message, so a
+    spec that would fail later as InvalidSpec (with its training part immutable by then) is
+    refused when it is applied."""
+    props = spec_schema["properties"]
+    assert "set only one of training.maxSteps and training.numEpochs" in rules_of(props["training"])
+    assert "model.revision is only used with model.name (a Hub download)" in rules_of(
+        props["model"]
+    )
+    assert "dataset.configName and dataset.revision are only used with dataset.name" in (
+        rules_of(props["dataset"])
+    )
+    toleration = props["scheduling"]["properties"]["tolerations"]["items"]
+    assert set(rules_of(toleration)) == {
+        "a toleration with operator Exists takes no value; remove value",
+        "tolerationSeconds applies only to effect NoExecute; set that effect",
+        "a toleration without a key must use operator Exists",
+    }
+
+
+def test_s3_endpoints_refuse_credentials(spec_schema: dict[str, Any]) -> None:
+    for section in ("model", "dataset", "output"):
+        endpoint = spec_schema["properties"][section]["properties"]["s3"]["properties"]["endpoint"]
+        (rule,) = rules_of(endpoint).values()
+        # The CEL rule uses the same RE2-compatible pattern the validator does.
+        pattern = rule.removeprefix("!self.matches('").removesuffix("')")
+        assert re.match(pattern, "https://key:secret@minio:9000")
+        assert not re.match(pattern, "https://minio:9000/tenant@a")
+
+
+def test_status_uris_fit_every_location_the_spec_allows(version: dict[str, Any]) -> None:
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    limits = [
+        status["checkpoint"]["properties"]["uri"]["maxLength"],
+        status["output"]["properties"]["adapterUri"]["maxLength"],
+        status["output"]["properties"]["mergedUri"]["maxLength"],
+    ]
+    pvc_uri = len("pvc://") + MAX_K8S_NAME + 1 + MAX_RELATIVE_PATH
+    longest = max(MAX_LOCAL_PATH, MAX_S3_URI, pvc_uri) + len("/checkpoint-10000000/final_model")
+    assert all(limit >= longest for limit in limits), limits

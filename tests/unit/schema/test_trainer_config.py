@@ -135,10 +135,37 @@ class TestInvalid:
             ),
             ({"output": {"s3": {"uri": "http://bucket/x"}}}, "spec.output.s3.uri"),
             ({"lora": {"rank": 0}}, "spec.lora.rank: 0 is too small"),
+            (
+                {"model": {"pvc": {"claimName": "m"}, "revision": "main"}},
+                "model.revision is only used with model.name",
+            ),
+            (
+                {"dataset": {"pvc": {"claimName": "d"}, "configName": "en"}},
+                "dataset.configName and dataset.revision are only used with dataset.name",
+            ),
+            (
+                {
+                    "output": {
+                        "s3": {"uri": "s3://bucket/x", "endpoint": "https://key:secret@minio:9000"}
+                    }
+                },
+                "spec.output.s3.endpoint: must not carry credentials (user:password@host); put "
+                "them in a Secret named by credentialsSecretRef",
+            ),
+            (
+                {"model": {"s3": {"uri": "s3://bucket/m", "endpoint": "http://user@minio/"}}},
+                "spec.model.s3.endpoint: must not carry credentials",
+            ),
         ],
     )
     def test_rejects_with_field_and_fix(self, data: dict, expected: str) -> None:
         assert any(expected in line for line in errors_of(data)), errors_of(data)
+
+    def test_an_at_sign_after_the_host_is_no_credential(self) -> None:
+        s3 = {"uri": "s3://bucket/x", "endpoint": "https://minio.example:9000/tenant@a"}
+        config = TrainerConfig.from_mapping({"output": {"s3": s3}})
+        assert config.output.s3 is not None
+        assert config.output.s3.endpoint == s3["endpoint"]
 
     def test_reports_every_problem_at_once(self) -> None:
         lines = errors_of({"training": {"maxSteps": 0, "optimizer": "x"}, "lora": {"rank": -1}})

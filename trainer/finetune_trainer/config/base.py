@@ -12,11 +12,20 @@ use no look-around; what a pattern cannot say is a validator here and a CEL rule
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, StringConstraints, WithJsonSchema
 from pydantic.alias_generators import to_camel
 from pydantic.config import JsonDict
+
+# Length limits of the locations a spec may name; the status fields that report locations
+# under them (checkpoint and adapter URIs) are sized from these.
+MAX_K8S_NAME = 253
+MAX_RELATIVE_PATH = 1024
+MAX_LOCAL_PATH = 4096
+MAX_S3_URI = 1024
+MAX_ENDPOINT_URL = 2048
 
 
 class SpecModel(BaseModel):
@@ -48,7 +57,9 @@ def _no_parent_segments(value: str) -> str:
 # Kubernetes object names (DNS-1123 subdomain, RFC 1123).
 K8sName = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"),
+    StringConstraints(
+        min_length=1, max_length=MAX_K8S_NAME, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+    ),
 ]
 # Keys inside a Secret or ConfigMap.
 K8sKey = Annotated[
@@ -57,13 +68,13 @@ K8sKey = Annotated[
 # A relative path inside a volume: no leading slash, no '..' segment.
 RelativePath = Annotated[
     str,
-    StringConstraints(min_length=1, max_length=1024, pattern=r"^[^/].*$"),
+    StringConstraints(min_length=1, max_length=MAX_RELATIVE_PATH, pattern=r"^[^/].*$"),
     AfterValidator(_no_parent_segments),
     WithJsonSchema(
         {
             "type": "string",
             "minLength": 1,
-            "maxLength": 1024,
+            "maxLength": MAX_RELATIVE_PATH,
             "pattern": r"^[^/].*$",
             "x-kubernetes-validations": [
                 cel("!('..' in self.split('/'))", "must not contain a '..' segment")
@@ -72,7 +83,7 @@ RelativePath = Annotated[
     ),
 ]
 # A local filesystem path, absolute or relative to the working directory.
-LocalPath = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+LocalPath = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LOCAL_PATH)]
 # A Hugging Face Hub repository id: "name" or "owner/name".
 HubRepoId = Annotated[
     str,
@@ -86,11 +97,42 @@ HubRepoId = Annotated[
 S3Uri = Annotated[
     str,
     StringConstraints(
-        min_length=8, max_length=1024, pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
+        min_length=8,
+        max_length=MAX_S3_URI,
+        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
     ),
 ]
+_ENDPOINT_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
+# user:password@ before the host: the URL would carry a credential into the ConfigMap and
+# the FineTuneJob, which anyone who can read them would see.
+_ENDPOINT_USERINFO = r"^https?://[^/?#]*@"
+_ENDPOINT_CREDENTIALS_MESSAGE = (
+    "must not carry credentials (user:password@host); put them in a Secret named by "
+    "credentialsSecretRef"
+)
+
+
+def _no_userinfo(value: str) -> str:
+    if re.match(_ENDPOINT_USERINFO, value):
+        raise ValueError(_ENDPOINT_CREDENTIALS_MESSAGE)
+    return value
+
+
 # An http(s) endpoint URL, for S3-compatible stores.
 EndpointUrl = Annotated[
-    str, StringConstraints(min_length=8, max_length=2048, pattern=r"^https?://[^\s/]+(/\S*)?$")
+    str,
+    StringConstraints(min_length=8, max_length=MAX_ENDPOINT_URL, pattern=_ENDPOINT_PATTERN),
+    AfterValidator(_no_userinfo),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 8,
+            "maxLength": MAX_ENDPOINT_URL,
+            "pattern": _ENDPOINT_PATTERN,
+            "x-kubernetes-validations": [
+                cel(f"!self.matches('{_ENDPOINT_USERINFO}')", _ENDPOINT_CREDENTIALS_MESSAGE)
+            ],
+        }
+    ),
 ]
 ShortString = Annotated[str, StringConstraints(min_length=1, max_length=253)]

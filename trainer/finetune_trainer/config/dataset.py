@@ -35,6 +35,11 @@ class DatasetSpec(SpecModel):
                     "set at most one of dataset.name, dataset.path, dataset.pvc, dataset.s3 "
                     "and dataset.configMap",
                 ),
+                cel(
+                    "!(has(self.configName) || has(self.revision)) || !(has(self.path) || "
+                    "has(self.pvc) || has(self.s3) || has(self.configMap))",
+                    "dataset.configName and dataset.revision are only used with dataset.name",
+                ),
             ]
         }
     }

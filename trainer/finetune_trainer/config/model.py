@@ -32,6 +32,10 @@ class ModelSpec(SpecModel):
                     "has(self.s3))",
                     "model.tokenSecretRef is only used with model.name (a Hub download)",
                 ),
+                cel(
+                    "!has(self.revision) || !(has(self.path) || has(self.pvc) || has(self.s3))",
+                    "model.revision is only used with model.name (a Hub download)",
+                ),
             ]
         }
     }

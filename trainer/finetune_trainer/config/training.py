@@ -30,6 +30,10 @@ class TrainingSpec(SpecModel):
         "json_schema_extra": {
             "x-kubernetes-validations": [
                 cel(
+                    "!(has(self.maxSteps) && has(self.numEpochs))",
+                    "set only one of training.maxSteps and training.numEpochs",
+                ),
+                cel(
                     "!has(self.saveSteps) || !has(self.maxSteps) || self.saveSteps <= "
                     "self.maxSteps",
                     "training.saveSteps must not exceed training.maxSteps, or no checkpoint "
