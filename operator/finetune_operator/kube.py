@@ -31,6 +31,11 @@ class ChildRejected(Exception):
     the same object cannot succeed, so the message goes to the FineTuneJob's status."""
 
 
+class StatusRejected(Exception):
+    """The API server refused a status patch as invalid: writing the same status again
+    cannot succeed, so the caller must write something else instead of retrying."""
+
+
 # Status codes of a create that the same request will always meet again.
 _REJECTED = (400, 403, 422)
 
@@ -138,7 +143,8 @@ class Kube:
 
     def patch_status(self, body: Obj, status: Obj) -> bool:
         """Merge-patch status, guarded by the resourceVersion the status was computed from.
-        Returns False on a conflict (someone else wrote first): the caller recomputes."""
+        Returns False on a conflict (someone else wrote first): the caller recomputes.
+        Raises StatusRejected when the API server refuses the status itself."""
         meta = body["metadata"]
         patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
         try:
@@ -148,6 +154,8 @@ class Kube:
         except ApiException as exc:
             if exc.status in (404, 409):
                 return False
+            if exc.status in (400, 422):
+                raise StatusRejected(_api_message(exc)) from exc
             raise
         return True
 

@@ -27,7 +27,7 @@ from .builders import (
     resolved_trainer_config,
 )
 from .config import OperatorConfig
-from .kube import ChildConflict, ChildRejected, Kube, Obj
+from .kube import ChildConflict, ChildRejected, Kube, Obj, StatusRejected
 from .metrics import OperatorMetrics
 from .observe import observe
 from .policy import policy_problems
@@ -38,6 +38,7 @@ from .status_update import (
     invalid_spec_status,
     kept_outcome,
     next_status,
+    status_rejected_status,
 )
 from .timeutil import Clock, rfc3339, utcnow
 
@@ -127,7 +128,28 @@ class Reconciler:
                 if not update.changed_from(previous):
                     self.metrics.reconciles.labels("ok").inc()
                     return str(update.status.get("phase"))
-                if self.kube.patch_status(body, update.status):
+                try:
+                    written = self.kube.patch_status(body, update.status)
+                except StatusRejected as exc:
+                    # Retrying the same status would fail the same way on every trigger and
+                    # leave the FineTuneJob frozen: say so on the status instead.
+                    log.error("%s/%s: the API server rejected the status: %s", namespace, name, exc)
+                    update = status_rejected_status(
+                        previous, str(exc), body["metadata"].get("generation"), self.clock()
+                    )
+                    if not update.changed_from(previous):
+                        return str(update.status.get("phase"))
+                    try:
+                        written = self.kube.patch_status(body, update.status)
+                    except StatusRejected as again:
+                        log.error(
+                            "%s/%s: even the fallback status was rejected: %s",
+                            namespace,
+                            name,
+                            again,
+                        )
+                        return None
+                if written:
                     self.metrics.reconciles.labels("ok").inc()
                     self.metrics.status_writes.inc()
                     now = rfc3339(self.clock())
@@ -187,7 +209,8 @@ class Reconciler:
             try:
                 job = self._create_children(spec, owner)
             except ChildConflict as exc:
-                return invalid_spec_status(previous, [str(exc)], generation, now)
+                # Not the spec's fault: another object holds the child's name.
+                return failed_status(previous, "ChildConflict", str(exc), generation, now)
             except ChildRejected as exc:
                 return failed_status(previous, "JobRejected", str(exc), generation, now)
         else:

@@ -66,6 +66,25 @@ def invalid_spec_status(
     )
 
 
+# How much of the API server's refusal goes into the status: enough to name the field,
+# short enough that this status itself is never refused for its size.
+_REJECTION_EXCERPT = 1024
+
+
+def status_rejected_status(
+    previous: dict[str, Any], rejection: str, generation: int | None, now: datetime
+) -> StatusUpdate:
+    """The API server refused the status the operator computed. Stalled (Failed), with the
+    refusal, so the problem is visible instead of the status silently staying stale."""
+    excerpt = rejection[:_REJECTION_EXCERPT]
+    job = previous.get("jobName")
+    message = (
+        f"the API server rejected this FineTuneJob's status: {excerpt}; the operator can no "
+        "longer report on it" + (f" (see Job {job} for how the run goes)" if job else "")
+    )
+    return failed_status(previous, "StatusRejected", message, generation, now)
+
+
 def kept_outcome(previous: dict[str, Any], generation: int | None) -> StatusUpdate:
     """A finished FineTuneJob whose Job is gone (ttlSecondsAfterFinished): the outcome stays
     as it was, and a later spec edit is acknowledged so GitOps tools see it observed."""

@@ -1,0 +1,178 @@
+"""Reconcile against an in-memory API: what the operator writes when the API server
+refuses a status or a child's name is taken."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from finetune_operator.api.status import MAX_URI, FineTuneJobStatus
+from finetune_operator.config import OperatorConfig
+from finetune_operator.kube import ChildConflict, Kube, StatusRejected
+from finetune_operator.reconciler import Reconciler
+
+from .conftest import body
+
+NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
+
+
+class MemoryKube:
+    """The calls the reconciler makes, on dicts; ``status_limit`` stands in for the CRD's
+    status schema: a status with a longer string is refused as the API server would."""
+
+    def __init__(self, ftj: dict[str, Any], status_limit: int | None = None) -> None:
+        self.ftj = ftj
+        self.status_limit = status_limit
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.pods: list[dict[str, Any]] = []
+        self.patches: list[dict[str, Any]] = []
+        self.rejected = 0
+        self.events: list[tuple[str, str]] = []
+        self.conflict_on_create = False
+
+    def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.ftj)
+
+    def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.jobs.get(name))
+
+    def ensure(self, obj: dict[str, Any], owner_uid: str) -> tuple[dict[str, Any], bool]:
+        meta = obj["metadata"]
+        if self.conflict_on_create:
+            raise ChildConflict(
+                f"{obj['kind']} {meta['namespace']}/{meta['name']} already exists and is not "
+                "owned by this FineTuneJob; delete it or rename the FineTuneJob"
+            )
+        if obj["kind"] == "Job":
+            obj = {**obj, "metadata": {**meta, "uid": "job-uid"}, "status": {}}
+            self.jobs[meta["name"]] = obj
+        return obj, True
+
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.jobs[name]["spec"].update(patch["spec"])
+
+    def list_trainer_pods(self, namespace: str, owner_uid: str) -> list[dict[str, Any]]:
+        return copy.deepcopy(self.pods)
+
+    def patch_status(self, ftj: dict[str, Any], status: dict[str, Any]) -> bool:
+        if self.status_limit is not None and _longest_string(status) > self.status_limit:
+            self.rejected += 1
+            raise StatusRejected("status.output.adapterUri: Too long: may not be more than 1024")
+        self.patches.append(status)
+        self.ftj["status"] = {**(self.ftj.get("status") or {}), **status}
+        return True
+
+    def post_event(self, ftj: dict[str, Any], kind: str, reason: str, message: str, now: str):
+        self.events.append((kind, reason))
+
+
+def _longest_string(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, dict):
+        return max((_longest_string(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return max((_longest_string(v) for v in value), default=0)
+    return 0
+
+
+def reconciler(kube: MemoryKube) -> Reconciler:
+    return Reconciler(kube, OperatorConfig(), clock=lambda: NOW)  # type: ignore[arg-type]
+
+
+def finished_pod(adapter_uri: str) -> dict[str, Any]:
+    message = json.dumps({"status": "succeeded", "reason": "Completed", "adapterUri": adapter_uri})
+    return {
+        "metadata": {
+            "name": "p1",
+            "creationTimestamp": "T1",
+            "ownerReferences": [{"kind": "Job", "uid": "job-uid", "controller": True}],
+        },
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "state": {
+                        "terminated": {"exitCode": 0, "message": message, "finishedAt": "T3"}
+                    },
+                }
+            ],
+        },
+    }
+
+
+class TestRefusedStatus:
+    def completed(self, kube: MemoryKube, adapter_uri: str) -> None:
+        reconciler(kube).reconcile("ml", "gpt-oss-ml")  # creates the Job
+        job = next(iter(kube.jobs.values()))
+        job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+        kube.pods = [finished_pod(adapter_uri)]
+
+    def test_is_reported_once_instead_of_failing_every_reconcile(self) -> None:
+        kube = MemoryKube(body(), status_limit=1024)
+        self.completed(kube, "s3://bucket/" + "p" * 1100 + "/final_model")
+        operator = reconciler(kube)
+        assert operator.reconcile("ml", "gpt-oss-ml") == "Failed"
+        status = kube.ftj["status"]
+        assert status["reason"] == "StatusRejected"
+        assert "Too long" in status["message"]
+        assert "see Job" in status["message"]
+        stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+        assert stalled["status"] == "True"
+        assert kube.events[-1] == ("Warning", "StatusRejected")
+        # The next trigger meets the same refusal; it writes nothing new and does not raise.
+        writes = len(kube.patches)
+        assert operator.reconcile("ml", "gpt-oss-ml") == "Failed"
+        assert len(kube.patches) == writes
+
+    def test_every_uri_the_spec_allows_fits_the_status(self) -> None:
+        # The longest S3 output prefix, plus the checkpoint directory the trainer adds.
+        uri = "s3://bucket/" + "p" * (1024 - len("s3://bucket/")) + "/checkpoint-10000000"
+        kube = MemoryKube(body({"output": {"s3": {"uri": "s3://bucket/p"}}}))
+        self.completed(kube, uri)
+        assert reconciler(kube).reconcile("ml", "gpt-oss-ml") == "Succeeded"
+        assert kube.ftj["status"]["output"] == {"adapterUri": uri}
+        FineTuneJobStatus.model_validate(kube.ftj["status"])
+        assert len(uri) < MAX_URI
+
+
+def test_a_child_name_held_by_another_object_is_its_own_reason() -> None:
+    kube = MemoryKube(body())
+    kube.conflict_on_create = True
+    assert reconciler(kube).reconcile("ml", "gpt-oss-ml") == "Failed"
+    status = kube.ftj["status"]
+    assert status["reason"] == "ChildConflict"
+    assert "already exists and is not owned by this FineTuneJob" in status["message"]
+    assert "delete it or rename the FineTuneJob" in status["message"]
+    assert "invalid spec" not in status["message"]
+    assert kube.events == [("Warning", "ChildConflict")]
+
+
+class _CustomObjects:
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+    def patch_namespaced_custom_object_status(self, *args: Any) -> None:
+        exc = ApiException(status=self.status, reason="Unprocessable Entity")
+        exc.body = json.dumps({"message": "status.checkpoint.uri: Too long"})
+        raise exc
+
+
+@pytest.mark.parametrize("code, outcome", [(409, False), (404, False)])
+def test_status_conflicts_are_retried(code: int, outcome: bool) -> None:
+    kube = Kube.__new__(Kube)
+    kube.custom = _CustomObjects(code)  # type: ignore[assignment]
+    assert kube.patch_status(body(), {"phase": "Running"}) is outcome
+
+
+def test_a_status_the_api_server_refuses_is_raised_with_its_message() -> None:
+    kube = Kube.__new__(Kube)
+    kube.custom = _CustomObjects(422)  # type: ignore[assignment]
+    with pytest.raises(StatusRejected, match=r"status\.checkpoint\.uri: Too long"):
+        kube.patch_status(body(), {"phase": "Running"})
