@@ -93,6 +93,17 @@ def _is_active(pod: dict[str, Any]) -> bool:
     return phase in (None, "Pending", "Running") and not pod["metadata"].get("deletionTimestamp")
 
 
+def _controlled_by(pod: dict[str, Any], job: dict[str, Any]) -> bool:
+    """Whether the Job controller made this pod for this Job. The owner labels the pods are
+    listed by can be put on any pod by anyone who may create pods in the namespace; only
+    the Job's own pods may say how the run went (termination message, metrics address)."""
+    uid = job["metadata"].get("uid")
+    return uid is not None and any(
+        ref.get("controller") and ref.get("kind") == "Job" and ref.get("uid") == uid
+        for ref in pod["metadata"].get("ownerReferences") or []
+    )
+
+
 def _restarts(job: dict[str, Any], pods: Sequence[dict[str, Any]]) -> int:
     """Failed trainer pods that were retried. Until the next attempt exists, the newest
     failure may be the last one (bad input, backoff limit, deadline), so it counts only once
@@ -116,6 +127,7 @@ def observe(
 ) -> Observation:
     if job is None:
         return Observation("Pending", "CreatingJob", "creating the trainer Job")
+    pods = [p for p in pods if _controlled_by(p, job)]
     status = job.get("status") or {}
     restarts = _restarts(job, pods)
     newest = _newest_terminated(pods)

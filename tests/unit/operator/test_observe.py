@@ -9,10 +9,12 @@ import pytest
 from finetune_operator.observe import observe
 from finetune_trainer.contract import CheckpointRef, TerminationMessage
 
+JOB_UID = "0b1c2d3e-0000-4000-8000-00000000000a"
+
 
 def job(conditions: list[dict] | None = None, suspend: bool = False, **status: Any) -> dict:
     return {
-        "metadata": {"name": "j", "namespace": "ml"},
+        "metadata": {"name": "j", "namespace": "ml", "uid": JOB_UID},
         "spec": {"suspend": suspend},
         "status": {"conditions": conditions or [], **status},
     }
@@ -37,8 +39,19 @@ def pod(
     conditions: list[dict] | None = None,
     ip: str | None = None,
     deleting: bool = False,
+    controller_uid: str | None = JOB_UID,
 ) -> dict:
     meta: dict[str, Any] = {"name": name, "creationTimestamp": created}
+    if controller_uid is not None:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": "j",
+                "uid": controller_uid,
+                "controller": True,
+            }
+        ]
     if deleting:
         meta["deletionTimestamp"] = "T5"
     status: dict[str, Any] = {"phase": phase, "conditions": conditions or []}
@@ -225,3 +238,42 @@ class TestSuspend:
     def test_waiting_for_kueue(self) -> None:
         seen = observe(job(suspend=True), [], queued=True)
         assert seen.reason == "WaitingForQueue"
+
+
+class TestOnlyTheJobsOwnPods:
+    """Pods are found by the FineTuneJob's labels, which anyone who can create pods in the
+    namespace can copy; only pods the Job controller made for this Job may speak for it."""
+
+    SPOOFED = TerminationMessage(
+        status="succeeded",
+        reason="Completed",
+        step=20,
+        total_steps=20,
+        adapter_uri="s3://attacker/adapter",
+    ).encode()
+
+    @pytest.mark.parametrize("controller_uid", [None, "another-job-uid"])
+    def test_a_lookalike_pod_is_ignored(self, controller_uid: str | None) -> None:
+        impostor = pod(
+            "Succeeded",
+            name="impostor",
+            state=terminated(0, self.SPOOFED, reason="Completed"),
+            controller_uid=controller_uid,
+        )
+        seen = observe(job(conditions=[cond("Complete")]), [impostor])
+        assert seen.termination is None
+        assert "s3://attacker" not in seen.message
+
+    def test_a_lookalike_running_pod_is_never_scraped(self) -> None:
+        impostor = pod(
+            "Running", state={"running": {}}, ip="10.0.0.66", controller_uid="another-job-uid"
+        )
+        seen = observe(job(active=1), [impostor])
+        assert seen.running_pod_ip is None
+        assert seen.phase == "Pending"
+
+    def test_the_jobs_own_pod_is_read(self) -> None:
+        own = pod("Succeeded", state=terminated(0, SUCCESS, reason="Completed"))
+        seen = observe(job(conditions=[cond("Complete")]), [own])
+        assert seen.termination is not None
+        assert seen.termination.adapter_uri == "pvc://o/p/final_model"
