@@ -25,6 +25,12 @@ from .reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 
+# The children the operator watches (the job and pod handlers below), as (group, version,
+# plural), and the labels every one of them carries (naming.child_labels), as a
+# server-side label selector.
+CHILD_RESOURCES = (("batch", "v1", "jobs"), ("", "v1", "pods"))
+CHILD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_OWNER}"
+
 
 def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     """Settings for one operator process, from OperatorConfig."""
@@ -45,6 +51,10 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.peering.mandatory = False
     # Watch exactly the configured namespaces; no namespace or CRD scanning (less RBAC).
     settings.scanning.disabled = True
+    # Filter Jobs and pods on the API server: without it every pod and Job in the watched
+    # namespaces streams to the operator only to be dropped by the handlers' label filters.
+    for resource in CHILD_RESOURCES:
+        settings.watching.label_selectors[resource] = CHILD_SELECTOR
 
 
 def register(
@@ -79,6 +89,7 @@ def register(
         LABEL_OWNER: kopf.PRESENT,
     }
 
+    # Literal resource names: the chart's RBAC test reads the watches from this source.
     @kopf.on.event("batch", "v1", "jobs", labels=children, id="job", registry=registry)
     def job_changed(body: Any, **_: Any) -> None:
         _owner_changed(reconciler, body)
