@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, overload
 
 from .api import GROUP
 from .api.spec import Toleration
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
+
+_T = TypeVar("_T")
+# What a numeric setting must look like, for the message when it does not.
+_FORMS: dict[Callable[[str], Any], str] = {int: "a whole number", float: "a number"}
 
 
 @dataclass(frozen=True)
@@ -58,8 +63,20 @@ class OperatorConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
 
-        def get(name: str, default: str) -> str:
-            return env.get(f"FTO_{name}", default)
+        @overload
+        def get(name: str, default: str) -> str: ...
+        @overload
+        def get(name: str, default: str, parse: Callable[[str], _T]) -> _T: ...
+        def get(name: str, default: str, parse: Callable[[str], Any] = str) -> Any:
+            text = env.get(f"FTO_{name}", default)
+            try:
+                return parse(text)
+            except ValueError:
+                # int("10s") would say only "invalid literal"; name the variable instead.
+                form = _FORMS.get(parse, "valid")
+                raise ValueError(
+                    f"FTO_{name} must be {form} such as {default}, not {text!r}"
+                ) from None
 
         def listed(text: str) -> tuple[str, ...]:
             return tuple(item.strip() for item in text.split(",") if item.strip())
@@ -78,19 +95,19 @@ class OperatorConfig:
             namespaces=namespaces,
             trainer_image=get("TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
             trainer_image_pull_policy=get("TRAINER_IMAGE_PULL_POLICY", "IfNotPresent"),
-            trainer_grace_period_seconds=int(get("TRAINER_GRACE_PERIOD_SECONDS", "300")),
-            trainer_uid=int(get("TRAINER_UID", "1000")),
+            trainer_grace_period_seconds=get("TRAINER_GRACE_PERIOD_SECONDS", "300", int),
+            trainer_uid=get("TRAINER_UID", "1000", int),
             trainer_service_account=get("TRAINER_SERVICE_ACCOUNT", "").strip(),
-            progress_poll_seconds=float(get("PROGRESS_POLL_SECONDS", "10")),
-            metrics_timeout_seconds=float(get("METRICS_TIMEOUT_SECONDS", "3")),
+            progress_poll_seconds=get("PROGRESS_POLL_SECONDS", "10", float),
+            metrics_timeout_seconds=get("METRICS_TIMEOUT_SECONDS", "3", float),
             annotation_prefix=get("ANNOTATION_PREFIX", GROUP),
             liveness_endpoint=liveness,
             metrics_host=get("OPERATOR_METRICS_HOST", "0.0.0.0"),
-            metrics_port=int(get("OPERATOR_METRICS_PORT", "8081")),
+            metrics_port=get("OPERATOR_METRICS_PORT", "8081", int),
             log_format=log_format,
             log_level=get("LOG_LEVEL", "INFO").upper(),
-            watch_server_timeout_seconds=int(get("WATCH_SERVER_TIMEOUT_SECONDS", "300")),
-            watch_client_timeout_seconds=int(get("WATCH_CLIENT_TIMEOUT_SECONDS", "330")),
+            watch_server_timeout_seconds=get("WATCH_SERVER_TIMEOUT_SECONDS", "300", int),
+            watch_client_timeout_seconds=get("WATCH_CLIENT_TIMEOUT_SECONDS", "330", int),
             default_node_selector=selector,
             default_tolerations=_tolerations(get("DEFAULT_TOLERATIONS", "")),
             allowed_images=listed(get("ALLOWED_IMAGES", "")),

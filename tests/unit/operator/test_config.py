@@ -44,6 +44,12 @@ def test_everything_from_the_environment() -> None:
         ({"FTO_LOG_FORMAT": "xml"}, "FTO_LOG_FORMAT"),
         ({"FTO_DEFAULT_TOLERATIONS": "{"}, "not valid JSON"),
         ({"FTO_DEFAULT_TOLERATIONS": '{"key": "a"}'}, "JSON list"),
+        ({"FTO_TRAINER_UID": "abc"}, "FTO_TRAINER_UID must be a whole number such as 1000"),
+        ({"FTO_OPERATOR_METRICS_PORT": "80.5"}, "FTO_OPERATOR_METRICS_PORT must be a whole"),
+        (
+            {"FTO_PROGRESS_POLL_SECONDS": "10s"},
+            "FTO_PROGRESS_POLL_SECONDS must be a number such as 10, not '10s'",
+        ),
     ],
 )
 def test_bad_settings_say_which_variable(env: dict, fragment: str) -> None:
