@@ -165,17 +165,15 @@ def render_plan(plan: dict[str, Any]) -> str:
 
 
 def dry_run(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessage:
-    """Validate config and data and print the plan; loads the tokenizer, not the model."""
+    """Validate config and data and print the plan; loads the model's config and tokenizer,
+    not its weights."""
     try:
-        from transformers import AutoTokenizer
-
         from .data import load_rows, prepare_dataset
+        from .model_errors import load_tokenizer
 
         scratch = runtime.scratch()
         model = resolve_model(config.model, scratch)
-        tokenizer = AutoTokenizer.from_pretrained(
-            model.name_or_path, revision=model.revision, token=runtime.hf_token
-        )
+        tokenizer = load_tokenizer(config.model, model, runtime.hf_token)
         local = resolve_dataset(config.dataset, scratch)
         rows = load_rows(
             config.dataset, local, token=runtime.hf_token, cache_dir=scratch / "datasets-cache"

@@ -24,6 +24,7 @@ from .config import TrainerConfig
 from .contract import TerminationMessage
 from .errors import IncompatibleCheckpoint, InvalidInput
 from .metrics import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, MetricsServer, plot_loss
+from .model_errors import load_tokenizer, model_errors
 from .progress import RunProgress
 from .resume import ResumePoint, find_resume_point, incompatible
 from .runtime import RuntimeOptions
@@ -119,16 +120,12 @@ class TrainingRun:
         backend = select_backend(self.runtime.backend, scratch)
         log.info("backend: %s", backend.description)
 
-        from transformers import AutoTokenizer
-
         from .data import load_rows, prepare_dataset
         from .plan import plan_steps
 
         model_source = resolve_model(config.model, scratch)
         token = self.runtime.hf_token
-        tokenizer = AutoTokenizer.from_pretrained(
-            model_source.name_or_path, revision=model_source.revision, token=token
-        )
+        tokenizer = load_tokenizer(config.model, model_source, token)
         rows = load_rows(
             config.dataset,
             resolve_dataset(config.dataset, scratch),
@@ -148,7 +145,8 @@ class TrainingRun:
         )
 
         started = time.monotonic()
-        model, tokenizer = backend.load(config, model_source, token)
+        with model_errors(config.model, model_source, stage="model", token=token):
+            model, tokenizer = backend.load(config, model_source, token)
         log.info("model loaded in %.1fs", time.monotonic() - started)
         gpu_memory.after_load()
 

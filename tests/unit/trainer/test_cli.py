@@ -3,10 +3,12 @@ config validation never import torch."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from finetune_trainer import cli
 from finetune_trainer.cli import apply_overrides, load_config
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.contract import ExitCode
@@ -158,3 +160,31 @@ def test_load_config_raises_invalid_config_for_validation_errors(
     with pytest.raises(InvalidConfig, match="set only one of"):
         load_config(path)
     assert "invalid config" in capsys.readouterr().err
+
+
+@pytest.fixture
+def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """cli.main run in this process, with the environment cli_env gives a subprocess."""
+    for name in list(os.environ):
+        if name.startswith("FTO_"):
+            monkeypatch.delenv(name)
+    for name, value in cli_env(tmp_path).items():
+        if name.startswith("FTO_"):
+            monkeypatch.setenv(name, value)
+    return tmp_path
+
+
+def test_a_dry_run_that_fails_unexpectedly_still_writes_its_message(
+    in_process: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_trainer import plan
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("the plan broke")
+
+    monkeypatch.setattr(plan, "dry_run", broken)
+    config = write_config(in_process / "c.yaml", {"model": {"path": str(in_process)}})
+    assert cli.main(["--config", str(config), "--dry-run"]) == ExitCode.FAILED
+    message = termination(in_process)
+    assert message.status == "failed" and message.reason == "DryRunFailed"
+    assert message.message == "RuntimeError: the plan broke"

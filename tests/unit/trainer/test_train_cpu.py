@@ -347,23 +347,41 @@ def test_a_lora_target_the_model_lacks_exits_78_naming_the_field(
     assert "the names this model has: " in message.message and "o_proj" in message.message
 
 
-def test_a_dry_run_that_fails_unexpectedly_still_writes_its_message(
-    tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "training"])
+@pytest.mark.parametrize(
+    "broken, expected",
+    [
+        ("not_json", "config.json is not a valid JSON file"),
+        ("unknown_model_type", "model_type 'no_such_architecture'"),
+    ],
+)
+def test_a_model_that_cannot_load_exits_78_naming_the_field(
+    tiny_model_dir: Path,
+    tiny_dataset_path: Path,
+    tmp_path: Path,
+    broken: str,
+    expected: str,
+    dry_run: bool,
 ) -> None:
-    import shutil
-
-    model = tmp_path / "model"  # complete, but its config.json is not JSON
+    model = tmp_path / "model"  # complete, but its config.json is unusable
     shutil.copytree(tiny_model_dir, model)
-    (model / "config.json").write_text("{")
+    if broken == "not_json":
+        (model / "config.json").write_text("{")
+    else:
+        model_config = json.loads((model / "config.json").read_text())
+        model_config["model_type"] = "no_such_architecture"
+        (model / "config.json").write_text(json.dumps(model_config))
     config = tiny_config(model, tiny_dataset_path, str(tmp_path / "out"))
     # No scratch directory given: the run makes its own under TMPDIR and removes it at exit.
     env = cli_env(tmp_path, TMPDIR=str(tmp_path / "tmp"))
     del env["FTO_SCRATCH_DIR"]
     (tmp_path / "tmp").mkdir()
-    result = run_cli(["--config", str(write_config(tmp_path / "c.yaml", config)), "--dry-run"], env)
-    assert result.returncode == 1, result.stderr[-4000:]
+    args = ["--config", str(write_config(tmp_path / "c.yaml", config))]
+    result = run_cli([*args, "--dry-run"] if dry_run else args, env)
+    assert result.returncode == ExitCode.INVALID_INPUT, result.stderr[-4000:]
     message = termination(tmp_path)
-    assert message.status == "failed" and message.reason == "DryRunFailed"
-    assert message.message
+    assert message.status == "invalid_input" and message.reason == "InvalidModel"
+    assert message.message.startswith(f"model.path {model}")
+    assert expected in message.message
     assert f"scratch: {tmp_path / 'tmp'}/finetune-scratch-" in result.stderr
     assert list((tmp_path / "tmp").iterdir()) == []

@@ -1,0 +1,178 @@
+"""Loading the model's config and tokenizer, with load errors that are the input's fault
+turned into ``InvalidModel``.
+
+transformers reports a Hub id that does not exist, a gated repository, a missing revision,
+a config.json that is not JSON or a model_type it does not know as ``OSError`` or
+``ValueError``, like a network outage. Left as they are they exit 1 and the Job retries a
+model that can never load; translated, they exit 78 and the message names the field to fix.
+What may pass (no connection, the Hub down, offline mode without a cached copy) stays as
+it is and is retried. Training and ``--dry-run`` load through here, so both judge the same
+error the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from .config import ModelSpec
+from .errors import InvalidInput, InvalidModel
+from .sources import ModelSource
+
+Stage = Literal["tokenizer", "model"]
+
+# Messages of transient failures: never the input's fault, even when a pattern below matches.
+_TRANSIENT = re.compile(
+    r"couldn't connect|connection error|timed out|temporarily unavailable|offline mode",
+    re.IGNORECASE,
+)
+_NOT_JSON = re.compile(r"config file at '(?P<file>[^']*)' is not a valid JSON file")
+_UNKNOWN_TYPE = re.compile(r"model type `(?P<type>[^`]*)` but Transformers does not recognize")
+
+
+def model_field(spec: ModelSpec, source: ModelSource) -> str:
+    """How the message names the model: the config field and its value."""
+    if spec.name is not None:
+        return f"model.name {spec.name}"
+    return source.description
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _transient(errors: list[BaseException]) -> bool:
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    for error in errors:
+        if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+            return True
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return True
+        if type(error).__module__.startswith(("httpx", "requests", "urllib3")) and any(
+            word in type(error).__name__ for word in ("Connect", "Timeout", "Network", "Proxy")
+        ):
+            return True
+    return any(_TRANSIENT.search(str(error)) for error in errors)
+
+
+def _token_hint(token: str | None) -> str:
+    if token:
+        return "the token model.tokenSecretRef gives"
+    return "a token (set model.tokenSecretRef; none is set now)"
+
+
+def invalid_model(
+    exc: BaseException,
+    spec: ModelSpec,
+    source: ModelSource,
+    *,
+    stage: Stage,
+    token: str | None = None,
+) -> InvalidModel | None:
+    """The InvalidModel that ``exc``, raised while loading ``stage``, stands for; None when
+    it may be transient or is not recognisably the model's fault (then it is retried)."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    errors = list(_chain(exc))
+    if _transient(errors):
+        return None
+    what = model_field(spec, source)
+    text = "\n".join(str(error) for error in errors)
+    hub = f"https://huggingface.co/{spec.name}"
+
+    if any(isinstance(e, GatedRepoError) for e in errors) or "access a gated repo" in text:
+        return InvalidModel(
+            f"{what} is a gated repository: accept its terms at {hub} with the Hugging Face "
+            f"account of {_token_hint(token)}"
+        )
+    if (
+        any(isinstance(e, RepositoryNotFoundError) for e in errors)
+        or "is not a valid model identifier" in text
+    ):
+        return InvalidModel(
+            f"{what}: no such model on the Hugging Face Hub, or it is private and "
+            f"{_token_hint(token)} cannot read it; check the id (owner/name) or the token"
+        )
+    if any(isinstance(e, RevisionNotFoundError) for e in errors) or (
+        "is not a valid git identifier" in text
+    ):
+        return InvalidModel(
+            f"model.revision {spec.revision} does not exist in {what}; use a branch, tag or "
+            f"commit the repository has (see {hub}/tree/main)"
+        )
+    if match := _NOT_JSON.search(text):
+        return InvalidModel(
+            f"{what}: {match['file']} is not a valid JSON file; replace it with the model's "
+            "config.json (model.save_pretrained writes one)"
+        )
+    if match := _UNKNOWN_TYPE.search(text):
+        from transformers import __version__
+
+        return InvalidModel(
+            f"{what}: its config.json has model_type {match['type']!r}, an architecture "
+            f"transformers {__version__} does not know; point it at a gpt-oss model (for "
+            "example unsloth/gpt-oss-20b) or correct model_type"
+        )
+    if "trust_remote_code" in text:
+        return InvalidModel(
+            f"{what} needs its own Python code to load (trust_remote_code), which the trainer "
+            "does not run; use a model transformers supports natively"
+        )
+    if "does not appear to have a file named" in text:
+        detail = next(str(e) for e in errors if "does not appear to have" in str(e))
+        return InvalidModel(
+            f"{what} is not a complete transformers model: {detail.splitlines()[0]}"
+        )
+    if stage == "tokenizer" and (
+        isinstance(exc, ValueError)
+        or any(isinstance(e, json.JSONDecodeError) for e in errors)
+        or "Can't load tokenizer" in text
+    ):
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        return InvalidModel(
+            f"{what}: its tokenizer cannot be loaded ({type(exc).__name__}: {first}); save "
+            "a working tokenizer next to the model (tokenizer.save_pretrained)"
+        )
+    return None
+
+
+@contextmanager
+def model_errors(
+    spec: ModelSpec, source: ModelSource, *, stage: Stage, token: str | None = None
+) -> Iterator[None]:
+    """Re-raise the model's own load errors as InvalidModel; let everything else through."""
+    try:
+        yield
+    except InvalidInput:
+        raise
+    except Exception as exc:
+        invalid = invalid_model(exc, spec, source, stage=stage, token=token)
+        if invalid is None:
+            raise
+        raise invalid from exc
+
+
+def load_tokenizer(spec: ModelSpec, source: ModelSource, token: str | None) -> Any:
+    """The model's tokenizer. Its config is read first (a few KB, no weights), so a model
+    that cannot load -- unknown model_type, broken config.json -- fails here, before the
+    data is prepared, in training and in the dry run alike."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    with model_errors(spec, source, stage="tokenizer", token=token):
+        AutoConfig.from_pretrained(source.name_or_path, revision=source.revision, token=token)
+        return AutoTokenizer.from_pretrained(
+            source.name_or_path, revision=source.revision, token=token
+        )
