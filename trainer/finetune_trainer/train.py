@@ -14,16 +14,18 @@ the matching code.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from . import gpu_memory
 from .config import TrainerConfig
 from .contract import TerminationMessage
 from .errors import IncompatibleCheckpoint, InvalidInput
 from .metrics import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, MetricsServer, plot_loss
+from .microbatch import MicroBatchPlan, plan_micro_batch
 from .model_errors import load_tokenizer, model_errors
 from .progress import RunProgress
 from .resume import ResumePoint, find_resume_point, incompatible
@@ -35,6 +37,64 @@ from .storage.manifest import ArtifactKind, utc_now
 from .storage.targets import LocalTarget, OutputTarget, S3Target
 
 log = logging.getLogger(__name__)
+
+Stage = Literal["preparing", "loading", "training", "finishing"]
+MEMORY_GUIDANCE = '"Memory guidance" in trainer/README.md'
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA allocation that failed (torch is only looked up, never imported, here)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
+
+
+def out_of_memory_message(
+    config: TrainerConfig, stage: Stage, micro: MicroBatchPlan | None, exc: BaseException
+) -> str:
+    """What ran out of GPU memory and which settings to change. The same settings on the
+    same GPU run out the same way, so this is reported as invalid input, not retried."""
+    # torch's message goes on about allocator internals; its first sentences say enough.
+    detail = ". ".join(str(exc).split(". ")[:3])[:300]
+    model, training = config.model, config.training
+    if stage == "finishing" and config.output.merged_export == "merged_16bit":
+        return (
+            f"GPU out of memory while exporting the merged 16-bit model ({detail}); set "
+            "output.mergedExport to none and merge the adapter elsewhere, or use a GPU with "
+            f"more memory; see {MEMORY_GUIDANCE}"
+        )
+    if stage == "loading":
+        fix = (
+            "set model.loadIn4bit to true"
+            if not model.load_in_4bit
+            else "use a smaller model or a GPU with more memory"
+        )
+        return (
+            f"GPU out of memory while loading the model ({detail}); the model does not fit "
+            f"this GPU: {fix}; see {MEMORY_GUIDANCE}"
+        )
+    asked = training.per_device_train_batch_size
+    changes = [f"lower model.maxSeqLength (now {model.max_seq_length})"]
+    if micro is not None and micro.per_device > asked:
+        changes.insert(
+            0,
+            f"set training.autoMicroBatch to false (the automatic micro-batch ran "
+            f"{micro.per_device} sequences at once, not the {asked} configured)",
+        )
+    if asked > 1:
+        changes.append(
+            f"lower training.perDeviceTrainBatchSize (now {asked}) and raise "
+            f"training.gradientAccumulationSteps (now {training.gradient_accumulation_steps}) "
+            "to keep the effective batch"
+        )
+    if training.gradient_checkpointing == "off":
+        changes.append("turn training.gradientCheckpointing back on")
+    if not model.load_in_4bit:
+        changes.append("set model.loadIn4bit to true")
+    return (
+        f"GPU out of memory while training ({detail}); these settings do not fit this GPU "
+        f"and would fail the same way again. Change them: {'; or '.join(changes)}. "
+        f"See {MEMORY_GUIDANCE}"
+    )
 
 
 def make_target(config: TrainerConfig, scratch: Path) -> OutputTarget:
@@ -65,6 +125,8 @@ class TrainingRun:
         self.metrics = MetricsServer()
         self.metrics_log = MetricsLog()
         self.target: OutputTarget | None = None
+        self.stage: Stage = "preparing"
+        self.micro: MicroBatchPlan | None = None
 
     # --- the run ---------------------------------------------------------------------------
     def execute(self) -> TerminationMessage:
@@ -79,6 +141,10 @@ class TrainingRun:
             log.warning("%s; exiting", exc)
             return self.progress.message("interrupted", "Interrupted", str(exc))
         except Exception as exc:
+            if is_out_of_memory(exc):
+                log.error("out of GPU memory:\n%s", traceback.format_exc())
+                text = out_of_memory_message(self.config, self.stage, self.micro, exc)
+                return self.progress.message("invalid_input", "OutOfMemory", text)
             log.error("training failed:\n%s", traceback.format_exc())
             text = f"{type(exc).__name__}: {exc}"
             if self.progress.checkpoint is not None:
@@ -145,11 +211,13 @@ class TrainingRun:
         )
 
         started = time.monotonic()
+        self.stage = "loading"
         with model_errors(config.model, model_source, stage="model", token=token):
             model, tokenizer = backend.load(config, model_source, token)
         log.info("model loaded in %.1fs", time.monotonic() - started)
         gpu_memory.after_load()
 
+        self.stage = "training"
         trainer = self._build_trainer(backend, model, tokenizer, prepared.dataset, target)
         with self.stop.during("training"):
             trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
@@ -166,6 +234,7 @@ class TrainingRun:
                 f"stopped by {self.stop.signal_name} after step {self.progress.step}; "
                 f"checkpoint: {where}",
             )
+        self.stage = "finishing"
         with self.stop.during("finishing"):
             self._finish(backend, trainer, model, tokenizer, target)
         return self.progress.message(
@@ -205,11 +274,11 @@ class TrainingRun:
     ) -> Any:
         from .callbacks import BatchAccounting, RunTracker, make_callbacks
         from .lora import sft_config_kwargs
-        from .microbatch import plan_micro_batch
 
         config = self.config
         precision = backend.precision(config)
         micro = plan_micro_batch(config.training, backend.memory_probe(model, tokenizer, config))
+        self.micro = micro
         log.info(
             "micro-batch %d x %d accumulation: %s",
             micro.per_device,

@@ -1,0 +1,86 @@
+"""How a training run ends when the GPU runs out of memory, or when a stop signal arrives
+while it closes: in this process, with what would need a GPU or a long run replaced."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from finetune_trainer.config import TrainerConfig
+from finetune_trainer.contract import ExitCode
+from finetune_trainer.microbatch import MicroBatchPlan
+from finetune_trainer.runtime import RuntimeOptions
+from finetune_trainer.termination import exit_code_for
+from finetune_trainer.train import TrainingRun, out_of_memory_message
+
+from .train_helpers import tiny_config
+
+OOM_TEXT = (
+    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.19 GiB "
+    "of which 1.06 GiB is free. Including non-PyTorch memory, this process has 78.12 GiB "
+    "memory in use. Of the allocated memory 75.01 GiB is allocated by PyTorch, and 2.11 GiB "
+    "is reserved by PyTorch but unallocated. If reserved but unallocated memory is large try "
+    "setting PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
+)
+
+
+class FakeBackend:
+    description = "a GPU that is not there"
+
+    def load(self, *_: Any) -> tuple[Any, Any]:
+        return object(), None
+
+
+class OutOfMemoryTrainer:
+    def train(self, resume_from_checkpoint: str | None = None) -> None:
+        raise torch.OutOfMemoryError(OOM_TEXT)
+
+
+def test_out_of_memory_in_training_exits_78_naming_what_to_change(
+    tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = TrainerConfig.from_mapping(
+        tiny_config(tiny_model_dir, tiny_dataset_path, str(tmp_path / "out"))
+    )
+    assert config.training.per_device_train_batch_size == 2
+
+    def build_trainer(self: TrainingRun, *_: Any) -> OutOfMemoryTrainer:
+        # The automatic micro-batch folded the accumulation in: 4 rows at once.
+        self.micro = MicroBatchPlan(4, 1, "largest micro-batch within the memory budget")
+        return OutOfMemoryTrainer()
+
+    monkeypatch.setattr("finetune_trainer.backends.select_backend", lambda *_: FakeBackend())
+    monkeypatch.setattr(TrainingRun, "_build_trainer", build_trainer)
+    runtime = RuntimeOptions(scratch_dir=tmp_path / "scratch")
+    message = TrainingRun(config, runtime).execute()
+
+    assert exit_code_for(message) == ExitCode.INVALID_INPUT
+    assert message.status == "invalid_input" and message.reason == "OutOfMemory"
+    text = message.message
+    assert "GPU out of memory while training" in text and "Tried to allocate 2.00 GiB" in text
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in text  # the allocator's advice is left to the log
+    assert "training.autoMicroBatch to false" in text and "ran 4 sequences" in text
+    assert "model.maxSeqLength (now 256)" in text
+    assert "training.perDeviceTrainBatchSize (now 2)" in text
+    assert "training.gradientAccumulationSteps (now 2)" in text
+    assert '"Memory guidance" in trainer/README.md' in text
+    assert message.total_steps == 12
+
+
+def test_out_of_memory_elsewhere_names_its_own_fix() -> None:
+    config = TrainerConfig.from_mapping(
+        {"model": {"loadIn4bit": False}, "output": {"mergedExport": "merged_16bit"}}
+    )
+    oom = torch.OutOfMemoryError(OOM_TEXT)
+    loading = out_of_memory_message(config, "loading", None, oom)
+    assert "while loading the model" in loading and "model.loadIn4bit to true" in loading
+    merging = out_of_memory_message(config, "finishing", None, oom)
+    assert "exporting the merged 16-bit model" in merging
+    assert "output.mergedExport to none" in merging
+    # Micro-batch 1 as configured: nothing to say about the batch but the sequence length.
+    training = out_of_memory_message(config, "training", MicroBatchPlan(1, 4, "as configured"), oom)
+    assert "model.maxSeqLength" in training
+    assert "autoMicroBatch" not in training and "perDeviceTrainBatchSize" not in training
