@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 
@@ -29,8 +30,18 @@ from .termination import exit_code_for, write_termination_message
 log = logging.getLogger("finetune_trainer")
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse exits 2 on a bad argument, with no termination message; the Job would retry
+    that and the user would see only the exit code. Raising InvalidConfig instead makes it
+    exit 78 with a message like any other config error (--help still exits 0)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise InvalidConfig(f"command line: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="finetune-train",
         description="Fine-tune a causal LM with LoRA (Unsloth on CUDA, transformers + PEFT "
         "elsewhere), checkpointing to a directory, a PVC or S3 and resuming after failures.",
@@ -139,9 +150,9 @@ def apply_overrides(config: TrainerConfig, output_dir: Path | None) -> TrainerCo
 
 def run(argv: Sequence[str] | None = None) -> TerminationMessage:
     """Parse arguments, then validate, dry-run or train; never raises for expected errors."""
-    args = build_parser().parse_args(argv)
     setup_logging()
     try:
+        args = build_parser().parse_args(argv)
         runtime = RuntimeOptions.from_env(
             metrics_host=args.metrics_host, metrics_port=args.metrics_port, backend=args.backend
         )

@@ -174,6 +174,32 @@ def in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--metrics-port", "ninety"], "argument --metrics-port: invalid int value: 'ninety'"),
+        (["--backend", "tpu"], "argument --backend: invalid choice: 'tpu'"),
+    ],
+)
+def test_bad_arguments_exit_78_with_a_message(
+    in_process: Path, argv: list[str], problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(argv) == ExitCode.INVALID_INPUT
+    message = termination(in_process)
+    assert message.status == "invalid_input" and message.reason == "InvalidConfig"
+    assert problem in message.message and "finetune-train --help" in message.message
+    assert "usage: finetune-train" in capsys.readouterr().err
+
+
+def test_help_still_exits_0(in_process: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--help"])
+    assert exited.value.code == 0
+    assert "--dry-run" in capsys.readouterr().out
+    assert not (in_process / "termination-log").exists()
+
+
 def test_a_dry_run_that_fails_unexpectedly_still_writes_its_message(
     in_process: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
