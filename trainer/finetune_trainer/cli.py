@@ -25,6 +25,7 @@ from .config import OutputSpec, TrainerConfig, describe_errors
 from .contract import CONFIG_PATH, Env, ExitCode, TerminationMessage
 from .errors import InvalidConfig, InvalidInput
 from .runtime import RuntimeOptions
+from .signals import Interrupted
 from .termination import exit_code_for, write_termination_message
 
 log = logging.getLogger("finetune_trainer")
@@ -187,7 +188,13 @@ def _dry_run(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessa
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console-script entry point: run, write the termination message, return the code."""
-    message = run(argv)
+    try:
+        message = run(argv)
+    except Interrupted as exc:
+        # Stop signals are handled inside the run; one that lands outside those handlers
+        # (on an error path, say) still ends with a message and the interrupted code.
+        log.warning("%s; exiting", exc)
+        message = TerminationMessage(status="interrupted", reason="Interrupted", message=str(exc))
     # The runtime may not exist when the arguments were bad; recompute the path cheaply.
     from .termination import termination_path
 

@@ -156,13 +156,18 @@ class TrainingRun:
             self._close()
 
     def _close(self) -> None:
-        if self.target is not None:
+        # Publishing may upload for a while; a stop signal then is noted, not raised: an
+        # exception out of here would replace the run's result and lose its message.
+        with self.stop.during("finishing"):
             try:
-                self.target.close()
-            except Exception as exc:
-                log.error("publishing outputs failed: %s", exc)
-        self.metrics.stop()
-        self.stop.uninstall()
+                if self.target is not None:
+                    try:
+                        self.target.close()
+                    except Exception as exc:
+                        log.error("publishing outputs failed: %s", exc)
+                self.metrics.stop()
+            finally:
+                self.stop.uninstall()
 
     def _train(self) -> TerminationMessage:
         config = self.config

@@ -13,6 +13,7 @@ from finetune_trainer.cli import apply_overrides, load_config
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.contract import ExitCode
 from finetune_trainer.errors import InvalidConfig
+from finetune_trainer.signals import Interrupted
 
 from .cli_helpers import cli_env, run_cli, termination, write_config
 
@@ -214,3 +215,16 @@ def test_a_dry_run_that_fails_unexpectedly_still_writes_its_message(
     message = termination(in_process)
     assert message.status == "failed" and message.reason == "DryRunFailed"
     assert message.message == "RuntimeError: the plan broke"
+
+
+def test_a_stop_signal_outside_the_run_s_handlers_still_writes_its_message(
+    in_process: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def preempted(*_: object) -> None:
+        raise Interrupted("received SIGTERM before a checkpoint could be written")
+
+    monkeypatch.setattr(cli, "run", preempted)
+    assert cli.main([]) == ExitCode.INTERRUPTED
+    message = termination(in_process)
+    assert message.status == "interrupted" and message.reason == "Interrupted"
+    assert "SIGTERM" in message.message

@@ -3,6 +3,8 @@ while it closes: in this process, with what would need a GPU or a long run repla
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,33 @@ def test_out_of_memory_elsewhere_names_its_own_fix() -> None:
     training = out_of_memory_message(config, "training", MicroBatchPlan(1, 4, "as configured"), oom)
     assert "model.maxSeqLength" in training
     assert "autoMicroBatch" not in training and "perDeviceTrainBatchSize" not in training
+
+
+class SlowPublishing:
+    """An output target whose final upload is where the kubelet's SIGTERM lands."""
+
+    closed = False
+
+    def close(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)  # give the handler a bytecode boundary to run at
+        self.closed = True
+
+
+def test_a_stop_signal_while_closing_is_noted_and_the_result_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = SlowPublishing()
+
+    def train(self: TrainingRun) -> Any:
+        self.target = target  # type: ignore[assignment]
+        return self.progress.message("succeeded", "Completed", "trained 12 steps")
+
+    monkeypatch.setattr(TrainingRun, "_train", train)
+    before = signal.getsignal(signal.SIGTERM)
+    run = TrainingRun(TrainerConfig.from_mapping({}), RuntimeOptions(scratch_dir=tmp_path))
+    message = run.execute()
+
+    assert message.status == "succeeded" and message.reason == "Completed"
+    assert target.closed and run.stop.signal_name == "SIGTERM"
+    assert signal.getsignal(signal.SIGTERM) is before
