@@ -7,6 +7,7 @@ transformers is imported lazily (``make_callbacks``) so importing this module st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import threading
@@ -22,7 +23,7 @@ from .metrics import METRICS_FILE, MetricsLog, MetricsServer, gpu_memory, gpu_pe
 from .progress import RunProgress
 from .signals import StopRequest
 from .storage.checkpoints import checkpoint_name
-from .storage.manifest import utc_now
+from .storage.manifest import Manifest, utc_now
 from .storage.targets import OutputTarget
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class RunTracker:
         self._window_step_seconds: list[float] = []
         self._last_step_end: float | None = None
         self._save_started: str | None = None
+        self._report_lock = threading.Lock()
 
     def train_begin(self, state: Any) -> None:
         self.progress.total_steps = int(state.max_steps)
@@ -178,8 +180,10 @@ class RunTracker:
         self._window_digests = []
         self._window_step_seconds = []
 
-    def on_save(self, state: Any, output_dir: Path) -> None:
-        """Trainer has written ``<work dir>/checkpoint-<step>``: commit and publish it."""
+    def on_save(self, state: Any, control: Any, output_dir: Path) -> None:
+        """Trainer has written ``<work dir>/checkpoint-<step>``: commit and publish it. The
+        checkpoint is reported (status, metric, log) only once it is durable at the output:
+        for S3 that is after its upload, which runs in the background."""
         step = int(state.global_step)
         name = checkpoint_name(step)
         written = output_dir / name
@@ -192,10 +196,28 @@ class RunTracker:
             fingerprint=self.fingerprint,
             started_at=self._save_started or utc_now(),
         )
-        self.target.published(name, manifest)
+        self.target.published(
+            name, manifest, functools.partial(self._checkpoint_durable, name, manifest)
+        )
+        # A stop requested while this checkpoint was being written: it is the checkpoint
+        # the stop asks for, so stop here rather than train a step more and save again.
+        if self.stop.requested and not self.progress.interrupted and step < state.max_steps:
+            log.warning(
+                "stopping after step %d on %s: the checkpoint just written is the last",
+                step,
+                self.stop.signal_name,
+            )
+            self.progress.interrupted = True
+            control.should_training_stop = True
+
+    def _checkpoint_durable(self, name: str, manifest: Manifest) -> None:
+        """Runs when ``name`` is safe at the output (for S3, in the upload thread)."""
         uri = self.target.uri(name)
-        self.progress.checkpoint = CheckpointRef(step=step, uri=uri)
-        self.metrics.update(checkpoint_step=step)
+        with self._report_lock:
+            current = self.progress.checkpoint
+            if current is None or current.step <= manifest.step:
+                self.progress.checkpoint = CheckpointRef(step=manifest.step, uri=uri)
+                self.metrics.update(checkpoint_step=manifest.step)
         log.info(
             "%s complete: %d files, %.1f MB, manifest written -> %s",
             name,
@@ -247,7 +269,7 @@ def make_callbacks(tracker: RunTracker) -> list[Any]:
             tracker.on_log(state, dict(logs or {}))
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            tracker.on_save(state, Path(args.output_dir))
+            tracker.on_save(state, control, Path(args.output_dir))
 
     class _QuietProgress(ProgressCallback):
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import pytest
 
 from finetune_trainer.config import S3Location
 from finetune_trainer.errors import InvalidConfig
+from finetune_trainer.progress import RunProgress
 from finetune_trainer.resume import find_resume_point
 from finetune_trainer.storage.manifest import MANIFEST_NAME, parse_manifest
 from finetune_trainer.storage.retry import RetryPolicy
@@ -291,3 +295,273 @@ def test_training_to_s3_and_resuming_from_s3_in_a_fresh_pod(
     assert "runs/tiny/checkpoint-4/manifest.json" in present
     assert "runs/tiny/final_model/manifest.json" in present
     assert get_json(s3_server, bucket, "runs/tiny/latest")["step"] == 4
+
+
+# --- refusals through boto3's managed transfers ---------------------------------------------
+def test_a_refused_upload_is_recognised_through_boto3s_wrapper() -> None:
+    """boto3's upload_file raises S3UploadFailedError (no response of its own) from inside
+    its ``except ClientError``; the refusal must still be a config error, not retried.
+    (test_s3_write_access.py shows the same against a server that really refuses.)"""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError
+
+    calls = []
+
+    def upload_file(path: str, bucket: str, key: str) -> None:
+        calls.append(key)
+        try:
+            raise ClientError(
+                {"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "PutObject"
+            )
+        except ClientError as exc:  # as boto3.s3.transfer.S3Transfer.upload_file does
+            message = f"Failed to upload {path} to {bucket}/{key}: {exc}"
+            raise S3UploadFailedError(message)  # noqa: B904 (implicit chaining, as boto3's)
+
+    client = type("Client", (), {"upload_file": staticmethod(upload_file)})()
+    store = S3Store(client, "b", retry=FAST, role="output")
+    with pytest.raises(InvalidConfig, match=r"^output\.s3: the upload of s3://b/k was refused"):
+        store.upload_file(Path("/dev/null"), "k")
+    assert calls == ["k"]
+
+
+def test_prepare_probes_write_access_and_leaves_nothing_behind(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
+) -> None:
+    target = make_target(s3_server, bucket, tmp_path / "staging")
+    assert keys(s3_server, bucket) == set()
+    target.close()
+
+
+# --- when a checkpoint is reported ----------------------------------------------------------
+class GatedStore(RecordingStore):
+    """Uploads wait for ``gate``; every write is recorded in ``events`` in order."""
+
+    def __init__(self, *args: Any, events: list[tuple[str, Any]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.events = events
+
+    def upload_file(self, path: Path, key: str) -> None:
+        assert self.gate.wait(30)
+        super().upload_file(path, key)
+
+    def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> None:
+        super().put_bytes(key, data, content_type)
+        self.events.append(("put", key))
+
+
+class RecordingProgress(RunProgress):
+    events: list[tuple[str, Any]]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "checkpoint" and value is not None and hasattr(self, "events"):
+            self.events.append(("report", value.step))
+        super().__setattr__(name, value)
+
+
+def test_an_s3_checkpoint_is_reported_only_once_uploaded_and_pointed_at(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from .test_run_tracker import make_tracker, reported_step, save
+
+    caplog.set_level(logging.INFO, logger="finetune_trainer")
+    events: list[tuple[str, Any]] = []
+    loc = location(s3_server, bucket)
+    base = S3Store.for_location(loc, "output", retry=FAST)
+    store = GatedStore(base.client, base.bucket, retry=FAST, events=events)
+    target = S3Target(store, loc.prefix, tmp_path / "staging")
+    target.prepare()
+    progress = RecordingProgress()
+    progress.events = events
+    tracker = make_tracker(target, progress=progress)
+
+    save(tracker, 2)
+    # Committed in staging, the upload queued: nothing may claim it exists yet.
+    assert progress.checkpoint is None
+    assert math.isnan(reported_step(tracker) or math.nan)
+    assert "checkpoint-2 complete" not in caplog.text
+
+    store.gate.set()
+    target.flush()
+    assert progress.checkpoint is not None
+    assert progress.checkpoint.step == 2
+    assert progress.checkpoint.uri == f"s3://{bucket}/runs/a/checkpoint-2"
+    assert reported_step(tracker) == 2
+    assert f"checkpoint-2 complete: 4 files, 0.0 MB, manifest written -> s3://{bucket}" in (
+        caplog.text
+    )
+    # Reported after the manifest and the latest pointer were written.
+    assert events.index(("put", "runs/a/latest")) < events.index(("report", 2))
+    target.close()
+
+
+def test_a_checkpoint_whose_upload_failed_is_never_reported(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
+) -> None:
+    from .test_run_tracker import make_tracker, reported_step, save
+
+    target = make_target(s3_server, bucket, tmp_path / "staging", fail_first=100)
+    tracker = make_tracker(target)
+    save(tracker, 2)
+    with pytest.raises(ConnectionError):
+        target.flush()
+    assert tracker.progress.checkpoint is None
+    assert math.isnan(reported_step(tracker) or math.nan)
+    target.close()
+
+
+# --- resume: errors while fetching fall back ------------------------------------------------
+def test_resume_falls_back_when_an_object_vanishes_during_the_download(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = make_target(s3_server, bucket, tmp_path / "staging-1")
+    for step in (10, 20):
+        publish_checkpoint(first, step)
+    first.close()
+
+    fresh = make_target(s3_server, bucket, tmp_path / "staging-2")
+    real_download = fresh.store.download_file
+
+    def download(key: str, path: Path) -> None:
+        # Listed a moment ago, removed (say rotated out by another writer) before the read.
+        if key == "runs/a/checkpoint-20/trainer_state.json":
+            s3_server.client().delete_object(Bucket=bucket, Key=key)
+        real_download(key, path)
+
+    fresh.store.download_file = download  # type: ignore[method-assign]
+    point = find_resume_point(fresh, "fp")
+    assert point is not None and point.step == 10
+    assert "checkpoint-20 is not usable: an object disappeared during the download" in caplog.text
+    fresh.close()
+
+
+def test_resume_falls_back_on_a_key_that_would_escape_the_checkpoint(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = make_target(s3_server, bucket, tmp_path / "staging-1")
+    for step in (10, 20):
+        publish_checkpoint(first, step)
+    first.close()
+
+    fresh = make_target(s3_server, bucket, tmp_path / "staging-2")
+    real_list = fresh.store.list_keys
+
+    def list_keys(prefix: str) -> Iterator[str]:
+        yield from real_list(prefix)
+        if "checkpoint-20" in prefix:  # what a hostile or broken writer could leave there
+            yield "runs/a/checkpoint-20/../../../outside"
+
+    fresh.store.list_keys = list_keys  # type: ignore[method-assign]
+    point = find_resume_point(fresh, "fp")
+    assert point is not None and point.step == 10
+    assert "checkpoint-20 is not usable: refusing S3 key outside" in caplog.text
+    assert not (tmp_path / "outside").exists()
+    fresh.close()
+
+
+# --- staged leftovers are verified before they are uploaded ---------------------------------
+def test_a_staged_leftover_that_does_not_verify_is_not_uploaded(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    staging = tmp_path / "staging"
+    dead = make_target(s3_server, bucket, staging, fail_first=100)
+    publish_checkpoint(dead, 5)
+    publish_checkpoint(dead, 10)
+    with pytest.raises(ConnectionError):
+        dead.flush()
+    dead.close()
+    # checkpoint-10's weights rotted on the disk while the pod was away.
+    weights = staging / "checkpoint-10" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[0] ^= 0xFF
+    weights.write_bytes(bytes(data))
+
+    again = make_target(s3_server, bucket, staging)
+    present = keys(s3_server, bucket)
+    assert "runs/a/checkpoint-5/manifest.json" in present
+    assert not any(k.startswith("runs/a/checkpoint-10/") for k in present)
+    assert get_json(s3_server, bucket, "runs/a/latest")["step"] == 5
+    assert (
+        "not uploading checkpoint-10, staged by a previous attempt: it does not verify "
+        "(adapter_model.safetensors does not match its sha256 checksum)"
+    ) in caplog.text
+    again.close()
+
+
+# --- the latest pointer ---------------------------------------------------------------------
+def test_latest_never_moves_back_to_a_lower_step(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
+) -> None:
+    first = make_target(s3_server, bucket, tmp_path / "staging-1")
+    publish_checkpoint(first, 30)
+    first.close()
+    # A later run that resumed from further back (say checkpoint-30 did not verify).
+    later = make_target(s3_server, bucket, tmp_path / "staging-2")
+    publish_checkpoint(later, 20)
+    later.flush()
+    assert get_json(s3_server, bucket, "runs/a/latest")["step"] == 30
+    later.close()
+
+
+def test_latest_moves_back_when_the_newer_checkpoint_it_names_is_gone(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
+) -> None:
+    first = make_target(s3_server, bucket, tmp_path / "staging-1")
+    publish_checkpoint(first, 30)
+    first.close()
+    s3_server.client().delete_object(Bucket=bucket, Key="runs/a/checkpoint-30/manifest.json")
+    later = make_target(s3_server, bucket, tmp_path / "staging-2")
+    publish_checkpoint(later, 20)
+    later.flush()
+    assert get_json(s3_server, bucket, "runs/a/latest")["step"] == 20
+    later.close()
+
+
+def test_latest_never_names_a_checkpoint_while_it_is_uploaded_again(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
+) -> None:
+    """A run that fell back from checkpoint-30 reaches step 30 again: its prefix is deleted
+    and rewritten, and meanwhile `latest` names the newest other complete checkpoint."""
+    first = make_target(s3_server, bucket, tmp_path / "staging-1")
+    publish_checkpoint(first, 20)
+    publish_checkpoint(first, 30)
+    first.close()
+
+    seen: list[int | None] = []
+    again = make_target(s3_server, bucket, tmp_path / "staging-2")
+    real_upload = again.store.upload_file
+
+    def upload(path: Path, key: str) -> None:
+        pointer = again.latest_pointer()
+        seen.append(pointer["step"] if pointer else None)  # type: ignore[arg-type]
+        real_upload(path, key)
+
+    again.store.upload_file = upload  # type: ignore[method-assign]
+    publish_checkpoint(again, 30)
+    again.flush()
+    assert seen == [20, 20, 20, 20]
+    assert get_json(s3_server, bucket, "runs/a/latest")["step"] == 30
+    again.close()
+
+
+def test_latest_is_removed_while_the_only_checkpoint_is_uploaded_again(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
+) -> None:
+    first = make_target(s3_server, bucket, tmp_path / "staging-1")
+    publish_checkpoint(first, 30)
+    first.close()
+
+    seen: list[bool] = []
+    again = make_target(s3_server, bucket, tmp_path / "staging-2")
+    real_upload = again.store.upload_file
+
+    def upload(path: Path, key: str) -> None:
+        seen.append(again.latest_pointer() is None)
+        real_upload(path, key)
+
+    again.store.upload_file = upload  # type: ignore[method-assign]
+    publish_checkpoint(again, 30)
+    again.flush()
+    assert seen == [True] * 4
+    assert get_json(s3_server, bucket, "runs/a/latest")["step"] == 30
+    again.close()

@@ -83,10 +83,18 @@ def make_client(location: S3Location, role: S3Role) -> S3Client:
 
 
 def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if not isinstance(response, dict):
-        return ""
-    return str(response.get("Error", {}).get("Code", ""))
+    """The S3 error code of ``exc``, or of the first error in its chain that has one:
+    boto3's managed transfers (``upload_file``) raise ``S3UploadFailedError``, which has no
+    response of its own and carries the ClientError as its ``__context__``."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        response = getattr(current, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code", ""))
+        current = current.__cause__ or current.__context__
+    return ""
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -148,8 +156,25 @@ class S3Store:
             raise InvalidConfig(
                 f"{self.role}.s3: the {what} was refused ({code}); check the bucket name "
                 f"and the credentials: the FineTuneJob's {self.role}.s3.credentialsSecretRef "
-                f"(FTO_S3_{self.role.upper()}_* in the pod), or the pod's cloud identity"
+                f"(FTO_S3_{self.role.upper()}_* in the pod), or the pod's cloud identity, "
+                "and what the bucket policy grants them"
             ) from exc
+
+    def check_writable(self, prefix: str) -> None:
+        """Write and delete a small probe object under ``prefix``, so credentials that may
+        list and read but not write (or not delete, which re-uploads and rotation need)
+        are refused at startup, before any GPU time, rather than at the first upload."""
+        key = join_key(prefix, f".write-probe-{uuid.uuid4().hex[:12]}")
+        self._call(
+            lambda: self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=b"write probe\n", ContentType="text/plain"
+            ),
+            f"test write of {self.uri(key)} (made at startup to check write access)",
+        )
+        self._call(
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=key),
+            f"test delete of {self.uri(key)} (made at startup to check delete access)",
+        )
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -171,6 +196,13 @@ class S3Store:
 
     def put_json(self, key: str, value: Any) -> None:
         self.put_bytes(key, json.dumps(value, sort_keys=True).encode())
+
+    def delete_key(self, key: str) -> None:
+        """Delete one object (no error when there is none)."""
+        self._call(
+            lambda: self.client.delete_object(Bucket=self.bucket, Key=key),
+            f"delete of {self.uri(key)}",
+        )
 
     def get_bytes(self, key: str) -> bytes | None:
         """The object's bytes, or None when there is no such object."""

@@ -2,7 +2,10 @@
 directory. Both expose the same operations to the training loop and to resume:
 
 - ``artifacts``: the local directory the loop writes and commits into;
-- ``published(name, manifest)``: called after each local commit (S3: upload it);
+- ``published(name, manifest, on_durable)``: called after each local commit (S3: upload
+  it); ``on_durable`` runs once the artifact is safe at its destination (local: at once;
+  S3: from the upload thread, after the upload and, for a checkpoint, the ``latest``
+  pointer);
 - ``resume_candidates()``: checkpoints, newest first, each fetched and verified on demand;
 - ``uri(name)``: how status and the termination message name an artifact.
 """
@@ -27,11 +30,13 @@ from .checkpoints import (
 )
 from .fsutil import remove_tree
 from .manifest import MANIFEST_NAME, Manifest, ManifestError, parse_manifest, utc_now, verify_dir
-from .s3 import S3Store, join_key
+from .s3 import S3Store, is_not_found, join_key
 
 log = logging.getLogger(__name__)
 
 LATEST_POINTER = "latest"
+
+OnDurable = Callable[[], None]
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,10 @@ class OutputTarget:
     def prepare(self) -> None:
         self.artifacts.prepare()
 
-    def published(self, name: str, manifest: Manifest) -> None:
+    def published(self, name: str, manifest: Manifest, on_durable: OnDurable | None = None) -> None:
         """An artifact was committed locally. For a local target it is already final."""
+        if on_durable is not None:
+            on_durable()
         if manifest.kind == "checkpoint" and self.save_total_limit is not None:
             self.artifacts.rotate(self.save_total_limit, upto=manifest.step)
 
@@ -96,7 +103,13 @@ class S3Target(OutputTarget):
     """output.s3: artifacts are committed in a local staging directory, then uploaded in
     the background (one at a time, in order) under ``<prefix>/<name>/`` with the manifest
     last; for checkpoints the ``<prefix>/latest`` pointer then moves. A staging copy is
-    deleted only after its upload succeeded (the newest one is kept for a fast resume)."""
+    deleted only after its upload succeeded (the newest one is kept for a fast resume).
+
+    ``latest`` names a checkpoint whose upload finished, and never moves to a lower step
+    while the one it names is complete. The one exception is a checkpoint uploaded again
+    under the same name (a run that fell back to an older checkpoint and reached that
+    step again): ``latest`` first moves to the newest other complete checkpoint, because
+    the one it named stops being complete while its prefix is rewritten."""
 
     def __init__(
         self,
@@ -125,32 +138,56 @@ class S3Target(OutputTarget):
     # --- publishing ------------------------------------------------------------------------
     def prepare(self) -> None:
         super().prepare()
+        # Credentials that may list and read but not write would otherwise only fail at
+        # the first upload, after the model load and the first checkpoint's GPU time.
+        self.store.check_writable(self.prefix)
         self._upload_leftovers()
 
     def _upload_leftovers(self) -> None:
-        """Complete checkpoints a previous container staged but did not get to upload."""
+        """Complete checkpoints a previous container staged but did not get to upload.
+        Each is verified first (sizes and checksums): the container may have been killed
+        while the disk was failing, and a corrupt upload would only be found at resume."""
         for checkpoint in reversed(self.artifacts.complete_checkpoints()):
             name = checkpoint.path.name
-            if self.store.get_bytes(self.key(name, MANIFEST_NAME)) is None:
-                manifest = checkpoint.manifest()
-                assert manifest is not None
-                log.info("uploading %s, staged by a previous attempt but never uploaded", name)
-                self._upload(name, manifest)
+            if self.store.get_bytes(self.key(name, MANIFEST_NAME)) is not None:
+                continue
+            try:
+                manifest = verify_dir(checkpoint.path)
+            except (ManifestError, OSError) as exc:
+                log.warning(
+                    "not uploading %s, staged by a previous attempt: it does not verify (%s)",
+                    name,
+                    exc,
+                )
+                continue
+            log.info("uploading %s, staged by a previous attempt but never uploaded", name)
+            self._upload(name, manifest)
 
-    def published(self, name: str, manifest: Manifest) -> None:
+    def published(self, name: str, manifest: Manifest, on_durable: OnDurable | None = None) -> None:
         with self._lock:
             self._raise_failed()
-            self._pending.append(self._executor.submit(self._upload, name, manifest))
+            self._pending.append(self._executor.submit(self._upload, name, manifest, on_durable))
 
-    def _upload(self, name: str, manifest: Manifest) -> None:
+    def _upload(self, name: str, manifest: Manifest, on_durable: OnDurable | None = None) -> None:
         local = self.artifacts.root / name
+        checkpoint = manifest.kind == "checkpoint"
+        if checkpoint:
+            self._repoint_latest_before_rewriting(manifest.step)
         stale = self.store.delete_prefix(self.key(name))
         if stale:
             log.info("removed %d stale objects under %s before uploading", stale, self.uri(name))
         size = self.store.upload_dir(local, self.key(name), last=MANIFEST_NAME)
         log.info("uploaded %s (%d files, %d bytes)", self.uri(name), len(manifest.files) + 1, size)
-        if manifest.kind != "checkpoint":
-            return
+        if checkpoint:
+            self._move_latest(name, manifest)
+        if on_durable is not None:
+            on_durable()
+        if checkpoint:
+            self._rotate_after_upload(manifest.step)
+
+    # --- the latest pointer ------------------------------------------------------------------
+    def _write_latest(self, manifest: Manifest) -> None:
+        name = checkpoint_name(manifest.step)
         self.store.put_json(
             self.key(LATEST_POINTER),
             {
@@ -161,7 +198,63 @@ class S3Target(OutputTarget):
                 "updatedAt": utc_now(),
             },
         )
-        self._rotate_after_upload(manifest.step)
+
+    def _remote_manifest(self, step: int) -> Manifest | None:
+        raw = self.store.get_bytes(self.key(checkpoint_name(step), MANIFEST_NAME))
+        if raw is None:
+            return None
+        try:
+            return parse_manifest(raw)
+        except ManifestError:
+            return None
+
+    def _move_latest(self, name: str, manifest: Manifest) -> None:
+        """Point ``latest`` at the checkpoint just uploaded, unless it names a newer one
+        that is complete (a run resumed from an older checkpoint, say because the newer
+        one was corrupt: its uploads must not drag the pointer back)."""
+        pointer = self.latest_pointer()
+        held = pointer.get("step") if pointer is not None else None
+        if isinstance(held, int) and held > manifest.step:
+            if self._remote_manifest(held) is not None:
+                log.info(
+                    "%s stays at checkpoint-%d, newer than %s",
+                    self.uri(LATEST_POINTER),
+                    held,
+                    name,
+                )
+                return
+            log.info(
+                "%s named checkpoint-%d, which is not complete on S3; moving it to %s",
+                self.uri(LATEST_POINTER),
+                held,
+                name,
+            )
+        self._write_latest(manifest)
+
+    def _repoint_latest_before_rewriting(self, step: int) -> None:
+        """Before ``checkpoint-<step>`` is deleted and uploaded again, make sure ``latest``
+        does not name it: point it at the newest other complete checkpoint below, or
+        remove it when there is none. It moves back to ``step`` after the upload."""
+        pointer = self.latest_pointer()
+        if pointer is None or pointer.get("step") != step:
+            return
+        for older in sorted((s for s in self._remote_steps() if s < step), reverse=True):
+            manifest = self._remote_manifest(older)
+            if manifest is not None:
+                log.info(
+                    "%s moves back to checkpoint-%d while %s is uploaded again",
+                    self.uri(LATEST_POINTER),
+                    older,
+                    self.uri(checkpoint_name(step)),
+                )
+                self._write_latest(manifest)
+                return
+        log.info(
+            "removing %s while %s, the only checkpoint it could name, is uploaded again",
+            self.uri(LATEST_POINTER),
+            self.uri(checkpoint_name(step)),
+        )
+        self.store.delete_key(self.key(LATEST_POINTER))
 
     def _rotate_after_upload(self, uploaded_step: int) -> None:
         # Staging: everything older than the checkpoint just uploaded is safely on S3.
@@ -258,7 +351,16 @@ class S3Target(OutputTarget):
         scratch = self.artifacts.root / INCOMPLETE_DIR / f"download-{name}"
         if scratch.exists():
             remove_tree(scratch)
-        self.store.download_prefix(self.key(name), scratch)
+        try:
+            self.store.download_prefix(self.key(name), scratch)
+        except ValueError as exc:  # a key that would land outside the checkpoint
+            raise ManifestError(str(exc)) from exc
+        except Exception as exc:
+            # Listed, then gone before it was read: rotated out or being uploaded again
+            # by another writer. Either way this checkpoint is not whole; try an older one.
+            if is_not_found(exc):
+                raise ManifestError(f"an object disappeared during the download ({exc})") from exc
+            raise
         manifest = verify_dir(scratch)
         if manifest != remote:
             raise ManifestError("the downloaded manifest differs from the one listed")
