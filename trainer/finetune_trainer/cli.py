@@ -164,14 +164,17 @@ def run(argv: Sequence[str] | None = None) -> TerminationMessage:
     except ValueError as exc:  # a malformed port in the environment, for example
         log.error("%s", exc)
         return TerminationMessage(status="invalid_input", reason="InvalidConfig", message=str(exc))
+    message: TerminationMessage | None = None
     try:
         if args.dry_run:
-            return _dry_run(config, runtime)
-        from .train import main as train_main
+            message = _dry_run(config, runtime)
+        else:
+            from .train import main as train_main
 
-        return train_main(config, runtime)
+            message = train_main(config, runtime)
+        return message
     finally:
-        runtime.remove_own_scratch()
+        runtime.remove_own_scratch(succeeded=message is not None and message.status == "succeeded")
 
 
 def _dry_run(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessage:

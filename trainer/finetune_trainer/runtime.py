@@ -19,6 +19,9 @@ from .termination import termination_path
 
 log = logging.getLogger(__name__)
 
+# Where output bound for S3 is staged before upload, under the scratch directory.
+OUTPUT_STAGING = "output-staging"
+
 BackendChoice = Literal["auto", "unsloth", "transformers"]
 
 
@@ -66,10 +69,17 @@ class RuntimeOptions:
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         return self.scratch_dir
 
-    def remove_own_scratch(self) -> None:
+    def remove_own_scratch(self, *, succeeded: bool) -> None:
         """Delete the temporary scratch directory this run created, so runs outside a pod
-        leave nothing behind; a directory the user or the pod provided is left alone."""
-        if self.owns_scratch and self.scratch_dir is not None:
-            shutil.rmtree(self.scratch_dir, ignore_errors=True)
-            self.scratch_dir = None
-            self.owns_scratch = False
+        leave nothing behind; a directory the user or the pod provided is left alone. After
+        a run that did not succeed, staged output that never reached its target is kept
+        (and its place logged): it may be the only copy of a checkpoint."""
+        if not self.owns_scratch or self.scratch_dir is None:
+            return
+        staging = self.scratch_dir / OUTPUT_STAGING
+        if not succeeded and staging.is_dir() and any(staging.iterdir()):
+            log.warning("scratch %s kept: it holds staged output that was not uploaded", staging)
+            return
+        shutil.rmtree(self.scratch_dir, ignore_errors=True)
+        self.scratch_dir = None
+        self.owns_scratch = False

@@ -29,7 +29,7 @@ from .microbatch import MicroBatchPlan, plan_micro_batch
 from .model_errors import load_tokenizer, model_errors
 from .progress import RunProgress
 from .resume import ResumePoint, find_resume_point, incompatible
-from .runtime import RuntimeOptions
+from .runtime import OUTPUT_STAGING, RuntimeOptions
 from .signals import Interrupted, StopRequest
 from .sources import pvc_local_path, pvc_uri, resolve_dataset, resolve_model
 from .storage.checkpoints import FINAL_MODEL_DIR, MERGED_16BIT_DIR
@@ -105,7 +105,7 @@ def make_target(config: TrainerConfig, scratch: Path) -> OutputTarget:
         from .storage.s3 import S3Store
 
         store = S3Store.for_location(output.s3, "output")
-        staging = scratch / "output-staging" / output.s3.bucket / (output.s3.prefix or "_root")
+        staging = scratch / OUTPUT_STAGING / output.s3.bucket / (output.s3.prefix or "_root")
         return S3Target(store, output.s3.prefix, staging, limit)
     if output.pvc is not None:
         return LocalTarget(pvc_local_path(output.pvc), pvc_uri(output.pvc), limit)
