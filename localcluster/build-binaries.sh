@@ -22,13 +22,49 @@ key="$(printf '%s\n' "$KUBE_VERSION" "$ETCD_VERSION" "$HELM_VERSION" "$VERSITYGW
 bin="$cache_root/bin-$key"
 want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm versitygw)
 
-complete() { for b in "${want[@]}"; do [[ -x "$bin/$b" ]] || return 1; done; }
-if complete; then echo "$bin"; exit 0; fi
-
 log() { echo "build-binaries: $*" >&2; }
-mkdir -p "$bin.tmp"
+complete() { for b in "${want[@]}"; do [[ -x "$bin/$b" ]] || return 1; done; }
+
+# Whether a running process was started from a binary in directory $1 (a test session's
+# etcd and kube-apiserver run for its whole length; its kubectl calls need the directory).
+in_use() {
+  local found
+  found="$(find /proc/[0-9]*/exe -maxdepth 0 -lname "$1/*" -print -quit 2>/dev/null || true)"
+  [[ -n "$found" ]]
+}
+
+# Binaries of other keys (older pins, another Go) take ~450 MB each: keep only the current
+# key's, and no bin-*.tmp left by an interrupted build. Only while holding the lock, so no
+# build is writing its bin-*.tmp meanwhile. A directory still in use stays until a later run.
+prune() {
+  local old
+  for old in "$cache_root"/bin-*; do
+    [[ "$old" != "$bin" && -d "$old" ]] || continue
+    if in_use "$old"; then
+      log "keeping stale $old for now: a running process uses it"
+    else
+      log "removing stale $old"
+      rm -rf "$old" || log "could not remove $old"
+    fi
+  done
+}
+
+if complete; then
+  # Pruning here too removes what a build had to keep; skipped while a build runs.
+  if { exec 9>"$cache_root/.build.lock"; } 2>/dev/null && flock -n 9; then prune; fi
+  echo "$bin"; exit 0
+fi
+
+mkdir -p "$cache_root"
+# One build at a time per cache: a second caller waits, then finds the binaries built.
+exec 9>"$cache_root/.build.lock"
+flock 9
+if complete; then prune; echo "$bin"; exit 0; fi
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
+# A failed build, or one stopped by Ctrl-C, leaves neither its scratch directory nor a
+# partial bin dir (one killed otherwise leaves bin-<key>.tmp, removed by the next run).
+trap 'rm -rf "$work" "$bin.tmp"' EXIT
+rm -rf "$bin.tmp"; mkdir -p "$bin.tmp"
 export CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 start=$SECONDS
 
@@ -81,4 +117,5 @@ GOBIN="$bin.tmp" go install -trimpath -ldflags "-s -w" \
 
 rm -rf "$bin"; mv "$bin.tmp" "$bin"
 log "done in $((SECONDS - start))s; $(du -sh "$bin" | cut -f1) of binaries in $bin"
+prune
 echo "$bin"
