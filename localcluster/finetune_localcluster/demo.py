@@ -11,13 +11,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from finetune_localcluster.cluster import LocalCluster, gpu_nodes
+from finetune_localcluster.processes import ManagedProcess, install_signal_handlers
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "finetunejob-tiny.yaml"
@@ -97,26 +97,21 @@ def run(args: argparse.Namespace) -> int:
             "FTO_LIVENESS_ENDPOINT": "",
             "FTO_TRAINER_GRACE_PERIOD_SECONDS": "60",
         }
-        with operator_log.open("w") as log:
-            operator = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "finetune_operator",
-                    "--kubeconfig",
-                    str(cluster.kubeconfig),
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
+        # A managed process: stopped on every way out of this block (a timeout included),
+        # and killed by the kernel if the demo itself is killed.
+        operator = ManagedProcess(
+            "operator",
+            [sys.executable, "-m", "finetune_operator", "--kubeconfig", str(cluster.kubeconfig)],
+            operator_log,
+            env=env,
+        )
+        operator.start()
         try:
             say(f"kubectl apply -f {EXAMPLE.relative_to(REPO)}")
             cluster.kubectl(["apply", "-f", str(EXAMPLE)])
             body = follow(cluster, args.timeout)
         finally:
-            operator.terminate()
-            operator.wait(timeout=30)
+            operator.stop(timeout=30)
         return report(cluster, body, claims)
 
 
@@ -165,7 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m finetune_localcluster.demo")
     parser.add_argument("--state-dir", default=".work/demo", help="state, volumes and logs")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait")
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    # SIGTERM/SIGHUP stop the pods, the operator and the control plane before the demo dies.
+    install_signal_handlers()
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 Each child runs in its own process group (so its own children are signalled with it), is
 stopped with SIGTERM then SIGKILL, and is also killed by the kernel if the thread that
-started it dies (parent-death signal), which covers an owner killed by any signal, even
-SIGKILL. Every live child is registered and an atexit hook stops them all. SIGTERM/SIGHUP
-handlers are not installed behind the caller's back (they are process-global); a program
-that wants a clean stop on those signals calls install_signal_handlers()."""
+started it dies (parent-death signal, set by util-linux's setpriv; without it a warning
+says so, once), which covers an owner killed by any signal, even SIGKILL. Every live child
+is registered and an atexit hook stops them all. SIGTERM/SIGHUP handlers are not installed
+behind the caller's back (they are process-global); a program that wants a clean stop on
+those signals calls install_signal_handlers()."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 _live: set[ManagedProcess] = set()
 _live_lock = threading.Lock()
 _handlers_installed = False
+_warned_no_setpriv = False
 
 
 class ManagedProcess:
@@ -58,6 +60,8 @@ class ManagedProcess:
         if setpriv:
             # The kernel kills the child if this thread dies, even by SIGKILL.
             argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
+        else:
+            _warn_no_setpriv()
         with open(self.log_path, "ab") as log_file:
             self.popen = subprocess.Popen(
                 argv,
@@ -98,6 +102,19 @@ class ManagedProcess:
         terminate_group(self.popen, timeout)
         with _live_lock:
             _live.discard(self)
+
+
+def _warn_no_setpriv() -> None:
+    """Say once that children can outlive a killed owner: without setpriv (util-linux)
+    only the atexit hook stops them, and SIGKILL skips it."""
+    global _warned_no_setpriv
+    if _warned_no_setpriv:
+        return
+    _warned_no_setpriv = True
+    log.warning(
+        "setpriv (util-linux) not found: child processes get no parent-death signal and "
+        "can outlive this process if it is killed with SIGKILL; install util-linux"
+    )
 
 
 def terminate_group(popen: subprocess.Popen[bytes], timeout: float) -> None:
