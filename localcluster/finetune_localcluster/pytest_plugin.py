@@ -6,11 +6,13 @@ Session-scoped: `cluster` (control plane + node agent with gpu-node-0 and gpu-no
 deleted afterwards), `make_pvc`. Plain helper: `wait_for`.
 
 Fixtures needing the Go-built binaries skip, naming what is missing and the command that
-builds it, only when the binaries cannot be built."""
+builds it, only when the binaries cannot be built. With FTO_REQUIRE_CLUSTER=1 (CI sets it)
+that is an error instead: a wrong FTO_BIN_DIR must not pass as a green run of 0 e2e tests."""
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import uuid
@@ -26,6 +28,9 @@ from finetune_localcluster.s3server import S3Server
 from finetune_localcluster.waiting import wait_for as _wait_for
 
 log = logging.getLogger(__name__)
+
+# Set to 1 to make unavailable binaries fail the tests that need them instead of skipping.
+REQUIRE_CLUSTER_ENV = "FTO_REQUIRE_CLUSTER"
 
 RESTRICTED_LABELS = {
     "pod-security.kubernetes.io/enforce": "restricted",
@@ -60,6 +65,12 @@ def localcluster_binaries() -> Binaries:
     try:
         return find_binaries()
     except BinariesUnavailable as error:
+        if os.environ.get(REQUIRE_CLUSTER_ENV) == "1":
+            pytest.fail(
+                f"local control plane binaries unavailable, and {REQUIRE_CLUSTER_ENV}=1 "
+                f"requires them: {error}",
+                pytrace=False,
+            )
         pytest.skip(f"local control plane binaries unavailable: {error}")
 
 
