@@ -320,6 +320,26 @@ class NodeAgent:
                 w.namespace == namespace and w.pod_name == pod_name for w in self._workers.values()
             )
 
+    def kill_containers(self, namespace: str, pod_name: str) -> int:
+        """SIGKILL the process group of every running container of a pod, as the kernel's
+        OOM killer or a crash would: no SIGTERM first, unlike any deletion (kubelet gives
+        even a forced one a short grace period). The pod then fails like a crashed one.
+        Returns how many containers were killed. For tests of hard failures."""
+        with self._lock:
+            workers = [
+                w
+                for w in self._workers.values()
+                if (w.namespace, w.pod_name) == (namespace, pod_name)
+            ]
+        killed = 0
+        for worker in workers:
+            for container in worker.init_containers + worker.containers:
+                if container.running():
+                    container.signal_kill()
+                    killed += 1
+        log.info("pod %s/%s: SIGKILLed %d container(s)", namespace, pod_name, killed)
+        return killed
+
     def pod_logs(
         self, namespace: str, pod_name: str, container: str | None = None, previous: bool = False
     ) -> str:
