@@ -32,6 +32,7 @@ from .training_helpers import (
     StatusHistory,
     check_manifest_dir,
     check_manifest_s3,
+    check_run_times,
     complete_checkpoints,
     generate_with_adapter,
     host_path,
@@ -79,16 +80,20 @@ def no_trainer_left_behind(
     processes have ended, so no trainer outlives its test (or slows the next one). It asks
     for make_pvc so that the PVs are removed only after the trainers have stopped."""
     yield
-    seen = [p["metadata"]["name"] for p in _pods(ftjs)]
-    ftjs.kubectl("delete", "finetunejobs", "--all", "--wait=true", "--timeout=60s")
     assert cluster.agent is not None
     agent = cluster.agent
-    wait_for(
-        lambda: not _pods(ftjs) and not any(agent.pod_active(ftjs.namespace, n) for n in seen),
-        timeout=120,
-        interval=0.5,
-        message=f"the trainer pods of {ftjs.namespace} to be gone",
-    )
+    seen = [p["metadata"]["name"] for p in _pods(ftjs)]
+    try:
+        ftjs.kubectl("delete", "finetunejobs", "--all", "--wait=true", "--timeout=60s")
+    finally:
+        # Also when the deletion fails or times out: the wait says whether trainers are
+        # still running, and keeps the PVs until they have stopped.
+        wait_for(
+            lambda: not _pods(ftjs) and not any(agent.pod_active(ftjs.namespace, n) for n in seen),
+            timeout=120,
+            interval=0.5,
+            message=f"the trainer pods of {ftjs.namespace} to be gone",
+        )
 
 
 def _pods(ftjs: FineTuneJobs) -> list[dict[str, Any]]:
@@ -155,6 +160,7 @@ def test_pvc_output_reports_progress_and_writes_a_loadable_adapter(
         status = _wait_finished(ftjs, name)
         history.wait_for_phase(status["phase"])
     assert status["phase"] == "Succeeded", status
+    check_run_times(status)
     assert history.phases() == ["Pending", "Running", "Succeeded"]
     # The operator read these from the live metrics endpoint while the trainer ran.
     steps = history.running_steps()
@@ -341,6 +347,7 @@ def test_bad_dataset_fails_fast_with_the_trainers_message(
     assert status["reason"] == "InvalidDataset", status
     assert "dataset row 5" in status["message"] and "'bot'" in status["message"], status
     assert status["restarts"] == 0
+    check_run_times(status)
     uid = ftjs.get(name)["metadata"]["uid"]
     (pod,) = ftjs.pods(uid)  # the first attempt only: no retry
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]

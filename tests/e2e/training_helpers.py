@@ -8,6 +8,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,13 @@ def complete_checkpoints(output_dir: Path) -> list[int]:
         int(path.parent.name.removeprefix("checkpoint-"))
         for path in output_dir.glob("**/checkpoint-*/manifest.json")
     )
+
+
+def check_run_times(status: dict[str, Any]) -> None:
+    """A finished FineTuneJob says when its run started and when it ended, in that order."""
+    start, end = status.get("startTime"), status.get("completionTime")
+    assert start and end, f"startTime {start!r}, completionTime {end!r} in {status}"
+    assert datetime.fromisoformat(start) <= datetime.fromisoformat(end), (start, end)
 
 
 def pods_oldest_first(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
