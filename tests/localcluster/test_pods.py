@@ -224,22 +224,29 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(
     )
     spec = manifests.pod_spec([manifests.container("main", ["python", "-c", script])])
     pod = manifests.pod("stubborn", namespace, spec, finalizers=["test.finetune.dev/hold"])
+    path = f"/api/v1/namespaces/{namespace}/pods/stubborn"
     api.create(f"/api/v1/namespaces/{namespace}/pods", pod)
-    wait_for(lambda: "ready" in pod_logs(namespace, "stubborn"), 30, message="the process to start")
-    started = time.monotonic()
-    api.delete(f"/api/v1/namespaces/{namespace}/pods/stubborn", {"gracePeriodSeconds": 2})
-    # The finalizer keeps the object, so the final status stays readable.
-    terminated = wait_for(
-        lambda: container_state(get_pod(api, namespace, "stubborn")).get("terminated"),
-        30,
-        message="the container to be killed",
-    )
-    elapsed = time.monotonic() - started
-    assert "got SIGTERM" in pod_logs(namespace, "stubborn")
-    assert terminated["exitCode"] == 137  # 128 + SIGKILL
-    assert elapsed >= 2.0
-    assert get_pod(api, namespace, "stubborn")["status"]["phase"] == "Failed"
-    api.patch(f"/api/v1/namespaces/{namespace}/pods/stubborn", {"metadata": {"finalizers": None}})
+    try:
+        wait_for(
+            lambda: "ready" in pod_logs(namespace, "stubborn"), 30, message="the process to start"
+        )
+        started = time.monotonic()
+        api.delete(path, {"gracePeriodSeconds": 2})
+        # The finalizer keeps the object, so the final status stays readable.
+        terminated = wait_for(
+            lambda: container_state(get_pod(api, namespace, "stubborn")).get("terminated"),
+            30,
+            message="the container to be killed",
+        )
+        elapsed = time.monotonic() - started
+        assert "got SIGTERM" in pod_logs(namespace, "stubborn")
+        assert terminated["exitCode"] == 137  # 128 + SIGKILL
+        assert elapsed >= 2.0
+        assert get_pod(api, namespace, "stubborn")["status"]["phase"] == "Failed"
+    finally:
+        # Also after a failed assertion: a pod left with the finalizer stays Terminating
+        # and holds up the deletion of the namespace.
+        api.patch(path, {"metadata": {"finalizers": None}})
     wait_for(
         lambda: api.get_or_none(f"/api/v1/namespaces/{namespace}/pods/stubborn") is None,
         30,
