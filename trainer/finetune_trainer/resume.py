@@ -1,7 +1,9 @@
 """Find the checkpoint to resume from: the newest complete one whose files verify.
 
 Candidates are tried newest first. One that is incomplete (no manifest) or corrupt (a size
-or checksum differs) is skipped with a logged reason, and the previous one is tried. A
+or checksum differs) is skipped with a logged reason, and the previous one is tried. One
+that cannot be read right now (an I/O or network error) ends the attempt instead, to be
+retried: falling back past it would throw away training it most likely still holds. A
 checkpoint written under a different config fingerprint is refused outright: resuming it
 would silently mix two trainings, so the output location must change instead.
 """
@@ -17,6 +19,11 @@ from .storage.manifest import Manifest, ManifestError
 from .storage.targets import OutputTarget
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointUnreadable(OSError):
+    """A checkpoint could not be read for a reason outside it (storage or network); the
+    attempt fails (exit 1) and the Job's retry reads it again."""
 
 
 @dataclass(frozen=True)
@@ -43,11 +50,17 @@ def find_resume_point(target: OutputTarget, fingerprint: str) -> ResumePoint | N
         name = f"checkpoint-{candidate.step}"
         try:
             path, manifest = candidate.fetch()
-        except (ManifestError, OSError) as exc:
+        except ManifestError as exc:
             reason = f"{name} is not usable: {exc}"
             log.warning("%s; falling back to the previous checkpoint", reason)
             rejected.append(reason)
             continue
+        except OSError as exc:
+            raise CheckpointUnreadable(
+                f"{name} at {candidate.uri} could not be read ({exc}); not falling back to an "
+                "older checkpoint, which would discard the training it holds: the next "
+                "attempt reads it again"
+            ) from exc
         if manifest.fingerprint != fingerprint:
             raise incompatible("checkpoint", candidate.uri, manifest.fingerprint, fingerprint)
         if manifest.step != candidate.step:

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from finetune_trainer.errors import IncompatibleCheckpoint, InvalidInput
-from finetune_trainer.resume import find_resume_point
-from finetune_trainer.storage.targets import LocalTarget
+from finetune_trainer.resume import CheckpointUnreadable, find_resume_point
+from finetune_trainer.storage.manifest import Manifest
+from finetune_trainer.storage.targets import LocalTarget, ResumeCandidate
 
 from .test_checkpoints import commit
 
@@ -72,3 +75,22 @@ def test_a_different_fingerprint_is_refused(target: LocalTarget) -> None:
         find_resume_point(target, "mine")
     assert isinstance(info.value, InvalidInput)
     assert info.value.reason == "IncompatibleCheckpoint"
+
+
+def test_a_checkpoint_that_cannot_be_read_now_fails_the_attempt_instead_of_falling_back(
+    target: LocalTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    commit(target.artifacts, 10)
+    commit(target.artifacts, 20)
+    older = list(target.resume_candidates())[1]
+
+    def unreadable() -> tuple[Path, Manifest]:
+        raise OSError(errno.EIO, "Input/output error")
+
+    def candidates() -> Iterator[ResumeCandidate]:
+        yield ResumeCandidate(20, "pvc://out/checkpoint-20", unreadable)
+        yield older
+
+    monkeypatch.setattr(target, "resume_candidates", candidates)
+    with pytest.raises(CheckpointUnreadable, match="checkpoint-20 at pvc://out/checkpoint-20"):
+        find_resume_point(target, "fp")

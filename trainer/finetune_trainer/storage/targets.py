@@ -42,7 +42,8 @@ OnDurable = Callable[[], None]
 @dataclass(frozen=True)
 class ResumeCandidate:
     """A checkpoint that may be resumed from; ``fetch`` makes it local and verifies it,
-    raising ManifestError (or OSError) with the reason when it is not usable."""
+    raising ManifestError with the reason when it is not usable (incomplete or corrupt), or
+    OSError when it could not be read just now."""
 
     step: int
     uri: str
