@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from pydantic import ValidationError
@@ -220,6 +221,12 @@ class Reconciler:
 
         pods = self.kube.list_trainer_pods(owner.namespace, owner.uid)
         observation = observe(job, pods, queued=queued)
+        if observation.reason == "ContainerCreating":
+            missing = self._missing_dataset_config_map(spec, owner.namespace)
+            if missing:
+                observation = replace(
+                    observation, reason="DatasetConfigMapMissing", message=missing
+                )
         progress = None
         if poll_metrics and observation.running_pod_ip:
             progress = self.scraper(
@@ -244,6 +251,27 @@ class Reconciler:
             self.metrics.jobs_created.inc()
             log.info("%s/%s: created Job %s", owner.namespace, owner.name, owner.child_name)
         return job
+
+    def _missing_dataset_config_map(self, spec: FineTuneJobSpec, namespace: str) -> str | None:
+        """Why the pod cannot mount dataset.configMap, when that is why it is not starting.
+        The kubelet retries the mount and reports it only as an Event, so without this the
+        FineTuneJob would say "starting" until someone creates the ConfigMap."""
+        source = spec.dataset.config_map
+        if source is None:
+            return None
+        found = self.kube.get_config_map(namespace, source.name)
+        if found is None:
+            return (
+                f"dataset.configMap: ConfigMap {source.name} does not exist in namespace "
+                f"{namespace}; create it (the trainer starts once it exists)"
+            )
+        keys = sorted({*(found.get("data") or {}), *(found.get("binaryData") or {})})
+        if source.key not in keys:
+            return (
+                f"dataset.configMap: ConfigMap {source.name} has no key {source.key} (its keys: "
+                f"{', '.join(keys) or 'none'}); add it (the trainer starts once it exists)"
+            )
+        return None
 
     def _sync_lifecycle(
         self, job: Obj, spec: FineTuneJobSpec, queued: bool, *, outcome_recorded: bool

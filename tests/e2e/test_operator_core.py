@@ -209,6 +209,23 @@ def test_missing_secret_is_named(ftjs: FineTuneJobs) -> None:
     assert 'secret "absent" not found' in status["message"]
 
 
+def test_missing_dataset_config_map_is_named(ftjs: FineTuneJobs) -> None:
+    # The kubelet (here the node agent) retries the volume mount and says why only in an
+    # Event; the FineTuneJob names the ConfigMap and then the missing key.
+    dataset = {"configMap": {"name": "chats", "key": "train.jsonl"}}
+    ftjs.apply("nocm", {"dataset": dataset, **S3_OUTPUT})
+    status = ftjs.wait_status(
+        "nocm", lambda s: s.get("reason") == "DatasetConfigMapMissing", what="missing ConfigMap"
+    )
+    assert status["phase"] == "Pending"
+    assert "ConfigMap chats does not exist" in status["message"]
+    ftjs.kubectl("create", "configmap", "chats", "--from-literal=other.jsonl={}")
+    status = ftjs.wait_status(
+        "nocm", lambda s: "has no key train.jsonl" in (s.get("message") or ""), what="key"
+    )
+    assert "(its keys: other.jsonl)" in status["message"]
+
+
 def test_unpullable_image(ftjs: FineTuneJobs) -> None:
     # The node agent stands in for a container runtime: images on *.invalid registries
     # fail to pull (see localcluster/README.md).

@@ -1,5 +1,5 @@
 """Reconcile against an in-memory API: what the operator writes when the API server
-refuses a status or a child's name is taken."""
+refuses a status, a child's name is taken, or the dataset's ConfigMap is missing."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class MemoryKube:
         self.rejected = 0
         self.events: list[tuple[str, str]] = []
         self.conflict_on_create = False
+        self.config_maps: dict[str, dict[str, Any]] = {}
 
     def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.ftj)
@@ -52,6 +53,9 @@ class MemoryKube:
             obj = {**obj, "metadata": {**meta, "uid": "job-uid"}, "status": {}}
             self.jobs[meta["name"]] = obj
         return obj, True
+
+    def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.config_maps.get(name))
 
     def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         self.jobs[name]["spec"].update(patch["spec"])
@@ -176,3 +180,50 @@ def test_a_status_the_api_server_refuses_is_raised_with_its_message() -> None:
     kube.custom = _CustomObjects(422)  # type: ignore[assignment]
     with pytest.raises(StatusRejected, match=r"status\.checkpoint\.uri: Too long"):
         kube.patch_status(body(), {"phase": "Running"})
+
+
+class TestDatasetConfigMap:
+    SPEC = {"dataset": {"configMap": {"name": "chats", "key": "train.jsonl"}}}
+
+    def status_while_starting(self, kube: MemoryKube) -> dict[str, Any]:
+        operator = reconciler(kube)
+        operator.reconcile("ml", "gpt-oss-ml")  # creates the Job
+        kube.pods = [_starting_pod()]
+        operator.reconcile("ml", "gpt-oss-ml")
+        return kube.ftj["status"]
+
+    def test_a_missing_config_map_is_named_while_the_pod_waits_for_it(self) -> None:
+        status = self.status_while_starting(MemoryKube(body(self.SPEC)))
+        assert status["phase"] == "Pending"
+        assert status["reason"] == "DatasetConfigMapMissing"
+        assert "ConfigMap chats does not exist in namespace ml; create it" in status["message"]
+
+    def test_a_missing_key_is_named_with_the_keys_there_are(self) -> None:
+        kube = MemoryKube(body(self.SPEC))
+        kube.config_maps["chats"] = {"data": {"train.json": "[]"}, "binaryData": {"b": ""}}
+        status = self.status_while_starting(kube)
+        assert status["reason"] == "DatasetConfigMapMissing"
+        assert "has no key train.jsonl (its keys: b, train.json); add it" in status["message"]
+
+    def test_a_config_map_that_is_there_changes_nothing(self) -> None:
+        kube = MemoryKube(body(self.SPEC))
+        kube.config_maps["chats"] = {"data": {"train.jsonl": "{}"}}
+        assert self.status_while_starting(kube)["reason"] == "ContainerCreating"
+
+
+def _starting_pod() -> dict[str, Any]:
+    """A scheduled trainer pod whose container has not been created yet."""
+    return {
+        "metadata": {
+            "name": "p1",
+            "creationTimestamp": "T1",
+            "ownerReferences": [{"kind": "Job", "uid": "job-uid", "controller": True}],
+        },
+        "status": {
+            "phase": "Pending",
+            "conditions": [{"type": "PodScheduled", "status": "True"}],
+            "containerStatuses": [
+                {"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}
+            ],
+        },
+    }
