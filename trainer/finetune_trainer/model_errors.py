@@ -49,18 +49,43 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def _transient(errors: list[BaseException]) -> bool:
+def _transient_types() -> tuple[type[BaseException], ...]:
+    """Exceptions of the transport, whatever the request: a dropped connection, a reset
+    mid-download, a timeout. huggingface_hub talks httpx; other libraries may use requests."""
+    import httpx
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
+    types: list[type[BaseException]] = [
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        ConnectionError,
+        TimeoutError,
+        httpx.TransportError,
+    ]
+    try:
+        from requests import exceptions as requests_errors
+
+        types += [
+            requests_errors.ConnectionError,
+            requests_errors.Timeout,
+            requests_errors.ChunkedEncodingError,
+        ]
+    except ImportError:
+        pass
+    return tuple(types)
+
+
+def _transient(errors: list[BaseException]) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    transient = _transient_types()
     for error in errors:
-        if isinstance(error, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        if isinstance(error, transient):
             return True
-        if isinstance(error, (ConnectionError, TimeoutError)):
-            return True
-        if type(error).__module__.startswith(("httpx", "requests", "urllib3")) and any(
-            word in type(error).__name__ for word in ("Connect", "Timeout", "Network", "Proxy")
-        ):
-            return True
+        if isinstance(error, HfHubHTTPError) and error.response is not None:
+            # Rate limited, or the Hub failing: it answers differently later.
+            if error.response.status_code == 429 or error.response.status_code >= 500:
+                return True
     return any(_TRANSIENT.search(str(error)) for error in errors)
 
 

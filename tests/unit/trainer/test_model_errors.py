@@ -85,6 +85,11 @@ def test_hub_errors_are_invalid_model_naming_the_field(error: Exception, expecte
             "We couldn't connect to 'https://huggingface.co' to load the files",
         ),
         wrapped(httpx.ConnectError("Name or service not known"), "connect failed"),
+        # A reset while tokenizer.json downloads: transformers re-raises it as "Can't load
+        # tokenizer", which alone would read as a broken tokenizer.
+        wrapped(httpx.ReadError("Connection reset by peer"), "Can't load tokenizer for 'x'"),
+        wrapped(httpx.RemoteProtocolError("peer closed connection"), "Can't load tokenizer"),
+        hub_error(HfHubHTTPError, 429),  # rate limited
         wrapped(hub_error(RepositoryNotFoundError, 404), "We couldn't connect to the Hub"),
         hub_error(HfHubHTTPError, 503),  # the Hub is down
         OSError("[Errno 5] Input/output error"),
