@@ -82,10 +82,11 @@ def _transient(errors: list[BaseException]) -> bool:
     for error in errors:
         if isinstance(error, transient):
             return True
-        if isinstance(error, HfHubHTTPError) and error.response is not None:
-            # Rate limited, or the Hub failing: it answers differently later.
-            if error.response.status_code == 429 or error.response.status_code >= 500:
-                return True
+        # Rate limited, or the Hub failing: it answers differently later.
+        response = error.response if isinstance(error, HfHubHTTPError) else None
+        status = getattr(response, "status_code", None)
+        if status is not None and (status == 429 or status >= 500):
+            return True
     return any(_TRANSIENT.search(str(error)) for error in errors)
 
 
