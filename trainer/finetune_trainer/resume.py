@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import IncompatibleCheckpoint
+from .errors import IncompatibleCheckpoint, access_denied
 from .storage.manifest import Manifest, ManifestError
 from .storage.targets import OutputTarget
 
@@ -56,6 +56,9 @@ def find_resume_point(target: OutputTarget, fingerprint: str) -> ResumePoint | N
             rejected.append(reason)
             continue
         except OSError as exc:
+            denied = access_denied(exc, f"output {candidate.uri}")
+            if denied is not None:
+                raise denied from exc
             raise CheckpointUnreadable(
                 f"{name} at {candidate.uri} could not be read ({exc}); not falling back to an "
                 "older checkpoint, which would discard the training it holds: the next "

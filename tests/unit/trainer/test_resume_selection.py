@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from finetune_trainer.errors import IncompatibleCheckpoint, InvalidInput
+from finetune_trainer.errors import IncompatibleCheckpoint, InvalidConfig, InvalidInput
 from finetune_trainer.resume import CheckpointUnreadable, find_resume_point
 from finetune_trainer.storage.manifest import Manifest
 from finetune_trainer.storage.targets import LocalTarget, ResumeCandidate
@@ -94,3 +95,47 @@ def test_a_checkpoint_that_cannot_be_read_now_fails_the_attempt_instead_of_falli
     monkeypatch.setattr(target, "resume_candidates", candidates)
     with pytest.raises(CheckpointUnreadable, match="checkpoint-20 at pvc://out/checkpoint-20"):
         find_resume_point(target, "fp")
+
+
+def test_a_checkpoint_the_trainer_may_not_read_is_a_config_error_not_a_retry(
+    target: LocalTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Root passes every permission check, so the refusal is raised as the kernel would.
+    def refused() -> tuple[Path, Manifest]:
+        raise PermissionError(errno.EACCES, "Permission denied", "/outputs/checkpoint-20")
+
+    monkeypatch.setattr(
+        target, "resume_candidates", lambda: iter([ResumeCandidate(20, "pvc://o/c-20", refused)])
+    )
+    with pytest.raises(InvalidConfig, match="output pvc://o/c-20: the trainer may not") as info:
+        find_resume_point(target, "fp")
+    assert "/outputs/checkpoint-20 (Permission denied)" in str(info.value)
+    assert "fsGroup" in str(info.value)
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_an_output_directory_the_trainer_may_not_write_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    target = LocalTarget(tmp_path / "out", "pvc://outputs/run")
+
+    def refused() -> None:
+        raise OSError(code, os.strerror(code), str(tmp_path / "out"))
+
+    monkeypatch.setattr(target.artifacts, "prepare", refused)
+    with pytest.raises(InvalidConfig, match="output pvc://outputs/run: the trainer may not"):
+        target.prepare()
+
+
+def test_other_io_errors_preparing_the_output_stay_retryable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = LocalTarget(tmp_path / "out", "pvc://outputs/run")
+
+    def failing() -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(target.artifacts, "prepare", failing)
+    with pytest.raises(OSError, match="Input/output error") as info:
+        target.prepare()
+    assert not isinstance(info.value, InvalidConfig)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import access_denied
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     INCOMPLETE_DIR,
@@ -65,7 +66,13 @@ class OutputTarget:
         return f"{self.uri_base}/{name}"
 
     def prepare(self) -> None:
-        self.artifacts.prepare()
+        try:
+            self.artifacts.prepare()
+        except OSError as exc:
+            denied = access_denied(exc, f"output {self.uri_base}")
+            if denied is not None:
+                raise denied from exc
+            raise
 
     def published(self, name: str, manifest: Manifest, on_durable: OnDurable | None = None) -> None:
         """An artifact was committed locally. For a local target it is already final."""
