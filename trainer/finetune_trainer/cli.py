@@ -164,17 +164,14 @@ def run(argv: Sequence[str] | None = None) -> TerminationMessage:
     except ValueError as exc:  # a malformed port in the environment, for example
         log.error("%s", exc)
         return TerminationMessage(status="invalid_input", reason="InvalidConfig", message=str(exc))
-    message: TerminationMessage | None = None
     try:
         if args.dry_run:
-            message = _dry_run(config, runtime)
-        else:
-            from .train import main as train_main
+            return _dry_run(config, runtime)
+        from .train import main as train_main
 
-            message = train_main(config, runtime)
-        return message
+        return train_main(config, runtime)
     finally:
-        runtime.remove_own_scratch(succeeded=message is not None and message.status == "succeeded")
+        runtime.remove_own_scratch()
 
 
 def _dry_run(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessage:

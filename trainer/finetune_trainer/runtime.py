@@ -35,6 +35,8 @@ class RuntimeOptions:
     hf_token: str | None = field(default=None, repr=False)  # never printed
     # True once scratch() made its own temporary directory, which remove_own_scratch() deletes
     owns_scratch: bool = field(default=False, repr=False)
+    # Set when output staged in scratch could not be published: then scratch is kept.
+    keep_scratch: bool = field(default=False, repr=False)
 
     @classmethod
     def from_env(
@@ -69,16 +71,18 @@ class RuntimeOptions:
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         return self.scratch_dir
 
-    def remove_own_scratch(self, *, succeeded: bool) -> None:
+    def remove_own_scratch(self) -> None:
         """Delete the temporary scratch directory this run created, so runs outside a pod
-        leave nothing behind; a directory the user or the pod provided is left alone. After
-        a run that did not succeed, staged output that never reached its target is kept
-        (and its place logged): it may be the only copy of a checkpoint."""
+        leave nothing behind; a directory the user or the pod provided is left alone. When
+        staged output could not be published it is kept (and its place logged): it may
+        hold the only copy of a checkpoint."""
         if not self.owns_scratch or self.scratch_dir is None:
             return
-        staging = self.scratch_dir / OUTPUT_STAGING
-        if not succeeded and staging.is_dir() and any(staging.iterdir()):
-            log.warning("scratch %s kept: it holds staged output that was not uploaded", staging)
+        if self.keep_scratch:
+            log.warning(
+                "scratch %s kept: it holds staged output that was not published",
+                self.scratch_dir / OUTPUT_STAGING,
+            )
             return
         shutil.rmtree(self.scratch_dir, ignore_errors=True)
         self.scratch_dir = None

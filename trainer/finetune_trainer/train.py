@@ -130,6 +130,18 @@ class TrainingRun:
 
     # --- the run ---------------------------------------------------------------------------
     def execute(self) -> TerminationMessage:
+        message = self._attempt()
+        # Closing waits for pending uploads, which may make a newer checkpoint durable; the
+        # message reports the newest one, and a failure says where the next attempt starts.
+        update: dict[str, object] = {"checkpoint": self.progress.checkpoint}
+        if message.reason == "TrainingFailed" and self.progress.checkpoint is not None:
+            step = self.progress.checkpoint.step
+            update["message"] = (
+                f"{message.message} (the next attempt resumes from checkpoint-{step})"
+            )
+        return message.model_copy(update=update)
+
+    def _attempt(self) -> TerminationMessage:
         self.stop.install()
         try:
             self.metrics.start(self.runtime.metrics_host, self.runtime.metrics_port)
@@ -146,12 +158,7 @@ class TrainingRun:
                 text = out_of_memory_message(self.config, self.stage, self.micro, exc)
                 return self.progress.message("invalid_input", "OutOfMemory", text)
             log.error("training failed:\n%s", traceback.format_exc())
-            text = f"{type(exc).__name__}: {exc}"
-            if self.progress.checkpoint is not None:
-                text += (
-                    f" (the next attempt resumes from checkpoint-{self.progress.checkpoint.step})"
-                )
-            return self.progress.message("failed", "TrainingFailed", text)
+            return self.progress.message("failed", "TrainingFailed", f"{type(exc).__name__}: {exc}")
         finally:
             self._close()
 
@@ -165,6 +172,8 @@ class TrainingRun:
                         self.target.close()
                     except Exception as exc:
                         log.error("publishing outputs failed: %s", exc)
+                        # Staged output that never arrived may be the only copy.
+                        self.runtime.keep_scratch = True
                 self.metrics.stop()
             finally:
                 self.stop.uninstall()

@@ -20,9 +20,9 @@ def test_a_temporary_scratch_is_created_once_and_removed(
     assert scratch.parent == tmp_path and scratch.name.startswith("finetune-scratch-")
     (scratch / "datasets-cache").mkdir()
     assert runtime.scratch() == scratch  # one directory per run
-    runtime.remove_own_scratch(succeeded=False)  # nothing staged: nothing worth keeping
+    runtime.remove_own_scratch()
     assert not scratch.exists()
-    runtime.remove_own_scratch(succeeded=True)  # a second call is harmless
+    runtime.remove_own_scratch()  # a second call is harmless
 
 
 def test_a_given_scratch_directory_is_left_alone(tmp_path: Path) -> None:
@@ -30,11 +30,11 @@ def test_a_given_scratch_directory_is_left_alone(tmp_path: Path) -> None:
     runtime = RuntimeOptions(scratch_dir=given)
     assert runtime.scratch() == given and given.is_dir()
     (given / "keep").write_text("x")
-    runtime.remove_own_scratch(succeeded=True)
+    runtime.remove_own_scratch()
     assert (given / "keep").exists()
 
 
-def test_output_staged_but_not_uploaded_survives_a_failed_run(
+def test_output_that_was_not_published_keeps_the_temporary_scratch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("TMPDIR", str(tmp_path))
@@ -43,8 +43,7 @@ def test_output_staged_but_not_uploaded_survives_a_failed_run(
     runtime = RuntimeOptions()
     staged = runtime.scratch() / OUTPUT_STAGING / "bucket" / "checkpoint-10"
     staged.mkdir(parents=True)
-    runtime.remove_own_scratch(succeeded=False)
+    runtime.keep_scratch = True  # what the run sets when publishing failed
+    runtime.remove_own_scratch()
     assert staged.is_dir()
-    assert "holds staged output that was not uploaded" in caplog.text
-    runtime.remove_own_scratch(succeeded=True)  # once it succeeded, all of it is done with
-    assert not staged.exists() and list(tmp_path.iterdir()) == []
+    assert "holds staged output that was not published" in caplog.text

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.contract import ExitCode
+from finetune_trainer.contract import CheckpointRef, ExitCode
 from finetune_trainer.microbatch import MicroBatchPlan
 from finetune_trainer.runtime import RuntimeOptions
 from finetune_trainer.termination import exit_code_for
@@ -116,3 +116,46 @@ def test_a_stop_signal_while_closing_is_noted_and_the_result_kept(
     assert message.status == "succeeded" and message.reason == "Completed"
     assert target.closed and run.stop.signal_name == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+class UploadFinishingOnClose:
+    """An S3-like target: a checkpoint committed before the failure becomes durable only
+    when closing waits for its upload; ``fails`` makes that upload fail instead."""
+
+    def __init__(self, run: TrainingRun, fails: bool = False) -> None:
+        self.run = run
+        self.fails = fails
+
+    def close(self) -> None:
+        if self.fails:
+            raise OSError("upload failed: connection reset")
+        self.run.progress.checkpoint = CheckpointRef(step=10, uri="s3://b/run/checkpoint-10")
+
+
+def _failing_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool) -> TrainingRun:
+    def train(self: TrainingRun) -> Any:
+        self.target = UploadFinishingOnClose(self, fails)  # type: ignore[assignment]
+        raise RuntimeError("NCCL watchdog timeout")
+
+    monkeypatch.setattr(TrainingRun, "_train", train)
+    return TrainingRun(TrainerConfig.from_mapping({}), RuntimeOptions(scratch_dir=tmp_path))
+
+
+def test_a_failure_reports_the_checkpoint_that_became_durable_while_closing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    message = _failing_run(tmp_path, monkeypatch, fails=False).execute()
+    assert message.status == "failed" and message.reason == "TrainingFailed"
+    assert message.checkpoint is not None and message.checkpoint.step == 10
+    assert message.message == (
+        "RuntimeError: NCCL watchdog timeout (the next attempt resumes from checkpoint-10)"
+    )
+
+
+def test_output_that_could_not_be_published_keeps_a_temporary_scratch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = _failing_run(tmp_path, monkeypatch, fails=True)
+    message = run.execute()
+    assert message.checkpoint is None and "resumes from" not in message.message
+    assert run.runtime.keep_scratch
