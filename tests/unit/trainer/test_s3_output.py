@@ -171,6 +171,23 @@ def test_rotation_on_s3_keeps_the_newest(
     target.close()
 
 
+def test_rotation_on_s3_does_not_count_checkpoints_left_above_the_run(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
+) -> None:
+    # checkpoint-30 is complete but was not resumed from (corrupt, say); the new attempt
+    # trains from 0 and its limit of 2 applies to its own checkpoints.
+    first = make_target(s3_server, bucket, tmp_path / "staging-1")
+    publish_checkpoint(first, 30)
+    first.close()
+    target = make_target(s3_server, bucket, tmp_path / "staging-2", limit=2)
+    for step in (10, 20):
+        publish_checkpoint(target, step)
+    target.flush()
+    prefixes = {k.split("/")[2] for k in keys(s3_server, bucket) if "checkpoint-" in k}
+    assert {"checkpoint-10", "checkpoint-20"} <= prefixes
+    target.close()
+
+
 def test_resume_from_s3_into_a_fresh_staging_dir_with_fallback(
     s3_server: Any, bucket: str, s3_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -271,7 +271,12 @@ class S3Target(OutputTarget):
                 remove_tree(checkpoint.path)
         if self.save_total_limit is None:
             return
-        complete = sorted(self._remote_complete_steps(), reverse=True)
+        # Complete checkpoints above the one just uploaded are left by an earlier attempt
+        # that could not resume from them (a corrupt file, say): counting them would rotate
+        # out good ones, as LocalArtifacts.rotate(upto=) avoids locally.
+        complete = sorted(
+            (s for s in self._remote_complete_steps() if s <= uploaded_step), reverse=True
+        )
         keep = set(complete[: max(1, self.save_total_limit)]) | {uploaded_step}
         for step in self._remote_steps():
             if step not in keep and step < uploaded_step:
