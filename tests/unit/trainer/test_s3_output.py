@@ -344,7 +344,19 @@ def test_a_refused_upload_is_recognised_through_boto3s_wrapper() -> None:
 def test_prepare_probes_write_access_and_leaves_nothing_behind(
     s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
 ) -> None:
-    target = make_target(s3_server, bucket, tmp_path / "staging")
+    loc = location(s3_server, bucket)
+    store = S3Store.for_location(loc, "output", retry=FAST)
+    calls: list[tuple[str, str]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        calls.append((model.name, params["Key"]))
+
+    store.client.meta.events.register("provide-client-params.s3.PutObject", record)
+    store.client.meta.events.register("provide-client-params.s3.DeleteObject", record)
+    target = S3Target(store, loc.prefix, tmp_path / "staging")
+    target.prepare()
+    assert [op for op, _ in calls] == ["PutObject", "DeleteObject"]
+    assert calls[0][1] == calls[1][1] and calls[0][1].startswith(f"{loc.prefix}/.write-probe-")
     assert keys(s3_server, bucket) == set()
     target.close()
 
