@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from finetune_trainer.config import describe_errors
 
-from .api.spec import FineTuneJobSpec
+from .api.spec import FineTuneJobSpec, output_problems
 from .api.status import TERMINAL_PHASES
 from .builders import (
     Owner,
@@ -202,6 +202,12 @@ class Reconciler:
                 now,
             )
         if job is None:
+            # Only a Job still to be created needs durable output: a FineTuneJob admitted
+            # before the API server required it may already have its Job, and that run is
+            # reported on as usual.
+            problems = output_problems(spec)
+            if problems:
+                return invalid_spec_status(previous, problems, generation, now)
             not_allowed = policy_problems(spec, self.config)
             if not_allowed:
                 return failed_status(

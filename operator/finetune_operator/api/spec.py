@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from finetune_trainer.config import OutputSpec, TrainerConfig
 from finetune_trainer.config.base import K8sName, SpecModel, cel
@@ -205,18 +205,22 @@ class FineTuneJobSpec(TrainerConfig):
         "account; the trainer needs no Kubernetes API access.",
     )
 
-    @field_validator("output")
-    @classmethod
-    def _durable_output(cls, output: OutputSpec) -> OutputSpec:
-        if output.pvc is None and output.s3 is None:
-            raise ValueError(DURABLE_OUTPUT_MESSAGE)
-        return output
-
     def trainer_config(self) -> TrainerConfig:
         """The training part alone: what goes into the trainer's config file."""
         return TrainerConfig.model_validate(
             {name: getattr(self, name) for name in TrainerConfig.model_fields}
         )
+
+
+def output_problems(spec: FineTuneJobSpec) -> list[str]:
+    """Why the spec cannot get a Job: its output would not outlive the trainer pod.
+
+    Checked only before the Job is created, not when the spec is parsed: the API server
+    refuses such a FineTuneJob at admission, but one created before that rule existed may
+    already have a Job, and that run is still reported on to its end."""
+    if spec.output.pvc is None and spec.output.s3 is None:
+        return [f"spec.output: {DURABLE_OUTPUT_MESSAGE}"]
+    return []
 
 
 # Fields whose change would alter what is being trained (or a running pod that cannot be

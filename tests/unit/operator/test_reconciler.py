@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from finetune_operator.api.spec import DURABLE_OUTPUT_MESSAGE, FineTuneJobSpec
 from finetune_operator.api.status import MAX_URI, FineTuneJobStatus
+from finetune_operator.builders import Owner, build_job
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import ChildConflict, Kube, StatusRejected
 from finetune_operator.reconciler import Reconciler
@@ -111,6 +113,25 @@ def finished_pod(adapter_uri: str) -> dict[str, Any]:
     }
 
 
+def running_pod() -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "p1",
+            "creationTimestamp": "T1",
+            "ownerReferences": [{"kind": "Job", "uid": "job-uid", "controller": True}],
+        },
+        "status": {
+            "phase": "Running",
+            "podIP": "10.0.0.7",
+            "containerStatuses": [{"name": "trainer", "state": {"running": {}}}],
+        },
+    }
+
+
+def condition(status: dict[str, Any], kind: str) -> str:
+    return next(c["status"] for c in status["conditions"] if c["type"] == kind)
+
+
 class TestRefusedStatus:
     def completed(self, kube: MemoryKube, adapter_uri: str) -> None:
         reconciler(kube).reconcile("ml", "gpt-oss-ml")  # creates the Job
@@ -144,6 +165,51 @@ class TestRefusedStatus:
         assert kube.ftj["status"]["output"] == {"adapterUri": uri}
         FineTuneJobStatus.model_validate(kube.ftj["status"])
         assert len(uri) < MAX_URI
+
+
+def without_durable_output(output: dict[str, Any] | None) -> dict[str, Any]:
+    """A FineTuneJob admitted before the CRD required output.pvc or output.s3."""
+    ftj = body()
+    del ftj["spec"]["output"]
+    if output is not None:
+        ftj["spec"]["output"] = output
+    return ftj
+
+
+@pytest.mark.parametrize("output", [None, {"path": "/data/out"}])
+class TestOutputWithoutDurableStorage:
+    def test_gets_no_job(self, output: dict[str, Any] | None) -> None:
+        kube = MemoryKube(without_durable_output(output))
+        assert reconciler(kube).reconcile("ml", "gpt-oss-ml") == "Failed"
+        status = kube.ftj["status"]
+        assert status["reason"] == "InvalidSpec"
+        assert status["message"] == f"invalid spec: spec.output: {DURABLE_OUTPUT_MESSAGE}"
+        assert "completionTime" in status
+        assert kube.jobs == {}
+        assert kube.events == [("Warning", "InvalidSpec")]
+
+    def test_a_job_it_already_has_is_observed_and_reported(
+        self, output: dict[str, Any] | None
+    ) -> None:
+        ftj = without_durable_output(output)
+        kube = MemoryKube(ftj)
+        # The Job an operator without the rule created for it.
+        owner = Owner.from_body(ftj)
+        spec = FineTuneJobSpec.model_validate(ftj["spec"])
+        kube.ensure(build_job(spec, owner, OperatorConfig()), owner.uid)
+        kube.ftj["status"] = {
+            "phase": "Pending",
+            "reason": "WaitingForPod",
+            "jobName": owner.child_name,
+        }
+        kube.pods = [running_pod()]
+        operator = reconciler(kube)
+        assert operator.reconcile("ml", "gpt-oss-ml") == "Running"
+        status = kube.ftj["status"]
+        assert status["reason"] == "Running"
+        assert condition(status, "Stalled") == "False"
+        assert list(kube.jobs) == [owner.child_name]
+        assert operator.unfinished() == [("ml", "gpt-oss-ml")]
 
 
 def test_a_child_name_held_by_another_object_is_its_own_reason() -> None:
