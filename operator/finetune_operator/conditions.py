@@ -5,7 +5,9 @@ health check) can read them:
 
 - ``Ready``: True once the adapter is written (Succeeded).
 - ``Reconciling``: True while the run is in progress (Pending or Running).
-- ``Stalled``: True when the run failed and will not make progress without a new spec.
+- ``Stalled``: True when the run failed and will not make progress without a new spec, or
+  when the operator cannot report on it (its status writes are refused); the phase then
+  stays what it was.
 - ``Suspended``: True while suspended.
 
 ``lastTransitionTime`` changes only when a condition's status flips.
@@ -36,13 +38,17 @@ def conditions_for_phase(
     generation: int | None,
     previous: Sequence[dict[str, Any]] | None,
     now: str,
+    *,
+    stalled: bool = False,
 ) -> list[dict[str, Any]]:
     """The full condition list for a phase, carrying lastTransitionTime over from
-    ``previous`` when a condition's status did not change."""
+    ``previous`` when a condition's status did not change. ``stalled`` marks a FineTuneJob
+    stuck for a reason other than its phase (Stalled, and no longer Reconciling)."""
+    stalled = stalled or phase == "Failed"
     wanted = {
         READY: phase == "Succeeded",
-        RECONCILING: phase in ("Pending", "Running"),
-        STALLED: phase == "Failed",
+        RECONCILING: phase in ("Pending", "Running") and not stalled,
+        STALLED: stalled,
         SUSPENDED: phase == "Suspended",
     }
     before = {c.get("type"): c for c in previous or []}

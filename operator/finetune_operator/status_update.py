@@ -10,6 +10,7 @@ from typing import Any
 from finetune_trainer.config import OutputSpec
 from finetune_trainer.contract import TrainerProgress
 
+from .api.status import TERMINAL_PHASES
 from .conditions import conditions_for_phase
 from .observe import Observation
 from .progress import progress_status
@@ -74,15 +75,40 @@ _REJECTION_EXCERPT = 1024
 def status_rejected_status(
     previous: dict[str, Any], rejection: str, generation: int | None, now: datetime
 ) -> StatusUpdate:
-    """The API server refused the status the operator computed. Stalled (Failed), with the
-    refusal, so the problem is visible instead of the status silently staying stale."""
+    """The API server refused the status the operator computed. The phase stays what it
+    was (the Job may still be running: nothing here is an outcome), with the refusal as
+    the reason and Stalled, so the problem is visible instead of the status silently
+    staying stale; a later status the API server accepts replaces this one."""
     excerpt = rejection[:_REJECTION_EXCERPT]
     job = previous.get("jobName")
     message = (
-        f"the API server rejected this FineTuneJob's status: {excerpt}; the operator can no "
-        "longer report on it" + (f" (see Job {job} for how the run goes)" if job else "")
+        f"the API server rejected this FineTuneJob's status: {excerpt}; the operator cannot "
+        "report on it until a status is accepted"
+        + (f" (see Job {job} for how the run goes)" if job else "")
     )
-    return failed_status(previous, "StatusRejected", message, generation, now)
+    phase = previous.get("phase") or "Pending"
+    reason = "StatusRejected"
+    status: dict[str, Any] = {
+        "phase": phase,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": conditions_for_phase(
+            phase,
+            reason,
+            message,
+            generation,
+            previous.get("conditions"),
+            rfc3339(now),
+            stalled=True,
+        ),
+        # Only an outcome already recorded has a completion time.
+        "completionTime": previous.get("completionTime") if phase in TERMINAL_PHASES else None,
+    }
+    events = []
+    if previous.get("reason") != reason:
+        events.append(Event("Warning", reason, message))
+    return StatusUpdate(status, events)
 
 
 def kept_outcome(previous: dict[str, Any], generation: int | None) -> StatusUpdate:
@@ -124,7 +150,11 @@ def next_status(
     }
     if obs.start_time:
         status["startTime"] = obs.start_time
-    if obs.completion_time:
+    if obs.phase not in TERMINAL_PHASES:
+        # A run that is not over has no completion time, even if an earlier status said
+        # otherwise (null removes it in the merge patch).
+        status["completionTime"] = None
+    elif obs.completion_time:
         status["completionTime"] = obs.completion_time
 
     live = progress_status(progress, previous.get("progress"), now) if progress else None

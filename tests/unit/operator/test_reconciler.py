@@ -1,5 +1,6 @@
 """Reconcile against an in-memory API: what the operator writes when the API server
-refuses a status, a child's name is taken, or the dataset's ConfigMap is missing."""
+refuses a status, a spec has no durable output, a child's name is taken, or the dataset's
+ConfigMap is missing."""
 
 from __future__ import annotations
 
@@ -70,7 +71,9 @@ class MemoryKube:
             self.rejected += 1
             raise StatusRejected("status.output.adapterUri: Too long: may not be more than 1024")
         self.patches.append(status)
-        self.ftj["status"] = {**(self.ftj.get("status") or {}), **status}
+        # A merge patch: null removes the field.
+        merged = {**(self.ftj.get("status") or {}), **status}
+        self.ftj["status"] = {k: v for k, v in merged.items() if v is not None}
         return True
 
     def post_event(self, ftj: dict[str, Any], kind: str, reason: str, message: str, now: str):
@@ -139,22 +142,66 @@ class TestRefusedStatus:
         job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
         kube.pods = [finished_pod(adapter_uri)]
 
-    def test_is_reported_once_instead_of_failing_every_reconcile(self) -> None:
-        kube = MemoryKube(body(), status_limit=1024)
-        self.completed(kube, "s3://bucket/" + "p" * 1100 + "/final_model")
+    def running_then_refused(self, kube: MemoryKube) -> Reconciler:
+        """The Job runs and is reported Running; then a status is refused (a too-long
+        adapter URI in the outcome) while the Job is still there."""
         operator = reconciler(kube)
-        assert operator.reconcile("ml", "gpt-oss-ml") == "Failed"
+        operator.reconcile("ml", "gpt-oss-ml")  # creates the Job
+        kube.pods = [running_pod()]
+        assert operator.reconcile("ml", "gpt-oss-ml") == "Running"
+        job = next(iter(kube.jobs.values()))
+        job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+        kube.pods = [finished_pod("s3://bucket/" + "p" * 1100 + "/final_model")]
+        kube.status_limit = 1024
+        return operator
+
+    def test_is_reported_once_instead_of_failing_every_reconcile(self) -> None:
+        kube = MemoryKube(body())
+        operator = self.running_then_refused(kube)
+        # Not an outcome: the phase stays what it was.
+        assert operator.reconcile("ml", "gpt-oss-ml") == "Running"
         status = kube.ftj["status"]
+        assert status["phase"] == "Running"
         assert status["reason"] == "StatusRejected"
         assert "Too long" in status["message"]
         assert "see Job" in status["message"]
-        stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
-        assert stalled["status"] == "True"
+        assert "completionTime" not in status
+        assert condition(status, "Stalled") == "True"
+        assert condition(status, "Reconciling") == "False"
         assert kube.events[-1] == ("Warning", "StatusRejected")
         # The next trigger meets the same refusal; it writes nothing new and does not raise.
         writes = len(kube.patches)
-        assert operator.reconcile("ml", "gpt-oss-ml") == "Failed"
+        assert operator.reconcile("ml", "gpt-oss-ml") == "Running"
         assert len(kube.patches) == writes
+
+    def test_keeps_the_job_and_the_poller_following_it(self) -> None:
+        kube = MemoryKube(body({"lifecycle": {"ttlSecondsAfterFinished": 0}}))
+        operator = self.running_then_refused(kube)
+        operator.reconcile("ml", "gpt-oss-ml")
+        assert kube.ftj["status"]["reason"] == "StatusRejected"
+        assert operator.unfinished() == [("ml", "gpt-oss-ml")]
+        operator.reconcile("ml", "gpt-oss-ml", poll_metrics=True)
+        # No outcome is recorded, so nothing may clean the Job up yet.
+        job = next(iter(kube.jobs.values()))
+        assert job["spec"].get("ttlSecondsAfterFinished") is None
+
+    def test_a_later_accepted_status_replaces_it(self) -> None:
+        kube = MemoryKube(body({"lifecycle": {"ttlSecondsAfterFinished": 60}}))
+        operator = self.running_then_refused(kube)
+        operator.reconcile("ml", "gpt-oss-ml")
+        assert kube.ftj["status"]["reason"] == "StatusRejected"
+        kube.status_limit = None  # e.g. a CRD that allows the longer value is installed
+        assert operator.reconcile("ml", "gpt-oss-ml") == "Succeeded"
+        status = kube.ftj["status"]
+        assert status["reason"] == "Succeeded"
+        assert status["output"]["adapterUri"].endswith("/final_model")
+        assert condition(status, "Stalled") == "False"
+        assert condition(status, "Ready") == "True"
+        assert kube.events[-1] == ("Normal", "Succeeded")
+        assert operator.unfinished() == []
+        # Now that the outcome is recorded, the Job may be cleaned up.
+        operator.reconcile("ml", "gpt-oss-ml")
+        assert next(iter(kube.jobs.values()))["spec"]["ttlSecondsAfterFinished"] == 60
 
     def test_every_uri_the_spec_allows_fits_the_status(self) -> None:
         # The longest S3 output prefix, plus the checkpoint directory the trainer adds.

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import pytest
+
 from finetune_operator.observe import Observation
 from finetune_operator.status_update import (
     failed_status,
     invalid_spec_status,
     kept_outcome,
     next_status,
+    status_rejected_status,
 )
 from finetune_trainer.config import OutputSpec
 from finetune_trainer.contract import CheckpointRef, TerminationMessage, TrainerProgress
@@ -112,3 +115,53 @@ def test_a_kept_outcome_still_acknowledges_a_later_generation() -> None:
     assert kept.status["observedGeneration"] == 3
     assert {c["observedGeneration"] for c in kept.status["conditions"]} == {3}
     assert {c["observedGeneration"] for c in finished["conditions"]} == {1}
+
+
+def test_a_run_that_is_not_over_has_no_completion_time() -> None:
+    # A stale completionTime (from an earlier status) is removed: null in the merge patch.
+    previous = {"phase": "Failed", "reason": "StatusRejected", "completionTime": "T9"}
+    for obs in (
+        Observation("Running", "Running", "training"),
+        Observation("Pending", "WaitingForPod", "waiting"),
+        Observation("Suspended", "Suspended", "suspended"),
+    ):
+        result = update(previous, obs)
+        assert "completionTime" in result.status
+        assert result.status["completionTime"] is None
+        assert result.changed_from(previous)
+    # Where there was none, clearing it is no change.
+    running = update({}, Observation("Running", "Running", "training")).status
+    assert not update(running, Observation("Running", "Running", "training")).changed_from(
+        {k: v for k, v in running.items() if v is not None}
+    )
+
+
+@pytest.mark.parametrize("phase", ["Pending", "Running", "Suspended"])
+def test_a_refused_status_is_no_outcome(phase: str) -> None:
+    previous = {"phase": phase, "reason": "Running", "jobName": "job", "completionTime": "T9"}
+    result = status_rejected_status(previous, "status.output.adapterUri: Too long", 2, NOW)
+    status = result.status
+    assert (status["phase"], status["reason"]) == (phase, "StatusRejected")
+    assert "status.output.adapterUri: Too long" in status["message"]
+    assert "see Job job" in status["message"]
+    assert status["completionTime"] is None
+    conditions = {c["type"]: c["status"] for c in status["conditions"]}
+    assert conditions["Stalled"] == "True"
+    assert conditions["Reconciling"] == "False"
+    assert conditions["Suspended"] == ("True" if phase == "Suspended" else "False")
+    assert [(e.type, e.reason) for e in result.events] == [("Warning", "StatusRejected")]
+    written = {k: v for k, v in {**previous, **status}.items() if v is not None}
+    again = status_rejected_status(written, "status.output.adapterUri: Too long", 2, NOW)
+    assert not again.changed_from(written) and again.events == []
+
+
+def test_a_refused_status_keeps_an_outcome_already_recorded() -> None:
+    previous = {"phase": "Succeeded", "reason": "Succeeded", "completionTime": "T9"}
+    status = status_rejected_status(previous, "too long", 2, NOW).status
+    assert (status["phase"], status["completionTime"]) == ("Succeeded", "T9")
+
+
+def test_a_refused_first_status_reads_pending() -> None:
+    status = status_rejected_status({}, "too long", 1, NOW).status
+    assert status["phase"] == "Pending" and status["completionTime"] is None
+    assert "see Job" not in status["message"]
