@@ -167,12 +167,21 @@ def layer_names(model: Any) -> list[str]:
 def check_module_targets(model: Any, targets: Collection[str]) -> None:
     """Every name in ``targets`` must name a layer of ``model``: PEFT quietly skips a name
     that matches nothing as long as another one matches, which would train less than the
-    config says. The experts' projection names are left to the backends (gpt-oss keeps
-    them as parameters, or Unsloth as per-expert modules of its own naming)."""
+    config says."""
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules() if name}
+    check_target_names(targets, present, layer_names(model))
+
+
+def check_target_names(
+    targets: Collection[str], present: Collection[str], available: Collection[str]
+) -> None:
+    """Raise InvalidConfig naming each of ``targets`` that is not in ``present`` (the names
+    the model's modules have), listing ``available`` (the names worth targeting). The
+    experts' projection names are left to the backends: gpt-oss keeps them as parameters,
+    Unsloth as per-expert modules of its own naming."""
     missing = [t for t in targets if t not in present and t not in _EXPERT_ALIASES]
     if missing:
         raise InvalidConfig(
             f"lora.targetModules: {', '.join(missing)} match no layer of this model; the "
-            f"names this model has: {', '.join(layer_names(model))}; fix or remove them"
+            f"names this model has: {', '.join(sorted(available))}; fix or remove them"
         )

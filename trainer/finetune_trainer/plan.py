@@ -170,10 +170,12 @@ def dry_run(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessag
     try:
         from .data import load_rows, prepare_dataset
         from .model_errors import load_tokenizer
+        from .weight_headers import check_lora_targets
 
         scratch = runtime.scratch()
         model = resolve_model(config.model, scratch)
         tokenizer = load_tokenizer(config.model, model, runtime.hf_token)
+        check_lora_targets(config.lora.target_modules, model, runtime.hf_token)
         local = resolve_dataset(config.dataset, scratch)
         rows = load_rows(
             config.dataset, local, token=runtime.hf_token, cache_dir=scratch / "datasets-cache"

@@ -332,13 +332,15 @@ def test_dry_run_prints_the_plan_without_loading_weights(
     assert not any(name.startswith("transformers.models.gpt_oss.modeling") for name in imported)
 
 
+@pytest.mark.parametrize("flags", [[], ["--dry-run"]], ids=["training", "dry-run"])
 def test_a_lora_target_the_model_lacks_exits_78_naming_the_field(
-    tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path
+    tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path, flags: list[str]
 ) -> None:
+    # Training judges the loaded model's modules; the dry run the checkpoint's tensor names.
     config = tiny_config(tiny_model_dir, tiny_dataset_path, str(tmp_path / "out"))
     config["lora"] = {"targetModules": ["q_proj", "q_projj"]}
     result = run_cli(
-        ["--config", str(write_config(tmp_path / "c.yaml", config))], cli_env(tmp_path)
+        ["--config", str(write_config(tmp_path / "c.yaml", config)), *flags], cli_env(tmp_path)
     )
     assert result.returncode == 78, result.stderr[-4000:]
     message = termination(tmp_path)
