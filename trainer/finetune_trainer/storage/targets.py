@@ -208,13 +208,7 @@ class S3Target(OutputTarget):
         )
 
     def _remote_manifest(self, step: int) -> Manifest | None:
-        raw = self.store.get_bytes(self.key(checkpoint_name(step), MANIFEST_NAME))
-        if raw is None:
-            return None
-        try:
-            return parse_manifest(raw)
-        except ManifestError:
-            return None
+        return self.artifact_manifest(checkpoint_name(step))
 
     def _move_latest(self, name: str, manifest: Manifest) -> None:
         """Point ``latest`` at the checkpoint just uploaded, unless it names a newer one
