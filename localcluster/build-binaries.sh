@@ -25,32 +25,41 @@ want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm ve
 log() { echo "build-binaries: $*" >&2; }
 complete() { for b in "${want[@]}"; do [[ -x "$bin/$b" ]] || return 1; done; }
 
-# Whether a running process was started from a binary in directory $1 (a test session's
-# etcd and kube-apiserver run for its whole length; its kubectl calls need the directory).
-in_use() {
-  local found
-  found="$(find /proc/[0-9]*/exe -maxdepth 0 -lname "$1/*" -print -quit 2>/dev/null || true)"
-  [[ -n "$found" ]]
-}
+# Whether another key's directory may go is told by a stamp file in it, not by looking for
+# its users' processes (a test run may not have started one yet, or be between two control
+# planes, or run in another PID namespace sharing this cache). Every user refreshes the
+# stamp's mtime: this script each time it reports or builds a directory, and
+# finetune_localcluster.binaries each time it resolves one (FTO_BIN_DIR included) and each
+# time a control plane or S3 server starts from it.
+stamp=.last-used
+keep_days=7
+mark_used() { touch "$1/$stamp" 2>/dev/null || log "could not refresh $1/$stamp"; }
 
-# Binaries of other keys (older pins, another Go) take ~450 MB each: keep only the current
-# key's, and no bin-*.tmp left by an interrupted build. Only while holding the lock, so no
-# build is writing its bin-*.tmp meanwhile. A directory still in use stays until a later run.
+# Binaries of other keys (older pins, another Go) take ~450 MB each: remove those unused for
+# $keep_days days, and every bin-*.tmp (an interrupted build's: this runs only while holding
+# the build lock, so no build is writing one). A directory with no stamp (built before
+# stamps existed) gets one now, so it goes $keep_days days later.
 prune() {
-  local old
+  local old used age
   for old in "$cache_root"/bin-*; do
     [[ "$old" != "$bin" && -d "$old" ]] || continue
-    if in_use "$old"; then
-      log "keeping stale $old for now: a running process uses it"
+    if [[ "$old" == *.tmp ]]; then
+      log "removing $old, left by an interrupted build"
+    elif ! used="$(stat -c %Y "$old/$stamp" 2>/dev/null)"; then
+      log "keeping stale $old for $keep_days days from now: no record of its last use"
+      mark_used "$old"; continue
+    elif age=$(($(date +%s) - used)); ((age < keep_days * 86400)); then
+      log "keeping stale $old: last used $((age / 3600)) hours ago"; continue
     else
-      log "removing stale $old"
-      rm -rf "$old" || log "could not remove $old"
+      log "removing stale $old: unused for $((age / 86400)) days"
     fi
+    rm -rf "$old" || log "could not remove $old"
   done
 }
 
 if complete; then
-  # Pruning here too removes what a build had to keep; skipped while a build runs.
+  mark_used "$bin"
+  # Pruning here too removes what went unused since; skipped while a build holds the lock.
   if { exec 9>"$cache_root/.build.lock"; } 2>/dev/null && flock -n 9; then prune; fi
   echo "$bin"; exit 0
 fi
@@ -59,7 +68,7 @@ mkdir -p "$cache_root"
 # One build at a time per cache: a second caller waits, then finds the binaries built.
 exec 9>"$cache_root/.build.lock"
 flock 9
-if complete; then prune; echo "$bin"; exit 0; fi
+if complete; then mark_used "$bin"; prune; echo "$bin"; exit 0; fi
 work="$(mktemp -d)"
 # A failed build, or one stopped by Ctrl-C, leaves neither its scratch directory nor a
 # partial bin dir (one killed otherwise leaves bin-<key>.tmp, removed by the next run).
@@ -115,6 +124,7 @@ log "building versitygw $VERSITYGW_VERSION"
 GOBIN="$bin.tmp" go install -trimpath -ldflags "-s -w" \
   "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 
+mark_used "$bin.tmp"
 rm -rf "$bin"; mv "$bin.tmp" "$bin"
 log "done in $((SECONDS - start))s; $(du -sh "$bin" | cut -f1) of binaries in $bin"
 prune

@@ -3,6 +3,7 @@ cache directory keyed on their versions (a second build is a no-op)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ REQUIRED = (
 )
 # Set to use binaries from another directory (e.g. a CI cache) instead of building them.
 BIN_DIR_ENV = "FTO_BIN_DIR"
+# Refreshed by every user of a bin directory: build-binaries.sh removes another key's
+# directory only once its stamp is 7 days old.
+USED_STAMP = ".last-used"
 
 
 class BinariesUnavailable(RuntimeError):
@@ -64,6 +68,13 @@ class Binaries:
     def versitygw(self) -> Path:
         return self.path("versitygw")
 
+    def mark_used(self) -> None:
+        """Refresh the directory's last-used stamp, so that no build of another key removes
+        it while this process may still start binaries from it (best effort: a directory
+        this process cannot write to keeps no stamp)."""
+        with contextlib.suppress(OSError):
+            (self.directory / USED_STAMP).touch()
+
     def missing(self) -> list[str]:
         return [name for name in REQUIRED if not os.access(self.path(name), os.X_OK)]
 
@@ -72,11 +83,13 @@ _cached: Binaries | None = None
 
 
 def find_binaries(build: bool = True) -> Binaries:
-    """Return the binaries, running the (cached, idempotent) build script when needed.
+    """Return the binaries, running the (cached, idempotent) build script when needed, and
+    mark their directory used (each call, also when the answer is cached).
 
     Raises BinariesUnavailable naming what is missing and the command that builds it."""
     global _cached
     if _cached is not None:
+        _cached.mark_used()
         return _cached
     override = os.environ.get(BIN_DIR_ENV)
     if override:
@@ -96,5 +109,6 @@ def find_binaries(build: bool = True) -> Binaries:
         raise BinariesUnavailable(
             f"missing {', '.join(missing)} in {found.directory}; run {BUILD_COMMAND}"
         )
+    found.mark_used()
     _cached = found
     return found

@@ -1,17 +1,20 @@
 """build-binaries.sh's cache handling, with a stand-in `go` that writes empty executables:
-what a failed build leaves behind, and which other keys' directories a build removes."""
+what a failed build leaves behind, which other keys' directories a build removes (those
+unused for seven days), and who marks a directory used."""
 
 from __future__ import annotations
 
+import fcntl
 import os
-import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from finetune_localcluster.binaries import BUILD_SCRIPT, REQUIRED
+from finetune_localcluster import binaries
+from finetune_localcluster.binaries import BIN_DIR_ENV, BUILD_SCRIPT, REQUIRED, USED_STAMP
 
 # Answers each `go` call the script makes; `go build`/`go install` write an executable
 # named as the real one would be, or fail for the one named in FAKE_GO_FAIL.
@@ -69,13 +72,34 @@ def _entries(directory: Path) -> set[str]:
     return {path.name for path in directory.iterdir()}
 
 
-def test_a_failed_build_leaves_nothing_and_a_new_key_replaces_the_old(
+def _other_key(cache: Path, key: str, *, used_days_ago: float | None) -> Path:
+    """Another key's complete-looking bin directory, last used that long ago (None: built
+    before stamps existed, so it has none)."""
+    directory = cache / f"bin-{key}"
+    directory.mkdir(parents=True)
+    for name in REQUIRED:
+        (directory / name).write_text("")
+    if used_days_ago is not None:
+        _set_last_use(directory, used_days_ago)
+    return directory
+
+
+def _set_last_use(directory: Path, days_ago: float) -> None:
+    stamp = directory / USED_STAMP
+    stamp.touch()
+    when = time.time() - days_ago * 86400
+    os.utime(stamp, (when, when))
+
+
+def _days_since_use(directory: Path) -> float:
+    return (time.time() - (directory / USED_STAMP).stat().st_mtime) / 86400
+
+
+def test_a_failed_build_leaves_nothing_and_a_new_key_replaces_an_unused_one(
     build: Build, tmp_path: Path
 ) -> None:
     cache, scratch = tmp_path / "cache", tmp_path / "scratch"
-    stale = cache / "bin-0123456789abcdef"
-    stale.mkdir(parents=True)
-    (stale / "kubectl").write_text("")
+    unused = _other_key(cache, "0123456789abcdef", used_days_ago=8)
     (cache / "bin-fedcba9876543210.tmp").mkdir()  # an interrupted build's leftover
 
     failed = build(fail="etcd")
@@ -84,13 +108,15 @@ def test_a_failed_build_leaves_nothing_and_a_new_key_replaces_the_old(
     # Neither the scratch directory nor the partial bin-<key>.tmp survive; a failed build
     # prunes nothing.
     assert not any(scratch.iterdir())
-    assert _entries(cache) == {stale.name, "bin-fedcba9876543210.tmp", ".build.lock"}
+    assert _entries(cache) == {unused.name, "bin-fedcba9876543210.tmp", ".build.lock"}
 
     built = build()
     assert built.returncode == 0, built.stderr
     bin_dir = Path(built.stdout.strip().splitlines()[-1])
     assert all(os.access(bin_dir / name, os.X_OK) for name in REQUIRED)
+    assert _days_since_use(bin_dir) < 0.01
     assert _entries(cache) == {bin_dir.name, ".build.lock"}, built.stderr
+    assert "unused for 8 days" in built.stderr
     assert not any(scratch.iterdir())
 
     again = build()
@@ -98,23 +124,73 @@ def test_a_failed_build_leaves_nothing_and_a_new_key_replaces_the_old(
     assert "building" not in again.stderr
 
 
-def test_a_stale_directory_in_use_is_kept_until_a_later_run(build: Build, tmp_path: Path) -> None:
-    stale = tmp_path / "cache" / "bin-0123456789abcdef"
-    stale.mkdir(parents=True)
-    sleep = shutil.which("sleep")
-    assert sleep
-    shutil.copy(sleep, stale / "sleep")
-    # What a test session's etcd is to its bin directory.
-    user = subprocess.Popen([str(stale / "sleep"), "60"])
-    try:
-        built = build()
-        assert built.returncode == 0, built.stderr
-        assert stale.is_dir() and "a running process uses it" in built.stderr
-    finally:
-        user.kill()
-        user.wait()
-    # The next run, even one that builds nothing, removes it.
+def test_another_keys_directory_used_within_seven_days_is_kept(
+    build: Build, tmp_path: Path
+) -> None:
+    # No process runs from either: a test run handed one may not have started etcd yet, be
+    # between two control planes, or run in another PID namespace sharing the cache.
+    cache = tmp_path / "cache"
+    recent = _other_key(cache, "0123456789abcdef", used_days_ago=6.9)
+    unstamped = _other_key(cache, "1111111111111111", used_days_ago=None)
+    built = build()
+    assert built.returncode == 0, built.stderr
+    assert recent.is_dir() and unstamped.is_dir(), built.stderr
+    assert 6.8 < _days_since_use(recent) < 7  # pruning does not refresh it
+    # One built before stamps existed gets one: its seven days start now.
+    assert _days_since_use(unstamped) < 0.01
+    assert "no record of its last use" in built.stderr
+
+    # A later run, even one that builds nothing, removes each once seven days have passed.
+    _set_last_use(recent, 7.1)
     again = build()
     assert again.returncode == 0, again.stderr
-    assert not stale.exists()
+    assert not recent.exists() and unstamped.is_dir(), again.stderr
     assert "building" not in again.stderr
+
+
+def test_reporting_an_existing_build_marks_it_used(build: Build) -> None:
+    built = build()
+    assert built.returncode == 0, built.stderr
+    bin_dir = Path(built.stdout.strip().splitlines()[-1])
+    _set_last_use(bin_dir, 30)
+    again = build()
+    assert (again.returncode, again.stdout) == (0, built.stdout), again.stderr
+    assert _days_since_use(bin_dir) < 0.01
+
+
+def test_a_build_in_progress_keeps_its_tmp_directory(build: Build, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    built = build()
+    assert built.returncode == 0, built.stderr
+    in_progress = cache / "bin-fedcba9876543210.tmp"
+    in_progress.mkdir()
+    # What a build of another key holds while it writes its bin-<key>.tmp.
+    with (cache / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        reported = build()
+        assert reported.returncode == 0, reported.stderr
+        assert in_progress.is_dir()
+    # Once no build holds the lock, a leftover .tmp is an interrupted build's.
+    again = build()
+    assert again.returncode == 0, again.stderr
+    assert not in_progress.exists(), again.stderr
+
+
+def test_resolving_the_binaries_marks_their_directory_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "bin-prebuilt"
+    directory.mkdir()
+    for name in REQUIRED:
+        (directory / name).write_text("")
+        (directory / name).chmod(0o755)
+    monkeypatch.setenv(BIN_DIR_ENV, str(directory))
+    monkeypatch.setattr(binaries, "_cached", None)
+    found = binaries.find_binaries()
+    assert found.directory == directory
+    assert _days_since_use(directory) < 0.01
+    # Each later call refreshes it too (a session resolves them again for each control
+    # plane), though the answer is cached.
+    _set_last_use(directory, 30)
+    assert binaries.find_binaries() is found
+    assert _days_since_use(directory) < 0.01
