@@ -144,6 +144,19 @@ def _second_pod(ftjs: FineTuneJobs, name: str, first: str) -> str:
     return str(others[0]["metadata"]["name"])
 
 
+def _wait_pod_failed(
+    ftjs: FineTuneJobs, name: str, pod_name: str, wait_for: Callable[..., Any]
+) -> None:
+    """Wait until the agent reports ``pod_name`` Failed: its processes have ended."""
+    uid = ftjs.get(name)["metadata"]["uid"]
+
+    def failed() -> bool:
+        pods = [p for p in ftjs.pods(uid) if p["metadata"]["name"] == pod_name]
+        return bool(pods) and pod_phase(pods[0]) == "Failed"
+
+    wait_for(failed, timeout=60, interval=0.1, message=f"{pod_name} to fail after its kill")
+
+
 def _resumed_step(log: str) -> int:
     match = RESUMED.search(log)
     assert match, f"no 'resuming from checkpoint-N (step N)' in the new trainer's log:\n{log}"
@@ -287,6 +300,12 @@ def test_killed_trainer_resumes_from_its_last_periodic_checkpoint(
     # save anything more; a deletion, even forced, would let it checkpoint on SIGTERM.
     assert cluster.agent is not None
     assert cluster.agent.kill_containers(ftjs.namespace, first) == 1
+    # What the killed trainer committed is what is on the PV once it has died: the kill can
+    # land after a checkpoint's manifest is written and before the trainer logs
+    # "checkpoint-N complete", so its log can name one checkpoint fewer. The retry cannot
+    # have written any yet: it starts only after the failure, then loads and trains.
+    _wait_pod_failed(ftjs, name, first, wait_for)
+    committed = complete_checkpoints(claims[OUTPUT_CLAIM])
     status = _wait_finished(ftjs, name)
     assert status["phase"] == "Succeeded", status
 
@@ -294,11 +313,12 @@ def test_killed_trainer_resumes_from_its_last_periodic_checkpoint(
     assert not INTERRUPTED.search(first_log), first_log
     second_log = pod_logs(ftjs.namespace, _second_pod(ftjs, name, first))
     resumed = _resumed_step(second_log)
-    committed_by_first = [int(s) for s in COMMITTED.findall(first_log)]
+    logged = [int(s) for s in COMMITTED.findall(first_log)]
+    assert set(logged) <= set(committed), (logged, committed)
     # The retry starts from the newest periodic checkpoint the killed trainer committed
     # (a later one it was still writing has no manifest and is skipped).
-    assert committed_by_first and all(s % save_steps == 0 for s in committed_by_first)
-    assert resumed == max(committed_by_first) >= seen, (resumed, committed_by_first)
+    assert committed and all(s % save_steps == 0 for s in committed), committed
+    assert resumed == max(committed) >= seen, (resumed, committed, logged)
     first_steps, second_steps = trainer_steps(first_log), trainer_steps(second_log)
     assert second_steps[0] == resumed + 1 and second_steps[-1] == MAX_STEPS, second_steps
     # A failure costs at most one checkpoint interval of steps.
