@@ -78,6 +78,14 @@ def make_target(
     return target
 
 
+def earlier_attempt(s3_server: Any, bucket: str, tmp_path: Path, *steps: int) -> None:
+    """What an earlier attempt left on S3: ``steps`` uploaded from its own staging dir."""
+    first = make_target(s3_server, bucket, tmp_path / "staging-1")
+    for step in steps:
+        publish_checkpoint(first, step)
+    first.close()
+
+
 def publish_checkpoint(target: S3Target, step: int, fingerprint: str = "fp") -> None:
     written = write_fake_checkpoint(target.artifacts, step)
     name = f"checkpoint-{step}"
@@ -176,9 +184,7 @@ def test_rotation_on_s3_does_not_count_checkpoints_left_above_the_run(
 ) -> None:
     # checkpoint-30 is complete but was not resumed from (corrupt, say); the new attempt
     # trains from 0 and its limit of 2 applies to its own checkpoints.
-    first = make_target(s3_server, bucket, tmp_path / "staging-1")
-    publish_checkpoint(first, 30)
-    first.close()
+    earlier_attempt(s3_server, bucket, tmp_path, 30)
     target = make_target(s3_server, bucket, tmp_path / "staging-2", limit=2)
     for step in (10, 20):
         publish_checkpoint(target, step)
@@ -191,10 +197,7 @@ def test_rotation_on_s3_does_not_count_checkpoints_left_above_the_run(
 def test_resume_from_s3_into_a_fresh_staging_dir_with_fallback(
     s3_server: Any, bucket: str, s3_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first = make_target(s3_server, bucket, tmp_path / "staging-1")
-    for step in (10, 20, 30):
-        publish_checkpoint(first, step)
-    first.close()
+    earlier_attempt(s3_server, bucket, tmp_path, 10, 20, 30)
     client = s3_server.client()
     # Corrupt checkpoint-30 on S3 (same size, one byte flipped), and leave a checkpoint-40
     # whose upload never finished (no manifest).
@@ -443,10 +446,7 @@ def test_a_checkpoint_whose_upload_failed_is_never_reported(
 def test_resume_falls_back_when_an_object_vanishes_during_the_download(
     s3_server: Any, bucket: str, s3_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first = make_target(s3_server, bucket, tmp_path / "staging-1")
-    for step in (10, 20):
-        publish_checkpoint(first, step)
-    first.close()
+    earlier_attempt(s3_server, bucket, tmp_path, 10, 20)
 
     fresh = make_target(s3_server, bucket, tmp_path / "staging-2")
     real_download = fresh.store.download_file
@@ -467,10 +467,7 @@ def test_resume_falls_back_when_an_object_vanishes_during_the_download(
 def test_resume_falls_back_on_a_key_that_would_escape_the_checkpoint(
     s3_server: Any, bucket: str, s3_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    first = make_target(s3_server, bucket, tmp_path / "staging-1")
-    for step in (10, 20):
-        publish_checkpoint(first, step)
-    first.close()
+    earlier_attempt(s3_server, bucket, tmp_path, 10, 20)
 
     fresh = make_target(s3_server, bucket, tmp_path / "staging-2")
     real_list = fresh.store.list_keys
@@ -521,9 +518,7 @@ def test_a_staged_leftover_that_does_not_verify_is_not_uploaded(
 def test_latest_never_moves_back_to_a_lower_step(
     s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
 ) -> None:
-    first = make_target(s3_server, bucket, tmp_path / "staging-1")
-    publish_checkpoint(first, 30)
-    first.close()
+    earlier_attempt(s3_server, bucket, tmp_path, 30)
     # A later run that resumed from further back (say checkpoint-30 did not verify).
     later = make_target(s3_server, bucket, tmp_path / "staging-2")
     publish_checkpoint(later, 20)
@@ -535,9 +530,7 @@ def test_latest_never_moves_back_to_a_lower_step(
 def test_latest_moves_back_when_the_newer_checkpoint_it_names_is_gone(
     s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
 ) -> None:
-    first = make_target(s3_server, bucket, tmp_path / "staging-1")
-    publish_checkpoint(first, 30)
-    first.close()
+    earlier_attempt(s3_server, bucket, tmp_path, 30)
     s3_server.client().delete_object(Bucket=bucket, Key="runs/a/checkpoint-30/manifest.json")
     later = make_target(s3_server, bucket, tmp_path / "staging-2")
     publish_checkpoint(later, 20)
@@ -551,10 +544,7 @@ def test_latest_never_names_a_checkpoint_while_it_is_uploaded_again(
 ) -> None:
     """A run that fell back from checkpoint-30 reaches step 30 again: its prefix is deleted
     and rewritten, and meanwhile `latest` names the newest other complete checkpoint."""
-    first = make_target(s3_server, bucket, tmp_path / "staging-1")
-    publish_checkpoint(first, 20)
-    publish_checkpoint(first, 30)
-    first.close()
+    earlier_attempt(s3_server, bucket, tmp_path, 20, 30)
 
     seen: list[int | None] = []
     again = make_target(s3_server, bucket, tmp_path / "staging-2")
@@ -576,9 +566,7 @@ def test_latest_never_names_a_checkpoint_while_it_is_uploaded_again(
 def test_latest_is_removed_while_the_only_checkpoint_is_uploaded_again(
     s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
 ) -> None:
-    first = make_target(s3_server, bucket, tmp_path / "staging-1")
-    publish_checkpoint(first, 30)
-    first.close()
+    earlier_attempt(s3_server, bucket, tmp_path, 30)
 
     seen: list[bool] = []
     again = make_target(s3_server, bucket, tmp_path / "staging-2")
