@@ -239,6 +239,31 @@ class TestFingerprint:
         other = TrainerConfig.from_mapping({"lora": {"rank": 16}})
         assert base.fingerprint() != other.fingerprint()
 
+    def test_ignores_how_the_inputs_are_reached_but_not_which_they_are(self) -> None:
+        def config(endpoint: str, secret: str, model_uri: str) -> TrainerConfig:
+            s3 = {
+                "endpoint": endpoint,
+                "region": endpoint[-7:],
+                "credentialsSecretRef": {"name": secret},
+            }
+            return TrainerConfig.from_mapping(
+                {
+                    "model": {"s3": {"uri": model_uri, **s3}},
+                    "dataset": {"s3": {"uri": "s3://data/train.jsonl", **s3}},
+                }
+            )
+
+        base = config("https://s3.one.example", "creds-a", "s3://models/gpt-oss")
+        moved = config("https://s3.two.example", "creds-b", "s3://models/gpt-oss")
+        assert base.fingerprint() == moved.fingerprint()
+        other = config("https://s3.one.example", "creds-a", "s3://models/other")
+        assert base.fingerprint() != other.fingerprint()
+        hub = TrainerConfig.from_mapping({"model": {"name": "org/m"}})
+        with_token = TrainerConfig.from_mapping(
+            {"model": {"name": "org/m", "tokenSecretRef": {"name": "hf", "key": "token"}}}
+        )
+        assert hub.fingerprint() == with_token.fingerprint()
+
 
 class TestOutputUri:
     @pytest.mark.parametrize(

@@ -46,12 +46,18 @@ class TrainerConfig(SpecModel):
 
     def fingerprint(self) -> str:
         """A hash of everything that changes what a checkpoint means. Resuming is refused when
-        the checkpoint was written under a different fingerprint. Where outputs go, and
-        settings that only change speed or bookkeeping, are left out."""
+        the checkpoint was written under a different fingerprint. Where outputs go, how the
+        inputs are reached (token, S3 endpoint, region, credentials: the same model or data
+        may move behind another endpoint), and settings that only change speed or
+        bookkeeping are left out."""
         wire = self.to_wire()
         wire.pop("output", None)
         training = wire.get("training", {})
         for key in ("autoMicroBatch", "saveSteps", "saveTotalLimit", "loggingSteps"):
             training.pop(key, None)
+        wire.get("model", {}).pop("tokenSecretRef", None)
+        for part in ("model", "dataset"):
+            for key in ("endpoint", "region", "credentialsSecretRef"):
+                wire.get(part, {}).get("s3", {}).pop(key, None)
         canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
