@@ -15,7 +15,6 @@ RUN pip install --no-cache-dir --disable-pip-version-check --require-hashes \
 COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY trainer/finetune_trainer/ trainer/finetune_trainer/
-COPY localcluster/finetune_localcluster/ localcluster/finetune_localcluster/
 RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation \
         --wheel-dir /wheels .
 
