@@ -21,6 +21,7 @@ import pytest
 from finetune_localcluster.cluster import LocalCluster
 from finetune_localcluster.pytest_plugin import MakePvc, PodLogs
 
+from .conftest import OperatorHandle
 from .ftj import FineTuneJobs
 from .training_helpers import (
     DATASET_FILE,
@@ -431,3 +432,25 @@ def test_suspend_checkpoints_and_unsuspend_resumes(
     assert _resumed_step(second_log) == stopped_at
     second_steps = trainer_steps(second_log)
     assert second_steps[0] == stopped_at + 1 and second_steps[-1] == MAX_STEPS, second_steps
+
+
+def test_an_operator_restarted_mid_run_follows_the_same_trainer_to_success(
+    ftjs: FineTuneJobs,
+    operator: OperatorHandle,
+    claims: dict[str, Path],
+    wait_for: Callable[..., Any],
+) -> None:
+    # The operator keeps no state of its own: a new process finds the Job it created,
+    # reads the running trainer's progress, and records the outcome.
+    name = "operator-restart"
+    ftjs.apply(name, training_spec(save_steps=2))
+    pod, _ = _running_pod_after_first_checkpoint(ftjs, name, claims[OUTPUT_CLAIM], wait_for)
+    operator.stop()
+    operator.start()
+    status = _wait_finished(ftjs, name)
+    assert status["phase"] == "Succeeded", status
+    assert status["progress"]["summary"] == f"{MAX_STEPS}/{MAX_STEPS}"
+    assert status.get("restarts", 0) == 0
+    assert len(ftjs.jobs(name)) == 1
+    uid = ftjs.get(name)["metadata"]["uid"]
+    assert [p["metadata"]["name"] for p in ftjs.pods(uid)] == [pod]
