@@ -6,8 +6,9 @@ Session-scoped: `cluster` (control plane + node agent with gpu-node-0 and gpu-no
 deleted afterwards), `make_pvc`. Plain helper: `wait_for`.
 
 Fixtures needing the Go-built binaries skip, naming what is missing and the command that
-builds it, only when the binaries cannot be built. With FTO_REQUIRE_CLUSTER=1 (CI sets it)
-that is an error instead: a wrong FTO_BIN_DIR must not pass as a green run of 0 e2e tests."""
+builds it, only when the binaries cannot be built. With FTO_REQUIRE_CLUSTER=1 (make test
+sets it) that is an error instead: a wrong FTO_BIN_DIR must not pass as a green run of 0
+e2e tests."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The fixtures' answer to missing control plane binaries: a skip by default, an error when
-FTO_REQUIRE_CLUSTER=1 (as in CI). Run in a separate pytest, since this session may already
-hold the binaries."""
+FTO_REQUIRE_CLUSTER=1 (as `make test` sets it). Run in a separate pytest, since this session
+may already hold the binaries."""
 
 from __future__ import annotations
 
