@@ -147,7 +147,6 @@ class ControlPlane:
         A port taken by another process between choosing and binding it makes one attempt
         fail; the start is then retried with new ports."""
         started = time.monotonic()
-        self.binaries.mark_used()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
         self.pki = create_cluster_pki(self.state_dir / "pki", KUBERNETES_SERVICE_IP)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 _live: set[ManagedProcess] = set()
 _live_lock = threading.Lock()
 _handlers_installed = False
-_warned_no_setpriv = False
 
 
 class ManagedProcess:
@@ -56,12 +56,10 @@ class ManagedProcess:
         install_cleanup_handlers()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.argv
-        setpriv = shutil.which("setpriv")
+        setpriv = _setpriv()
         if setpriv:
             # The kernel kills the child if this thread dies, even by SIGKILL.
             argv = [setpriv, "--pdeathsig", "KILL", "--", *argv]
-        else:
-            _warn_no_setpriv()
         with open(self.log_path, "ab") as log_file:
             self.popen = subprocess.Popen(
                 argv,
@@ -104,17 +102,17 @@ class ManagedProcess:
             _live.discard(self)
 
 
-def _warn_no_setpriv() -> None:
-    """Say once that children can outlive a killed owner: without setpriv (util-linux)
-    only the atexit hook stops them, and SIGKILL skips it."""
-    global _warned_no_setpriv
-    if _warned_no_setpriv:
-        return
-    _warned_no_setpriv = True
-    log.warning(
-        "setpriv (util-linux) not found: child processes get no parent-death signal and "
-        "can outlive this process if it is killed with SIGKILL; install util-linux"
-    )
+@functools.cache
+def _setpriv() -> str | None:
+    """setpriv (util-linux), looked up once. Without it children can outlive a killed
+    owner (only the atexit hook stops them, and SIGKILL skips it): said once, here."""
+    found = shutil.which("setpriv")
+    if found is None:
+        log.warning(
+            "setpriv (util-linux) not found: child processes get no parent-death signal and "
+            "can outlive this process if it is killed with SIGKILL; install util-linux"
+        )
+    return found
 
 
 def terminate_group(popen: subprocess.Popen[bytes], timeout: float) -> None:

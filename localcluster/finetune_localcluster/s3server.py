@@ -67,7 +67,6 @@ class S3Server:
     def start(self) -> None:
         """Start the gateway and wait until it answers S3 requests."""
         binaries = self._binaries or find_binaries()
-        binaries.mark_used()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
             self.port = free_port()

@@ -5,19 +5,15 @@ Nothing is downloaded but metadata (the torch and CUDA wheels weigh gigabytes)."
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from .lockfile import REPO, locked_versions, resolve_lock
+from .lockfile import LOCK_TOOL, REPO, locked_versions, resolve_lock
 
-sys.path.insert(0, str(REPO / "hack" / "images"))
-from lock import find_python
-
-sys.path.pop(0)
+find_python = LOCK_TOOL.find_python
 
 # Both images run CPython 3.12 (python:3.12 slim; Ubuntu 24.04 in the CUDA image).
 IMAGE_PYTHON = "3.12"

@@ -75,13 +75,17 @@ def test_a_control_plane_dies_with_its_killed_owner(
 
 
 def test_a_missing_setpriv_is_warned_about_once(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
 ) -> None:
     real_which = shutil.which
     monkeypatch.setattr(
         shutil, "which", lambda name, *a, **k: None if name == "setpriv" else real_which(name)
     )
-    monkeypatch.setattr(processes, "_warned_no_setpriv", False)
+    processes._setpriv.cache_clear()  # looked up again, through the patched which
+    request.addfinalizer(processes._setpriv.cache_clear)  # and again after this test
     caplog.set_level(logging.WARNING, logger=processes.__name__)
     children = [ManagedProcess(f"true-{i}", ["true"], tmp_path / f"{i}.log") for i in range(2)]
     for child in children:
