@@ -122,17 +122,8 @@ class RunTracker:
             self._window_digests.extend(digests)
         self.progress.step = int(state.global_step)
         self.metrics.update(step=state.global_step, epoch=state.epoch, **gpu_memory())
-        stopping = self.stop.requested and not self.progress.interrupted
-        # At the last step the run finishes anyway, writing the final adapter.
-        if stopping and state.global_step < state.max_steps:
-            log.warning(
-                "stopping after step %d on %s: checkpointing first",
-                state.global_step,
-                self.stop.signal_name,
-            )
-            self.progress.interrupted = True
+        if self._stop_here(state, control, "checkpointing first"):
             control.should_save = True
-            control.should_training_stop = True
         if control.should_save:
             self._save_started = utc_now()
 
@@ -201,14 +192,21 @@ class RunTracker:
         )
         # A stop requested while this checkpoint was being written: it is the checkpoint
         # the stop asks for, so stop here rather than train a step more and save again.
-        if self.stop.requested and not self.progress.interrupted and step < state.max_steps:
-            log.warning(
-                "stopping after step %d on %s: the checkpoint just written is the last",
-                step,
-                self.stop.signal_name,
-            )
-            self.progress.interrupted = True
-            control.should_training_stop = True
+        self._stop_here(state, control, "the checkpoint just written is the last")
+
+    def _stop_here(self, state: Any, control: Any, why: str) -> bool:
+        """End training after this step when a stop was requested and not yet acted on;
+        at the last step the run finishes anyway, writing the final adapter."""
+        if not self.stop.requested or self.progress.interrupted:
+            return False
+        if state.global_step >= state.max_steps:
+            return False
+        log.warning(
+            "stopping after step %d on %s: %s", state.global_step, self.stop.signal_name, why
+        )
+        self.progress.interrupted = True
+        control.should_training_stop = True
+        return True
 
     def _checkpoint_durable(self, name: str, manifest: Manifest) -> None:
         """Runs when ``name`` is safe at the output (for S3, in the upload thread)."""

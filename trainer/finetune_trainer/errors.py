@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 # What an I/O call fails with when the trainer's user may not do it: the same on every
 # attempt, so retrying only spends the Job's backoff limit.
@@ -44,14 +46,30 @@ class IncompatibleCheckpoint(InvalidInput):
     reason = "IncompatibleCheckpoint"
 
 
-def access_denied(exc: OSError, where: str) -> InvalidConfig | None:
-    """The InvalidConfig for a permission or read-only refusal at ``where`` (the config
-    field), None for any other I/O error (those may pass and are retried)."""
-    if exc.errno not in _ACCESS_ERRNOS:
-        return None
-    path = f" {exc.filename}" if exc.filename else ""
-    return InvalidConfig(
-        f"{where}: the trainer may not write or read{path} ({exc.strerror}); make the volume "
-        "writable for the trainer's user (the pod's fsGroup owns it when the volume supports "
-        "ownership changes; otherwise chown it) or choose another location"
-    )
+@contextmanager
+def output_access(where: str) -> Iterator[None]:
+    """Turn a permission or read-only refusal at ``where`` (the config field) into
+    InvalidConfig; any other I/O error passes through (it may pass, and is retried)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _ACCESS_ERRNOS:
+            raise
+        path = f" {exc.filename}" if exc.filename else ""
+        raise InvalidConfig(
+            f"{where}: the trainer may not write or read{path} ({exc.strerror}); make the "
+            "volume writable for the trainer's user (the pod's fsGroup owns it when the volume "
+            "supports ownership changes; otherwise chown it) or choose another location"
+        ) from exc
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the errors behind it (``__cause__``, else ``__context__``), each once:
+    libraries wrap the error that says what happened (boto3's upload failures, transformers'
+    OSErrors around the Hub's)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

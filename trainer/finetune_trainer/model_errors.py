@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 from .config import ModelSpec
-from .errors import InvalidInput, InvalidModel
+from .errors import InvalidInput, InvalidModel, exception_chain
 from .sources import ModelSource
 
 Stage = Literal["tokenizer", "model"]
@@ -38,15 +38,6 @@ def model_field(spec: ModelSpec, source: ModelSource) -> str:
     if spec.name is not None:
         return f"model.name {spec.name}"
     return source.description
-
-
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
 
 
 def _transient_types() -> tuple[type[BaseException], ...]:
@@ -112,7 +103,7 @@ def invalid_model(
         RevisionNotFoundError,
     )
 
-    errors = list(_chain(exc))
+    errors = list(exception_chain(exc))
     if _transient(errors):
         return None
     what = model_field(spec, source)

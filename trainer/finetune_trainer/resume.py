@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import IncompatibleCheckpoint, access_denied
+from .errors import IncompatibleCheckpoint, output_access
 from .storage.manifest import Manifest, ManifestError
 from .storage.targets import OutputTarget
 
@@ -49,16 +49,14 @@ def find_resume_point(target: OutputTarget, fingerprint: str) -> ResumePoint | N
     for candidate in target.resume_candidates():
         name = f"checkpoint-{candidate.step}"
         try:
-            path, manifest = candidate.fetch()
+            with output_access(f"output {candidate.uri}"):
+                path, manifest = candidate.fetch()
         except ManifestError as exc:
             reason = f"{name} is not usable: {exc}"
             log.warning("%s; falling back to the previous checkpoint", reason)
             rejected.append(reason)
             continue
         except OSError as exc:
-            denied = access_denied(exc, f"output {candidate.uri}")
-            if denied is not None:
-                raise denied from exc
             raise CheckpointUnreadable(
                 f"{name} at {candidate.uri} could not be read ({exc}); not falling back to an "
                 "older checkpoint, which would discard the training it holds: the next "

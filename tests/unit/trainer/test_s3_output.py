@@ -377,8 +377,8 @@ class GatedStore(RecordingStore):
         assert self.gate.wait(30)
         super().upload_file(path, key)
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> None:
-        super().put_bytes(key, data, content_type)
+    def put_bytes(self, key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
+        super().put_bytes(key, data, *args, **kwargs)
         self.events.append(("put", key))
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..config import S3Location
 from ..contract import Env
-from ..errors import InvalidConfig
+from ..errors import InvalidConfig, exception_chain
 from .retry import DEFAULT_RETRY, RetryPolicy, with_retries
 
 T = TypeVar("T")
@@ -86,26 +86,22 @@ def _error_code(exc: BaseException) -> str:
     """The S3 error code of ``exc``, or of the first error in its chain that has one:
     boto3's managed transfers (``upload_file``) raise ``S3UploadFailedError``, which has no
     response of its own and carries the ClientError as its ``__context__``."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        response = getattr(current, "response", None)
+    for error in exception_chain(exc):
+        response = getattr(error, "response", None)
         if isinstance(response, dict):
             return str(response.get("Error", {}).get("Code", ""))
-        current = current.__cause__ or current.__context__
     return ""
 
 
+_NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
+
+
 def is_not_found(exc: BaseException) -> bool:
-    return _error_code(exc) in ("404", "NoSuchKey", "NotFound")
+    return _error_code(exc) in _NOT_FOUND_CODES
 
 
 # Answers that retrying cannot change.
-_FATAL_CODES = {
-    "404",
-    "NoSuchKey",
-    "NotFound",
+_FATAL_CODES = _NOT_FOUND_CODES | {
     "NoSuchBucket",
     "403",
     "AccessDenied",
@@ -119,7 +115,7 @@ def is_fatal(exc: BaseException) -> bool:
 
 
 # Refusals that only a change of the bucket name or of the credentials can fix.
-_REFUSED_CODES = _FATAL_CODES - {"404", "NoSuchKey", "NotFound"}
+_REFUSED_CODES = _FATAL_CODES - _NOT_FOUND_CODES
 
 
 class S3Store:
@@ -156,7 +152,7 @@ class S3Store:
             raise InvalidConfig(
                 f"{self.role}.s3: the {what} was refused ({code}); check the bucket name "
                 f"and the credentials: the FineTuneJob's {self.role}.s3.credentialsSecretRef "
-                f"(FTO_S3_{self.role.upper()}_* in the pod), or the pod's cloud identity, "
+                f"({Env.s3(self.role, '*')} in the pod), or the pod's cloud identity, "
                 "and what the bucket policy grants them"
             ) from exc
 
@@ -165,16 +161,14 @@ class S3Store:
         list and read but not write (or not delete, which re-uploads and rotation need)
         are refused at startup, before any GPU time, rather than at the first upload."""
         key = join_key(prefix, f".write-probe-{uuid.uuid4().hex[:12]}")
-        self._call(
-            lambda: self.client.put_object(
-                Bucket=self.bucket, Key=key, Body=b"write probe\n", ContentType="text/plain"
-            ),
-            f"test write of {self.uri(key)} (made at startup to check write access)",
+        what = "(made at startup to check {} access)"
+        self.put_bytes(
+            key,
+            b"write probe\n",
+            "text/plain",
+            what=f"test write of {self.uri(key)} {what.format('write')}",
         )
-        self._call(
-            lambda: self.client.delete_object(Bucket=self.bucket, Key=key),
-            f"test delete of {self.uri(key)} (made at startup to check delete access)",
-        )
+        self.delete_key(key, what=f"test delete of {self.uri(key)} {what.format('delete')}")
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -186,22 +180,29 @@ class S3Store:
             f"upload of {self.uri(key)}",
         )
 
-    def put_bytes(self, key: str, data: bytes, content_type: str = "application/json") -> None:
+    def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str = "application/json",
+        what: str | None = None,
+    ) -> None:
+        """Write one object; ``what`` names the action in errors (default: a write)."""
         self._call(
             lambda: self.client.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
             ),
-            f"write of {self.uri(key)}",
+            what or f"write of {self.uri(key)}",
         )
 
     def put_json(self, key: str, value: Any) -> None:
         self.put_bytes(key, json.dumps(value, sort_keys=True).encode())
 
-    def delete_key(self, key: str) -> None:
-        """Delete one object (no error when there is none)."""
+    def delete_key(self, key: str, what: str | None = None) -> None:
+        """Delete one object (no error when there is none); ``what`` as for put_bytes."""
         self._call(
             lambda: self.client.delete_object(Bucket=self.bucket, Key=key),
-            f"delete of {self.uri(key)}",
+            what or f"delete of {self.uri(key)}",
         )
 
     def get_bytes(self, key: str) -> bytes | None:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import access_denied
+from ..errors import output_access
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     INCOMPLETE_DIR,
@@ -66,13 +66,8 @@ class OutputTarget:
         return f"{self.uri_base}/{name}"
 
     def prepare(self) -> None:
-        try:
+        with output_access(f"output {self.uri_base}"):
             self.artifacts.prepare()
-        except OSError as exc:
-            denied = access_denied(exc, f"output {self.uri_base}")
-            if denied is not None:
-                raise denied from exc
-            raise
 
     def published(self, name: str, manifest: Manifest, on_durable: OnDurable | None = None) -> None:
         """An artifact was committed locally. For a local target it is already final."""
@@ -179,15 +174,18 @@ class S3Target(OutputTarget):
     def _upload(self, name: str, manifest: Manifest, on_durable: OnDurable | None = None) -> None:
         local = self.artifacts.root / name
         checkpoint = manifest.kind == "checkpoint"
-        if checkpoint:
+        # Read once per upload: this thread is the only writer of the pointer.
+        held = self._latest_step() if checkpoint else None
+        if held is not None and held == manifest.step:
             self._repoint_latest_before_rewriting(manifest.step)
+            held = None  # now an older checkpoint or none: the upload moves it back
         stale = self.store.delete_prefix(self.key(name))
         if stale:
             log.info("removed %d stale objects under %s before uploading", stale, self.uri(name))
         size = self.store.upload_dir(local, self.key(name), last=MANIFEST_NAME)
         log.info("uploaded %s (%d files, %d bytes)", self.uri(name), len(manifest.files) + 1, size)
         if checkpoint:
-            self._move_latest(name, manifest)
+            self._move_latest(name, manifest, held)
         if on_durable is not None:
             on_durable()
         if checkpoint:
@@ -210,13 +208,11 @@ class S3Target(OutputTarget):
     def _remote_manifest(self, step: int) -> Manifest | None:
         return self.artifact_manifest(checkpoint_name(step))
 
-    def _move_latest(self, name: str, manifest: Manifest) -> None:
-        """Point ``latest`` at the checkpoint just uploaded, unless it names a newer one
-        that is complete (a run resumed from an older checkpoint, say because the newer
-        one was corrupt: its uploads must not drag the pointer back)."""
-        pointer = self.latest_pointer()
-        held = pointer.get("step") if pointer is not None else None
-        if isinstance(held, int) and held > manifest.step:
+    def _move_latest(self, name: str, manifest: Manifest, held: int | None) -> None:
+        """Point ``latest`` (naming ``held`` now) at the checkpoint just uploaded, unless it
+        names a newer one that is complete (a run resumed from an older checkpoint, say
+        because the newer one was corrupt: its uploads must not drag the pointer back)."""
+        if held is not None and held > manifest.step:
             if self._remote_manifest(held) is not None:
                 log.info(
                     "%s stays at checkpoint-%d, newer than %s",
@@ -234,12 +230,9 @@ class S3Target(OutputTarget):
         self._write_latest(manifest)
 
     def _repoint_latest_before_rewriting(self, step: int) -> None:
-        """Before ``checkpoint-<step>`` is deleted and uploaded again, make sure ``latest``
-        does not name it: point it at the newest other complete checkpoint below, or
-        remove it when there is none. It moves back to ``step`` after the upload."""
-        pointer = self.latest_pointer()
-        if pointer is None or pointer.get("step") != step:
-            return
+        """``latest`` names ``checkpoint-<step>``, which is about to be deleted and uploaded
+        again: point it at the newest other complete checkpoint below, or remove it when
+        there is none. It moves back to ``step`` after the upload."""
         for older in sorted((s for s in self._remote_steps() if s < step), reverse=True):
             manifest = self._remote_manifest(older)
             if manifest is not None:
@@ -268,11 +261,13 @@ class S3Target(OutputTarget):
         # Complete checkpoints above the one just uploaded are left by an earlier attempt
         # that could not resume from them (a corrupt file, say): counting them would rotate
         # out good ones, as LocalArtifacts.rotate(upto=) avoids locally.
+        steps = self._remote_steps()
         complete = sorted(
-            (s for s in self._remote_complete_steps() if s <= uploaded_step), reverse=True
+            (s for s in steps if s <= uploaded_step and self._has_manifest(s)),
+            reverse=True,
         )
         keep = set(complete[: max(1, self.save_total_limit)]) | {uploaded_step}
-        for step in self._remote_steps():
+        for step in steps:
             if step not in keep and step < uploaded_step:
                 log.info(
                     "rotating out %s (saveTotalLimit=%d)",
@@ -314,12 +309,14 @@ class S3Target(OutputTarget):
                 steps.add(step)
         return steps
 
-    def _remote_complete_steps(self) -> set[int]:
-        return {
-            step
-            for step in self._remote_steps()
-            if self.store.get_bytes(self.key(checkpoint_name(step), MANIFEST_NAME)) is not None
-        }
+    def _has_manifest(self, step: int) -> bool:
+        key = self.key(checkpoint_name(step), MANIFEST_NAME)
+        return self.store.get_bytes(key) is not None
+
+    def _latest_step(self) -> int | None:
+        pointer = self.latest_pointer()
+        step = pointer.get("step") if pointer is not None else None
+        return step if isinstance(step, int) else None
 
     def latest_pointer(self) -> dict[str, object] | None:
         raw = self.store.get_bytes(self.key(LATEST_POINTER))
@@ -334,9 +331,8 @@ class S3Target(OutputTarget):
 
     def resume_candidates(self) -> Iterator[ResumeCandidate]:
         steps = self._remote_steps()
-        pointer = self.latest_pointer()
-        pointed = pointer.get("step") if pointer is not None else None
-        if isinstance(pointed, int):
+        pointed = self._latest_step()
+        if pointed is not None:
             log.info("%s points at checkpoint-%d", self.uri(LATEST_POINTER), pointed)
             steps.add(pointed)
         for step in sorted(steps, reverse=True):
