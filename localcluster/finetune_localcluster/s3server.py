@@ -9,6 +9,7 @@ import logging
 import os
 import secrets
 import shutil
+import subprocess
 import tempfile
 import time
 import urllib.error
@@ -41,6 +42,7 @@ class S3Server:
         *,
         binaries: Binaries | None = None,
         start_timeout: float = 30.0,
+        iam: bool = False,
     ) -> None:
         self._owns_dir = data_dir is None
         self.base_dir = Path(data_dir or tempfile.mkdtemp(prefix="localcluster-s3-")).resolve()
@@ -51,6 +53,10 @@ class S3Server:
         self.secret_key = secrets.token_urlsafe(30)
         self.region = REGION
         self.port = 0
+        # With iam: versitygw's internal IAM (users besides root, bucket policies), managed
+        # through its admin endpoint; create_user() adds a user.
+        self.iam = iam
+        self.admin_port = 0
         self._process: ManagedProcess | None = None
 
     @property
@@ -70,6 +76,14 @@ class S3Server:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(3):
             self.port = free_port()
+            iam_args: list[str] = []
+            if self.iam:
+                self.admin_port = free_port()
+                (self.base_dir / "iam").mkdir(exist_ok=True)
+                iam_args = [
+                    f"--admin-port=127.0.0.1:{self.admin_port}",
+                    f"--iam-dir={self.base_dir / 'iam'}",
+                ]
             env = {
                 "PATH": os.environ.get("PATH", os.defpath),
                 "ROOT_ACCESS_KEY_ID": self.access_key,
@@ -80,6 +94,7 @@ class S3Server:
                 [
                     str(binaries.versitygw),
                     f"--port=127.0.0.1:{self.port}",
+                    *iam_args,
                     f"--region={self.region}",
                     "--quiet",
                     "posix",
@@ -126,15 +141,42 @@ class S3Server:
         import boto3
         from botocore.config import Config
 
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
-            **kwargs,
+        options: dict[str, Any] = {
+            "endpoint_url": self.endpoint,
+            "aws_access_key_id": self.access_key,
+            "aws_secret_access_key": self.secret_key,
+            "region_name": self.region,
+            "config": Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+        }
+        return boto3.client("s3", **{**options, **kwargs})
+
+    def create_user(self) -> tuple[str, str]:
+        """A new IAM user (server started with ``iam``) with no grants of its own; returns
+        its (access key, secret key). The admin credentials travel in the admin tool's
+        environment; the new user's, made up here for tests, on its command line."""
+        assert self.iam and self.admin_port, "start the server with iam=True"
+        access = "UK" + secrets.token_hex(8).upper()
+        secret = secrets.token_urlsafe(24)
+        subprocess.run(
+            [
+                str((self._binaries or find_binaries()).versitygw),
+                "admin",
+                f"--endpoint-url=http://127.0.0.1:{self.admin_port}",
+                "create-user",
+                f"--access={access}",
+                f"--secret={secret}",
+                "--role=user",
+            ],
+            env={
+                "PATH": os.environ.get("PATH", os.defpath),
+                "ADMIN_ACCESS_KEY_ID": self.access_key,
+                "ADMIN_SECRET_ACCESS_KEY": self.secret_key,
+            },
+            check=True,
+            capture_output=True,
+            timeout=30,
         )
+        return access, secret
 
     def create_bucket(self, name: str) -> str:
         """Create a bucket (idempotent) and return its name."""

@@ -123,6 +123,23 @@ def gpu_peak_memory() -> dict[str, float]:
     }
 
 
+def log_gpu_memory_after_load() -> None:
+    """Log what the loaded model holds and what loading peaked at, then restart the peak
+    counters, so the step records' ``gpu_peak_*`` are training's own: loading and training
+    fail apart (a loader that briefly needs more is fixed differently from a micro-batch
+    that is too large). Nothing without a GPU."""
+    held = gpu_memory()["gpu_memory_allocated_bytes"]
+    peak = gpu_peak_memory()
+    if held is None or not peak:
+        return
+    log.info(
+        "GPU memory after loading: %.2f GiB held, %.2f GiB peak while loading",
+        held / 2**30,
+        peak["gpu_peak_allocated_gib"],
+    )
+    sys.modules["torch"].cuda.reset_peak_memory_stats()
+
+
 def _clean(value: Any) -> Any:
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return None

@@ -33,8 +33,8 @@ class RuntimeOptions:
     scratch_dir: Path | None = None
     backend: BackendChoice = "auto"
     hf_token: str | None = field(default=None, repr=False)  # never printed
-    # True once scratch() made its own temporary directory, which remove_own_scratch() deletes
-    owns_scratch: bool = field(default=False, repr=False)
+    # The temporary directory scratch() made itself, which remove_own_scratch() deletes
+    _temporary: Path | None = field(default=None, init=False, repr=False)
     # Set when output staged in scratch could not be published: then scratch is kept.
     keep_scratch: bool = field(default=False, repr=False)
 
@@ -65,8 +65,9 @@ class RuntimeOptions:
             if default.is_dir() and os.access(default, os.W_OK):
                 self.scratch_dir = default
             else:
-                self.scratch_dir = Path(tempfile.mkdtemp(prefix="finetune-scratch-"))
-                self.owns_scratch = True
+                self.scratch_dir = self._temporary = Path(
+                    tempfile.mkdtemp(prefix="finetune-scratch-")
+                )
                 log.info("scratch: %s (temporary, removed at exit)", self.scratch_dir)
         self.scratch_dir.mkdir(parents=True, exist_ok=True)
         return self.scratch_dir
@@ -76,14 +77,13 @@ class RuntimeOptions:
         leave nothing behind; a directory the user or the pod provided is left alone. When
         staged output could not be published it is kept (and its place logged): it may
         hold the only copy of a checkpoint."""
-        if not self.owns_scratch or self.scratch_dir is None:
+        if self._temporary is None:
             return
         if self.keep_scratch:
             log.warning(
                 "scratch %s kept: it holds staged output that was not published",
-                self.scratch_dir / OUTPUT_STAGING,
+                self._temporary / OUTPUT_STAGING,
             )
             return
-        shutil.rmtree(self.scratch_dir, ignore_errors=True)
-        self.scratch_dir = None
-        self.owns_scratch = False
+        shutil.rmtree(self._temporary, ignore_errors=True)
+        self.scratch_dir = self._temporary = None

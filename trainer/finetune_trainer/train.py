@@ -20,11 +20,17 @@ import traceback
 from pathlib import Path
 from typing import Any, Literal
 
-from . import gpu_memory
 from .config import TrainerConfig
 from .contract import TerminationMessage
 from .errors import IncompatibleCheckpoint, InvalidInput
-from .metrics import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, MetricsServer, plot_loss
+from .metrics import (
+    LOSS_PLOT_FILE,
+    METRICS_FILE,
+    MetricsLog,
+    MetricsServer,
+    log_gpu_memory_after_load,
+    plot_loss,
+)
 from .microbatch import MicroBatchPlan, plan_micro_batch
 from .model_errors import load_tokenizer, model_errors
 from .progress import RunProgress
@@ -229,7 +235,7 @@ class TrainingRun:
         with model_errors(config.model, model_source, stage="model", token=token):
             model, tokenizer = backend.load(config, model_source, token)
         log.info("model loaded in %.1fs", time.monotonic() - started)
-        gpu_memory.after_load()
+        log_gpu_memory_after_load()
 
         self.stage = "training"
         trainer = self._build_trainer(backend, model, tokenizer, prepared.dataset, target)

@@ -7,12 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
-import subprocess
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,54 +15,32 @@ from typing import Any
 
 import pytest
 
-from finetune_localcluster.ports import free_port
-from finetune_localcluster.processes import ManagedProcess
+from finetune_localcluster.s3server import REGION, S3Server
 from finetune_trainer.config import S3Location
 from finetune_trainer.errors import InvalidConfig
-from finetune_trainer.storage.retry import RetryPolicy
 from finetune_trainer.storage.s3 import S3Store, is_fatal
 from finetune_trainer.storage.targets import S3Target
 
 from .test_checkpoints import write_fake_checkpoint
-
-FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05)
-REGION = "us-east-1"
+from .test_s3_output import FAST
 
 
 @dataclass
 class IamServer:
-    endpoint: str
-    root: tuple[str, str]
+    server: S3Server
     reader: tuple[str, str]
     bucket: str
 
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint
+
+    @property
+    def root(self) -> tuple[str, str]:
+        return self.server.access_key, self.server.secret_key
+
     def client(self, access: tuple[str, str]) -> Any:
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            aws_access_key_id=access[0],
-            aws_secret_access_key=access[1],
-            region_name=REGION,
-            config=Config(s3={"addressing_style": "path"}),
-        )
-
-
-def _wait_ready(url: str, process: ManagedProcess, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not process.running():
-            break
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # any S3 answer (403) means it serves
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"versitygw did not start:\n{process.log_tail()}")
+        return self.server.client(aws_access_key_id=access[0], aws_secret_access_key=access[1])
 
 
 @pytest.fixture(scope="module")
@@ -78,73 +50,22 @@ def iam_server(
     """versitygw with its internal IAM, a bucket owned by root, and a user that the bucket
     policy lets read and list it, nothing more."""
     base = tmp_path_factory.mktemp("s3-iam")
-    (base / "data").mkdir()
-    (base / "iam").mkdir()
-    root = ("AK" + secrets.token_hex(8).upper(), secrets.token_urlsafe(24))
-    reader = ("RK" + secrets.token_hex(8).upper(), secrets.token_urlsafe(24))
-    port, admin_port = free_port(), free_port()
-    process = ManagedProcess(
-        "versitygw-iam",
-        [
-            str(localcluster_binaries.versitygw),
-            f"--port=127.0.0.1:{port}",
-            f"--admin-port=127.0.0.1:{admin_port}",
-            f"--region={REGION}",
-            f"--iam-dir={base / 'iam'}",
-            "--quiet",
-            "posix",
-            str(base / "data"),
-        ],
-        base / "versitygw.log",
-        env={
-            "PATH": os.environ.get("PATH", os.defpath),
-            "ROOT_ACCESS_KEY_ID": root[0],
-            "ROOT_SECRET_ACCESS_KEY": root[1],
-        },
-    )
-    process.start()
-    try:
-        _wait_ready(f"http://127.0.0.1:{port}/", process)
-        subprocess.run(
-            [
-                str(localcluster_binaries.versitygw),
-                "admin",
-                f"--endpoint-url=http://127.0.0.1:{admin_port}",
-                "create-user",
-                f"--access={reader[0]}",
-                f"--secret={reader[1]}",
-                "--role=user",
-            ],
-            env={
-                "PATH": os.environ.get("PATH", os.defpath),
-                "ADMIN_ACCESS_KEY_ID": root[0],
-                "ADMIN_SECRET_ACCESS_KEY": root[1],
-            },
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
-        server = IamServer(f"http://127.0.0.1:{port}", root, reader, f"ro-{uuid.uuid4().hex[:8]}")
-        admin = server.client(root)
-        admin.create_bucket(Bucket=server.bucket)
+    with S3Server(base, binaries=localcluster_binaries, iam=True) as server:
+        bucket = server.create_bucket(f"ro-{uuid.uuid4().hex[:8]}")
+        iam = IamServer(server, server.create_user(), bucket)
         policy = {
             "Version": "2012-10-17",
             "Statement": [
                 {
                     "Effect": "Allow",
-                    "Principal": {"AWS": [reader[0]]},
+                    "Principal": {"AWS": [iam.reader[0]]},
                     "Action": ["s3:GetObject", "s3:ListBucket"],
-                    "Resource": [
-                        f"arn:aws:s3:::{server.bucket}",
-                        f"arn:aws:s3:::{server.bucket}/*",
-                    ],
+                    "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
                 }
             ],
         }
-        admin.put_bucket_policy(Bucket=server.bucket, Policy=json.dumps(policy))
-        yield server
-    finally:
-        process.stop()
+        server.client().put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+        yield iam
 
 
 @pytest.fixture
