@@ -10,16 +10,12 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, overload
+from typing import Any
 
 from .api import GROUP
 from .api.spec import Toleration
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
-
-_T = TypeVar("_T")
-# What a numeric setting must look like, for the message when it does not.
-_FORMS: dict[Callable[[str], Any], str] = {int: "a whole number", float: "a number"}
 
 
 @dataclass(frozen=True)
@@ -63,17 +59,13 @@ class OperatorConfig:
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
 
-        @overload
-        def get(name: str, default: str) -> str: ...
-        @overload
-        def get(name: str, default: str, parse: Callable[[str], _T]) -> _T: ...
         def get(name: str, default: str, parse: Callable[[str], Any] = str) -> Any:
             text = env.get(f"FTO_{name}", default)
             try:
                 return parse(text)
-            except ValueError:
+            except ValueError:  # only the numbers' parsers raise it
                 # int("10s") would say only "invalid literal"; name the variable instead.
-                form = _FORMS.get(parse, "valid")
+                form = "a whole number" if parse is int else "a number"
                 raise ValueError(
                     f"FTO_{name} must be {form} such as {default}, not {text!r}"
                 ) from None

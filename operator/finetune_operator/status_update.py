@@ -33,6 +33,39 @@ class StatusUpdate:
         return any(previous.get(k) != v for k, v in self.status.items())
 
 
+def _stalled_status(
+    previous: dict[str, Any],
+    phase: str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
+    completion_time: str | None,
+) -> StatusUpdate:
+    """A status the operator sets for a reason it found itself (not the Job's outcome):
+    Stalled, with one Warning Event the first time that reason appears."""
+    status = {
+        "phase": phase,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": conditions_for_phase(
+            phase,
+            reason,
+            message,
+            generation,
+            previous.get("conditions"),
+            rfc3339(now),
+            stalled=True,
+        ),
+        "completionTime": completion_time,
+    }
+    events = []
+    if previous.get("reason") != reason:
+        events.append(Event("Warning", reason, message))
+    return StatusUpdate(status, events)
+
+
 def failed_status(
     previous: dict[str, Any],
     reason: str,
@@ -40,22 +73,9 @@ def failed_status(
     generation: int | None,
     now: datetime,
 ) -> StatusUpdate:
-    """Failed for a reason the operator found itself (not the Job's outcome), with one
-    Warning Event the first time that reason appears."""
-    status = {
-        "phase": "Failed",
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "conditions": conditions_for_phase(
-            "Failed", reason, message, generation, previous.get("conditions"), rfc3339(now)
-        ),
-        "completionTime": previous.get("completionTime") or rfc3339(now),
-    }
-    events = []
-    if previous.get("reason") != reason:
-        events.append(Event("Warning", reason, message))
-    return StatusUpdate(status, events)
+    """Failed for a reason the operator found itself, with a Warning Event."""
+    completion = previous.get("completionTime") or rfc3339(now)
+    return _stalled_status(previous, "Failed", reason, message, generation, now, completion)
 
 
 def invalid_spec_status(
@@ -87,28 +107,9 @@ def status_rejected_status(
         + (f" (see Job {job} for how the run goes)" if job else "")
     )
     phase = previous.get("phase") or "Pending"
-    reason = "StatusRejected"
-    status: dict[str, Any] = {
-        "phase": phase,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "conditions": conditions_for_phase(
-            phase,
-            reason,
-            message,
-            generation,
-            previous.get("conditions"),
-            rfc3339(now),
-            stalled=True,
-        ),
-        # Only an outcome already recorded has a completion time.
-        "completionTime": previous.get("completionTime") if phase in TERMINAL_PHASES else None,
-    }
-    events = []
-    if previous.get("reason") != reason:
-        events.append(Event("Warning", reason, message))
-    return StatusUpdate(status, events)
+    # Only an outcome already recorded has a completion time.
+    completion = previous.get("completionTime") if phase in TERMINAL_PHASES else None
+    return _stalled_status(previous, phase, "StatusRejected", message, generation, now, completion)
 
 
 def kept_outcome(previous: dict[str, Any], generation: int | None) -> StatusUpdate:

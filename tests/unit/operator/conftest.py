@@ -11,6 +11,7 @@ from finetune_operator.builders import Owner
 from finetune_operator.config import OperatorConfig
 
 UID = "6f1c2a9e-0000-4000-8000-000000000001"
+JOB_UID = "0b1c2d3e-0000-4000-8000-00000000000a"
 # A FineTuneJob must name output storage that outlives its pod; tests about other parts of
 # the spec get this one unless they give their own.
 OUTPUT = {"pvc": {"claimName": "outputs"}}
@@ -47,3 +48,41 @@ def settings() -> OperatorConfig:
 
 def spec_of(data: dict[str, Any]) -> FineTuneJobSpec:
     return FineTuneJobSpec.model_validate(with_output(data))
+
+
+def pod(
+    phase: str = "Pending",
+    *,
+    name: str = "p1",
+    created: str = "T1",
+    state: dict | None = None,
+    conditions: list[dict] | None = None,
+    ip: str | None = None,
+    deleting: bool = False,
+    controller_uid: str | None = JOB_UID,
+) -> dict:
+    meta: dict[str, Any] = {"name": name, "creationTimestamp": created}
+    if controller_uid is not None:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "batch/v1",
+                "kind": "Job",
+                "name": "j",
+                "uid": controller_uid,
+                "controller": True,
+            }
+        ]
+    if deleting:
+        meta["deletionTimestamp"] = "T5"
+    status: dict[str, Any] = {"phase": phase, "conditions": conditions or []}
+    if state is not None:
+        status["containerStatuses"] = [{"name": "trainer", "state": state}]
+    if ip:
+        status["podIP"] = ip
+    return {"metadata": meta, "status": status}
+
+
+def terminated(code: int, message: str = "", reason: str = "Error", at: str = "T4") -> dict:
+    return {
+        "terminated": {"exitCode": code, "reason": reason, "message": message, "finishedAt": at}
+    }

@@ -9,7 +9,7 @@ import pytest
 from finetune_operator.observe import observe
 from finetune_trainer.contract import CheckpointRef, TerminationMessage
 
-JOB_UID = "0b1c2d3e-0000-4000-8000-00000000000a"
+from .conftest import JOB_UID, pod, terminated
 
 
 def job(conditions: list[dict] | None = None, suspend: bool = False, **status: Any) -> dict:
@@ -27,44 +27,6 @@ def cond(kind: str, reason: str = "", message: str = "", at: str = "T9") -> dict
         "reason": reason,
         "message": message,
         "lastTransitionTime": at,
-    }
-
-
-def pod(
-    phase: str = "Pending",
-    *,
-    name: str = "p1",
-    created: str = "T1",
-    state: dict | None = None,
-    conditions: list[dict] | None = None,
-    ip: str | None = None,
-    deleting: bool = False,
-    controller_uid: str | None = JOB_UID,
-) -> dict:
-    meta: dict[str, Any] = {"name": name, "creationTimestamp": created}
-    if controller_uid is not None:
-        meta["ownerReferences"] = [
-            {
-                "apiVersion": "batch/v1",
-                "kind": "Job",
-                "name": "j",
-                "uid": controller_uid,
-                "controller": True,
-            }
-        ]
-    if deleting:
-        meta["deletionTimestamp"] = "T5"
-    status: dict[str, Any] = {"phase": phase, "conditions": conditions or []}
-    if state is not None:
-        status["containerStatuses"] = [{"name": "trainer", "state": state}]
-    if ip:
-        status["podIP"] = ip
-    return {"metadata": meta, "status": status}
-
-
-def terminated(code: int, message: str = "", reason: str = "Error", at: str = "T4") -> dict:
-    return {
-        "terminated": {"exitCode": code, "reason": reason, "message": message, "finishedAt": at}
     }
 
 

@@ -8,7 +8,7 @@ from finetune_operator.api.spec import FineTuneJobSpec
 from finetune_operator.config import OperatorConfig
 from finetune_operator.policy import image_allowed, policy_problems
 
-from .conftest import with_output
+from .conftest import spec_of
 
 ALLOWED = ("registry.example/ml/", "ghcr.io/org/trainer")
 
@@ -36,7 +36,7 @@ def test_images_that_only_look_allowed(image: str) -> None:
 
 
 def spec(**parts: object) -> FineTuneJobSpec:
-    return FineTuneJobSpec.model_validate(with_output(parts))
+    return spec_of(parts)
 
 
 def test_empty_lists_allow_anything() -> None:

@@ -19,7 +19,7 @@ from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import ChildConflict, Kube, StatusRejected
 from finetune_operator.reconciler import Reconciler
 
-from .conftest import body
+from .conftest import JOB_UID, body, pod, terminated
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
@@ -53,7 +53,7 @@ class MemoryKube:
                 "owned by this FineTuneJob; delete it or rename the FineTuneJob"
             )
         if obj["kind"] == "Job":
-            obj = {**obj, "metadata": {**meta, "uid": "job-uid"}, "status": {}}
+            obj = {**obj, "metadata": {**meta, "uid": JOB_UID}, "status": {}}
             self.jobs[meta["name"]] = obj
         return obj, True
 
@@ -96,39 +96,11 @@ def reconciler(kube: MemoryKube) -> Reconciler:
 
 def finished_pod(adapter_uri: str) -> dict[str, Any]:
     message = json.dumps({"status": "succeeded", "reason": "Completed", "adapterUri": adapter_uri})
-    return {
-        "metadata": {
-            "name": "p1",
-            "creationTimestamp": "T1",
-            "ownerReferences": [{"kind": "Job", "uid": "job-uid", "controller": True}],
-        },
-        "status": {
-            "phase": "Succeeded",
-            "containerStatuses": [
-                {
-                    "name": "trainer",
-                    "state": {
-                        "terminated": {"exitCode": 0, "message": message, "finishedAt": "T3"}
-                    },
-                }
-            ],
-        },
-    }
+    return pod("Succeeded", state=terminated(0, message, reason="Completed"))
 
 
 def running_pod() -> dict[str, Any]:
-    return {
-        "metadata": {
-            "name": "p1",
-            "creationTimestamp": "T1",
-            "ownerReferences": [{"kind": "Job", "uid": "job-uid", "controller": True}],
-        },
-        "status": {
-            "phase": "Running",
-            "podIP": "10.0.0.7",
-            "containerStatuses": [{"name": "trainer", "state": {"running": {}}}],
-        },
-    }
+    return pod("Running", state={"running": {}}, ip="10.0.0.7")
 
 
 def condition(status: dict[str, Any], kind: str) -> str:
@@ -326,17 +298,8 @@ class TestDatasetConfigMap:
 
 def _starting_pod() -> dict[str, Any]:
     """A scheduled trainer pod whose container has not been created yet."""
-    return {
-        "metadata": {
-            "name": "p1",
-            "creationTimestamp": "T1",
-            "ownerReferences": [{"kind": "Job", "uid": "job-uid", "controller": True}],
-        },
-        "status": {
-            "phase": "Pending",
-            "conditions": [{"type": "PodScheduled", "status": "True"}],
-            "containerStatuses": [
-                {"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}
-            ],
-        },
-    }
+    return pod(
+        "Pending",
+        state={"waiting": {"reason": "ContainerCreating"}},
+        conditions=[{"type": "PodScheduled", "status": "True"}],
+    )

@@ -13,11 +13,11 @@ from finetune_operator.config import OperatorConfig
 from finetune_operator.reconciler import parse_spec
 from finetune_trainer.config import TrainerConfig
 
-from .conftest import with_output
+from .conftest import spec_of
 
 
 def spec(**parts: Any) -> FineTuneJobSpec:
-    return FineTuneJobSpec.model_validate(with_output(parts))
+    return spec_of(parts)
 
 
 @pytest.mark.parametrize("value", ["48Gi", "500m", "8", "1.5G", "0.5", ".5Gi", "1e3", "+2Ti"])
