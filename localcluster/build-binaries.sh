@@ -29,8 +29,7 @@ complete() { for b in "${want[@]}"; do [[ -x "$bin/$b" ]] || return 1; done; }
 # its users' processes (a test run may not have started one yet, or be between two control
 # planes, or run in another PID namespace sharing this cache). Every user refreshes the
 # stamp's mtime: this script each time it reports or builds a directory, and
-# finetune_localcluster.binaries each time it resolves one (FTO_BIN_DIR included) and each
-# time a control plane or S3 server starts from it.
+# finetune_localcluster.binaries.find_binaries on every call (FTO_BIN_DIR included).
 stamp=.last-used
 keep_days=7
 mark_used() { touch "$1/$stamp" 2>/dev/null || log "could not refresh $1/$stamp"; }
@@ -57,18 +56,20 @@ prune() {
   done
 }
 
+# Hand the complete directory to the caller, marked used (pruning is the caller's to do).
+report() { mark_used "$bin"; echo "$bin"; exit 0; }
+
 if complete; then
-  mark_used "$bin"
   # Pruning here too removes what went unused since; skipped while a build holds the lock.
   if { exec 9>"$cache_root/.build.lock"; } 2>/dev/null && flock -n 9; then prune; fi
-  echo "$bin"; exit 0
+  report
 fi
 
 mkdir -p "$cache_root"
 # One build at a time per cache: a second caller waits, then finds the binaries built.
 exec 9>"$cache_root/.build.lock"
 flock 9
-if complete; then mark_used "$bin"; prune; echo "$bin"; exit 0; fi
+if complete; then prune; report; fi
 work="$(mktemp -d)"
 # A failed build, or one stopped by Ctrl-C, leaves neither its scratch directory nor a
 # partial bin dir (one killed otherwise leaves bin-<key>.tmp, removed by the next run).
@@ -124,8 +125,7 @@ log "building versitygw $VERSITYGW_VERSION"
 GOBIN="$bin.tmp" go install -trimpath -ldflags "-s -w" \
   "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
 
-mark_used "$bin.tmp"
 rm -rf "$bin"; mv "$bin.tmp" "$bin"
 log "done in $((SECONDS - start))s; $(du -sh "$bin" | cut -f1) of binaries in $bin"
 prune
-echo "$bin"
+report

@@ -30,7 +30,9 @@ def full_logits_trainer(base: type) -> type:
 def main() -> int:
     parser = script_parser(__doc__.split("\n\n")[0], "transformers-peft")
     parser.add_argument("--preset", default="gpt-oss-20b")
-    parser.add_argument("--device", default="cuda", help="cpu runs a small preset's smoke test")
+    parser.add_argument(
+        "--device", default="cuda", help="cpu: a smoke test with --preset tiny (bench/README.md)"
+    )
     args = parser.parse_args()
     cuda = args.device == "cuda"
 

@@ -313,26 +313,25 @@ class NodeAgent:
             return logs[-2] if len(logs) >= 2 else None
         return logs[-1] if logs else None
 
+    def _workers_of(self, namespace: str, pod_name: str) -> list[PodWorker]:
+        with self._lock:
+            return [
+                w
+                for w in self._workers.values()
+                if (w.namespace, w.pod_name) == (namespace, pod_name)
+            ]
+
     def pod_active(self, namespace: str, pod_name: str) -> bool:
         """Whether a pod of that name is being run by this agent right now."""
-        with self._lock:
-            return any(
-                w.namespace == namespace and w.pod_name == pod_name for w in self._workers.values()
-            )
+        return bool(self._workers_of(namespace, pod_name))
 
     def kill_containers(self, namespace: str, pod_name: str) -> int:
         """SIGKILL the process group of every running container of a pod, as the kernel's
         OOM killer or a crash would: no SIGTERM first, unlike any deletion (kubelet gives
         even a forced one a short grace period). The pod then fails like a crashed one.
         Returns how many containers were killed. For tests of hard failures."""
-        with self._lock:
-            workers = [
-                w
-                for w in self._workers.values()
-                if (w.namespace, w.pod_name) == (namespace, pod_name)
-            ]
         killed = 0
-        for worker in workers:
+        for worker in self._workers_of(namespace, pod_name):
             for container in worker.init_containers + worker.containers:
                 if container.running():
                     container.signal_kill()
