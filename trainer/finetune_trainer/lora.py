@@ -1,6 +1,7 @@
 """Pure translators from the config to the libraries' arguments: PEFT's ``LoraConfig``,
-Unsloth's ``get_peft_model`` and TRL's ``SFTConfig``. No imports of those libraries here,
-so the translation is testable (and fast) on its own; the backends build the objects.
+Unsloth's ``from_pretrained`` and ``get_peft_model``, and TRL's ``SFTConfig``. No imports
+of those libraries here, so the translation is testable (and fast) on its own; the
+backends build the objects.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from .config import LoraSpec, TrainingSpec
+from .config import LoraSpec, TrainerConfig, TrainingSpec
 from .errors import InvalidConfig
 
 # Names a user may give for the MoE experts' fused projections. gpt-oss stores each layer's
@@ -60,6 +61,34 @@ def peft_lora_kwargs(spec: LoraSpec, expert_parameters: Collection[str] = ()) ->
     }
     if parameters:
         kwargs["target_parameters"] = parameters
+    return kwargs
+
+
+def unsloth_load_kwargs(
+    config: TrainerConfig,
+    *,
+    name_or_path: str,
+    revision: str | None,
+    token: str | None,
+    dtype: Any,
+    use_gradient_checkpointing: Any,
+) -> dict[str, Any]:
+    """Keyword arguments for ``FastLanguageModel.from_pretrained``. ``offload_embedding``
+    is passed as a yes or no: Unsloth's own default moves the embedding only when the GPU
+    looks short of memory, so the peak would depend on the card; the trainer decides."""
+    kwargs: dict[str, Any] = {
+        "model_name": name_or_path,
+        "max_seq_length": config.model.max_seq_length,
+        "load_in_4bit": config.model.load_in_4bit,
+        "dtype": dtype,
+        "token": token,
+        "full_finetuning": False,
+        "use_gradient_checkpointing": use_gradient_checkpointing,
+        "random_state": config.training.seed,
+        "offload_embedding": config.model.offload_embedding,
+    }
+    if revision:
+        kwargs["revision"] = revision
     return kwargs
 
 

@@ -9,7 +9,8 @@ I = expert/MLP intermediate size, r = LoRA rank):
   every expert in memory, not only the active ones). With 4-bit (bitsandbytes NF4) the
   projection matrices cost 0.5 byte + 1/64 * 2 bytes of block scales per parameter; the
   embeddings, LM head, norms, biases and router stay 16-bit (2 bytes). 16-bit weights cost
-  2 bytes, 32-bit 4.
+  2 bytes, 32-bit 4. An input embedding kept in host memory (``model.offloadEmbedding``,
+  not tied to the LM head) costs the GPU nothing.
 - **LoRA**: r * (in + out) per adapted matrix (times E for expert matrices), stored in
   float32 (4) with float32 gradients (4) and optimizer state: 2 bytes for 8-bit AdamW,
   8 bytes for 32-bit AdamW, 4 for Adafactor/SGD as an upper bound.
@@ -205,12 +206,15 @@ def estimate_memory(
     optimizer: str,
     gradient_checkpointing: str,
     chunked_loss: bool = True,
+    offload_embedding: bool = False,
 ) -> MemoryEstimate:
     """Apply the formula in this module's docstring."""
     if load_in_4bit:
         weights = int(shape.projection_params() * (0.5 + 2 / 64)) + shape.other_params() * 2
     else:
         weights = shape.total_params() * weight_bytes
+    if offload_embedding and not shape.tie_word_embeddings:
+        weights -= shape.vocab_size * shape.hidden_size * (2 if load_in_4bit else weight_bytes)
     lora_params = shape.lora_params(lora_rank, target_modules)
     lora = lora_params * (4 + 4 + _OPTIMIZER_BYTES.get(optimizer, 8))
 

@@ -81,6 +81,16 @@ def memory_fraction() -> float:
     return fraction
 
 
+def compute_device(model: Any) -> Any:
+    """The GPU the model computes on: the device of its first CUDA parameter. Not simply
+    the first parameter's: with ``model.offloadEmbedding`` that is the embedding table,
+    which lives in host memory."""
+    for parameter in model.parameters():
+        if parameter.device.type == "cuda":
+            return parameter.device
+    raise RuntimeError("the model has no parameter on a CUDA device")
+
+
 def cuda_estimate(model: Any, config: TrainerConfig) -> Probe:
     """Whether ``size`` full-length rows fit: the memory the loaded model holds now, plus
     memory.py's estimate of what training adds at that micro-batch (activations, logits,
@@ -92,7 +102,7 @@ def cuda_estimate(model: Any, config: TrainerConfig) -> Probe:
 
     from .memory import ModelShape, estimate_memory
 
-    device = next(p for p in model.parameters()).device
+    device = compute_device(model)
     held = torch.cuda.memory_allocated(device)
     budget = torch.cuda.get_device_properties(device).total_memory * memory_fraction()
     shape = ModelShape.from_config(model.config.to_dict())

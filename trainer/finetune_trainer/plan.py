@@ -104,6 +104,7 @@ def memory_for(config: TrainerConfig, model_config: dict[str, Any]) -> MemoryEst
         target_modules=list(config.lora.target_modules),
         optimizer=config.training.optimizer,
         gradient_checkpointing=config.training.gradient_checkpointing,
+        offload_embedding=config.model.offload_embedding,
     )
 
 

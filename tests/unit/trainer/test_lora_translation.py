@@ -11,6 +11,7 @@ from finetune_trainer.lora import (
     peft_lora_kwargs,
     sft_config_kwargs,
     split_lora_targets,
+    unsloth_load_kwargs,
     unsloth_peft_kwargs,
 )
 
@@ -59,6 +60,31 @@ def test_unsloth_kwargs_match_the_original_example() -> None:
     }
     off = unsloth_peft_kwargs(LoraSpec(), seed=1, gradient_checkpointing="off")
     assert off["use_gradient_checkpointing"] is False
+
+
+def test_unsloth_load_kwargs_offload_the_embedding_unless_turned_off() -> None:
+    config = TrainerConfig.model_validate({"training": {"maxSteps": 5}})
+    common = {"token": None, "dtype": None, "use_gradient_checkpointing": "unsloth"}
+    kwargs = unsloth_load_kwargs(
+        config, name_or_path="unsloth/gpt-oss-20b", revision=None, **common
+    )
+    assert kwargs == {
+        "model_name": "unsloth/gpt-oss-20b",
+        "max_seq_length": 1024,
+        "load_in_4bit": True,
+        "dtype": None,
+        "token": None,
+        "full_finetuning": False,
+        "use_gradient_checkpointing": "unsloth",
+        "random_state": 3407,
+        # A yes or no, never Unsloth's "auto", so the peak does not depend on the card.
+        "offload_embedding": True,
+    }
+    kept = TrainerConfig.model_validate(
+        {"model": {"offloadEmbedding": False}, "training": {"maxSteps": 5}}
+    )
+    pinned = unsloth_load_kwargs(kept, name_or_path="m", revision="abc123", **common)
+    assert pinned["offload_embedding"] is False and pinned["revision"] == "abc123"
 
 
 def test_sft_config_kwargs(tmp_path: Path) -> None:

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from finetune_trainer.config import TrainingSpec
-from finetune_trainer.microbatch import candidates, memory_fraction, plan_micro_batch
+from finetune_trainer.microbatch import (
+    candidates,
+    compute_device,
+    memory_fraction,
+    plan_micro_batch,
+)
 
 
 def training(**kwargs) -> TrainingSpec:
@@ -64,3 +71,16 @@ def test_memory_fraction_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("FTO_GPU_MEMORY_FRACTION", "2")
     with pytest.raises(ValueError, match="FTO_GPU_MEMORY_FRACTION"):
         memory_fraction()
+
+
+def test_the_compute_device_skips_an_embedding_kept_in_host_memory() -> None:
+    # Stand-ins for parameters (no GPU here): compute_device reads only .device.
+    def parameter(kind: str, index: int = 0) -> SimpleNamespace:
+        return SimpleNamespace(device=SimpleNamespace(type=kind, index=index))
+
+    embedding_first = [parameter("cpu"), parameter("cuda", 0), parameter("cuda", 0)]
+    model = SimpleNamespace(parameters=lambda: iter(embedding_first))
+    assert compute_device(model) is embedding_first[1].device
+    on_cpu = SimpleNamespace(parameters=lambda: iter([parameter("cpu")]))
+    with pytest.raises(RuntimeError, match="no parameter on a CUDA device"):
+        compute_device(on_cpu)

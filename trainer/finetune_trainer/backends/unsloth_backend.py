@@ -17,7 +17,7 @@ from typing import Any
 import unsloth  # noqa: F401  (first: it patches transformers, TRL and PEFT on import)
 
 from ..config import TrainerConfig
-from ..lora import check_module_targets, unsloth_peft_kwargs
+from ..lora import check_module_targets, unsloth_load_kwargs, unsloth_peft_kwargs
 from ..sources import ModelSource
 from .base import Backend, Precision
 
@@ -43,29 +43,27 @@ class UnslothBackend(Backend):
             None if config.model.dtype == "auto" else getattr(torch, _DTYPES[config.model.dtype])
         )
         log.info(
-            "loading %s with Unsloth (max_seq_length=%d, load_in_4bit=%s, dtype=%s)",
+            "loading %s with Unsloth (max_seq_length=%d, load_in_4bit=%s, dtype=%s, "
+            "offload_embedding=%s)",
             source.description,
             config.model.max_seq_length,
             config.model.load_in_4bit,
             config.model.dtype,
+            config.model.offload_embedding,
         )
         peft_kwargs = unsloth_peft_kwargs(
             config.lora,
             seed=config.training.seed,
             gradient_checkpointing=config.training.gradient_checkpointing,
         )
-        kwargs: dict[str, Any] = {
-            "model_name": source.name_or_path,
-            "max_seq_length": config.model.max_seq_length,
-            "load_in_4bit": config.model.load_in_4bit,
-            "dtype": dtype,
-            "token": token,
-            "full_finetuning": False,
-            "use_gradient_checkpointing": peft_kwargs["use_gradient_checkpointing"],
-            "random_state": config.training.seed,
-        }
-        if source.revision:
-            kwargs["revision"] = source.revision
+        kwargs = unsloth_load_kwargs(
+            config,
+            name_or_path=source.name_or_path,
+            revision=source.revision,
+            token=token,
+            dtype=dtype,
+            use_gradient_checkpointing=peft_kwargs["use_gradient_checkpointing"],
+        )
         model, tokenizer = FastLanguageModel.from_pretrained(**kwargs)
         check_module_targets(model, peft_kwargs["target_modules"])
         model = FastLanguageModel.get_peft_model(model, **peft_kwargs)

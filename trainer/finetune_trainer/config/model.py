@@ -67,6 +67,13 @@ class ModelSpec(SpecModel):
         alias="loadIn4bit",
         description="Load the base weights in 4-bit (QLoRA, bitsandbytes). Default: true.",
     )
+    offload_embedding: bool = Field(
+        True,
+        description="Keep the input embedding table in host memory when training on a GPU "
+        "with Unsloth; each batch's rows are looked up there and copied to the GPU. Saves "
+        "vocabulary x hidden x 2 bytes of GPU memory (1.1 GiB for gpt-oss-20b) and computes "
+        "the same values. Ignored on the CPU path. Default: true.",
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",
         description="Compute dtype; auto picks bfloat16 where the GPU supports it. Default: auto.",
