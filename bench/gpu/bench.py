@@ -82,20 +82,27 @@ def environment() -> dict[str, Any]:
 
 
 def run(argv: list[str], log: Path, timeout: float, env: dict[str, str] | None = None) -> str:
+    """Run one configuration's process, its output streamed into ``log`` as it comes, so
+    a run that hangs or times out still leaves its log behind."""
     with log.open("w") as handle:
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             argv,
-            stdout=subprocess.PIPE,
+            stdout=handle,
             stderr=subprocess.STDOUT,
             text=True,
-            timeout=timeout,
             env={**(env or os.environ), "PYTHONUNBUFFERED": "1"},
         )
-        handle.write(proc.stdout)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-40:])
-        raise RuntimeError(f"{argv[1]} exited {proc.returncode}; log {log}:\n{tail}")
-    return proc.stdout
+        try:
+            returncode = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{argv[1]} timed out after {timeout:.0f}s; log {log}") from None
+    output = log.read_text()
+    if returncode != 0:
+        tail = "\n".join(output.splitlines()[-40:])
+        raise RuntimeError(f"{argv[1]} exited {returncode}; log {log}:\n{tail}")
+    return output
 
 
 def ours(
@@ -108,15 +115,19 @@ def ours(
     accum: int = 4,
     auto: bool = True,
     env: dict[str, str] | None = None,
+    profile: bool = False,
+    model_settings: dict[str, Any] | None = None,
     **training: Any,
 ) -> dict[str, Any]:
     """Our trainer through its real CLI and config file (the same code the Job runs);
-    ``training`` adds settings to the config's training section (e.g. groupByLength)."""
+    ``training`` adds settings to the config's training section (e.g. groupByLength),
+    ``model_settings`` to its model section. ``profile`` runs the CLI under
+    profiled_cli.py, which writes a memory and kernel-time profile next to --out."""
     work = args.work / name
     # A fresh output every time: the trainer rightly refuses to resume another config's run.
     shutil.rmtree(work, ignore_errors=True)
     config = {
-        "model": {"path": str(model), "maxSeqLength": args.seq},
+        "model": {"path": str(model), "maxSeqLength": args.seq, **(model_settings or {})},
         "dataset": {"path": str(data), "overlongPolicy": "truncate"},
         "training": {
             "maxSteps": args.warmup + args.steps,
@@ -132,11 +143,14 @@ def ours(
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, **(env or {})}
+    entry = ["-m", "finetune_trainer.cli"]
+    if profile:
+        entry = [str(HERE / "profiled_cli.py")]
+        env["BENCH_PROFILE_DIR"] = str(args.out.parent / f"profile-{name}")
     out = run(
         [
             sys.executable,
-            "-m",
-            "finetune_trainer.cli",
+            *entry,
             "--config",
             str(work / "config.yaml"),
             "--metrics-port",
@@ -232,6 +246,7 @@ COLUMNS = [
     ("accumulation", "accum"),
     ("median_step_seconds", "s/step"),
     ("tokens_per_second", "tokens/s"),
+    ("tokens_per_second_steady", "steady tokens/s"),
     ("load_peak_allocated_gib", "load peak GiB"),
     ("peak_allocated_gib", "train peak alloc GiB"),
     ("peak_reserved_gib", "peak reserved GiB"),
@@ -280,6 +295,18 @@ def main() -> int:
     plans = {
         "ours": lambda: ours(args, "ours", model, data, peak),
         "ours-1x4": lambda: ours(args, "ours-1x4", model, data, peak, auto=False),
+        # The input embedding kept on the GPU (model.offloadEmbedding: false).
+        "ours-kept-embedding": lambda: ours(
+            args,
+            "ours-kept-embedding",
+            model,
+            data,
+            peak,
+            model_settings={"offloadEmbedding": False},
+        ),
+        # Observation only (recording slows the steps): where the training peak comes from
+        # and how busy the GPU is; see profiled_cli.py.
+        "ours-profile": lambda: ours(args, "ours-profile", model, data, peak, profile=True),
         "ours-grouped": lambda: ours(args, "ours-grouped", model, data, peak, groupByLength=True),
         "ours-nogc": lambda: ours(
             args, "ours-nogc", model, data, peak, gradientCheckpointing="off"

@@ -13,6 +13,7 @@ import torch
 
 PROCESS_START = time.monotonic()
 RESULT_PREFIX = "BENCH:"
+SLOW_STEP_FACTOR = 5
 
 
 def synced_now() -> float:
@@ -96,7 +97,12 @@ def step_timer(counter: TokenCounter) -> Any:
 def summarize(
     steps: list[dict[str, float]], warmup: int, active_params: int, peak_flops: float
 ) -> dict[str, Any]:
-    """Steady state: the steps after ``warmup``; median seconds per step and tokens/s."""
+    """Steady state: the steps after ``warmup``; median seconds per step and tokens/s.
+
+    tokens/s counts every measured step. A step taking over SLOW_STEP_FACTOR times the
+    median is also counted apart (``slow_steps``; ``tokens_per_second_steady`` leaves them
+    out): Unsloth recompiles when a padded length first differs from the ones it has seen,
+    which can fall after the warm-up and costs tens of seconds once per run."""
     measured = steps[warmup:]
     if not measured:
         raise SystemExit(f"no steps after {warmup} warm-up steps")
@@ -104,6 +110,7 @@ def summarize(
     tokens = sum(s["tokens"] for s in measured)
     total_seconds = sum(s["seconds"] for s in measured)
     tokens_per_second = tokens / total_seconds
+    steady = [s for s in measured if s["seconds"] <= SLOW_STEP_FACTOR * seconds]
     # Model FLOPs: 6 x active parameters per token (forward, backward, and the
     # activation-checkpointing recompute that LoRA training with checkpointing performs).
     mfu = 6 * active_params * tokens_per_second / peak_flops if peak_flops else None
@@ -114,6 +121,13 @@ def summarize(
         "tokens_per_second": round(tokens_per_second, 1),
         "time_to_first_step_seconds": round(steps[0]["elapsed"], 1),
         "mfu": round(mfu, 4) if mfu is not None else None,
+        # Every measured step, so a slow one (a recompile, a stall) shows where it was.
+        "step_seconds": [round(s["seconds"], 4) for s in measured],
+        "step_tokens": [int(s["tokens"]) for s in measured],
+        "slow_steps": len(measured) - len(steady),
+        "tokens_per_second_steady": round(
+            sum(s["tokens"] for s in steady) / sum(s["seconds"] for s in steady), 1
+        ),
     }
 
 
