@@ -70,9 +70,10 @@ class ModelSpec(SpecModel):
     offload_embedding: bool = Field(
         True,
         description="Keep the input embedding table in host memory when training on a GPU "
-        "with Unsloth; each batch's rows are looked up there and copied to the GPU. Saves "
-        "vocabulary x hidden x 2 bytes of GPU memory (1.1 GiB for gpt-oss-20b) and computes "
-        "the same values. Ignored on the CPU path. Default: true.",
+        "with Unsloth; each batch's rows are looked up there and copied to the GPU. Moves "
+        "vocabulary x hidden x 2 bytes (1.1 GiB for gpt-oss-20b) from GPU to host memory, "
+        "so the container's memory limit needs that much room, and computes the same "
+        "values. Ignored on the CPU path. Default: true.",
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",
