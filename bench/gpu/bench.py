@@ -320,8 +320,9 @@ def main() -> int:
             groupByLength=True,
             gradientCheckpointing="off",
         ),
-        # Unsloth's fused LM-head loss computes the 201k-wide logits in row chunks of up
-        # to 2 GB; this asks whether smaller chunks lower the peak (on an H200: no).
+        # A lower cap (0.5 GB instead of up to 2 GB) on the fused LM-head loss's logits
+        # buffer; it did not lower the peak on an H200, since the loss's 512-row chunks
+        # (0.38 GiB) are below either cap.
         "ours-lowmem": lambda: ours(
             args, "ours-lowmem", model, data, peak, env={"UNSLOTH_LOGPROB_CHUNK_GB": "0.5"}
         ),

@@ -16,15 +16,25 @@ I = expert/MLP intermediate size, r = LoRA rank):
   8 bytes for 32-bit AdamW, 4 for Adafactor/SGD as an upper bound.
 - **activations**: with checkpointing each layer keeps its input, B*S*H*2 per layer; the
   "unsloth" mode offloads those to CPU RAM, leaving about 2 layers' worth on the GPU. One
-  layer is recomputed at a time during backward: about B*S*2*(12*H + 4*q + 3*k*I) (hidden
-  states, attention projections with memory-efficient attention -- no S^2 term -- and the
-  routed experts' intermediate activations). Without checkpointing every layer keeps that
-  working set (x L).
-- **logits**: T*V*6 (16-bit logits plus their float32 loss computation) where T is the
-  number of tokens whose logits exist at once: with Unsloth's chunked, fused loss only
-  one chunk (taken as 4096 tokens) at a time, otherwise all B*S -- the dominant term at
+  layer is recomputed at a time during backward; per token it holds 2*(12*H + 4*q) bytes
+  of hidden states and attention projections (memory-efficient attention: no S^2 term),
+  plus the MLP's: 2*3*I for a dense model; for a MoE, per routed expert, the gate/up
+  and down outputs in float32 with a float32 temporary each and the 16-bit routed input
+  and activation, k*(16*I + 10*H) -- Unsloth's 4-bit gpt-oss experts keep their outputs
+  in float32 while training. Without checkpointing every layer keeps that working set
+  (x L).
+- **dequantized experts**: 4-bit MoE experts run as one grouped matmul over the layer's
+  experts dequantized to 16-bit, E*3*I*H*2 for the layer being computed.
+- **logits**: with Unsloth's fused loss the logits exist one chunk of 512 rows at a time,
+  in float32: min(T, 512)*V*4, whatever the batch; without it (T = B*S tokens) all of
+  them, T*V*6 (16-bit logits plus their float32 loss computation) -- the dominant term at
   long context with a 200k vocabulary.
 - **overhead**: CUDA context, workspace and allocator slack, a flat 1 GiB + 5%.
+
+Measured on an H200 (``bench/README.md``), gpt-oss-20b in 4-bit at seq 1024, the
+training peak over the loaded model grows by 0.40 GiB per 1024-token row from 2.06 GiB
+at no rows; the formula gives 0.41 GiB per row from 4.5 GiB, about 2.4 GiB above the
+measurement at each micro-batch measured (1, 4 and 16 rows), as a plan should be.
 """
 
 from __future__ import annotations
@@ -33,7 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 GIB = 1024**3
-LOSS_CHUNK_TOKENS = 4096
+# Rows of logits Unsloth's fused loss computes at a time (unsloth_zoo's fused linear
+# cross-entropy): the buffer does not grow with the batch.
+LOSS_CHUNK_ROWS = 512
 
 _ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 _GATE_UP_NAMES = ("gate_up_proj", "gate_proj", "up_proj")
@@ -174,6 +186,7 @@ class MemoryEstimate:
     weights: int
     lora: int
     activations: int
+    dequantized_experts: int
     logits: int
     overhead: int
     lora_params: int
@@ -181,13 +194,21 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        return self.weights + self.lora + self.activations + self.logits + self.overhead
+        return (
+            self.weights
+            + self.lora
+            + self.activations
+            + self.dequantized_experts
+            + self.logits
+            + self.overhead
+        )
 
     def as_gib(self) -> dict[str, float]:
         return {
             "weights": round(self.weights / GIB, 2),
             "lora_and_optimizer": round(self.lora / GIB, 2),
             "activations": round(self.activations / GIB, 2),
+            "dequantized_experts": round(self.dequantized_experts / GIB, 2),
             "logits": round(self.logits / GIB, 2),
             "overhead": round(self.overhead / GIB, 2),
             "total": round(self.total / GIB, 2),
@@ -219,10 +240,13 @@ def estimate_memory(
     lora = lora_params * (4 + 4 + _OPTIMIZER_BYTES.get(optimizer, 8))
 
     tokens = micro_batch * seq_length
-    h = shape.hidden_size
-    routed = shape.experts_per_token if shape.num_experts else 1
-    per_token = 12 * h + 4 * shape.q_width + 3 * routed * shape.intermediate_size
-    layer_working_set = tokens * 2 * per_token
+    h, i = shape.hidden_size, shape.intermediate_size
+    per_token = 2 * (12 * h + 4 * shape.q_width)
+    if shape.num_experts:
+        per_token += shape.experts_per_token * (16 * i + 10 * h)
+    else:
+        per_token += 2 * 3 * i
+    layer_working_set = tokens * per_token
     layer_input = tokens * h * 2
     if gradient_checkpointing == "unsloth":
         activations = 2 * layer_input + layer_working_set
@@ -230,14 +254,20 @@ def estimate_memory(
         activations = shape.num_layers * layer_input + layer_working_set
     else:
         activations = shape.num_layers * layer_working_set
-    logit_tokens = min(tokens, LOSS_CHUNK_TOKENS) if chunked_loss else tokens
-    logits = logit_tokens * shape.vocab_size * 6
-    subtotal = weights + lora + activations + logits
+    dequantized = 0
+    if load_in_4bit and shape.num_experts:
+        dequantized = shape.num_experts * sum(a * b for a, b in shape.mlp_matrices().values()) * 2
+    if chunked_loss:
+        logits = min(tokens, LOSS_CHUNK_ROWS) * shape.vocab_size * 4
+    else:
+        logits = tokens * shape.vocab_size * 6
+    subtotal = weights + lora + activations + dequantized + logits
     overhead = int(GIB + 0.05 * subtotal)
     return MemoryEstimate(
         weights=weights,
         lora=lora,
         activations=activations,
+        dequantized_experts=dequantized,
         logits=logits,
         overhead=overhead,
         lora_params=lora_params,

@@ -154,7 +154,8 @@ def render_plan(plan: dict[str, Any]) -> str:
         lines.append(
             f"GPU memory (rough estimate): {mem['total']} GiB = weights {mem['weights']} + "
             f"LoRA/optimizer {mem['lora_and_optimizer']} + activations {mem['activations']} + "
-            f"logits {mem['logits']} + overhead {mem['overhead']}"
+            f"dequantized experts {mem['dequantized_experts']} + logits {mem['logits']} + "
+            f"overhead {mem['overhead']}"
         )
         lines.append(
             f"parameters: {plan['model_params'] / 1e9:.2f}B in the model, "
