@@ -40,7 +40,10 @@ measurement at each micro-batch measured (1, 4 and 16 rows), as a plan should be
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import TrainerConfig
 
 GIB = 1024**3
 # Rows of logits Unsloth's fused loss computes at a time (unsloth_zoo's fused linear
@@ -129,10 +132,14 @@ class ModelShape:
     def copies_per_mlp(self) -> int:
         return max(1, self.num_experts)
 
+    def mlp_params(self) -> int:
+        """Parameters of one layer's MLP, of one expert of a MoE model."""
+        return sum(i * o for i, o in self.mlp_matrices().values())
+
     def projection_params(self) -> int:
         """Parameters of the matrices bitsandbytes quantizes (attention + MLP/experts)."""
         per_layer = sum(i * o for i, o in self.attention_matrices().values())
-        per_layer += self.copies_per_mlp * sum(i * o for i, o in self.mlp_matrices().values())
+        per_layer += self.copies_per_mlp * self.mlp_params()
         return per_layer * self.num_layers
 
     def other_params(self) -> int:
@@ -153,8 +160,8 @@ class ModelShape:
         """Parameters used per token (only the routed experts of a MoE model)."""
         if not self.num_experts:
             return self.total_params()
-        expert = sum(i * o for i, o in self.mlp_matrices().values()) * self.num_layers
-        return self.total_params() - expert * (self.num_experts - self.experts_per_token)
+        idle = self.num_experts - self.experts_per_token
+        return self.total_params() - self.mlp_params() * self.num_layers * idle
 
     def lora_params(self, rank: int, target_modules: list[str]) -> int:
         """Trainable LoRA parameters for ``target_modules`` (names as in the config)."""
@@ -256,7 +263,7 @@ def estimate_memory(
         activations = shape.num_layers * layer_working_set
     dequantized = 0
     if load_in_4bit and shape.num_experts:
-        dequantized = shape.num_experts * sum(a * b for a, b in shape.mlp_matrices().values()) * 2
+        dequantized = shape.num_experts * shape.mlp_params() * 2
     if chunked_loss:
         logits = min(tokens, LOSS_CHUNK_ROWS) * shape.vocab_size * 4
     else:
@@ -272,4 +279,23 @@ def estimate_memory(
         overhead=overhead,
         lora_params=lora_params,
         total_params=shape.total_params(),
+    )
+
+
+def estimate_for(
+    config: TrainerConfig, shape: ModelShape, micro_batch: int | None = None
+) -> MemoryEstimate:
+    """The estimate for a trainer config: what ``--dry-run`` prints (at the configured
+    micro-batch) and what the automatic micro-batch weighs each candidate ``micro_batch``
+    with."""
+    return estimate_memory(
+        shape,
+        seq_length=config.model.max_seq_length,
+        micro_batch=micro_batch or config.training.per_device_train_batch_size,
+        load_in_4bit=config.model.load_in_4bit,
+        lora_rank=config.lora.rank,
+        target_modules=list(config.lora.target_modules),
+        optimizer=config.training.optimizer,
+        gradient_checkpointing=config.training.gradient_checkpointing,
+        offload_embedding=config.model.offload_embedding,
     )

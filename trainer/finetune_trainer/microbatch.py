@@ -100,7 +100,7 @@ def cuda_estimate(model: Any, config: TrainerConfig) -> Probe:
     training invalidates its compiled kernels, and recompiling costs more than it saves."""
     import torch
 
-    from .memory import ModelShape, estimate_memory
+    from .memory import ModelShape, estimate_for
 
     device = compute_device(model)
     held = torch.cuda.memory_allocated(device)
@@ -108,16 +108,7 @@ def cuda_estimate(model: Any, config: TrainerConfig) -> Probe:
     shape = ModelShape.from_config(model.config.to_dict())
 
     def fits(size: int) -> bool:
-        estimate = estimate_memory(
-            shape,
-            seq_length=config.model.max_seq_length,
-            micro_batch=size,
-            load_in_4bit=config.model.load_in_4bit,
-            lora_rank=config.lora.rank,
-            target_modules=list(config.lora.target_modules),
-            optimizer=config.training.optimizer,
-            gradient_checkpointing=config.training.gradient_checkpointing,
-        )
+        estimate = estimate_for(config, shape, micro_batch=size)
         need = held + estimate.total - estimate.weights
         log.info(
             "micro-batch %d x %d tokens: about %.1f GiB of a %.1f GiB budget",

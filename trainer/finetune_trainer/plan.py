@@ -15,7 +15,7 @@ from typing import Any
 from .config import TrainerConfig, TrainingSpec
 from .contract import TerminationMessage
 from .errors import InvalidInput
-from .memory import GIB, MemoryEstimate, ModelShape, estimate_memory
+from .memory import GIB, MemoryEstimate, ModelShape, estimate_for
 from .runtime import RuntimeOptions
 from .sources import (
     ModelSource,
@@ -92,20 +92,6 @@ def read_model_config(source: ModelSource, token: str | None) -> dict[str, Any] 
             "could not read %s's config.json for the memory estimate: %s", source.name_or_path, exc
         )
         return None
-
-
-def memory_for(config: TrainerConfig, model_config: dict[str, Any]) -> MemoryEstimate:
-    return estimate_memory(
-        ModelShape.from_config(model_config),
-        seq_length=config.model.max_seq_length,
-        micro_batch=config.training.per_device_train_batch_size,
-        load_in_4bit=config.model.load_in_4bit,
-        lora_rank=config.lora.rank,
-        target_modules=list(config.lora.target_modules),
-        optimizer=config.training.optimizer,
-        gradient_checkpointing=config.training.gradient_checkpointing,
-        offload_embedding=config.model.offload_embedding,
-    )
 
 
 def build_plan(
@@ -186,7 +172,9 @@ def dry_run(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessag
         stats = prepared.stats.to_dict()
         steps = plan_steps(len(prepared.dataset), config.training)
         model_config = read_model_config(model, runtime.hf_token)
-        memory = memory_for(config, model_config) if model_config else None
+        memory = None
+        if model_config:
+            memory = estimate_for(config, ModelShape.from_config(model_config))
     except InvalidInput as exc:
         log.error("%s", exc)
         return TerminationMessage(status="invalid_input", reason=exc.reason, message=str(exc))

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from finetune_trainer.config import TrainerConfig
-from finetune_trainer.memory import GIB, ModelShape, estimate_memory
+from finetune_trainer.memory import GIB, MemoryEstimate, ModelShape, estimate_memory
 from finetune_trainer.plan import plan_steps
 
 # gpt-oss-20b's published shape (config.json of openai/gpt-oss-20b).
@@ -37,21 +37,25 @@ def test_gpt_oss_20b_parameter_counts() -> None:
     assert attention_only == 24 * 8 * (2 * (2880 + 4096) + 2 * (2880 + 512))
 
 
-def test_memory_estimate_is_monotonic_and_sane() -> None:
-    shape = ModelShape.from_config(GPT_OSS_20B)
+def gpt_oss_estimate(seq: int = 1024, **settings: Any) -> MemoryEstimate:
+    """gpt-oss-20b at the original example's settings, micro-batch 1, with ``settings``
+    overriding any of them."""
+    args: dict[str, Any] = {
+        "seq_length": seq,
+        "micro_batch": 1,
+        "load_in_4bit": True,
+        "lora_rank": 8,
+        "target_modules": TARGETS,
+        "optimizer": "adamw_8bit",
+        "gradient_checkpointing": "unsloth",
+        **settings,
+    }
+    return estimate_memory(ModelShape.from_config(GPT_OSS_20B), **args)
 
-    def total(seq: int, **kw: object) -> float:
-        args = {
-            "seq_length": seq,
-            "micro_batch": 1,
-            "load_in_4bit": True,
-            "lora_rank": 8,
-            "target_modules": TARGETS,
-            "optimizer": "adamw_8bit",
-            "gradient_checkpointing": "unsloth",
-        }
-        args.update(kw)
-        return estimate_memory(shape, **args).total / GIB  # type: ignore[arg-type]
+
+def test_memory_estimate_is_monotonic_and_sane() -> None:
+    def total(seq: int, **kw: Any) -> float:
+        return gpt_oss_estimate(seq, **kw).total / GIB
 
     at_1k = total(1024)
     assert 12 < at_1k < 18  # the example promises a 16 GB GPU is enough
@@ -61,18 +65,8 @@ def test_memory_estimate_is_monotonic_and_sane() -> None:
     assert total(32768, chunked_loss=False) > total(32768) + 30  # full 200k-vocab logits
     # The input embedding in host memory: 201088 x 2880 x 2 bytes (1.08 GiB) off the GPU,
     # what the H200 measured (12.04 -> 10.96 GiB held after loading).
-    offloaded = estimate_memory(
-        shape,
-        seq_length=1024,
-        micro_batch=1,
-        load_in_4bit=True,
-        lora_rank=8,
-        target_modules=TARGETS,
-        optimizer="adamw_8bit",
-        gradient_checkpointing="unsloth",
-        offload_embedding=True,
-    )
-    assert at_1k - offloaded.total / GIB == pytest.approx(201088 * 2880 * 2 / GIB, rel=0.06)
+    offloaded = total(1024, offload_embedding=True)
+    assert at_1k - offloaded == pytest.approx(201088 * 2880 * 2 / GIB, rel=0.06)
 
 
 @pytest.mark.parametrize(
@@ -84,16 +78,7 @@ def test_memory_estimate_is_monotonic_and_sane() -> None:
 def test_the_estimate_plans_above_what_the_h200_measured(
     rows: int, measured_peak_gib: float
 ) -> None:
-    estimate = estimate_memory(
-        ModelShape.from_config(GPT_OSS_20B),
-        seq_length=1024,
-        micro_batch=rows,
-        load_in_4bit=True,
-        lora_rank=8,
-        target_modules=TARGETS,
-        optimizer="adamw_8bit",
-        gradient_checkpointing="unsloth",
-    )
+    estimate = gpt_oss_estimate(micro_batch=rows)
     # What the automatic micro-batch compares with its budget: held + training's share.
     planned = 12.04 + (estimate.total - estimate.weights) / GIB
     assert measured_peak_gib < planned < measured_peak_gib + 3
