@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from finetune_trainer.storage.checkpoints import INCOMPLETE_DIR, LocalArtifacts
+from finetune_trainer.storage.checkpoints import (
+    INCOMPLETE_DIR,
+    LocalArtifacts,
+    steps_to_rotate_out,
+)
 from finetune_trainer.storage.manifest import (
     MANIFEST_NAME,
     ManifestError,
@@ -147,3 +151,13 @@ def test_rotation_after_a_commit_ignores_unusable_newer_leftovers(
         commit(artifacts, step)
     assert sorted(artifacts.rotate(1, upto=30)) == [10, 20]
     assert sorted(c.step for c in artifacts.checkpoints()) == [30, 40]
+
+
+def test_the_rotation_rule_shared_by_local_and_s3_output() -> None:
+    # 10 and 30 complete, 20 incomplete, 40 complete but above the step just written.
+    steps, complete = [10, 20, 30, 40], [10, 30, 40]
+    assert steps_to_rotate_out(steps, complete, 1, upto=30) == [10, 20]
+    assert steps_to_rotate_out(steps, complete, 2, upto=30) == [20]
+    assert steps_to_rotate_out(steps, complete, 1, upto=30, protect={10}) == [20]
+    assert steps_to_rotate_out(steps, complete, 0) == [10, 20, 30]  # keep at least one
+    assert steps_to_rotate_out([5, 6], [], 1) == []  # nothing complete: nothing goes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,29 @@ def checkpoint_name(step: int) -> str:
 def parse_checkpoint_name(name: str) -> int | None:
     match = _CHECKPOINT_RE.match(name)
     return int(match.group(1)) if match else None
+
+
+def steps_to_rotate_out(
+    steps: Iterable[int],
+    complete: Iterable[int],
+    keep: int,
+    *,
+    upto: int | None = None,
+    protect: Iterable[int] = (),
+) -> list[int]:
+    """The checkpoint steps rotation deletes, for local and S3 output alike: all but the
+    ``keep`` newest complete checkpoints (at least one, so the newest complete checkpoint
+    always survives) and the ``protect``ed steps, among those older than the newest
+    complete one -- incomplete leftovers included. Complete checkpoints above ``upto``
+    (the step just written) are left over from an earlier attempt that could not resume
+    from them (a corrupt file, say): counting them as newest would rotate out the
+    checkpoint just written, so they are neither counted nor deleted."""
+    counted = sorted((s for s in complete if upto is None or s <= upto), reverse=True)
+    if not counted:
+        return []
+    newest = counted[0]
+    kept = set(counted[: max(1, keep)]) | set(protect)
+    return [s for s in steps if s not in kept and s < newest]
 
 
 @dataclass(frozen=True)
@@ -151,17 +175,10 @@ class LocalArtifacts:
         earlier attempt that could not resume from them (say a corrupt file), so they are
         neither counted as newest nor deleted here -- counting them would rotate out the
         checkpoint just written. Returns the deleted steps."""
-        keep = max(1, keep)
-        complete = [c for c in self.complete_checkpoints() if upto is None or c.step <= upto]
-        if not complete:
-            return []
-        newest = complete[0].step
-        kept = {c.step for c in complete[:keep]} | set(protect)
-        deleted = []
-        for checkpoint in self.checkpoints():
-            if checkpoint.step in kept or checkpoint.step >= newest:
-                continue
-            log.info("rotating out %s (saveTotalLimit=%d)", checkpoint.path.name, keep)
-            remove_tree(checkpoint.path)
-            deleted.append(checkpoint.step)
+        present = {c.step: c.path for c in self.checkpoints()}
+        complete = [c.step for c in self.complete_checkpoints()]
+        deleted = steps_to_rotate_out(present, complete, keep, upto=upto, protect=protect)
+        for step in deleted:
+            log.info("rotating out %s (saveTotalLimit=%d)", present[step].name, max(1, keep))
+            remove_tree(present[step])
         return deleted

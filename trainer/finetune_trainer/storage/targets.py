@@ -28,6 +28,7 @@ from .checkpoints import (
     LocalArtifacts,
     checkpoint_name,
     parse_checkpoint_name,
+    steps_to_rotate_out,
 )
 from .fsutil import remove_tree
 from .manifest import MANIFEST_NAME, Manifest, ManifestError, parse_manifest, utc_now, verify_dir
@@ -258,23 +259,18 @@ class S3Target(OutputTarget):
                 remove_tree(checkpoint.path)
         if self.save_total_limit is None:
             return
-        # Complete checkpoints above the one just uploaded are left by an earlier attempt
-        # that could not resume from them (a corrupt file, say): counting them would rotate
-        # out good ones, as LocalArtifacts.rotate(upto=) avoids locally.
         steps = self._remote_steps()
-        complete = sorted(
-            (s for s in steps if s <= uploaded_step and self._has_manifest(s)),
-            reverse=True,
-        )
-        keep = set(complete[: max(1, self.save_total_limit)]) | {uploaded_step}
-        for step in steps:
-            if step not in keep and step < uploaded_step:
-                log.info(
-                    "rotating out %s (saveTotalLimit=%d)",
-                    self.uri(checkpoint_name(step)),
-                    self.save_total_limit,
-                )
-                self.store.delete_prefix(self.key(checkpoint_name(step)))
+        # Manifests above the step just uploaded are never counted: no need to read them.
+        complete = [s for s in steps if s <= uploaded_step and self._has_manifest(s)]
+        for step in steps_to_rotate_out(
+            steps, complete, self.save_total_limit, upto=uploaded_step, protect={uploaded_step}
+        ):
+            log.info(
+                "rotating out %s (saveTotalLimit=%d)",
+                self.uri(checkpoint_name(step)),
+                self.save_total_limit,
+            )
+            self.store.delete_prefix(self.key(checkpoint_name(step)))
 
     def _raise_failed(self) -> None:
         done = [f for f in self._pending if f.done()]
