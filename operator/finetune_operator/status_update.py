@@ -136,6 +136,12 @@ def next_status(
     now: datetime,
 ) -> StatusUpdate:
     obs = observation
+    recorded = previous.get("phase") in TERMINAL_PHASES and obs.phase == previous.get("phase")
+    if recorded and not obs.termination_text:
+        # The outcome is recorded and the Job is still finished, but the trainer's pods are
+        # gone: the Job's clean-up deletes them before the Job, so a read in between sees
+        # only the Job's own, vaguer reason. What the trainer said stays on record.
+        return kept_outcome(previous, generation)
     stamp = rfc3339(now)
     status: dict[str, Any] = {
         "phase": obs.phase,

@@ -303,3 +303,38 @@ def _starting_pod() -> dict[str, Any]:
         state={"waiting": {"reason": "ContainerCreating"}},
         conditions=[{"type": "PodScheduled", "status": "True"}],
     )
+
+
+def test_the_trainers_outcome_stays_while_the_job_is_cleaned_up() -> None:
+    # ttlSecondsAfterFinished deletes the Job in the foreground: its pods go first. A
+    # reconcile that reads the Job just before and lists the pods just after must keep the
+    # trainer's reason, which no later read can recover.
+    kube = MemoryKube(body({"lifecycle": {"ttlSecondsAfterFinished": 0}}))
+    operator = reconciler(kube)
+    operator.reconcile("ml", "gpt-oss-ml")  # creates the Job
+    job = next(iter(kube.jobs.values()))
+    job["status"] = {
+        "conditions": [
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "PodFailurePolicy",
+                "message": "Container trainer failed with exit code 78",
+            }
+        ]
+    }
+    message = json.dumps(
+        {"status": "invalid_input", "reason": "InvalidDataset", "message": "dataset row 5: 'bot'"}
+    )
+    kube.pods = [pod("Failed", state=terminated(78, message))]
+    assert operator.reconcile("ml", "gpt-oss-ml") == "Failed"
+    assert kube.ftj["status"]["reason"] == "InvalidDataset"
+    operator.reconcile("ml", "gpt-oss-ml")  # the outcome is recorded: the TTL goes on
+    assert job["spec"]["ttlSecondsAfterFinished"] == 0
+    kube.pods = []  # deleted by the clean-up, the Job not yet
+    writes = len(kube.patches)
+    assert operator.reconcile("ml", "gpt-oss-ml") == "Failed"
+    status = kube.ftj["status"]
+    assert (status["reason"], status["message"]) == ("InvalidDataset", "dataset row 5: 'bot'")
+    assert len(kube.patches) == writes
+    assert kube.events[-1] == ("Warning", "InvalidDataset")  # announced once, not undone

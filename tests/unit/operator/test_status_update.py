@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -165,3 +166,27 @@ def test_a_refused_first_status_reads_pending() -> None:
     status = status_rejected_status({}, "too long", 1, NOW).status
     assert status["phase"] == "Pending" and status["completionTime"] is None
     assert "see Job" not in status["message"]
+
+
+@pytest.mark.parametrize(
+    "recorded, vaguer",
+    [
+        (
+            {"phase": "Failed", "reason": "InvalidDataset", "message": "dataset row 5: 'bot'"},
+            Observation("Failed", "PodFailurePolicy", "Container trainer failed with exit 78"),
+        ),
+        (
+            {"phase": "Succeeded", "reason": "Succeeded", "message": "adapter written to s3://b/a"},
+            Observation("Succeeded", "Succeeded", "adapter written to the output location"),
+        ),
+    ],
+)
+def test_a_recorded_outcome_outlives_the_trainers_pods(recorded: dict, vaguer: Observation) -> None:
+    # The Job's clean-up deletes its pods before the Job: a read in between sees the Job
+    # finished but no termination message, and must not overwrite what the trainer said.
+    previous = {**recorded, "observedGeneration": 2, "completionTime": "T9", "conditions": []}
+    result = update(previous, vaguer)
+    assert not result.changed_from(previous) and result.events == []
+    # With the trainer's message in hand the status is computed afresh.
+    told = update(previous, replace(vaguer, termination_text="exit 78: something else"))
+    assert told.status["reason"] == vaguer.reason
