@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 
-from .api.status import TERMINAL_PHASES
 from .reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -35,13 +34,19 @@ class ProgressPoller:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            for namespace, name in self.reconciler.unfinished():
-                if self._stop.is_set():
-                    return
-                try:
-                    phase = self.reconciler.reconcile(namespace, name, poll_metrics=True)
-                except Exception:  # one failing FineTuneJob must not stop the others
-                    log.exception("%s/%s: progress poll failed", namespace, name)
-                    continue
-                if phase is None or phase in TERMINAL_PHASES:
-                    self.reconciler.forget(namespace, name)
+            self.poll_once()
+
+    def poll_once(self) -> None:
+        """Reconcile each unfinished FineTuneJob once. One that has finished drops out of
+        the list by itself (the reconciler stops listing it) but stays counted under its
+        phase; only one that no longer exists is forgotten."""
+        for namespace, name in self.reconciler.unfinished():
+            if self._stop.is_set():
+                return
+            try:
+                phase = self.reconciler.reconcile(namespace, name, poll_metrics=True)
+            except Exception:  # one failing FineTuneJob must not stop the others
+                log.exception("%s/%s: progress poll failed", namespace, name)
+                continue
+            if phase is None:
+                self.reconciler.forget(namespace, name)
