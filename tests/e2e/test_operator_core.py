@@ -4,14 +4,17 @@ no training run; the full training path is in test_training.py."""
 
 from __future__ import annotations
 
+import copy
 import json
+from typing import Any
 
 import pytest
 import yaml
 
+from finetune_localcluster.waiting import wait_for
 from finetune_operator.naming import child_name
 
-from .conftest import REPO, OperatorHandle
+from .conftest import CRD, REPO, OperatorHandle
 from .ftj import FineTuneJobs
 
 pytestmark = pytest.mark.e2e
@@ -137,6 +140,57 @@ def test_a_finetunejob_without_output_storage_is_rejected_at_admission(
     assert result.returncode != 0
     assert DURABLE_OUTPUT in result.stderr, result.stderr
     assert "checkpoints and the adapter must outlive the trainer pod" in result.stderr
+
+
+def test_a_finetunejob_from_before_the_output_rule_keeps_its_lifecycle_editable(
+    ftjs: FineTuneJobs,
+) -> None:
+    # An operator upgrade brings the durable-output rule to a cluster that may hold
+    # FineTuneJobs admitted without it. Their output can no longer change (immutable), so
+    # the rule holds them to nothing: suspending or retrying one must still be allowed.
+    current = yaml.safe_load(CRD.read_text())
+    older = copy.deepcopy(current)
+    spec_schema = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_schema["x-kubernetes-validations"] = [
+        rule
+        for rule in spec_schema["x-kubernetes-validations"]
+        if not rule["message"].startswith(DURABLE_OUTPUT)
+    ]
+    local_output = {"output": {"path": "/data/out"}, "lifecycle": {"suspend": True}}
+
+    def install(crd: dict) -> None:
+        ftjs.cluster.kubectl(
+            ["apply", "--server-side", "--force-conflicts", "-f", "-"], input=yaml.safe_dump(crd)
+        )
+
+    def admitted(name: str) -> bool:
+        return ftjs.apply(name, local_output, check=False).returncode == 0
+
+    try:
+        install(older)
+        wait_for(lambda: admitted("older"), timeout=60, message="the older CRD to serve")
+    finally:
+        install(current)
+
+    def refused_again() -> Any:
+        # A server-side dry run: were one admitted while the change spreads, the next try
+        # would be an update, which the rule allows.
+        manifest = ftjs.manifest("newer", local_output)
+        result = ftjs.kubectl("create", "--dry-run=server", "-f", "-", input=manifest, check=False)
+        return result if result.returncode != 0 else None
+
+    refused = wait_for(refused_again, timeout=60, message="the current CRD to refuse it again")
+    assert DURABLE_OUTPUT in refused.stderr, refused.stderr
+    ftjs.patch("older", {"spec": {"lifecycle": {"backoffLimit": 5, "suspend": False}}})
+    assert ftjs.get("older")["spec"]["lifecycle"] == {"backoffLimit": 5, "suspend": False}
+    moved = ftjs.patch("older", {"spec": {"output": {"path": "/data/elsewhere"}}}, check=False)
+    assert moved.returncode != 0
+    assert "spec.output is immutable once created" in moved.stderr, moved.stderr
+    # It still gets no Job: its checkpoints would vanish with the pod.
+    status = ftjs.wait_phase("older", "Failed")
+    assert DURABLE_OUTPUT in status["message"], status
+    assert "create a new FineTuneJob with one" in status["message"], status
+    assert ftjs.jobs("older") == []
 
 
 def test_name_too_long_for_its_job_is_rejected(ftjs: FineTuneJobs) -> None:

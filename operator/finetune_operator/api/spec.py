@@ -163,6 +163,8 @@ DURABLE_OUTPUT_MESSAGE = (
     "inside it"
 )
 
+RECREATE_FOR_OUTPUT = "output cannot change after creation: create a new FineTuneJob with one"
+
 
 class FineTuneJobSpec(TrainerConfig):
     """Fine-tune a causal LM with LoRA (4-bit QLoRA by default) on one GPU node."""
@@ -170,10 +172,18 @@ class FineTuneJobSpec(TrainerConfig):
     model_config = {
         "json_schema_extra": {
             "x-kubernetes-validations": [
-                cel(
-                    "has(self.output) && (has(self.output.pvc) || has(self.output.s3))",
-                    DURABLE_OUTPUT_MESSAGE,
-                ),
+                # Checked on create only (oldSelf is empty then): output is immutable, so on
+                # an update it is what it was at creation. A FineTuneJob admitted before this
+                # rule existed keeps its lifecycle editable (suspend it, delete it later)
+                # instead of every edit being refused for a field it can no longer change.
+                {
+                    **cel(
+                        "oldSelf.hasValue() || "
+                        "has(self.output) && (has(self.output.pvc) || has(self.output.s3))",
+                        DURABLE_OUTPUT_MESSAGE,
+                    ),
+                    "optionalOldSelf": True,
+                },
             ]
         }
     }
@@ -219,7 +229,8 @@ def output_problems(spec: FineTuneJobSpec) -> list[str]:
     refuses such a FineTuneJob at admission, but one created before that rule existed may
     already have a Job, and that run is still reported on to its end."""
     if spec.output.pvc is None and spec.output.s3 is None:
-        return [f"spec.output: {DURABLE_OUTPUT_MESSAGE}"]
+        # Only a FineTuneJob admitted without the rule gets here, and its output is immutable.
+        return [f"spec.output: {DURABLE_OUTPUT_MESSAGE}; {RECREATE_FOR_OUTPUT}"]
     return []
 
 

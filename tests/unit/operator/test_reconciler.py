@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator.api.spec import DURABLE_OUTPUT_MESSAGE, FineTuneJobSpec
+from finetune_operator.api.spec import DURABLE_OUTPUT_MESSAGE, RECREATE_FOR_OUTPUT, FineTuneJobSpec
 from finetune_operator.api.status import MAX_URI, FineTuneJobStatus
 from finetune_operator.builders import Owner, build_job
 from finetune_operator.config import OperatorConfig
@@ -202,7 +202,9 @@ class TestOutputWithoutDurableStorage:
         assert reconciler(kube).reconcile("ml", "gpt-oss-ml") == "Failed"
         status = kube.ftj["status"]
         assert status["reason"] == "InvalidSpec"
-        assert status["message"] == f"invalid spec: spec.output: {DURABLE_OUTPUT_MESSAGE}"
+        assert status["message"] == (
+            f"invalid spec: spec.output: {DURABLE_OUTPUT_MESSAGE}; {RECREATE_FOR_OUTPUT}"
+        )
         assert "completionTime" in status
         assert kube.jobs == {}
         assert kube.events == [("Warning", "InvalidSpec")]

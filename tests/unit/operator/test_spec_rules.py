@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from finetune_operator.api.spec import DURABLE_OUTPUT_MESSAGE, FineTuneJobSpec, output_problems
+from finetune_operator.api.spec import (
+    DURABLE_OUTPUT_MESSAGE,
+    RECREATE_FOR_OUTPUT,
+    FineTuneJobSpec,
+    output_problems,
+)
 from finetune_operator.config import OperatorConfig
 from finetune_operator.reconciler import parse_spec
 from finetune_trainer.config import TrainerConfig
@@ -77,7 +82,7 @@ def test_a_finetunejob_names_output_storage_that_outlives_its_pod(
     parsed, problems = parse_spec({"spec": spec_body})
     assert problems == [] and parsed is not None
     problems = output_problems(parsed)
-    assert problems == [f"spec.output: {DURABLE_OUTPUT_MESSAGE}"]
+    assert problems == [f"spec.output: {DURABLE_OUTPUT_MESSAGE}; {RECREATE_FOR_OUTPUT}"]
     assert "set spec.output.pvc" in problems[0] and "spec.output.s3" in problems[0]
 
 

@@ -111,7 +111,12 @@ def test_strings_and_lists_are_bounded(spec_schema: dict[str, Any]) -> None:
 
 
 def test_training_part_is_immutable(spec_schema: dict[str, Any]) -> None:
-    rules = [r for r in spec_schema["x-kubernetes-validations"] if "oldSelf" in r["rule"]]
+    # Transition rules (oldSelf without optionalOldSelf run on updates only).
+    rules = [
+        r
+        for r in spec_schema["x-kubernetes-validations"]
+        if "oldSelf" in r["rule"] and not r.get("optionalOldSelf")
+    ]
     covered = {r["rule"].split("(")[1].split(")")[0] for r in rules}
     for field in ("self.model", "self.dataset", "self.lora", "self.training", "self.output"):
         assert field in covered
@@ -131,10 +136,15 @@ def rules_of(node: dict[str, Any]) -> dict[str, str]:
 
 
 def test_a_finetunejob_must_name_pvc_or_s3_output(spec_schema: dict[str, Any]) -> None:
-    rules = rules_of(spec_schema)
-    assert rules[DURABLE_OUTPUT_MESSAGE] == (
-        "has(self.output) && (has(self.output.pvc) || has(self.output.s3))"
+    (rule,) = (
+        r for r in spec_schema["x-kubernetes-validations"] if r["message"] == DURABLE_OUTPUT_MESSAGE
     )
+    assert rule == {
+        "rule": "oldSelf.hasValue() || "
+        "has(self.output) && (has(self.output.pvc) || has(self.output.s3))",
+        "message": DURABLE_OUTPUT_MESSAGE,
+        "optionalOldSelf": True,  # create only: see the e2e test of an older FineTuneJob
+    }
 
 
 def test_every_cross_field_check_is_also_a_cel_rule(spec_schema: dict[str, Any]) -> None:
