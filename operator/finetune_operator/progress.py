@@ -51,7 +51,10 @@ def progress_status(
         "tokensPerSecond": current.tokens_per_second,
     }
     fresh = {k: v for k, v in fresh.items() if v is not None}
-    if all(fresh.get(k) == previous.get(k) for k in _COMPARED):
+    # Only what this reading has is compared: the trainer's exit summary carries no epoch,
+    # learning rate or speed, and the merge patch keeps the live values it last wrote.
+    # Comparing those too would find a change on every reconcile after a run stopped.
+    if all(fresh[k] == previous.get(k) for k in _COMPARED if k in fresh):
         return None
     if current.total_steps:
         fresh["summary"] = f"{current.step}/{current.total_steps}"

@@ -41,3 +41,17 @@ def test_done() -> None:
 
 def test_nothing_before_the_first_step() -> None:
     assert progress_status(TrainerProgress(), None, T0) is None
+
+
+def test_an_exit_summary_without_live_figures_is_no_change() -> None:
+    # The trainer's exit summary has step, total and loss only; the epoch, learning rate
+    # and speed of the last live reading stay (the status is merge-patched), so the same
+    # step again is no change, however often the stopped run is reconciled.
+    live = TrainerProgress(
+        step=12, total_steps=20, loss=1.7, epoch=0.05, learning_rate=1.6e-4, tokens_per_second=7800
+    )
+    written = progress_status(live, None, T0)
+    summary = TrainerProgress(step=12, total_steps=20, loss=1.7)
+    assert progress_status(summary, written, T0 + timedelta(seconds=30)) is None
+    moved = progress_status(TrainerProgress(step=13, total_steps=20, loss=1.6), written, T0)
+    assert moved is not None and moved["step"] == 13 and "tokensPerSecond" not in moved

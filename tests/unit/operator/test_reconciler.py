@@ -18,6 +18,7 @@ from finetune_operator.builders import Owner, build_job
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import ChildConflict, Kube, StatusRejected
 from finetune_operator.reconciler import Reconciler
+from finetune_trainer.contract import TrainerProgress
 
 from .conftest import JOB_UID, body, pod, terminated
 
@@ -71,13 +72,25 @@ class MemoryKube:
             self.rejected += 1
             raise StatusRejected("status.output.adapterUri: Too long: may not be more than 1024")
         self.patches.append(status)
-        # A merge patch: null removes the field.
-        merged = {**(self.ftj.get("status") or {}), **status}
-        self.ftj["status"] = {k: v for k, v in merged.items() if v is not None}
+        self.ftj["status"] = merge_patch(self.ftj.get("status") or {}, status)
         return True
 
     def post_event(self, ftj: dict[str, Any], kind: str, reason: str, message: str, now: str):
         self.events.append((kind, reason))
+
+
+def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386, as the API server applies the status patch: objects merge key by key,
+    null removes a key, anything else (lists included) replaces."""
+    merged = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_patch(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _longest_string(value: Any) -> int:
@@ -340,3 +353,37 @@ def test_the_trainers_outcome_stays_while_the_job_is_cleaned_up() -> None:
     assert (status["reason"], status["message"]) == ("InvalidDataset", "dataset row 5: 'bot'")
     assert len(kube.patches) == writes
     assert kube.events[-1] == ("Warning", "InvalidDataset")  # announced once, not undone
+
+
+def test_a_stopped_run_is_not_rewritten_on_every_reconcile() -> None:
+    kube = MemoryKube(body())
+    live = TrainerProgress(
+        step=12, total_steps=20, loss=1.7, epoch=0.05, learning_rate=1e-4, tokens_per_second=7800
+    )
+    operator = Reconciler(
+        kube,  # type: ignore[arg-type]
+        OperatorConfig(),
+        clock=lambda: NOW,
+        scraper=lambda ip, timeout: live,
+    )
+    operator.reconcile("ml", "gpt-oss-ml")  # creates the Job
+    kube.pods = [running_pod()]
+    operator.reconcile("ml", "gpt-oss-ml", poll_metrics=True)
+    assert kube.ftj["status"]["progress"]["tokensPerSecond"] == 7800
+    # The trainer stops (exit 75, e.g. a node drain) and waits for its retry.
+    summary = json.dumps(
+        {
+            "status": "interrupted",
+            "reason": "Interrupted",
+            "step": 12,
+            "totalSteps": 20,
+            "loss": 1.7,
+        }
+    )
+    kube.pods = [pod("Failed", state=terminated(75, summary))]
+    operator.reconcile("ml", "gpt-oss-ml", poll_metrics=True)
+    writes = len(kube.patches)
+    for _ in range(3):
+        operator.reconcile("ml", "gpt-oss-ml", poll_metrics=True)
+    assert len(kube.patches) == writes
+    assert kube.ftj["status"]["progress"]["step"] == 12
