@@ -155,7 +155,10 @@ def observe(
             message=f"training finished; adapter written to {where}",
             completion_time=status.get("completionTime") or complete.get("lastTransitionTime"),
         )
-    failed = _condition(job, "Failed")
+    # FailureTarget comes first: the Job controller has decided the Job fails and is
+    # stopping its pods (a trainer past its deadline may still be saving a checkpoint);
+    # Failed follows once they are gone. The outcome is known from the first.
+    failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
     if failed:
         reason, message = _failure(failed, summary, text, last_failure)
         return replace(
@@ -169,6 +172,16 @@ def observe(
         (p for p in pods if _is_active(p)),
         key=lambda p: p["metadata"].get("creationTimestamp") or "",
     )
+    if not active and newest and summary is not None and summary.status == "invalid_input":
+        # The Job's podFailurePolicy fails it on this exit code (78) and never retries; the
+        # reconcile that the pod's own update triggers comes before the Job says so.
+        return replace(
+            seen,
+            phase="Failed",
+            reason=summary.reason,
+            message=summary.message,
+            completion_time=newest.get("finishedAt"),
+        )
     if (job.get("spec") or {}).get("suspend"):
         if queued and not seen.start_time:
             return replace(
@@ -213,8 +226,8 @@ def observe(
         return replace(
             seen,
             reason="Restarting",
-            message=f"the trainer stopped ({last_failure or 'restart'}); the Job will retry "
-            "from the newest checkpoint",
+            message=f"the trainer stopped ({last_failure or 'restart'}); the Job retries from "
+            "the newest checkpoint while spec.lifecycle.backoffLimit allows",
         )
     return replace(seen, reason="WaitingForPod", message="waiting for the trainer pod")
 

@@ -89,6 +89,38 @@ class TestPhases:
         assert seen.reason == "DeadlineExceeded"
         assert "activeDeadlineSeconds" in seen.message
 
+    def test_failure_target_is_the_outcome_before_the_pods_are_gone(self) -> None:
+        # Past its deadline the trainer is still saving a checkpoint (its pod is being
+        # deleted); the Job has FailureTarget, and Failed only once the pod is gone.
+        stopping = pod("Running", state={"running": {"startedAt": "T2"}}, deleting=True)
+        seen = observe(job([cond("FailureTarget", "DeadlineExceeded", at="T7")]), [stopping])
+        assert (seen.phase, seen.reason, seen.completion_time) == (
+            "Failed",
+            "DeadlineExceeded",
+            "T7",
+        )
+        both = [cond("FailureTarget", "DeadlineExceeded", at="T7"), cond("Failed", "X", at="T8")]
+        assert observe(job(both), []).completion_time == "T8"
+
+    def test_bad_input_fails_before_the_job_says_so(self) -> None:
+        # The pod's update triggers a reconcile before the Job controller applies the
+        # podFailurePolicy: exit 78 is never retried, so it is not reported as a restart.
+        message = TerminationMessage(
+            status="invalid_input", reason="InvalidDataset", message="row 7: role 'bot'"
+        ).encode()
+        seen = observe(job(), [pod("Failed", state=terminated(78, message, at="T6"))])
+        assert (seen.phase, seen.reason, seen.message) == (
+            "Failed",
+            "InvalidDataset",
+            "row 7: role 'bot'",
+        )
+        assert (seen.completion_time, seen.restarts) == ("T6", 0)
+
+    def test_another_failure_waits_for_the_job_to_retry(self) -> None:
+        seen = observe(job(), [pod("Failed", state=terminated(1, "Traceback ... CUDA error"))])
+        assert (seen.phase, seen.reason) == ("Pending", "Restarting")
+        assert "while spec.lifecycle.backoffLimit allows" in seen.message
+
     def test_crash_without_message_uses_the_log_tail(self) -> None:
         seen = observe(
             job([cond("Failed", "BackoffLimitExceeded")], failed=1),
