@@ -37,16 +37,13 @@ class ProgressPoller:
             self.poll_once()
 
     def poll_once(self) -> None:
-        """Reconcile each unfinished FineTuneJob once. One that has finished drops out of
-        the list by itself (the reconciler stops listing it) but stays counted under its
-        phase; only one that no longer exists is forgotten."""
+        """Reconcile each unfinished FineTuneJob once. One that has finished, or no longer
+        exists, drops out of the list by itself: the reconciler stops listing it (a finished
+        one stays counted under its phase)."""
         for namespace, name in self.reconciler.unfinished():
             if self._stop.is_set():
                 return
             try:
-                phase = self.reconciler.reconcile(namespace, name, poll_metrics=True)
+                self.reconciler.reconcile(namespace, name, poll_metrics=True)
             except Exception:  # one failing FineTuneJob must not stop the others
                 log.exception("%s/%s: progress poll failed", namespace, name)
-                continue
-            if phase is None:
-                self.reconciler.forget(namespace, name)

@@ -81,6 +81,12 @@ class Reconciler:
             return self._locks.setdefault((namespace, name), threading.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
+        """Drop everything kept about a FineTuneJob that no longer exists. Under its lock,
+        so a reconcile already under way cannot count it again after this."""
+        with self._lock(namespace, name):
+            self._drop(namespace, name)
+
+    def _drop(self, namespace: str, name: str) -> None:
         with self._guard:
             self._locks.pop((namespace, name), None)
             self._unfinished.discard((namespace, name))
@@ -92,22 +98,18 @@ class Reconciler:
         with self._guard:
             return sorted(self._unfinished)
 
-    def _remember(self, namespace: str, name: str, phase: str | None) -> str | None:
+    def _remember(self, namespace: str, name: str, phase: str) -> None:
         with self._guard:
-            if phase is None or phase in TERMINAL_PHASES:
+            if phase in TERMINAL_PHASES:
                 self._unfinished.discard((namespace, name))
             else:
                 self._unfinished.add((namespace, name))
-            if phase is None:
-                self._phases.pop((namespace, name), None)
-            else:
-                self._phases[(namespace, name)] = phase
+            self._phases[(namespace, name)] = phase
             self.metrics.set_phases(self._phases.values())
-        return phase
 
     def reconcile(self, namespace: str, name: str, *, poll_metrics: bool = False) -> str | None:
         """Converge one FineTuneJob; returns its phase (None when it no longer exists)."""
-        with self.metrics.reconcile_seconds.time():
+        with self.metrics.reconcile_seconds.time(), self._lock(namespace, name):
             try:
                 phase = self._reconcile(namespace, name, poll_metrics)
             except Exception:
@@ -116,59 +118,67 @@ class Reconciler:
                 with self._guard:
                     self._unfinished.add((namespace, name))
                 raise
-        return self._remember(namespace, name, phase)
+            if phase is None:
+                # Gone: its Job's and pods' clean-up events would otherwise leave a lock
+                # behind for each deleted FineTuneJob.
+                self._drop(namespace, name)
+            else:
+                self._remember(namespace, name, phase)
+            return phase
 
     def _reconcile(self, namespace: str, name: str, poll_metrics: bool) -> str | None:
-        with self._lock(namespace, name):
-            for _ in range(_CONFLICT_RETRIES):
-                body = self.kube.get_finetunejob(namespace, name)
-                if body is None or body["metadata"].get("deletionTimestamp"):
-                    return None
-                update = self._converge(body, poll_metrics=poll_metrics)
-                previous = body.get("status") or {}
+        """The phase the FineTuneJob's status holds afterwards; None only when it is gone."""
+        recorded = "Pending"
+        for _ in range(_CONFLICT_RETRIES):
+            body = self.kube.get_finetunejob(namespace, name)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return None
+            recorded = (body.get("status") or {}).get("phase") or "Pending"
+            update = self._converge(body, poll_metrics=poll_metrics)
+            previous = body.get("status") or {}
+            if not update.changed_from(previous):
+                self.metrics.reconciles.labels("ok").inc()
+                return str(update.status.get("phase"))
+            try:
+                written = self.kube.patch_status(body, update.status)
+            except StatusRejected as exc:
+                # Retrying the same status would fail the same way on every trigger and
+                # leave the FineTuneJob frozen: say so on the status instead.
+                log.error("%s/%s: the API server rejected the status: %s", namespace, name, exc)
+                update = status_rejected_status(
+                    previous, str(exc), body["metadata"].get("generation"), self.clock()
+                )
                 if not update.changed_from(previous):
-                    self.metrics.reconciles.labels("ok").inc()
                     return str(update.status.get("phase"))
                 try:
                     written = self.kube.patch_status(body, update.status)
-                except StatusRejected as exc:
-                    # Retrying the same status would fail the same way on every trigger and
-                    # leave the FineTuneJob frozen: say so on the status instead.
-                    log.error("%s/%s: the API server rejected the status: %s", namespace, name, exc)
-                    update = status_rejected_status(
-                        previous, str(exc), body["metadata"].get("generation"), self.clock()
-                    )
-                    if not update.changed_from(previous):
-                        return str(update.status.get("phase"))
-                    try:
-                        written = self.kube.patch_status(body, update.status)
-                    except StatusRejected as again:
-                        log.error(
-                            "%s/%s: even the fallback status was rejected: %s",
-                            namespace,
-                            name,
-                            again,
-                        )
-                        return None
-                if written:
-                    self.metrics.reconciles.labels("ok").inc()
-                    self.metrics.status_writes.inc()
-                    now = rfc3339(self.clock())
-                    for event in update.events:
-                        self.kube.post_event(body, event.type, event.reason, event.message, now)
-                        self.metrics.events.labels(event.type, event.reason).inc()
-                    log.info(
-                        "%s/%s: %s (%s)",
+                except StatusRejected as again:
+                    log.error(
+                        "%s/%s: even the fallback status was rejected: %s",
                         namespace,
                         name,
-                        update.status.get("phase"),
-                        update.status.get("reason"),
+                        again,
                     )
-                    return str(update.status.get("phase"))
-            log.warning(
-                "%s/%s: status kept conflicting; will retry on the next trigger", namespace, name
-            )
-            return None
+                    return recorded
+            if written:
+                self.metrics.reconciles.labels("ok").inc()
+                self.metrics.status_writes.inc()
+                now = rfc3339(self.clock())
+                for event in update.events:
+                    self.kube.post_event(body, event.type, event.reason, event.message, now)
+                    self.metrics.events.labels(event.type, event.reason).inc()
+                log.info(
+                    "%s/%s: %s (%s)",
+                    namespace,
+                    name,
+                    update.status.get("phase"),
+                    update.status.get("reason"),
+                )
+                return str(update.status.get("phase"))
+        log.warning(
+            "%s/%s: status kept conflicting; will retry on the next trigger", namespace, name
+        )
+        return recorded
 
     def _converge(self, body: Obj, *, poll_metrics: bool) -> StatusUpdate:
         previous: dict[str, Any] = body.get("status") or {}

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -387,3 +388,53 @@ def test_a_stopped_run_is_not_rewritten_on_every_reconcile() -> None:
         operator.reconcile("ml", "gpt-oss-ml", poll_metrics=True)
     assert len(kube.patches) == writes
     assert kube.ftj["status"]["progress"]["step"] == 12
+
+
+class TestBookkeeping:
+    """What the reconciler keeps per FineTuneJob: the poller's list, the phase gauge and
+    a lock, each in step with the FineTuneJobs that exist."""
+
+    def test_a_status_that_keeps_conflicting_leaves_the_run_polled(self) -> None:
+        kube = MemoryKube(body())
+        operator = reconciler(kube)
+        operator.reconcile("ml", "gpt-oss-ml")
+        kube.pods = [running_pod()]
+        kube.patch_status = lambda ftj, status: False  # type: ignore[method-assign]
+        assert operator.reconcile("ml", "gpt-oss-ml") == "Pending"  # what the status holds
+        assert operator.unfinished() == [("ml", "gpt-oss-ml")]
+
+    def test_events_after_a_deletion_leave_nothing_behind(self) -> None:
+        kube = MemoryKube(body())
+        operator = reconciler(kube)
+        operator.reconcile("ml", "gpt-oss-ml")
+        operator.forget("ml", "gpt-oss-ml")  # the DELETED event
+        kube.ftj = None  # type: ignore[assignment]
+        # Garbage collection of its Job and pods triggers more reconciles.
+        assert operator.reconcile("ml", "gpt-oss-ml") is None
+        assert operator._locks == {}  # one lock per deleted FineTuneJob would pile up
+        assert operator.unfinished() == []
+
+    def test_a_deletion_during_a_reconcile_is_not_counted_again(self) -> None:
+        kube = MemoryKube(body())
+        operator = reconciler(kube)
+        operator.reconcile("ml", "gpt-oss-ml")
+        reading, go_on = threading.Event(), threading.Event()
+        read = kube.get_finetunejob
+
+        def slow_read(namespace: str, name: str) -> dict[str, Any] | None:
+            reading.set()
+            go_on.wait(5)
+            return read(namespace, name)
+
+        kube.get_finetunejob = slow_read  # type: ignore[method-assign]
+        under_way = threading.Thread(target=operator.reconcile, args=("ml", "gpt-oss-ml"))
+        under_way.start()
+        assert reading.wait(5)
+        deleted = threading.Thread(target=operator.forget, args=("ml", "gpt-oss-ml"))
+        deleted.start()
+        go_on.set()
+        under_way.join(5)
+        deleted.join(5)
+        gauge = operator.metrics.registry.get_sample_value
+        assert gauge("finetune_operator_finetunejobs", {"phase": "Pending"}) == 0
+        assert operator.unfinished() == []
