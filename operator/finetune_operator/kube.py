@@ -31,6 +31,11 @@ class ChildRejected(Exception):
     the same object cannot succeed, so the message goes to the FineTuneJob's status."""
 
 
+class ChildDeferred(Exception):
+    """The API server refused to create a child for now: a ResourceQuota in the namespace
+    is used up. The same create succeeds once the quota allows it, so it is retried."""
+
+
 class StatusRejected(Exception):
     """The API server refused a status patch as invalid: writing the same status again
     cannot succeed, so the caller must write something else instead of retrying."""
@@ -38,6 +43,8 @@ class StatusRejected(Exception):
 
 # Status codes of a create that the same request will always meet again.
 _REJECTED = (400, 403, 422)
+# ResourceQuota admission's refusals, which a later create may not meet.
+_QUOTA_MESSAGES = ("exceeded quota", "status unknown for quota")
 
 
 def _api_message(exc: ApiException) -> str:
@@ -81,6 +88,13 @@ class Kube:
                 raise ValueError(f"cannot create {kind}")
             return _data(created), True
         except ApiException as exc:
+            if exc.status == 403 and any(m in _api_message(exc) for m in _QUOTA_MESSAGES):
+                # ResourceQuota answers 403 too, but only until something else finishes
+                # (or, for a quota just created, until its usage has been counted).
+                raise ChildDeferred(
+                    f"{kind} {namespace}/{name} does not fit the namespace's ResourceQuota: "
+                    f"{_api_message(exc)}"
+                ) from exc
             if exc.status in _REJECTED:
                 raise ChildRejected(
                     f"the API server rejected {kind} {namespace}/{name}: {_api_message(exc)}"

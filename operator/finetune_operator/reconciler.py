@@ -28,7 +28,7 @@ from .builders import (
     resolved_trainer_config,
 )
 from .config import OperatorConfig
-from .kube import ChildConflict, ChildRejected, Kube, Obj, StatusRejected
+from .kube import ChildConflict, ChildDeferred, ChildRejected, Kube, Obj, StatusRejected
 from .metrics import OperatorMetrics
 from .observe import observe
 from .policy import policy_problems
@@ -40,6 +40,7 @@ from .status_update import (
     kept_outcome,
     next_status,
     status_rejected_status,
+    waiting_status,
 )
 from .timeutil import Clock, rfc3339, utcnow
 
@@ -230,6 +231,10 @@ class Reconciler:
                 return failed_status(previous, "ChildConflict", str(exc), generation, now)
             except ChildRejected as exc:
                 return failed_status(previous, "JobRejected", str(exc), generation, now)
+            except ChildDeferred as exc:
+                # Pending keeps it on the poller's list, which tries the create again.
+                message = f"{exc}; the Job is created once the quota allows it"
+                return waiting_status(previous, "QuotaExceeded", message, generation, now)
         else:
             self._sync_lifecycle(
                 job, spec, queued, outcome_recorded=previous.get("phase") in TERMINAL_PHASES

@@ -78,6 +78,18 @@ def failed_status(
     return _stalled_status(previous, "Failed", reason, message, generation, now, completion)
 
 
+def waiting_status(
+    previous: dict[str, Any],
+    reason: str,
+    message: str,
+    generation: int | None,
+    now: datetime,
+) -> StatusUpdate:
+    """Pending for a reason the operator found itself and retries past (e.g. a quota that
+    is used up): Stalled until it clears, with a Warning Event, and no outcome."""
+    return _stalled_status(previous, "Pending", reason, message, generation, now, None)
+
+
 def invalid_spec_status(
     previous: dict[str, Any], problems: list[str], generation: int | None, now: datetime
 ) -> StatusUpdate:

@@ -193,6 +193,37 @@ def test_a_finetunejob_from_before_the_output_rule_keeps_its_lifecycle_editable(
     assert ftjs.jobs("older") == []
 
 
+def test_a_used_up_quota_holds_the_job_back_until_it_allows(ftjs: FineTuneJobs) -> None:
+    # ResourceQuota admission refuses with 403, as it does a forbidden object; this one
+    # clears on its own, so the FineTuneJob waits instead of failing for good.
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "jobs", "namespace": ftjs.namespace},
+        "spec": {"hard": {"count/jobs.batch": "0"}},
+    }
+    ftjs.kubectl("apply", "-f", "-", input=yaml.safe_dump(quota))
+    wait_for(
+        lambda: ftjs.kubectl(
+            "get", "resourcequota", "jobs", "-o", "jsonpath={.status.hard}"
+        ).stdout.strip(),
+        timeout=60,
+        message="the quota controller to count the namespace",
+    )
+    ftjs.apply("held", SUSPENDED)
+    status = ftjs.wait_status(
+        "held", lambda s: s.get("reason") == "QuotaExceeded", what="held back by the quota"
+    )
+    assert status["phase"] == "Pending", status
+    assert "exceeded quota: jobs" in status["message"], status
+    assert ftjs.jobs("held") == []
+    ftjs.kubectl("delete", "resourcequota", "jobs")
+    ftjs.wait_phase("held", "Suspended")
+    assert len(ftjs.jobs("held")) == 1
+    reasons = [e["reason"] for e in ftjs.events("held")]
+    assert reasons.count("QuotaExceeded") == 1, reasons
+
+
 def test_name_too_long_for_its_job_is_rejected(ftjs: FineTuneJobs) -> None:
     result = ftjs.apply("x" * 53, SUSPENDED, check=False)
     assert "at most 52 characters" in result.stderr

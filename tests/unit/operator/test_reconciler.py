@@ -17,7 +17,7 @@ from finetune_operator.api.spec import DURABLE_OUTPUT_MESSAGE, RECREATE_FOR_OUTP
 from finetune_operator.api.status import MAX_URI, FineTuneJobStatus
 from finetune_operator.builders import Owner, build_job
 from finetune_operator.config import OperatorConfig
-from finetune_operator.kube import ChildConflict, Kube, StatusRejected
+from finetune_operator.kube import ChildConflict, ChildDeferred, ChildRejected, Kube, StatusRejected
 from finetune_operator.reconciler import Reconciler
 from finetune_trainer.contract import TrainerProgress
 
@@ -39,6 +39,7 @@ class MemoryKube:
         self.rejected = 0
         self.events: list[tuple[str, str]] = []
         self.conflict_on_create = False
+        self.quota_used_up = False
         self.config_maps: dict[str, dict[str, Any]] = {}
 
     def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -49,6 +50,11 @@ class MemoryKube:
 
     def ensure(self, obj: dict[str, Any], owner_uid: str) -> tuple[dict[str, Any], bool]:
         meta = obj["metadata"]
+        if self.quota_used_up:
+            raise ChildDeferred(
+                f"{obj['kind']} {meta['namespace']}/{meta['name']} does not fit the namespace's "
+                "ResourceQuota: exceeded quota: jobs, requested: count/jobs.batch=1"
+            )
         if self.conflict_on_create:
             raise ChildConflict(
                 f"{obj['kind']} {meta['namespace']}/{meta['name']} already exists and is not "
@@ -257,6 +263,51 @@ def test_a_child_name_held_by_another_object_is_its_own_reason() -> None:
     assert "delete it or rename the FineTuneJob" in status["message"]
     assert "invalid spec" not in status["message"]
     assert kube.events == [("Warning", "ChildConflict")]
+
+
+def test_a_used_up_quota_waits_and_the_job_follows_once_it_allows() -> None:
+    kube = MemoryKube(body())
+    kube.quota_used_up = True
+    operator = reconciler(kube)
+    assert operator.reconcile("ml", "gpt-oss-ml") == "Pending"
+    status = kube.ftj["status"]
+    assert status["reason"] == "QuotaExceeded"
+    assert "exceeded quota: jobs" in status["message"]
+    assert "created once the quota allows it" in status["message"]
+    assert condition(status, "Stalled") == "True" and status.get("completionTime") is None
+    assert operator.unfinished() == [("ml", "gpt-oss-ml")]  # the poller tries again
+    operator.reconcile("ml", "gpt-oss-ml")
+    assert kube.events == [("Warning", "QuotaExceeded")]  # announced once
+    kube.quota_used_up = False
+    operator.reconcile("ml", "gpt-oss-ml", poll_metrics=True)
+    assert list(kube.jobs) and kube.ftj["status"]["reason"] == "WaitingForPod"
+    assert condition(kube.ftj["status"], "Stalled") == "False"
+
+
+class _Jobs:
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+
+    def create_namespaced_job(self, *args: Any, **kwargs: Any) -> None:
+        exc = ApiException(status=self.status, reason="Forbidden")
+        exc.body = json.dumps({"message": self.message})
+        raise exc
+
+
+@pytest.mark.parametrize(
+    "message, raised",
+    [
+        ('jobs.batch "j" is forbidden: exceeded quota: jobs, requested: ...', ChildDeferred),
+        ('jobs.batch "j" is forbidden: status unknown for quota: jobs, ...', ChildDeferred),
+        ('jobs.batch "j" is forbidden: violates PodSecurity "restricted"', ChildRejected),
+    ],
+)
+def test_only_a_quota_refusal_is_retried(message: str, raised: type[Exception]) -> None:
+    kube = Kube.__new__(Kube)
+    kube.batch = _Jobs(403, message)  # type: ignore[assignment]
+    job = {"kind": "Job", "metadata": {"namespace": "ml", "name": "j"}}
+    with pytest.raises(raised, match="is forbidden"):
+        kube.ensure(job, "uid")
 
 
 class _CustomObjects:
