@@ -88,9 +88,12 @@ def _pending_reason(pod: dict[str, Any]) -> tuple[str, str]:
     return "ContainerCreating", "the trainer container is starting"
 
 
+def _is_live(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in (None, "Pending", "Running")
+
+
 def _is_active(pod: dict[str, Any]) -> bool:
-    phase = (pod.get("status") or {}).get("phase")
-    return phase in (None, "Pending", "Running") and not pod["metadata"].get("deletionTimestamp")
+    return _is_live(pod) and not pod["metadata"].get("deletionTimestamp")
 
 
 def _controlled_by(pod: dict[str, Any], job: dict[str, Any]) -> bool:
@@ -190,9 +193,11 @@ def observe(
                 reason="WaitingForQueue",
                 message="waiting for Kueue to admit the Job",
             )
+        # Suspending deletes the pod at once; its trainer is still saving a checkpoint
+        # through the grace period, so a pod being deleted counts as stopping.
         message = (
             "suspending: the trainer is writing a checkpoint and stopping"
-            if active
+            if any(_is_live(p) for p in pods)
             else "suspended; set spec.lifecycle.suspend to false to resume from the newest "
             "checkpoint"
         )
