@@ -162,11 +162,16 @@ def next_status(
         "observedGeneration": generation,
         "jobName": job_name,
         "configMapName": config_map_name,
-        "restarts": max(obs.restarts, int(previous.get("restarts") or 0)),
+        "restarts": _restarts(previous, obs),
         "conditions": conditions_for_phase(
             obs.phase, obs.reason, obs.message, generation, previous.get("conditions"), stamp
         ),
     }
+    if obs.running_pod:
+        status["podName"] = obs.running_pod
+    elif obs.phase == "Suspended":
+        # Resuming starts a new pod, which is no restart (null removes the name).
+        status["podName"] = None
     if obs.start_time:
         status["startTime"] = obs.start_time
     if obs.phase not in TERMINAL_PHASES:
@@ -198,6 +203,16 @@ def next_status(
             if v
         }
     return StatusUpdate(status, _events(previous, status))
+
+
+def _restarts(previous: dict[str, Any], obs: Observation) -> int:
+    """Never fewer than recorded. A new trainer pod running where another one ran is a
+    restart even if the old pod left no trace: an evicted or preempted pod is deleted, and
+    usually gone before any reconcile could count it as failed."""
+    recorded = int(previous.get("restarts") or 0)
+    last_pod = previous.get("podName")
+    replaced = bool(obs.running_pod and last_pod and obs.running_pod != last_pod)
+    return max(obs.restarts, recorded + 1 if replaced else recorded)
 
 
 def _checkpoint(

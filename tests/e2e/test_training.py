@@ -350,9 +350,12 @@ def test_disruption_does_not_count_against_backoff_limit(
     ftjs.kubectl("delete", "pod", pod, "--wait=false")
     status = _wait_finished(ftjs, name)
     assert status["phase"] == "Succeeded", status
-    _second_pod(ftjs, name, pod)  # the Job started a replacement despite backoffLimit 0
+    second = _second_pod(ftjs, name, pod)  # the Job replaced it despite backoffLimit 0
     job = ftjs.jobs(name)[0]
     assert not job["status"].get("failed"), job["status"]
+    # Not a failure, but a restart all the same, though the preempted pod was deleted.
+    assert (status["restarts"], status["podName"]) == (1, second), status
+    assert "Restarted" in {e["reason"] for e in ftjs.events(name)}
 
 
 def test_bad_dataset_fails_fast_with_the_trainers_message(

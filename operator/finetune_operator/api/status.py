@@ -107,6 +107,9 @@ class FineTuneJobStatus(_Status):
     restarts: int | None = Field(
         None, description="Trainer pods that failed and were retried (disruptions included)."
     )
+    pod_name: Short | None = Field(
+        None, description="The trainer pod of the current or last attempt (for kubectl logs)."
+    )
     progress: ProgressStatus | None = Field(None, description="Live training progress.")
     checkpoint: CheckpointStatus | None = Field(None, description="The newest complete checkpoint.")
     output: OutputStatus | None = Field(None, description="The trained artifacts.")

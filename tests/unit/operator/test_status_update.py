@@ -190,3 +190,28 @@ def test_a_recorded_outcome_outlives_the_trainers_pods(recorded: dict, vaguer: O
     # With the trainer's message in hand the status is computed afresh.
     told = update(previous, replace(vaguer, termination_text="exit 78: something else"))
     assert told.status["reason"] == vaguer.reason
+
+
+def running_on(pod_name: str, restarts: int = 0) -> Observation:
+    return Observation("Running", "Running", "training", restarts=restarts, running_pod=pod_name)
+
+
+def test_a_replaced_pod_is_a_restart_even_when_the_old_one_left_no_trace() -> None:
+    # An evicted pod is deleted; the reconcile after its replacement starts sees only the
+    # new pod, and the Job does not count the disruption as a failure.
+    first = update({}, running_on("ftj-a")).status
+    assert (first["podName"], first["restarts"]) == ("ftj-a", 0)
+    result = update(first, running_on("ftj-b"))
+    assert (result.status["podName"], result.status["restarts"]) == ("ftj-b", 1)
+    assert "Restarted" in [e.reason for e in result.events]
+    # A failure the pods still show is the same restart, not a second one.
+    assert update(first, running_on("ftj-b", restarts=1)).status["restarts"] == 1
+    assert update(result.status, running_on("ftj-b")).status["restarts"] == 1
+
+
+def test_resuming_after_a_suspend_is_no_restart() -> None:
+    running = update({}, running_on("ftj-a")).status
+    suspended = update(running, Observation("Suspended", "Suspended", "suspended")).status
+    assert suspended["podName"] is None  # removed by the merge patch
+    stored = {k: v for k, v in suspended.items() if v is not None}
+    assert update(stored, running_on("ftj-b")).status["restarts"] == 0
