@@ -119,6 +119,10 @@ def test_example_manifest_creates_exactly_one_job(ftjs: FineTuneJobs) -> None:
             {"output": {"s3": {"uri": "s3://b/p", "endpoint": "https://u:p@minio.example"}}},
             "must not carry credentials (user:password@host)",
         ),
+        (
+            {"output": {"s3": {"uri": "s3://bucket/runs/x/../a"}}},
+            "must not contain a '.' or '..' segment; name the prefix without them",
+        ),
         ({"output": {"path": "/data/out"}}, DURABLE_OUTPUT),
         ({"output": {}}, DURABLE_OUTPUT),
         ({"bogus": True}, 'unknown field "spec.bogus"'),

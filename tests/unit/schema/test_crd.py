@@ -177,6 +177,16 @@ def test_s3_endpoints_refuse_credentials(spec_schema: dict[str, Any]) -> None:
         assert not re.match(pattern, "https://minio:9000/tenant@a")
 
 
+def test_s3_uris_refuse_dot_segments(spec_schema: dict[str, Any]) -> None:
+    """The validator's rule at admission too: a '..' in output.s3.uri would reach outside
+    the trainer's staging directory."""
+    for section in ("model", "dataset", "output"):
+        uri = spec_schema["properties"][section]["properties"]["s3"]["properties"]["uri"]
+        (message,) = (m for m in rules_of(uri) if "'.' or '..' segment" in m)
+        assert rules_of(uri)[message] == "self.split('/').all(s, s != '.' && s != '..')"
+        assert message.startswith("must not contain a '.' or '..' segment; name the prefix")
+
+
 def test_status_uris_fit_every_location_the_spec_allows(version: dict[str, Any]) -> None:
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
     limits = [

@@ -156,10 +156,28 @@ class TestInvalid:
                 {"model": {"s3": {"uri": "s3://bucket/m", "endpoint": "http://user@minio/"}}},
                 "spec.model.s3.endpoint: must not carry credentials",
             ),
+            (
+                {"output": {"s3": {"uri": "s3://bucket/runs/../../etc"}}},
+                "spec.output.s3.uri: must not contain a '.' or '..' segment; name the prefix "
+                "without them",
+            ),
+            (
+                {"model": {"s3": {"uri": "s3://bucket/models/./m"}}},
+                "spec.model.s3.uri: must not contain a '.' or '..' segment",
+            ),
+            (
+                {"dataset": {"s3": {"uri": "s3://bucket/.."}}},
+                "spec.dataset.s3.uri: must not contain a '.' or '..' segment",
+            ),
         ],
     )
     def test_rejects_with_field_and_fix(self, data: dict, expected: str) -> None:
         assert any(expected in line for line in errors_of(data)), errors_of(data)
+
+    def test_dots_inside_an_s3_key_segment_are_fine(self) -> None:
+        uri = "s3://my.bucket/runs/v1.2/..hidden/a..b/"
+        config = TrainerConfig.from_mapping({"output": {"s3": {"uri": uri}}})
+        assert config.output.s3 is not None and config.output.s3.uri == uri
 
     def test_an_at_sign_after_the_host_is_no_credential(self) -> None:
         s3 = {"uri": "s3://bucket/x", "endpoint": "https://minio.example:9000/tenant@a"}

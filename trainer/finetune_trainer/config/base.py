@@ -93,13 +93,39 @@ HubRepoId = Annotated[
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$",
     ),
 ]
+_S3_URI_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
+# S3 keys are not paths, but the trainer stages and downloads them as paths: a '..' would
+# leave the staging or download directory, and a '.' names the same place as its parent.
+_S3_DOT_SEGMENTS_MESSAGE = (
+    "must not contain a '.' or '..' segment; name the prefix without them, e.g. "
+    "s3://bucket/runs/a rather than s3://bucket/runs/x/../a"
+)
+
+
+def _no_dot_segments(value: str) -> str:
+    if {".", ".."} & set(value.split("/")):
+        raise ValueError(_S3_DOT_SEGMENTS_MESSAGE)
+    return value
+
+
 # An s3://bucket/key-prefix URI.
 S3Uri = Annotated[
     str,
-    StringConstraints(
-        min_length=8,
-        max_length=MAX_S3_URI,
-        pattern=r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$",
+    StringConstraints(min_length=8, max_length=MAX_S3_URI, pattern=_S3_URI_PATTERN),
+    AfterValidator(_no_dot_segments),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 8,
+            "maxLength": MAX_S3_URI,
+            "pattern": _S3_URI_PATTERN,
+            "x-kubernetes-validations": [
+                cel(
+                    "self.split('/').all(s, s != '.' && s != '..')",
+                    _S3_DOT_SEGMENTS_MESSAGE,
+                )
+            ],
+        }
     ),
 ]
 _ENDPOINT_PATTERN = r"^https?://[^\s/]+(/\S*)?$"
