@@ -13,12 +13,14 @@ Trainer skips ``step x effective batch`` rows either way.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .config import TrainerConfig, TrainingSpec
+from .errors import InvalidConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +74,20 @@ def plan_micro_batch(training: TrainingSpec, probe: Probe | None) -> MicroBatchP
 
 
 def memory_fraction() -> float:
+    """The share of GPU memory training may plan for, from the environment (read at
+    startup, so a bad value fails before the model loads)."""
     value = os.environ.get(MEMORY_FRACTION_ENV)
     if not value:
         return DEFAULT_MEMORY_FRACTION
-    fraction = float(value)
-    if not 0.1 <= fraction <= 1.0:
-        raise ValueError(f"{MEMORY_FRACTION_ENV} must be between 0.1 and 1.0, not {value}")
+    try:
+        fraction = float(value)
+    except ValueError:
+        fraction = math.nan
+    if not 0.1 <= fraction <= 1.0:  # NaN included
+        raise InvalidConfig(
+            f"{MEMORY_FRACTION_ENV} must be a number between 0.1 and 1.0, not {value!r}; "
+            f"set it to one (say {DEFAULT_MEMORY_FRACTION}), or unset it for that default"
+        )
     return fraction
 
 
@@ -91,10 +101,10 @@ def compute_device(model: Any) -> Any:
     raise RuntimeError("the model has no parameter on a CUDA device")
 
 
-def cuda_estimate(model: Any, config: TrainerConfig) -> Probe:
-    """Whether ``size`` full-length rows fit: the memory the loaded model holds now, plus
-    memory.py's estimate of what training adds at that micro-batch (activations, logits,
-    LoRA gradients and optimizer state, overhead).
+def cuda_estimate(model: Any, config: TrainerConfig, gpu_memory_fraction: float) -> Probe:
+    """Whether ``size`` full-length rows fit in ``gpu_memory_fraction`` of the GPU: the
+    memory the loaded model holds now, plus memory.py's estimate of what training adds at
+    that micro-batch (activations, logits, LoRA gradients and optimizer state, overhead).
 
     An estimate rather than a trial forward/backward: on Unsloth a manual backward before
     training invalidates its compiled kernels, and recompiling costs more than it saves."""
@@ -104,7 +114,7 @@ def cuda_estimate(model: Any, config: TrainerConfig) -> Probe:
 
     device = compute_device(model)
     held = torch.cuda.memory_allocated(device)
-    budget = torch.cuda.get_device_properties(device).total_memory * memory_fraction()
+    budget = torch.cuda.get_device_properties(device).total_memory * gpu_memory_fraction
     shape = ModelShape.from_config(model.config.to_dict())
 
     def fits(size: int) -> bool:

@@ -15,6 +15,7 @@ from typing import Literal
 
 from .contract import SCRATCH_DIR, Env
 from .metrics import metrics_bind_host, metrics_port_from_env
+from .microbatch import DEFAULT_MEMORY_FRACTION, memory_fraction
 from .termination import termination_path
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ class RuntimeOptions:
     termination_path: Path | None = None
     scratch_dir: Path | None = None
     backend: BackendChoice = "auto"
+    gpu_memory_fraction: float = DEFAULT_MEMORY_FRACTION
     hf_token: str | None = field(default=None, repr=False)  # never printed
     # The temporary directory scratch() made itself, which remove_own_scratch() deletes
     _temporary: Path | None = field(default=None, init=False, repr=False)
@@ -54,6 +56,7 @@ class RuntimeOptions:
             termination_path=termination_path(),
             scratch_dir=Path(scratch) if scratch else None,
             backend=backend,
+            gpu_memory_fraction=memory_fraction(),
             hf_token=os.environ.get(Env.HF_TOKEN) or None,
         )
 

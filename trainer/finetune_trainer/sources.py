@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .config import ConfigMapKey, DatasetSpec, ModelSpec, OutputSpec, PvcPath, S3Location
 from .contract import CONFIGMAP_MOUNT_ROOT, PVC_MOUNT_ROOT, Env
-from .errors import InvalidDataset, InvalidModel
+from .errors import InvalidDataset, InvalidInput, InvalidModel
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +64,24 @@ def _scratch_key(location: S3Location) -> str:
     return hashlib.sha256(location.uri.encode()).hexdigest()[:12]
 
 
-def _download(location: S3Location, role: str, dest: Path, *, reuse: bool) -> Path:
-    from .storage.s3 import S3Store, download_prefix_or_object
+def _download(
+    location: S3Location, role: str, dest: Path, *, reuse: bool, invalid: type[InvalidInput]
+) -> Path:
+    """Download ``location`` into ``dest``; what only a change of the source can fix is
+    raised as ``invalid``, naming ``<role>.s3``."""
+    from .storage.s3 import KeyOutsideDirectory, S3Store, download_prefix_or_object
 
     store = S3Store.for_location(location, role)  # type: ignore[arg-type]
     log.info("downloading %s into %s", location.uri, dest)
-    return download_prefix_or_object(store, location.prefix, dest, reuse=reuse)
+    try:
+        return download_prefix_or_object(store, location.prefix, dest, reuse=reuse)
+    except FileNotFoundError:
+        raise invalid(f"{role}.s3: nothing at {location.uri}; check the URI") from None
+    except KeyOutsideDirectory as exc:
+        raise invalid(
+            f"{role}.s3: {exc}; rename or remove that object (a '..' segment in its key "
+            f"climbs out of {role}.s3.uri), or point {role}.s3.uri at a prefix without it"
+        ) from None
 
 
 def resolve_model(spec: ModelSpec, scratch: Path) -> ModelSource:
@@ -83,10 +95,7 @@ def resolve_model(spec: ModelSpec, scratch: Path) -> ModelSource:
     else:
         assert spec.s3 is not None
         dest = scratch / "model" / _scratch_key(spec.s3)
-        try:
-            path = _download(spec.s3, "model", dest, reuse=True)
-        except FileNotFoundError:
-            raise InvalidModel(f"model.s3: nothing at {spec.s3.uri}; check the URI") from None
+        path = _download(spec.s3, "model", dest, reuse=True, invalid=InvalidModel)
         what = f"model.s3 {spec.s3.uri}"
     if not path.is_dir():
         raise InvalidModel(
@@ -127,10 +136,7 @@ def resolve_dataset(spec: DatasetSpec, scratch: Path) -> Path | None:
     else:
         assert spec.s3 is not None
         dest = scratch / "dataset" / _scratch_key(spec.s3)
-        try:
-            path = _download(spec.s3, "dataset", dest, reuse=False)
-        except FileNotFoundError:
-            raise InvalidDataset(f"dataset.s3: nothing at {spec.s3.uri}; check the URI") from None
+        path = _download(spec.s3, "dataset", dest, reuse=False, invalid=InvalidDataset)
         what = f"dataset.s3 {spec.s3.uri}"
     if not path.exists():
         raise InvalidDataset(f"{what}: {path} does not exist; check the source")

@@ -38,7 +38,7 @@ from .resume import ResumePoint, find_resume_point, incompatible
 from .runtime import OUTPUT_STAGING, RuntimeOptions
 from .signals import Interrupted, StopRequest
 from .sources import pvc_local_path, pvc_uri, resolve_dataset, resolve_model
-from .storage.checkpoints import FINAL_MODEL_DIR, MERGED_16BIT_DIR
+from .storage.checkpoints import FINAL_MODEL_DIR, MERGED_16BIT_DIR, checkpoint_name
 from .storage.manifest import ArtifactKind, utc_now
 from .storage.targets import LocalTarget, OutputTarget, S3Target
 
@@ -178,7 +178,9 @@ class TrainingRun:
                         self.target.close()
                     except Exception as exc:
                         log.error("publishing outputs failed: %s", exc)
-                        # Staged output that never arrived may be the only copy.
+                    # Also when the failure was already reported (and closing then
+                    # succeeds): staged output that never arrived may be the only copy.
+                    if self.target.unpublished_output:
                         self.runtime.keep_scratch = True
                 self.metrics.stop()
             finally:
@@ -282,7 +284,16 @@ class TrainingRun:
         self.progress.adapter_uri = target.uri(FINAL_MODEL_DIR)
         if merged_wanted:
             self.progress.merged_uri = target.uri(MERGED_16BIT_DIR)
-        newest = next(iter(target.resume_candidates()), None)
+        # The newest complete checkpoint: a newer directory may be one whose save or upload
+        # never finished.
+        newest = next(
+            (
+                candidate
+                for candidate in target.resume_candidates()
+                if target.artifact_manifest(checkpoint_name(candidate.step)) is not None
+            ),
+            None,
+        )
         if newest is not None:
             self.progress.checkpoint = _ref(newest.step, newest.uri)
         return self.progress.message(
@@ -297,7 +308,8 @@ class TrainingRun:
 
         config = self.config
         precision = backend.precision(config)
-        micro = plan_micro_batch(config.training, backend.memory_probe(model, tokenizer, config))
+        probe = backend.memory_probe(model, tokenizer, config, self.runtime.gpu_memory_fraction)
+        micro = plan_micro_batch(config.training, probe)
         self.micro = micro
         log.info(
             "micro-batch %d x %d accumulation: %s",

@@ -14,6 +14,7 @@ from finetune_trainer.backends.transformers_backend import (
     expert_parameter_paths,
 )
 from finetune_trainer.config import TrainerConfig
+from finetune_trainer.errors import InvalidConfig
 
 
 def test_auto_falls_back_to_transformers_on_cpu_and_says_so(
@@ -34,7 +35,14 @@ def test_unsloth_without_a_gpu_is_a_clear_error() -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+    with pytest.raises(InvalidConfig, match="--backend unsloth needs a CUDA GPU"):
+        select_backend("unsloth")
+
+
+def test_unsloth_without_the_package_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("finetune_trainer.backends.unsloth_installed", lambda: False)
+    with pytest.raises(InvalidConfig, match="--backend unsloth needs the unsloth package"):
         select_backend("unsloth")
 
 

@@ -4,7 +4,10 @@ config validation never import torch."""
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +17,7 @@ from finetune_trainer.config import TrainerConfig
 from finetune_trainer.contract import ExitCode
 from finetune_trainer.errors import InvalidConfig
 from finetune_trainer.signals import Interrupted
+from finetune_trainer.storage.s3 import S3Store
 
 from .cli_helpers import cli_env, run_cli, termination, write_config
 
@@ -228,3 +232,72 @@ def test_a_stop_signal_outside_the_run_s_handlers_still_writes_its_message(
     message = termination(in_process)
     assert message.status == "interrupted" and message.reason == "Interrupted"
     assert "SIGTERM" in message.message
+
+
+# --- invalid input found only once the run reaches it --------------------------------------
+def test_the_unsloth_backend_without_a_gpu_exits_78(
+    in_process: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    config = write_config(in_process / "c.yaml", {"output": {"path": str(in_process / "out")}})
+    assert cli.main(["--config", str(config), "--backend", "unsloth"]) == ExitCode.INVALID_INPUT
+    message = termination(in_process)
+    assert message.status == "invalid_input" and message.reason == "InvalidConfig"
+    assert message.message.startswith("--backend unsloth needs a CUDA GPU and none is visible")
+    assert "--backend auto" in message.message
+
+
+def test_a_bad_gpu_memory_fraction_exits_78_before_anything_loads(
+    in_process: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FTO_GPU_MEMORY_FRACTION", "lots")
+    config = write_config(
+        in_process / "c.yaml",
+        {"model": {"path": str(in_process / "no-model")}, "output": {"path": str(in_process)}},
+    )
+    assert cli.main(["--config", str(config)]) == ExitCode.INVALID_INPUT
+    message = termination(in_process)
+    assert message.status == "invalid_input" and message.reason == "InvalidConfig"
+    assert message.message.startswith(
+        "FTO_GPU_MEMORY_FRACTION must be a number between 0.1 and 1.0, not 'lots'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("role", "reason"), [("model", "InvalidModel"), ("dataset", "InvalidDataset")]
+)
+def test_an_s3_source_with_a_key_outside_its_prefix_exits_78(
+    in_process: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    s3_server: Any,
+    tiny_model_dir: Path,
+    role: str,
+    reason: str,
+) -> None:
+    bucket = s3_server.create_bucket(f"src-{uuid.uuid4().hex[:10]}")
+    s3_server.client().put_object(Bucket=bucket, Key="src/config.json", Body=b"{}")
+    real_list = S3Store.list_keys
+
+    def list_keys(self: S3Store, prefix: str) -> Iterator[str]:
+        yield from real_list(self, prefix)
+        yield f"{prefix}../../outside"  # what a hostile or broken writer could leave there
+
+    monkeypatch.setattr(S3Store, "list_keys", list_keys)
+    for part in ("ACCESS_KEY_ID", "SECRET_ACCESS_KEY"):
+        value = s3_server.access_key if part == "ACCESS_KEY_ID" else s3_server.secret_key
+        monkeypatch.setenv(f"FTO_S3_{role.upper()}_{part}", value)
+    source = {"uri": f"s3://{bucket}/src", "endpoint": s3_server.endpoint}
+    spec = {
+        "model": {"path": str(tiny_model_dir)},
+        "output": {"path": str(in_process / "out")},
+        role: {"s3": source},
+    }
+    config = write_config(in_process / "c.yaml", spec)
+    assert cli.main(["--config", str(config)]) == ExitCode.INVALID_INPUT
+    message = termination(in_process)
+    assert message.status == "invalid_input" and message.reason == reason
+    assert message.message.startswith(
+        f"{role}.s3: refusing S3 key outside the download directory: src/../../outside; "
+        "rename or remove that object"
+    )
+    assert not (in_process / "outside").exists()

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from finetune_trainer.config import TrainingSpec
+from finetune_trainer.errors import InvalidConfig
 from finetune_trainer.microbatch import (
     candidates,
     compute_device,
@@ -68,9 +69,10 @@ def test_memory_fraction_from_the_environment(monkeypatch) -> None:
     assert memory_fraction() == 0.85
     monkeypatch.setenv("FTO_GPU_MEMORY_FRACTION", "0.5")
     assert memory_fraction() == 0.5
-    monkeypatch.setenv("FTO_GPU_MEMORY_FRACTION", "2")
-    with pytest.raises(ValueError, match="FTO_GPU_MEMORY_FRACTION"):
-        memory_fraction()
+    for bad in ("2", "lots", "nan"):
+        monkeypatch.setenv("FTO_GPU_MEMORY_FRACTION", bad)
+        with pytest.raises(InvalidConfig, match="FTO_GPU_MEMORY_FRACTION must be a number"):
+            memory_fraction()
 
 
 def test_the_compute_device_skips_an_embedding_kept_in_host_memory() -> None:

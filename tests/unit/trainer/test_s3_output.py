@@ -23,7 +23,7 @@ from finetune_trainer.resume import find_resume_point
 from finetune_trainer.storage.manifest import MANIFEST_NAME, parse_manifest
 from finetune_trainer.storage.retry import RetryPolicy
 from finetune_trainer.storage.s3 import S3Store, credentials_from_env
-from finetune_trainer.storage.targets import LATEST_POINTER, S3Target
+from finetune_trainer.storage.targets import LATEST_POINTER, S3Target, UploadFailed
 
 from .test_checkpoints import write_fake_checkpoint
 
@@ -100,6 +100,19 @@ def publish_checkpoint(target: S3Target, step: int, fingerprint: str = "fp") -> 
     target.published(name, manifest)
 
 
+def publish_final_model(target: S3Target, step: int) -> None:
+    written = write_fake_checkpoint(target.artifacts, step)
+    manifest = target.artifacts.commit(
+        written,
+        "final_model",
+        kind="final_model",
+        step=step,
+        fingerprint="fp",
+        started_at="2026-01-01T00:00:00Z",
+    )
+    target.published("final_model", manifest)
+
+
 def keys(s3_server: Any, bucket: str) -> set[str]:
     client = s3_server.client()
     return {o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])}
@@ -156,8 +169,9 @@ def test_failed_upload_keeps_the_staging_copy_and_is_reported(
 ) -> None:
     target = make_target(s3_server, bucket, tmp_path / "staging", fail_first=100)
     publish_checkpoint(target, 5)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(UploadFailed, match=f"the upload of checkpoint-5 to s3://{bucket}/"):
         target.flush()
+    assert target.unpublished_output
     assert [c.step for c in target.artifacts.complete_checkpoints()] == [5]
     assert not any(k.endswith("manifest.json") for k in keys(s3_server, bucket))
     # The next container in the same pod uploads it before anything else.
@@ -435,11 +449,57 @@ def test_a_checkpoint_whose_upload_failed_is_never_reported(
     target = make_target(s3_server, bucket, tmp_path / "staging", fail_first=100)
     tracker = make_tracker(target)
     save(tracker, 2)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(UploadFailed):
         target.flush()
     assert tracker.progress.checkpoint is None
     assert math.isnan(reported_step(tracker) or math.nan)
     target.close()
+
+
+# --- an upload that fails after its retries -------------------------------------------------
+def test_a_failed_upload_does_not_cost_the_newer_checkpoint(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A short outage: checkpoint-10's upload spends all its retries; S3 is back by step 20.
+    Saving checkpoint-20 must not fail on checkpoint-10's error, nor lose checkpoint-20."""
+    from .test_run_tracker import make_tracker, reported_step, save
+
+    target = make_target(s3_server, bucket, tmp_path / "staging", fail_first=FAST.attempts)
+    tracker = make_tracker(target)
+    save(tracker, 10, max_steps=30)
+    save(tracker, 20, max_steps=30)
+    target.flush()
+
+    assert tracker.progress.checkpoint is not None and tracker.progress.checkpoint.step == 20
+    assert reported_step(tracker) == 20
+    assert get_json(s3_server, bucket, "runs/a/latest")["step"] == 20
+    assert not any(k.startswith("runs/a/checkpoint-10/") for k in keys(s3_server, bucket))
+    assert f"s3://{bucket}/runs/a/checkpoint-10 never reached S3" in caplog.text
+    assert "checkpoint-20, uploaded since, takes its place" in caplog.text
+    assert not target.unpublished_output
+    assert [c.step for c in target.artifacts.checkpoints()] == [20]
+    target.close()
+
+
+def test_a_final_adapter_that_could_not_be_uploaded_fails_the_run(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
+) -> None:
+    target = make_target(s3_server, bucket, tmp_path / "staging")
+    publish_checkpoint(target, 20)
+    target.flush()
+    store = target.store
+    assert isinstance(store, RecordingStore)
+    store.failures_left = 100  # S3 goes away for good
+    publish_final_model(target, 20)
+    with pytest.raises(UploadFailed) as failed:
+        target.flush()
+    assert str(failed.value) == (
+        f"the upload of final_model to s3://{bucket}/runs/a/final_model failed after its "
+        "retries: ConnectionError: connection reset by peer (injected)"
+    )
+    assert (target.artifacts.root / "final_model" / MANIFEST_NAME).is_file()
+    target.close()  # the failure was reported once; the target still remembers it
+    assert target.unpublished_output
 
 
 # --- resume: errors while fetching fall back ------------------------------------------------
@@ -493,7 +553,7 @@ def test_a_staged_leftover_that_does_not_verify_is_not_uploaded(
     dead = make_target(s3_server, bucket, staging, fail_first=100)
     publish_checkpoint(dead, 5)
     publish_checkpoint(dead, 10)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(UploadFailed):
         dead.flush()
     dead.close()
     # checkpoint-10's weights rotted on the disk while the pod was away.

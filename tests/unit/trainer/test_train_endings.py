@@ -1,11 +1,14 @@
-"""How a training run ends when the GPU runs out of memory, or when a stop signal arrives
-while it closes: in this process, with what would need a GPU or a long run replaced."""
+"""How a training run ends when the GPU runs out of memory, when a stop signal arrives
+while it closes, when uploads fail, or when it had already finished: in this process, with
+what would need a GPU or a long run replaced."""
 
 from __future__ import annotations
 
 import os
 import signal
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -14,10 +17,16 @@ import torch
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.contract import CheckpointRef, ExitCode
 from finetune_trainer.microbatch import MicroBatchPlan
-from finetune_trainer.runtime import RuntimeOptions
+from finetune_trainer.runtime import OUTPUT_STAGING, RuntimeOptions
+from finetune_trainer.storage.checkpoints import LocalArtifacts
+from finetune_trainer.storage.manifest import ArtifactKind
 from finetune_trainer.termination import exit_code_for
 from finetune_trainer.train import TrainingRun, out_of_memory_message
 
+from .test_checkpoints import write_fake_checkpoint
+from .test_run_tracker import make_tracker, save
+from .test_s3_output import FAST, publish_checkpoint
+from .test_s3_output import make_target as make_s3_target
 from .train_helpers import tiny_config
 
 OOM_TEXT = (
@@ -92,6 +101,7 @@ class SlowPublishing:
     """An output target whose final upload is where the kubelet's SIGTERM lands."""
 
     closed = False
+    unpublished_output = False
 
     def close(self) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
@@ -125,6 +135,7 @@ class UploadFinishingOnClose:
     def __init__(self, run: TrainingRun, fails: bool = False) -> None:
         self.run = run
         self.fails = fails
+        self.unpublished_output = fails
 
     def close(self) -> None:
         if self.fails:
@@ -159,3 +170,113 @@ def test_output_that_could_not_be_published_keeps_a_temporary_scratch(
     message = run.execute()
     assert message.checkpoint is None and "resumes from" not in message.message
     assert run.runtime.keep_scratch
+
+
+@pytest.fixture
+def s3_output(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh bucket, and the output credentials to write it."""
+    monkeypatch.setenv("FTO_S3_OUTPUT_ACCESS_KEY_ID", s3_server.access_key)
+    monkeypatch.setenv("FTO_S3_OUTPUT_SECRET_ACCESS_KEY", s3_server.secret_key)
+    return str(s3_server.create_bucket(f"out-{uuid.uuid4().hex[:10]}"))
+
+
+def test_an_upload_failure_reported_before_closing_still_keeps_a_temporary_scratch(
+    s3_server: Any, s3_output: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failed upload already ended the run (a flush raised it, as after a stop signal),
+    so closing has nothing left to wait for: the staged checkpoint must still be kept."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR
+    monkeypatch.setattr("finetune_trainer.runtime.SCRATCH_DIR", str(tmp_path / "no-pod-mount"))
+    staged: list[Path] = []
+
+    def train(self: TrainingRun) -> Any:
+        staging = self.runtime.scratch() / OUTPUT_STAGING / s3_output / "runs" / "a"
+        self.target = target = make_s3_target(s3_server, s3_output, staging, fail_first=100)
+        publish_checkpoint(target, 10)
+        staged.append(staging / "checkpoint-10")
+        target.flush()
+
+    monkeypatch.setattr(TrainingRun, "_train", train)
+    run = TrainingRun(TrainerConfig.from_mapping({}), RuntimeOptions())
+    message = run.execute()
+    run.runtime.remove_own_scratch()
+
+    assert message.status == "failed" and "UploadFailed" in message.message
+    assert run.runtime.keep_scratch
+    assert (staged[0] / "manifest.json").is_file()
+
+
+class StoppedAfterAnOutage:
+    """Trainer on S3 output: checkpoint-10 is saved during a short S3 outage; SIGTERM
+    arrives during step 20 and asks for checkpoint-20, saved once S3 is back."""
+
+    state = SimpleNamespace(global_step=20)
+
+    def __init__(self, run: TrainingRun, target: Any) -> None:
+        self.run = run
+        self.target = target
+
+    def train(self, resume_from_checkpoint: str | None = None) -> None:
+        tracker = make_tracker(self.target, progress=self.run.progress, stop=self.run.stop)
+        save(tracker, 10, max_steps=30)
+        self.run.stop.signal_name = "SIGTERM"
+        save(tracker, 20, max_steps=30)
+
+
+def test_a_stop_checkpoint_uploaded_after_an_outage_still_exits_75(
+    s3_server: Any,
+    s3_output: str,
+    tiny_model_dir: Path,
+    tiny_dataset_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    target = make_s3_target(s3_server, s3_output, tmp_path / "staging", fail_first=FAST.attempts)
+    config = TrainerConfig.from_mapping(
+        tiny_config(tiny_model_dir, tiny_dataset_path, str(tmp_path / "unused"))
+    )
+    monkeypatch.setattr("finetune_trainer.train.make_target", lambda *_: target)
+    monkeypatch.setattr("finetune_trainer.backends.select_backend", lambda *_: FakeBackend())
+    monkeypatch.setattr(
+        TrainingRun, "_build_trainer", lambda self, *_: StoppedAfterAnOutage(self, target)
+    )
+    runtime = RuntimeOptions(scratch_dir=tmp_path / "scratch")
+    message = TrainingRun(config, runtime).execute()
+
+    assert exit_code_for(message) == ExitCode.INTERRUPTED
+    assert message.status == "interrupted", message.message
+    uri = f"s3://{s3_output}/runs/a/checkpoint-20"
+    assert message.checkpoint == CheckpointRef(step=20, uri=uri)
+    assert (
+        message.message == f"stopped by SIGTERM after step 20; checkpoint: checkpoint-20 at {uri}"
+    )
+
+
+def test_an_already_finished_run_names_its_newest_complete_checkpoint(tmp_path: Path) -> None:
+    """checkpoint-20 is a directory whose save never finished (no manifest): the message
+    must name checkpoint-10, the newest one a resume could use."""
+    out = tmp_path / "out"
+    config = TrainerConfig.from_mapping({"output": {"path": str(out)}})
+    artifacts = LocalArtifacts(out)
+    artifacts.prepare()
+    committed: list[tuple[str, ArtifactKind, int]] = [
+        ("checkpoint-10", "checkpoint", 10),
+        ("final_model", "final_model", 20),
+    ]
+    for name, kind, step in committed:
+        artifacts.commit(
+            write_fake_checkpoint(artifacts, step),
+            name,
+            kind=kind,
+            step=step,
+            fingerprint=config.fingerprint(),
+            started_at="2026-01-01T00:00:00Z",
+        )
+    (out / "checkpoint-20").mkdir()
+    (out / "checkpoint-20" / "trainer_state.json").write_text("{}")
+
+    message = TrainingRun(config, RuntimeOptions(scratch_dir=tmp_path / "scratch")).execute()
+
+    assert message.status == "succeeded" and message.reason == "AlreadyCompleted"
+    assert message.checkpoint == CheckpointRef(step=10, uri=f"{out}/checkpoint-10")

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from ..errors import InvalidConfig
 from .base import Backend, Precision
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ def select_backend(
     choice: Literal["auto", "unsloth", "transformers"] = "auto", scratch: Path | None = None
 ) -> Backend:
     """``auto``: Unsloth when a CUDA GPU is present and Unsloth is installed; otherwise
-    transformers + PEFT, logged as such. ``unsloth`` fails when either is missing.
+    transformers + PEFT, logged as such. ``unsloth`` is a config error when either is
+    missing: the flag asks for what this container lacks, and a retry would not add it.
     ``scratch`` is where Unsloth may write its compiled kernels and merge buffers (it
     defaults to the working directory, which a hardened pod mounts read-only)."""
     import torch
@@ -35,7 +37,17 @@ def select_backend(
     cuda = torch.cuda.is_available()
     if choice == "unsloth" or (choice == "auto" and cuda and unsloth_installed()):
         if not cuda:
-            raise RuntimeError("the unsloth backend needs a CUDA GPU; none is visible")
+            raise InvalidConfig(
+                "--backend unsloth needs a CUDA GPU and none is visible; run on a node with "
+                "an NVIDIA GPU, or pass --backend auto (or transformers) to train without "
+                "Unsloth"
+            )
+        if not unsloth_installed():
+            raise InvalidConfig(
+                "--backend unsloth needs the unsloth package, which is not installed; use "
+                "the trainer image with the gpu extra, or pass --backend auto (or "
+                "transformers) to train without Unsloth"
+            )
         if scratch is not None:
             os.environ.setdefault(
                 "UNSLOTH_COMPILE_LOCATION", str(scratch / "unsloth_compiled_cache")

@@ -56,16 +56,19 @@ class Backend(ABC):
     def use_cpu(self) -> bool:
         return False
 
-    def memory_probe(self, model: Any, tokenizer: Any, config: TrainerConfig) -> Any:
-        """Whether a micro-batch fits (see microbatch.py), or None where GPU memory does not
-        apply (CPU): the micro-batch then stays as configured."""
+    def memory_probe(
+        self, model: Any, tokenizer: Any, config: TrainerConfig, gpu_memory_fraction: float
+    ) -> Any:
+        """Whether a micro-batch fits in ``gpu_memory_fraction`` of the GPU (see
+        microbatch.py), or None where GPU memory does not apply (CPU): the micro-batch then
+        stays as configured."""
         import torch
 
         if self.use_cpu or not torch.cuda.is_available():
             return None
         from ..microbatch import cuda_estimate
 
-        return cuda_estimate(model, config)
+        return cuda_estimate(model, config, gpu_memory_fraction)
 
     def sft_trainer_class(self) -> type:
         """TRL's SFTTrainer, imported after the backend's own imports (Unsloth patches it)."""

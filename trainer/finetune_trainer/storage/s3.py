@@ -118,6 +118,11 @@ def is_fatal(exc: BaseException) -> bool:
 _REFUSED_CODES = _FATAL_CODES - _NOT_FOUND_CODES
 
 
+class KeyOutsideDirectory(ValueError):
+    """A listed key that would be written outside the directory it is downloaded into
+    (a '..' segment): whoever wrote it, the bucket's content has to change."""
+
+
 class S3Store:
     """Artifact operations on one bucket, every network call retried with backoff."""
 
@@ -291,7 +296,7 @@ class S3Store:
                 continue
             target = (root / rel).resolve()
             if base not in target.parents:
-                raise ValueError(f"refusing S3 key outside the download directory: {key}")
+                raise KeyOutsideDirectory(f"refusing S3 key outside the download directory: {key}")
             self.download_file(key, target)
             count += 1
         return count

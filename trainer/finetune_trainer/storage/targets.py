@@ -6,6 +6,8 @@ directory. Both expose the same operations to the training loop and to resume:
   it); ``on_durable`` runs once the artifact is safe at its destination (local: at once;
   S3: from the upload thread, after the upload and, for a checkpoint, the ``latest``
   pointer);
+- ``flush()``: wait for the uploads, raising for one that failed and that nothing
+  uploaded since made up for; ``unpublished_output`` says such output remains staged;
 - ``resume_candidates()``: checkpoints, newest first, each fetched and verified on demand;
 - ``uri(name)``: how status and the termination message name an artifact.
 """
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import output_access
+from ..errors import InvalidInput, output_access
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     INCOMPLETE_DIR,
@@ -31,8 +33,16 @@ from .checkpoints import (
     steps_to_rotate_out,
 )
 from .fsutil import remove_tree
-from .manifest import MANIFEST_NAME, Manifest, ManifestError, parse_manifest, utc_now, verify_dir
-from .s3 import S3Store, is_not_found, join_key
+from .manifest import (
+    MANIFEST_NAME,
+    ArtifactKind,
+    Manifest,
+    ManifestError,
+    parse_manifest,
+    utc_now,
+    verify_dir,
+)
+from .s3 import KeyOutsideDirectory, S3Store, is_not_found, join_key
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +60,18 @@ class ResumeCandidate:
     step: int
     uri: str
     fetch: Callable[[], tuple[Path, Manifest]]
+
+
+class UploadFailed(Exception):
+    """An artifact that could not be uploaded, after its retries; its staged copy remains."""
+
+
+@dataclass
+class FailedUpload:
+    name: str
+    kind: ArtifactKind
+    error: Exception
+    reported: bool = False  # raised once; closing does not raise it again
 
 
 class OutputTarget:
@@ -81,6 +103,12 @@ class OutputTarget:
         """Wait until every published artifact reached its destination; raise if one
         could not."""
 
+    @property
+    def unpublished_output(self) -> bool:
+        """Whether committed output never reached its destination, with nothing published
+        since to make up for it: its local copy may be the only one."""
+        return False
+
     def close(self) -> None:
         """Release resources; pending uploads are finished first."""
         self.flush()
@@ -109,6 +137,12 @@ class S3Target(OutputTarget):
     last; for checkpoints the ``<prefix>/latest`` pointer then moves. A staging copy is
     deleted only after its upload succeeded (the newest one is kept for a fast resume).
 
+    An upload that fails after its retries does not stop training (S3 may be back for the
+    next one), unless it was refused: then every later upload would be too. A later
+    successful upload makes up for the failed checkpoints before it, which are then only
+    logged; ``flush`` raises (once) for a failed final artifact, or for the newest
+    checkpoint when its upload failed, and ``unpublished_output`` remembers it.
+
     ``latest`` names a checkpoint whose upload finished, and never moves to a lower step
     while the one it names is complete. The one exception is a checkpoint uploaded again
     under the same name (a run that fell back to an older checkpoint and reached that
@@ -131,6 +165,8 @@ class S3Target(OutputTarget):
             max_workers=1, thread_name_prefix="s3-upload"
         )
         self._pending: list[concurrent.futures.Future[None]] = []
+        # Uploads that failed and that no later upload made up for, oldest first.
+        self._failed: list[FailedUpload] = []
         self._lock = threading.Lock()
 
     def describe(self) -> str:
@@ -169,8 +205,44 @@ class S3Target(OutputTarget):
 
     def published(self, name: str, manifest: Manifest, on_durable: OnDurable | None = None) -> None:
         with self._lock:
-            self._raise_failed()
-            self._pending.append(self._executor.submit(self._upload, name, manifest, on_durable))
+            # Queued before older failures are looked at: S3 may be back by now, and this
+            # newer artifact is the one the next attempt needs.
+            self._pending.append(
+                self._executor.submit(self._upload_noting_failure, name, manifest, on_durable)
+            )
+            self._pending = [f for f in self._pending if not f.done()]
+            unreported = [f for f in self._failed if not f.reported]
+        # Denied access or no bucket: every later upload would meet the same answer.
+        self._report([f for f in unreported if isinstance(f.error, InvalidInput)])
+
+    def _upload_noting_failure(
+        self, name: str, manifest: Manifest, on_durable: OnDurable | None = None
+    ) -> None:
+        """``_upload``, in the upload thread. A failure is remembered for ``flush`` rather
+        than raised; a success makes up for the checkpoints that failed before it, since
+        resume (or the run's result) needs only the newer artifact."""
+        try:
+            self._upload(name, manifest, on_durable)
+        except Exception as exc:
+            log.warning(
+                "%s was not uploaded (%s); its staged copy stays in %s",
+                self.uri(name),
+                exc,
+                self.artifacts.root / name,
+            )
+            with self._lock:
+                self._failed.append(FailedUpload(name, manifest.kind, exc))
+            return
+        with self._lock:
+            superseded = [f for f in self._failed if f.kind == "checkpoint"]
+            self._failed = [f for f in self._failed if f.kind != "checkpoint"]
+        for failed in superseded:
+            log.warning(
+                "%s never reached S3 (%s); %s, uploaded since, takes its place",
+                self.uri(failed.name),
+                failed.error,
+                name,
+            )
 
     def _upload(self, name: str, manifest: Manifest, on_durable: OnDurable | None = None) -> None:
         local = self.artifacts.root / name
@@ -272,23 +344,33 @@ class S3Target(OutputTarget):
             )
             self.store.delete_prefix(self.key(checkpoint_name(step)))
 
-    def _raise_failed(self) -> None:
-        done = [f for f in self._pending if f.done()]
-        self._pending = [f for f in self._pending if not f.done()]
-        for future in done:
-            future.result()  # re-raises an upload that failed after all its retries
-
     def flush(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, []
-        errors = []
-        for future in pending:
-            try:
-                future.result()
-            except Exception as exc:  # keep waiting for the others, then report
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        concurrent.futures.wait(pending)
+        with self._lock:
+            unreported = [f for f in self._failed if not f.reported]
+        self._report(unreported)
+
+    def _report(self, failed: list[FailedUpload]) -> None:
+        """Raise for the worst of ``failed``, unless it is empty; all count as reported."""
+        if not failed:
+            return
+        for failure in failed:
+            failure.reported = True
+        # A final artifact first: without it the run has no result.
+        worst = next((f for f in failed if f.kind != "checkpoint"), failed[-1])
+        if isinstance(worst.error, InvalidInput):
+            raise worst.error  # a refusal names output.s3 and what to check already
+        raise UploadFailed(
+            f"the upload of {worst.name} to {self.uri(worst.name)} failed after its retries: "
+            f"{type(worst.error).__name__}: {worst.error}"
+        ) from worst.error
+
+    @property
+    def unpublished_output(self) -> bool:
+        with self._lock:
+            return bool(self._failed)
 
     def close(self) -> None:
         try:
@@ -352,7 +434,7 @@ class S3Target(OutputTarget):
             remove_tree(scratch)
         try:
             self.store.download_prefix(self.key(name), scratch)
-        except ValueError as exc:  # a key that would land outside the checkpoint
+        except KeyOutsideDirectory as exc:
             raise ManifestError(str(exc)) from exc
         except Exception as exc:
             # Listed, then gone before it was read: rotated out or being uploaded again
@@ -385,4 +467,5 @@ __all__ = [
     "OutputTarget",
     "ResumeCandidate",
     "S3Target",
+    "UploadFailed",
 ]
