@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from finetune_trainer.contract import TerminationMessage
+from finetune_trainer.contract import ExitCode, TerminationMessage
 
 from .naming import TRAINER_CONTAINER
 
@@ -30,6 +30,7 @@ class Observation:
     start_time: str | None = None
     completion_time: str | None = None
     restarts: int = 0
+    pod: str | None = None  # the newest trainer pod, whatever its phase
     running_pod: str | None = None
     running_pod_ip: str | None = None
     # The newest terminated trainer's own summary (or its log tail when it crashed).
@@ -108,18 +109,39 @@ def _controlled_by(pod: dict[str, Any], job: dict[str, Any]) -> bool:
 
 
 def _restarts(job: dict[str, Any], pods: Sequence[dict[str, Any]]) -> int:
-    """Failed trainer pods that were retried. Until the next attempt exists, the newest
-    failure may be the last one (bad input, backoff limit, deadline), so it counts only once
-    a newer pod runs; a disrupted pod (DisruptionTarget) is always retried, so it counts at
-    once (its pod object may be gone by the time the replacement starts)."""
+    """Failed trainer pods that were retried, as far as the pods still show. A failure
+    counts once a newer attempt exists: until then it may be the last one (bad input,
+    backoff limit, deadline). A disrupted pod is deleted and may be gone before its
+    replacement exists; the status counts that replacement by its new pod (status_update)."""
     failed_pods = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
     disrupted = sum(1 for p in failed_pods if _condition(p, "DisruptionTarget"))
     # The Job's failed count leaves out the disruptions its podFailurePolicy ignores.
-    failures = max(int((job.get("status") or {}).get("failed") or 0), len(failed_pods) - disrupted)
+    failed = int((job.get("status") or {}).get("failed") or 0)
+    failures = max(failed, len(failed_pods) - disrupted) + disrupted
     retried = any(
         _is_active(p) or (p.get("status") or {}).get("phase") == "Succeeded" for p in pods
     )
-    return failures - (0 if retried else min(failures, 1)) + disrupted
+    return failures - (0 if retried else min(failures, 1))
+
+
+def _fails_the_job(
+    newest: dict[str, Any], pods: Sequence[dict[str, Any]], summary: TerminationMessage
+) -> bool:
+    """Whether the newest terminated trainer is one the Job's podFailurePolicy fails the Job
+    for: bad input, exit 78, and not a disruption (those it ignores, whatever the code)."""
+    if summary.status != "invalid_input" or newest.get("exitCode") != ExitCode.INVALID_INPUT:
+        return False
+    return not any(_condition(p, "DisruptionTarget") and _terminated(p) == newest for p in pods)
+
+
+def _newest_pod(pods: Sequence[dict[str, Any]]) -> str | None:
+    """The current attempt's pod, or the last one's: whatever its phase."""
+    if not pods:
+        return None
+    newest = max(
+        pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"])
+    )
+    return str(newest["metadata"]["name"])
 
 
 def observe(
@@ -143,6 +165,7 @@ def observe(
         message="",
         start_time=status.get("startTime"),
         restarts=restarts,
+        pod=_newest_pod(pods),
         termination=summary,
         termination_text=text,
         last_failure=last_failure,
@@ -175,7 +198,7 @@ def observe(
         (p for p in pods if _is_active(p)),
         key=lambda p: p["metadata"].get("creationTimestamp") or "",
     )
-    if not active and newest and summary is not None and summary.status == "invalid_input":
+    if not active and newest and summary and _fails_the_job(newest, pods, summary):
         # The Job's podFailurePolicy fails it on this exit code (78) and never retries; the
         # reconcile that the pod's own update triggers comes before the Job says so.
         return replace(

@@ -167,11 +167,11 @@ def next_status(
             obs.phase, obs.reason, obs.message, generation, previous.get("conditions"), stamp
         ),
     }
-    if obs.running_pod:
-        status["podName"] = obs.running_pod
-    elif obs.phase == "Suspended":
+    if obs.phase == "Suspended":
         # Resuming starts a new pod, which is no restart (null removes the name).
         status["podName"] = None
+    elif obs.pod:
+        status["podName"] = obs.pod
     if obs.start_time:
         status["startTime"] = obs.start_time
     if obs.phase not in TERMINAL_PHASES:
@@ -211,7 +211,7 @@ def _restarts(previous: dict[str, Any], obs: Observation) -> int:
     usually gone before any reconcile could count it as failed."""
     recorded = int(previous.get("restarts") or 0)
     last_pod = previous.get("podName")
-    replaced = bool(obs.running_pod and last_pod and obs.running_pod != last_pod)
+    replaced = bool(obs.pod and last_pod and obs.pod != last_pod)
     return max(obs.restarts, recorded + 1 if replaced else recorded)
 
 

@@ -199,13 +199,37 @@ class TestPending:
         assert observe(job(failed=1), [failed]).restarts == 0  # before the Job reacts
         assert observe(job([cond("Failed", "PodFailurePolicy")], failed=1), [failed]).restarts == 0
 
-    def test_a_disruption_counts_at_once(self) -> None:
-        # The Job ignores it (podFailurePolicy), and the pod may be gone before its
-        # replacement starts: count it while it is visible.
+    def test_a_disruption_counts_once_replaced(self) -> None:
+        # The Job ignores it (podFailurePolicy) and always replaces the pod; counted once
+        # the replacement exists, like any failure, so that the status, which also counts
+        # a change of pod, never counts it twice.
         disrupted = pod(
-            "Failed", state=terminated(75), conditions=[cond("DisruptionTarget", "Preempted")]
+            "Failed",
+            name="old",
+            created="T1",
+            state=terminated(75),
+            conditions=[cond("DisruptionTarget", "Preempted")],
         )
-        assert observe(job(), [disrupted]).restarts == 1
+        alone = observe(job(), [disrupted])
+        assert (alone.restarts, alone.pod) == (0, "old")
+        replacement = pod("Pending", name="new", created="T3")
+        both = observe(job(active=1), [disrupted, replacement])
+        assert (both.restarts, both.pod) == (1, "new")
+
+    def test_a_disrupted_pod_with_a_bad_input_message_is_retried(self) -> None:
+        # Evicted while exiting: the podFailurePolicy ignores disruptions before it looks
+        # at exit codes, so the Job retries it.
+        message = TerminationMessage(
+            status="invalid_input", reason="InvalidDataset", message="row 7"
+        ).encode()
+        evicted = pod(
+            "Failed",
+            state=terminated(78, message),
+            conditions=[cond("DisruptionTarget", "EvictionByEvictionAPI")],
+        )
+        assert observe(job(), [evicted]).phase == "Pending"
+        killed = pod("Failed", state=terminated(137, message, reason="OOMKilled"))
+        assert observe(job(), [killed]).reason == "Restarting"
 
     def test_finished_trainer_before_the_job_completes(self) -> None:
         seen = observe(job(succeeded=1), [pod("Succeeded", state=terminated(0, SUCCESS))])

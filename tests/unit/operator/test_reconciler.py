@@ -489,3 +489,26 @@ class TestBookkeeping:
         gauge = operator.metrics.registry.get_sample_value
         assert gauge("finetune_operator_finetunejobs", {"phase": "Pending"}) == 0
         assert operator.unfinished() == []
+
+
+@pytest.mark.parametrize("old_pod_stays_listed", [True, False])
+def test_a_replaced_trainer_is_one_restart(old_pod_stays_listed: bool) -> None:
+    # A fails (or is evicted, its pod deleted), B waits to be scheduled, then runs: one
+    # restart and one Restarted Event, whichever of these states the reconciles catch.
+    kube = MemoryKube(body())
+    operator = reconciler(kube)
+    operator.reconcile("ml", "gpt-oss-ml")  # creates the Job
+    kube.pods = [pod("Running", name="a", created="T1", state={"running": {}})]
+    operator.reconcile("ml", "gpt-oss-ml")
+    failed_a = pod("Failed", name="a", created="T1", state=terminated(1, "Traceback"))
+    kube.pods = [failed_a]
+    operator.reconcile("ml", "gpt-oss-ml")
+    pending_b = pod("Pending", name="b", created="T3")
+    kube.pods = [failed_a, pending_b] if old_pod_stays_listed else [pending_b]
+    operator.reconcile("ml", "gpt-oss-ml")
+    running_b = pod("Running", name="b", created="T3", state={"running": {}})
+    kube.pods = [failed_a, running_b] if old_pod_stays_listed else [running_b]
+    operator.reconcile("ml", "gpt-oss-ml")
+    status = kube.ftj["status"]
+    assert (status["restarts"], status["podName"]) == (1, "b")
+    assert [e for e in kube.events if e[1] == "Restarted"] == [("Warning", "Restarted")]

@@ -193,7 +193,9 @@ def test_a_recorded_outcome_outlives_the_trainers_pods(recorded: dict, vaguer: O
 
 
 def running_on(pod_name: str, restarts: int = 0) -> Observation:
-    return Observation("Running", "Running", "training", restarts=restarts, running_pod=pod_name)
+    return Observation(
+        "Running", "Running", "training", restarts=restarts, pod=pod_name, running_pod=pod_name
+    )
 
 
 def test_a_replaced_pod_is_a_restart_even_when_the_old_one_left_no_trace() -> None:
@@ -204,7 +206,12 @@ def test_a_replaced_pod_is_a_restart_even_when_the_old_one_left_no_trace() -> No
     result = update(first, running_on("ftj-b"))
     assert (result.status["podName"], result.status["restarts"]) == ("ftj-b", 1)
     assert "Restarted" in [e.reason for e in result.events]
-    # A failure the pods still show is the same restart, not a second one.
+    # A failure the pods still show is the same restart, not a second one: counted while
+    # the replacement is still pending, then again once it runs.
+    pending = Observation("Pending", "ContainerCreating", "starting", restarts=1, pod="ftj-b")
+    counted = update(first, pending).status
+    assert (counted["podName"], counted["restarts"]) == ("ftj-b", 1)
+    assert update(counted, running_on("ftj-b", restarts=1)).status["restarts"] == 1
     assert update(first, running_on("ftj-b", restarts=1)).status["restarts"] == 1
     assert update(result.status, running_on("ftj-b")).status["restarts"] == 1
 
