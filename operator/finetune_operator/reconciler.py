@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -72,7 +73,12 @@ class Reconciler:
         self.clock = clock
         self.scraper = scraper
         self.metrics = metrics or OperatorMetrics()
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        # One lock per FineTuneJob, for as long as a reconcile holds or awaits it: a lock
+        # no thread refers to any more drops out by itself, so deleted FineTuneJobs leave
+        # none behind, and a thread still waiting keeps the same lock as a newcomer.
+        self._locks: weakref.WeakValueDictionary[tuple[str, str], threading.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         self._unfinished: set[tuple[str, str]] = set()
         self._phases: dict[tuple[str, str], str] = {}
         self._guard = threading.Lock()
@@ -89,7 +95,6 @@ class Reconciler:
 
     def _drop(self, namespace: str, name: str) -> None:
         with self._guard:
-            self._locks.pop((namespace, name), None)
             self._unfinished.discard((namespace, name))
             self._phases.pop((namespace, name), None)
             self.metrics.set_phases(self._phases.values())
@@ -120,8 +125,6 @@ class Reconciler:
                     self._unfinished.add((namespace, name))
                 raise
             if phase is None:
-                # Gone: its Job's and pods' clean-up events would otherwise leave a lock
-                # behind for each deleted FineTuneJob.
                 self._drop(namespace, name)
             else:
                 self._remember(namespace, name, phase)
@@ -312,7 +315,9 @@ class Reconciler:
 
 
 def _finished(job: Obj) -> bool:
+    """Whether the Job's outcome is decided (FailureTarget: failing, its pods stopping)."""
     for cond in (job.get("status") or {}).get("conditions") or []:
-        if cond.get("type") in ("Complete", "Failed") and cond.get("status") == "True":
+        kind = cond.get("type")
+        if kind in ("Complete", "Failed", "FailureTarget") and cond.get("status") == "True":
             return True
     return False

@@ -33,7 +33,7 @@ class StatusUpdate:
         return any(previous.get(k) != v for k, v in self.status.items())
 
 
-def _stalled_status(
+def _found_status(
     previous: dict[str, Any],
     phase: str,
     reason: str,
@@ -41,9 +41,12 @@ def _stalled_status(
     generation: int | None,
     now: datetime,
     completion_time: str | None,
+    *,
+    stalled: bool = True,
 ) -> StatusUpdate:
     """A status the operator sets for a reason it found itself (not the Job's outcome):
-    Stalled, with one Warning Event the first time that reason appears."""
+    Stalled unless it clears by itself, with one Warning Event the first time that reason
+    appears."""
     status = {
         "phase": phase,
         "reason": reason,
@@ -56,7 +59,7 @@ def _stalled_status(
             generation,
             previous.get("conditions"),
             rfc3339(now),
-            stalled=True,
+            stalled=stalled,
         ),
         "completionTime": completion_time,
     }
@@ -75,7 +78,7 @@ def failed_status(
 ) -> StatusUpdate:
     """Failed for a reason the operator found itself, with a Warning Event."""
     completion = previous.get("completionTime") or rfc3339(now)
-    return _stalled_status(previous, "Failed", reason, message, generation, now, completion)
+    return _found_status(previous, "Failed", reason, message, generation, now, completion)
 
 
 def waiting_status(
@@ -85,9 +88,10 @@ def waiting_status(
     generation: int | None,
     now: datetime,
 ) -> StatusUpdate:
-    """Pending for a reason the operator found itself and retries past (e.g. a quota that
-    is used up): Stalled until it clears, with a Warning Event, and no outcome."""
-    return _stalled_status(previous, "Pending", reason, message, generation, now, None)
+    """Pending for a reason the operator found itself and that clears by itself (a quota
+    that is used up): still Reconciling, as while a pod waits for a GPU, so GitOps tools
+    show it progressing rather than failed; a Warning Event, and no outcome."""
+    return _found_status(previous, "Pending", reason, message, generation, now, None, stalled=False)
 
 
 def invalid_spec_status(
@@ -121,7 +125,7 @@ def status_rejected_status(
     phase = previous.get("phase") or "Pending"
     # Only an outcome already recorded has a completion time.
     completion = previous.get("completionTime") if phase in TERMINAL_PHASES else None
-    return _stalled_status(previous, phase, "StatusRejected", message, generation, now, completion)
+    return _found_status(previous, phase, "StatusRejected", message, generation, now, completion)
 
 
 def kept_outcome(previous: dict[str, Any], generation: int | None) -> StatusUpdate:
@@ -148,7 +152,11 @@ def next_status(
     now: datetime,
 ) -> StatusUpdate:
     obs = observation
-    recorded = previous.get("phase") in TERMINAL_PHASES and obs.phase == previous.get("phase")
+    recorded = (
+        previous.get("phase") in TERMINAL_PHASES
+        and obs.phase == previous.get("phase")
+        and previous.get("reason") != "StatusRejected"  # not an outcome: replace it
+    )
     if recorded and not obs.termination_text:
         # The outcome is recorded and the Job is still finished, but the trainer's pods are
         # gone: the Job's clean-up deletes them before the Job, so a read in between sees

@@ -193,7 +193,7 @@ def test_a_finetunejob_from_before_the_output_rule_keeps_its_lifecycle_editable(
     # It still gets no Job: its checkpoints would vanish with the pod.
     status = ftjs.wait_phase("older", "Failed")
     assert DURABLE_OUTPUT in status["message"], status
-    assert "create a new FineTuneJob with one" in status["message"], status
+    assert "re-create the FineTuneJob with spec.output.pvc or spec.output.s3" in status["message"]
     assert ftjs.jobs("older") == []
 
 

@@ -163,7 +163,10 @@ DURABLE_OUTPUT_MESSAGE = (
     "inside it"
 )
 
-RECREATE_FOR_OUTPUT = "output cannot change after creation: create a new FineTuneJob with one"
+RECREATE_FOR_OUTPUT = (
+    "spec.output cannot change after creation: re-create the FineTuneJob with "
+    "spec.output.pvc or spec.output.s3"
+)
 
 
 class FineTuneJobSpec(TrainerConfig):

@@ -222,3 +222,13 @@ def test_resuming_after_a_suspend_is_no_restart() -> None:
     assert suspended["podName"] is None  # removed by the merge patch
     stored = {k: v for k, v in suspended.items() if v is not None}
     assert update(stored, running_on("ftj-b")).status["restarts"] == 0
+
+
+def test_a_refused_status_on_a_finished_run_is_replaced_without_the_trainers_message() -> None:
+    # StatusRejected is not an outcome: even with the trainer's pods gone, the next status
+    # the API server accepts replaces it.
+    refused = status_rejected_status(
+        {"phase": "Succeeded", "reason": "Succeeded", "completionTime": "T9"}, "too long", 2, NOW
+    ).status
+    result = update(refused, Observation("Succeeded", "Succeeded", "adapter written"))
+    assert result.status["reason"] == "Succeeded"
