@@ -481,6 +481,24 @@ def test_a_failed_upload_does_not_cost_the_newer_checkpoint(
     target.close()
 
 
+def test_a_long_outage_keeps_only_the_newest_staged_checkpoint(
+    s3_server: Any, bucket: str, s3_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every upload fails for four saves: staging keeps the newest checkpoint and one
+    fallback, not one per save (a scratch volume would fill through a long outage)."""
+    target = make_target(s3_server, bucket, tmp_path / "staging", fail_first=100)
+    for step in (10, 20, 30, 40):
+        publish_checkpoint(target, step)
+    with pytest.raises(UploadFailed, match="the upload of checkpoint-40 to"):
+        target.flush()
+    assert sorted(c.step for c in target.artifacts.checkpoints()) == [30, 40]
+    assert "checkpoint-10 never reached S3" in caplog.text
+    assert "its staged copy is removed: checkpoint-30 supersedes it" in caplog.text
+    assert "checkpoint-20 never reached S3" in caplog.text
+    assert target.unpublished_output
+    target.close()
+
+
 def test_a_final_adapter_that_could_not_be_uploaded_fails_the_run(
     s3_server: Any, bucket: str, s3_env: None, tmp_path: Path
 ) -> None:

@@ -70,6 +70,7 @@ class UploadFailed(Exception):
 class FailedUpload:
     name: str
     kind: ArtifactKind
+    step: int
     error: Exception
     reported: bool = False  # raised once; closing does not raise it again
 
@@ -231,7 +232,18 @@ class S3Target(OutputTarget):
                 self.artifacts.root / name,
             )
             with self._lock:
-                self._failed.append(FailedUpload(name, manifest.kind, exc))
+                superseded = self._staged_failures_before(manifest)
+                self._failed.append(FailedUpload(name, manifest.kind, manifest.step, exc))
+            for failed in superseded:
+                # Through a long outage, one staged checkpoint per save would fill the
+                # scratch volume; resume needs the newest (and one fallback).
+                log.warning(
+                    "%s never reached S3 (%s); its staged copy is removed: %s supersedes it",
+                    self.uri(failed.name),
+                    failed.error,
+                    name,
+                )
+                remove_tree(self.artifacts.root / failed.name)
             return
         with self._lock:
             superseded = [f for f in self._failed if f.kind == "checkpoint"]
@@ -243,6 +255,19 @@ class S3Target(OutputTarget):
                 failed.error,
                 name,
             )
+
+    def _staged_failures_before(self, manifest: Manifest) -> list[FailedUpload]:
+        """For a checkpoint that failed too: the failed checkpoints older than the newest
+        one before it, taken off the list (call with the lock held). That one stays staged
+        as the fallback should the newest not verify when the next container uploads it."""
+        if manifest.kind != "checkpoint":
+            return []
+        older = sorted(
+            (f for f in self._failed if f.kind == "checkpoint" and f.step < manifest.step),
+            key=lambda f: f.step,
+        )[:-1]
+        self._failed = [f for f in self._failed if f not in older]
+        return older
 
     def _upload(self, name: str, manifest: Manifest, on_durable: OnDurable | None = None) -> None:
         local = self.artifacts.root / name
