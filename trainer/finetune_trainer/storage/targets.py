@@ -234,27 +234,21 @@ class S3Target(OutputTarget):
             with self._lock:
                 superseded = self._staged_failures_before(manifest)
                 self._failed.append(FailedUpload(name, manifest.kind, manifest.step, exc))
+            # Through a long outage, one staged checkpoint per save would fill the scratch
+            # volume; resume needs the newest (and one fallback).
+            self._give_up(superseded, f"its staged copy is removed: {name} supersedes it")
             for failed in superseded:
-                # Through a long outage, one staged checkpoint per save would fill the
-                # scratch volume; resume needs the newest (and one fallback).
-                log.warning(
-                    "%s never reached S3 (%s); its staged copy is removed: %s supersedes it",
-                    self.uri(failed.name),
-                    failed.error,
-                    name,
-                )
                 remove_tree(self.artifacts.root / failed.name)
             return
         with self._lock:
             superseded = [f for f in self._failed if f.kind == "checkpoint"]
             self._failed = [f for f in self._failed if f.kind != "checkpoint"]
-        for failed in superseded:
-            log.warning(
-                "%s never reached S3 (%s); %s, uploaded since, takes its place",
-                self.uri(failed.name),
-                failed.error,
-                name,
-            )
+        self._give_up(superseded, f"{name}, uploaded since, takes its place")
+
+    def _give_up(self, failed: list[FailedUpload], why: str) -> None:
+        """Log failed checkpoints that are no longer needed, and why."""
+        for failure in failed:
+            log.warning("%s never reached S3 (%s); %s", self.uri(failure.name), failure.error, why)
 
     def _staged_failures_before(self, manifest: Manifest) -> list[FailedUpload]:
         """For a checkpoint that failed too: the failed checkpoints older than the newest
