@@ -31,7 +31,6 @@ class Observation:
     completion_time: str | None = None
     restarts: int = 0
     pod: str | None = None  # the newest trainer pod, whatever its phase
-    running_pod: str | None = None
     running_pod_ip: str | None = None
     # The newest terminated trainer's own summary (or its log tail when it crashed).
     termination: TerminationMessage | None = None
@@ -60,10 +59,11 @@ def _terminated(pod: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _newest_terminated(pods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    finished = [t for t in (_terminated(p) for p in pods) if t is not None]
+    """The trainer pod that terminated last."""
+    finished = [p for p in pods if _terminated(p) is not None]
     if not finished:
         return None
-    return max(finished, key=lambda t: t.get("finishedAt") or "")
+    return max(finished, key=lambda p: (_terminated(p) or {}).get("finishedAt") or "")
 
 
 def _failure_text(terminated: dict[str, Any]) -> str:
@@ -125,23 +125,27 @@ def _restarts(job: dict[str, Any], pods: Sequence[dict[str, Any]]) -> int:
 
 
 def _fails_the_job(
-    newest: dict[str, Any], pods: Sequence[dict[str, Any]], summary: TerminationMessage
+    pod: dict[str, Any], terminated: dict[str, Any], summary: TerminationMessage
 ) -> bool:
-    """Whether the newest terminated trainer is one the Job's podFailurePolicy fails the Job
-    for: bad input, exit 78, and not a disruption (those it ignores, whatever the code)."""
-    if summary.status != "invalid_input" or newest.get("exitCode") != ExitCode.INVALID_INPUT:
-        return False
-    return not any(_condition(p, "DisruptionTarget") and _terminated(p) == newest for p in pods)
+    """Whether this terminated trainer is one the Job's podFailurePolicy fails the Job for:
+    bad input, exit 78, and not a disruption (those it ignores, whatever the code)."""
+    return (
+        summary.status == "invalid_input"
+        and terminated.get("exitCode") == ExitCode.INVALID_INPUT
+        and not _condition(pod, "DisruptionTarget")
+    )
+
+
+def _created(pod: dict[str, Any]) -> tuple[str, str]:
+    """Creation order (the name breaks ties within a second)."""
+    return pod["metadata"].get("creationTimestamp") or "", pod["metadata"]["name"]
 
 
 def _newest_pod(pods: Sequence[dict[str, Any]]) -> str | None:
     """The current attempt's pod, or the last one's: whatever its phase."""
     if not pods:
         return None
-    newest = max(
-        pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", p["metadata"]["name"])
-    )
-    return str(newest["metadata"]["name"])
+    return str(max(pods, key=_created)["metadata"]["name"])
 
 
 def observe(
@@ -155,7 +159,8 @@ def observe(
     pods = [p for p in pods if _controlled_by(p, job)]
     status = job.get("status") or {}
     restarts = _restarts(job, pods)
-    newest = _newest_terminated(pods)
+    last_pod = _newest_terminated(pods)
+    newest = _terminated(last_pod) if last_pod else None
     text = (newest or {}).get("message")
     summary = TerminationMessage.decode(text) if text else None
     last_failure = _failure_text(newest) if newest and newest.get("exitCode") else None
@@ -194,11 +199,8 @@ def observe(
             message=message,
             completion_time=failed.get("lastTransitionTime"),
         )
-    active = sorted(
-        (p for p in pods if _is_active(p)),
-        key=lambda p: p["metadata"].get("creationTimestamp") or "",
-    )
-    if not active and newest and summary and _fails_the_job(newest, pods, summary):
+    active = sorted((p for p in pods if _is_active(p)), key=_created)
+    if not active and last_pod and newest and summary and _fails_the_job(last_pod, newest, summary):
         # The Job's podFailurePolicy fails it on this exit code (78) and never retries; the
         # reconcile that the pod's own update triggers comes before the Job says so.
         return replace(
@@ -237,7 +239,6 @@ def observe(
                 phase="Running",
                 reason="Running",
                 message=message,
-                running_pod=pod["metadata"]["name"],
                 running_pod_ip=(pod.get("status") or {}).get("podIP"),
             )
         reason, message = _pending_reason(pod)

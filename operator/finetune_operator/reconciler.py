@@ -137,9 +137,9 @@ class Reconciler:
             body = self.kube.get_finetunejob(namespace, name)
             if body is None or body["metadata"].get("deletionTimestamp"):
                 return None
-            recorded = (body.get("status") or {}).get("phase") or "Pending"
-            update = self._converge(body, poll_metrics=poll_metrics)
             previous = body.get("status") or {}
+            recorded = previous.get("phase") or "Pending"
+            update = self._converge(body, poll_metrics=poll_metrics)
             if not update.changed_from(previous):
                 self.metrics.reconciles.labels("ok").inc()
                 return str(update.status.get("phase"))

@@ -239,7 +239,7 @@ class TestPending:
         old = pod("Failed", name="old", created="T1", state=terminated(1))
         new = pod("Running", name="new", created="T3", state={"running": {}}, ip="10.0.0.9")
         seen = observe(job(active=1, failed=1), [old, new])
-        assert (seen.phase, seen.running_pod, seen.restarts) == ("Running", "new", 1)
+        assert (seen.phase, seen.pod, seen.restarts) == ("Running", "new", 1)
         assert "attempt 2" in seen.message
 
 

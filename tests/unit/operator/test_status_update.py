@@ -193,9 +193,7 @@ def test_a_recorded_outcome_outlives_the_trainers_pods(recorded: dict, vaguer: O
 
 
 def running_on(pod_name: str, restarts: int = 0) -> Observation:
-    return Observation(
-        "Running", "Running", "training", restarts=restarts, pod=pod_name, running_pod=pod_name
-    )
+    return Observation("Running", "Running", "training", restarts=restarts, pod=pod_name)
 
 
 def test_a_replaced_pod_is_a_restart_even_when_the_old_one_left_no_trace() -> None:
