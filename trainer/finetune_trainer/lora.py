@@ -72,10 +72,11 @@ def unsloth_load_kwargs(
     token: str | None,
     dtype: Any,
     use_gradient_checkpointing: Any,
+    offload_embedding: bool,
 ) -> dict[str, Any]:
     """Keyword arguments for ``FastLanguageModel.from_pretrained``. ``offload_embedding``
-    is passed as a yes or no: Unsloth's own default moves the embedding only when the GPU
-    looks short of memory, so the peak would depend on the card; the trainer decides."""
+    is the memory plan's yes or no (memory_plan.py), never Unsloth's own "auto", whose
+    test of the GPU's memory does not know the micro-batch the plan chose."""
     kwargs: dict[str, Any] = {
         "model_name": name_or_path,
         "max_seq_length": config.model.max_seq_length,
@@ -85,7 +86,7 @@ def unsloth_load_kwargs(
         "full_finetuning": False,
         "use_gradient_checkpointing": use_gradient_checkpointing,
         "random_state": config.training.seed,
-        "offload_embedding": config.model.offload_embedding,
+        "offload_embedding": offload_embedding,
     }
     if revision:
         kwargs["revision"] = revision

@@ -255,7 +255,8 @@ def estimate_memory(
         per_token += 2 * 3 * i
     layer_working_set = tokens * per_token
     layer_input = tokens * h * 2
-    if gradient_checkpointing == "unsloth":
+    # "auto" is estimated as checkpointing on: the least the plan can make it need.
+    if gradient_checkpointing in ("unsloth", "auto"):
         activations = 2 * layer_input + layer_working_set
     elif gradient_checkpointing == "on":
         activations = shape.num_layers * layer_input + layer_working_set
@@ -283,11 +284,15 @@ def estimate_memory(
 
 
 def estimate_for(
-    config: TrainerConfig, shape: ModelShape, micro_batch: int | None = None
+    config: TrainerConfig,
+    shape: ModelShape,
+    micro_batch: int | None = None,
+    gradient_checkpointing: str | None = None,
+    offload_embedding: bool | None = None,
 ) -> MemoryEstimate:
     """The estimate for a trainer config: what ``--dry-run`` prints (at the configured
-    micro-batch) and what the automatic micro-batch weighs each candidate ``micro_batch``
-    with."""
+    settings) and what memory_plan.py weighs each candidate ``micro_batch`` and
+    ``gradient_checkpointing`` and ``offload_embedding`` with."""
     return estimate_memory(
         shape,
         seq_length=config.model.max_seq_length,
@@ -296,6 +301,11 @@ def estimate_for(
         lora_rank=config.lora.rank,
         target_modules=list(config.lora.target_modules),
         optimizer=config.training.optimizer,
-        gradient_checkpointing=config.training.gradient_checkpointing,
-        offload_embedding=config.model.offload_embedding,
+        gradient_checkpointing=gradient_checkpointing or config.training.gradient_checkpointing,
+        # Unset is estimated as offloaded: the least the plan can make it need.
+        offload_embedding=next(
+            choice
+            for choice in (offload_embedding, config.model.offload_embedding, True)
+            if choice is not None
+        ),
     )

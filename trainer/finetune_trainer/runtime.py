@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Literal
 
 from .contract import SCRATCH_DIR, Env
+from .memory_plan import DEFAULT_MEMORY_FRACTION, memory_fraction
 from .metrics import metrics_bind_host, metrics_port_from_env
-from .microbatch import DEFAULT_MEMORY_FRACTION, memory_fraction
 from .termination import termination_path
 
 log = logging.getLogger(__name__)

@@ -23,6 +23,7 @@ from typing import Any, Literal
 from .config import TrainerConfig
 from .contract import TerminationMessage
 from .errors import IncompatibleCheckpoint, InvalidInput
+from .memory_plan import MemoryPlan, estimate_fits, plan_memory
 from .metrics import (
     LOSS_PLOT_FILE,
     METRICS_FILE,
@@ -31,7 +32,6 @@ from .metrics import (
     log_gpu_memory_after_load,
     plot_loss,
 )
-from .microbatch import MicroBatchPlan, plan_micro_batch
 from .model_errors import load_tokenizer, model_errors
 from .progress import RunProgress
 from .resume import ResumePoint, find_resume_point, incompatible
@@ -55,7 +55,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def out_of_memory_message(
-    config: TrainerConfig, stage: Stage, micro: MicroBatchPlan | None, exc: BaseException
+    config: TrainerConfig, stage: Stage, plan: MemoryPlan | None, exc: BaseException
 ) -> str:
     """What ran out of GPU memory and which settings to change. The same settings on the
     same GPU run out the same way, so this is reported as invalid input, not retried."""
@@ -80,11 +80,18 @@ def out_of_memory_message(
         )
     asked = training.per_device_train_batch_size
     changes = [f"lower model.maxSeqLength (now {model.max_seq_length})"]
-    if micro is not None and micro.per_device > asked:
+    if plan is not None and plan.per_device > asked:
         changes.insert(
             0,
             f"set training.autoMicroBatch to false (the automatic micro-batch ran "
-            f"{micro.per_device} sequences at once, not the {asked} configured)",
+            f"{plan.per_device} sequences at once, not the {asked} configured)",
+        )
+    planned = plan.gradient_checkpointing if plan else training.gradient_checkpointing
+    if planned == "off" and training.gradient_checkpointing == "auto":
+        changes.insert(
+            0,
+            "set training.gradientCheckpointing to unsloth (auto turned it off, estimating "
+            "that this micro-batch fits without it)",
         )
     if asked > 1:
         changes.append(
@@ -132,7 +139,7 @@ class TrainingRun:
         self.metrics_log = MetricsLog()
         self.target: OutputTarget | None = None
         self.stage: Stage = "preparing"
-        self.micro: MicroBatchPlan | None = None
+        self.memory_plan: MemoryPlan | None = None
 
     # --- the run ---------------------------------------------------------------------------
     def execute(self) -> TerminationMessage:
@@ -161,7 +168,7 @@ class TrainingRun:
         except Exception as exc:
             if is_out_of_memory(exc):
                 log.error("out of GPU memory:\n%s", traceback.format_exc())
-                text = out_of_memory_message(self.config, self.stage, self.micro, exc)
+                text = out_of_memory_message(self.config, self.stage, self.memory_plan, exc)
                 return self.progress.message("invalid_input", "OutOfMemory", text)
             log.error("training failed:\n%s", traceback.format_exc())
             return self.progress.message("failed", "TrainingFailed", f"{type(exc).__name__}: {exc}")
@@ -232,15 +239,16 @@ class TrainingRun:
             steps.effective_batch,
         )
 
+        self.memory_plan = plan = self._plan_memory(backend, model_source, token)
         started = time.monotonic()
         self.stage = "loading"
         with model_errors(config.model, model_source, stage="model", token=token):
-            model, tokenizer = backend.load(config, model_source, token)
+            model, tokenizer = backend.load(config, model_source, token, plan)
         log.info("model loaded in %.1fs", time.monotonic() - started)
         log_gpu_memory_after_load()
 
         self.stage = "training"
-        trainer = self._build_trainer(backend, model, tokenizer, prepared.dataset, target)
+        trainer = self._build_trainer(backend, plan, model, tokenizer, prepared.dataset, target)
         with self.stop.during("training"):
             trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
         self.progress.step = int(trainer.state.global_step)
@@ -300,34 +308,53 @@ class TrainingRun:
             "succeeded", "AlreadyCompleted", f"the adapter at {self.progress.adapter_uri} exists"
         )
 
+    def _plan_memory(self, backend: Any, model_source: Any, token: str | None) -> MemoryPlan:
+        """The micro-batch, gradient checkpointing and embedding placement for this GPU
+        (memory_plan.py), from the model's config.json before its weights load."""
+        from .plan import read_model_config
+
+        config = self.config
+        budget = backend.memory_budget(self.runtime.gpu_memory_fraction)
+        model_config = read_model_config(model_source, token) if budget is not None else None
+        fits = estimate_fits(config, model_config, budget) if model_config and budget else None
+        plan = plan_memory(config, fits)
+        log.info(
+            "micro-batch %d x %d accumulation, gradient checkpointing %s, embedding %s: %s",
+            plan.per_device,
+            plan.accumulation,
+            plan.gradient_checkpointing,
+            "in host memory" if plan.offload_embedding else "on the GPU",
+            plan.reason,
+        )
+        return plan
+
     def _build_trainer(
-        self, backend: Any, model: Any, tokenizer: Any, dataset: Any, target: OutputTarget
+        self,
+        backend: Any,
+        plan: MemoryPlan,
+        model: Any,
+        tokenizer: Any,
+        dataset: Any,
+        target: OutputTarget,
     ) -> Any:
         from .callbacks import BatchAccounting, RunTracker, make_callbacks
         from .lora import sft_config_kwargs
 
         config = self.config
         precision = backend.precision(config)
-        probe = backend.memory_probe(model, tokenizer, config, self.runtime.gpu_memory_fraction)
-        micro = plan_micro_batch(config.training, probe)
-        self.micro = micro
-        log.info(
-            "micro-batch %d x %d accumulation: %s",
-            micro.per_device,
-            micro.accumulation,
-            micro.reason,
-        )
         kwargs = sft_config_kwargs(
             config.training,
             output_dir=target.artifacts.work_dir,
             max_length=config.model.max_seq_length,
             optimizer=backend.optimizer(config.training.optimizer),
-            gradient_checkpointing=backend.trainer_gradient_checkpointing(config),
+            gradient_checkpointing=backend.trainer_gradient_checkpointing(
+                plan.gradient_checkpointing
+            ),
             bf16=precision.bf16,
             fp16=precision.fp16,
             use_cpu=backend.use_cpu,
-            per_device_batch=micro.per_device,
-            gradient_accumulation=micro.accumulation,
+            per_device_batch=plan.per_device,
+            gradient_accumulation=plan.accumulation,
         )
         if kwargs["gradient_checkpointing"]:
             kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}

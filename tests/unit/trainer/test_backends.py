@@ -56,9 +56,10 @@ def test_cpu_substitutions(caplog: pytest.LogCaptureFixture) -> None:
     assert "needs bitsandbytes on a CUDA GPU" in caplog.text
     precision = backend.precision(config)
     assert (precision.bf16, precision.fp16, precision.label) == (False, False, "fp32")
-    assert backend.trainer_gradient_checkpointing(config) is True  # "unsloth" -> standard
-    off = TrainerConfig.from_mapping({"training": {"gradientCheckpointing": "off"}})
-    assert backend.trainer_gradient_checkpointing(off) is False
+    assert backend.trainer_gradient_checkpointing("unsloth") is True  # -> standard
+    assert backend.trainer_gradient_checkpointing("on") is True
+    assert backend.trainer_gradient_checkpointing("off") is False
+    assert backend.memory_budget(0.85) is None  # no GPU memory to plan on the CPU
     assert backend.use_cpu
 
 

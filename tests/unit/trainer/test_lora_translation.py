@@ -62,11 +62,15 @@ def test_unsloth_kwargs_match_the_original_example() -> None:
     assert off["use_gradient_checkpointing"] is False
 
 
-def test_unsloth_load_kwargs_offload_the_embedding_unless_turned_off() -> None:
+def test_unsloth_load_kwargs_place_the_embedding_where_the_plan_says() -> None:
     config = TrainerConfig.model_validate({"training": {"maxSteps": 5}})
     common = {"token": None, "dtype": None, "use_gradient_checkpointing": "unsloth"}
     kwargs = unsloth_load_kwargs(
-        config, name_or_path="unsloth/gpt-oss-20b", revision=None, **common
+        config,
+        name_or_path="unsloth/gpt-oss-20b",
+        revision=None,
+        offload_embedding=True,
+        **common,
     )
     assert kwargs == {
         "model_name": "unsloth/gpt-oss-20b",
@@ -77,13 +81,12 @@ def test_unsloth_load_kwargs_offload_the_embedding_unless_turned_off() -> None:
         "full_finetuning": False,
         "use_gradient_checkpointing": "unsloth",
         "random_state": 3407,
-        # A yes or no, never Unsloth's "auto", so the peak does not depend on the card.
+        # The plan's yes or no, never Unsloth's "auto".
         "offload_embedding": True,
     }
-    kept = TrainerConfig.model_validate(
-        {"model": {"offloadEmbedding": False}, "training": {"maxSteps": 5}}
+    pinned = unsloth_load_kwargs(
+        config, name_or_path="m", revision="abc123", offload_embedding=False, **common
     )
-    pinned = unsloth_load_kwargs(kept, name_or_path="m", revision="abc123", **common)
     assert pinned["offload_embedding"] is False and pinned["revision"] == "abc123"
 
 

@@ -35,11 +35,13 @@ def built(tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path_factory: Any) 
     rows = load_rows(config.dataset, tiny_dataset_path, cache_dir=tmp / "cache")
     prepared = prepare_dataset(rows, tokenizer, config)
     backend = select_backend("transformers")
-    model, tokenizer = backend.load(config, resolve_model(config.model, tmp), None)
     run = TrainingRun(config, RuntimeOptions(scratch_dir=tmp / "scratch"))
+    model_source = resolve_model(config.model, tmp)
+    plan = run._plan_memory(backend, model_source, None)
+    model, tokenizer = backend.load(config, model_source, None, plan)
     target = make_target(config, tmp)
     target.prepare()
-    trainer = run._build_trainer(backend, model, tokenizer, prepared.dataset, target)
+    trainer = run._build_trainer(backend, plan, model, tokenizer, prepared.dataset, target)
     return prepared.dataset, trainer
 
 

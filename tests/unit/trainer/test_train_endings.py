@@ -16,7 +16,7 @@ import torch
 
 from finetune_trainer.config import TrainerConfig
 from finetune_trainer.contract import CheckpointRef, ExitCode
-from finetune_trainer.microbatch import MicroBatchPlan
+from finetune_trainer.memory_plan import MemoryPlan
 from finetune_trainer.runtime import OUTPUT_STAGING, RuntimeOptions
 from finetune_trainer.storage.checkpoints import LocalArtifacts
 from finetune_trainer.storage.manifest import ArtifactKind
@@ -41,6 +41,9 @@ OOM_TEXT = (
 class FakeBackend:
     description = "a GPU that is not there"
 
+    def memory_budget(self, fraction: float) -> float:
+        return 80 * 2**30 * fraction  # an 80 GiB GPU: the tiny model fits any plan
+
     def load(self, *_: Any) -> tuple[Any, Any]:
         return object(), None
 
@@ -59,8 +62,6 @@ def test_out_of_memory_in_training_exits_78_naming_what_to_change(
     assert config.training.per_device_train_batch_size == 2
 
     def build_trainer(self: TrainingRun, *_: Any) -> OutOfMemoryTrainer:
-        # The automatic micro-batch folded the accumulation in: 4 rows at once.
-        self.micro = MicroBatchPlan(4, 1, "largest micro-batch within the memory budget")
         return OutOfMemoryTrainer()
 
     monkeypatch.setattr("finetune_trainer.backends.select_backend", lambda *_: FakeBackend())
@@ -73,7 +74,10 @@ def test_out_of_memory_in_training_exits_78_naming_what_to_change(
     text = message.message
     assert "GPU out of memory while training" in text and "Tried to allocate 2.00 GiB" in text
     assert "PYTORCH_CUDA_ALLOC_CONF" not in text  # the allocator's advice is left to the log
+    # The memory plan folded the accumulation in (4 rows at once) and, with room to spare,
+    # turned gradient checkpointing off: both are named as what to change back.
     assert "training.autoMicroBatch to false" in text and "ran 4 sequences" in text
+    assert "training.gradientCheckpointing to unsloth (auto turned it off" in text
     assert "model.maxSeqLength (now 256)" in text
     assert "training.perDeviceTrainBatchSize (now 2)" in text
     assert "training.gradientAccumulationSteps (now 2)" in text
@@ -92,9 +96,16 @@ def test_out_of_memory_elsewhere_names_its_own_fix() -> None:
     assert "exporting the merged 16-bit model" in merging
     assert "output.mergedExport to none" in merging
     # Micro-batch 1 as configured: nothing to say about the batch but the sequence length.
-    training = out_of_memory_message(config, "training", MicroBatchPlan(1, 4, "as configured"), oom)
+    plan = MemoryPlan(1, 4, "unsloth", True, "as configured")
+    training = out_of_memory_message(config, "training", plan, oom)
     assert "model.maxSeqLength" in training
     assert "autoMicroBatch" not in training and "perDeviceTrainBatchSize" not in training
+    assert "gradientCheckpointing" not in training
+    # Checkpointing the user turned off is named; so is auto's choice, but only auto's.
+    off = TrainerConfig.from_mapping({"training": {"gradientCheckpointing": "off"}})
+    plan_off = MemoryPlan(1, 4, "off", True, "as configured")
+    told = out_of_memory_message(off, "training", plan_off, oom)
+    assert "turn training.gradientCheckpointing back on" in told and "auto turned" not in told
 
 
 class SlowPublishing:

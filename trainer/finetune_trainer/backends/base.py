@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TrainerConfig
+from ..memory_plan import MemoryPlan
 from ..sources import ModelSource
 
 
@@ -31,9 +32,14 @@ class Backend(ABC):
 
     @abstractmethod
     def load(
-        self, config: TrainerConfig, source: ModelSource, token: str | None
+        self,
+        config: TrainerConfig,
+        source: ModelSource,
+        token: str | None,
+        plan: MemoryPlan,
     ) -> tuple[Any, Any]:
-        """Load the base model and tokenizer and add the LoRA adapter; return both."""
+        """Load the base model and tokenizer and add the LoRA adapter; return both, with
+        the gradient checkpointing and embedding placement of ``plan``."""
 
     @abstractmethod
     def optimizer(self, requested: str) -> str:
@@ -44,9 +50,9 @@ class Backend(ABC):
         """Mixed-precision flags for Trainer."""
 
     @abstractmethod
-    def trainer_gradient_checkpointing(self, config: TrainerConfig) -> bool:
-        """Whether Trainer should turn gradient checkpointing on itself (False when the
-        backend already did, as Unsloth does in get_peft_model)."""
+    def trainer_gradient_checkpointing(self, gradient_checkpointing: str) -> bool:
+        """Whether Trainer should turn gradient checkpointing on itself for the planned
+        mode (False when the backend already did, as Unsloth does in get_peft_model)."""
 
     @abstractmethod
     def save_merged(self, model: Any, tokenizer: Any, out_dir: Path) -> None:
@@ -56,19 +62,16 @@ class Backend(ABC):
     def use_cpu(self) -> bool:
         return False
 
-    def memory_probe(
-        self, model: Any, tokenizer: Any, config: TrainerConfig, gpu_memory_fraction: float
-    ) -> Any:
-        """Whether a micro-batch fits in ``gpu_memory_fraction`` of the GPU (see
-        microbatch.py), or None where GPU memory does not apply (CPU): the micro-batch then
-        stays as configured."""
+    def memory_budget(self, gpu_memory_fraction: float) -> float | None:
+        """The bytes of GPU memory training may plan for (``gpu_memory_fraction`` of the GPU
+        the model will load on; see memory_plan.py), or None where GPU memory does not
+        apply (CPU): the micro-batch and checkpointing then stay as configured."""
         import torch
 
         if self.use_cpu or not torch.cuda.is_available():
             return None
-        from ..microbatch import cuda_estimate
-
-        return cuda_estimate(model, config, gpu_memory_fraction)
+        device = torch.cuda.current_device()
+        return float(torch.cuda.get_device_properties(device).total_memory * gpu_memory_fraction)
 
     def sft_trainer_class(self) -> type:
         """TRL's SFTTrainer, imported after the backend's own imports (Unsloth patches it)."""

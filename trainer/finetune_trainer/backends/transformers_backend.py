@@ -17,6 +17,7 @@ from typing import Any
 
 from ..config import TrainerConfig
 from ..lora import check_module_targets, peft_lora_kwargs
+from ..memory_plan import MemoryPlan
 from ..sources import ModelSource
 from .base import Backend, Precision
 
@@ -64,8 +65,14 @@ class TransformersBackend(Backend):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def load(
-        self, config: TrainerConfig, source: ModelSource, token: str | None
+        self,
+        config: TrainerConfig,
+        source: ModelSource,
+        token: str | None,
+        plan: MemoryPlan,
     ) -> tuple[Any, Any]:
+        # Trainer sets checkpointing up (trainer_gradient_checkpointing), not loading; the
+        # embedding stays with the model.
         import torch
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -136,13 +143,13 @@ class TransformersBackend(Backend):
         dtype = self._dtype(config)
         return Precision(bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
 
-    def trainer_gradient_checkpointing(self, config: TrainerConfig) -> bool:
-        if config.training.gradient_checkpointing == "unsloth":
+    def trainer_gradient_checkpointing(self, gradient_checkpointing: str) -> bool:
+        if gradient_checkpointing == "unsloth":
             log.info(
-                "training.gradientCheckpointing unsloth (offloaded) needs Unsloth; using "
-                "standard gradient checkpointing"
+                "gradient checkpointing unsloth (offloaded) needs Unsloth; using standard "
+                "gradient checkpointing"
             )
-        return config.training.gradient_checkpointing != "off"
+        return gradient_checkpointing != "off"
 
     def sft_trainer_class(self) -> type:
         """TRL's SFTTrainer; on CPU with the loss from the model's own full logits, because

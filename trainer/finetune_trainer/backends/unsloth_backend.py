@@ -2,10 +2,11 @@
 
 ``FastLanguageModel.from_pretrained`` loads the model (4-bit through bitsandbytes by
 default) and ``get_peft_model`` adds LoRA on the attention projections and the MoE experts
-(Unsloth maps gate_up_proj/down_proj to gpt-oss's expert weights itself) with its offloaded
-gradient checkpointing. Unsloth must be imported before transformers, TRL and PEFT, which
-is why this module imports it at the top and why the backend is chosen before anything
-else heavy is loaded. unsloth, its TRL patches and bitsandbytes exist only in the GPU image.
+(Unsloth maps gate_up_proj/down_proj to gpt-oss's expert weights itself) with the
+gradient checkpointing the memory plan chose (Unsloth's offloaded kind, or none). Unsloth
+must be imported before transformers, TRL and PEFT, which is why this module imports it at
+the top and why the backend is chosen before anything else heavy is loaded. unsloth, its
+TRL patches and bitsandbytes exist only in the GPU image.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import unsloth  # noqa: F401  (first: it patches transformers, TRL and PEFT on i
 
 from ..config import TrainerConfig
 from ..lora import check_module_targets, unsloth_load_kwargs, unsloth_peft_kwargs
+from ..memory_plan import MemoryPlan
 from ..sources import ModelSource
 from .base import Backend, Precision
 
@@ -34,7 +36,11 @@ class UnslothBackend(Backend):
         self.scratch = scratch
 
     def load(
-        self, config: TrainerConfig, source: ModelSource, token: str | None
+        self,
+        config: TrainerConfig,
+        source: ModelSource,
+        token: str | None,
+        plan: MemoryPlan,
     ) -> tuple[Any, Any]:
         import torch
         from unsloth import FastLanguageModel
@@ -44,17 +50,18 @@ class UnslothBackend(Backend):
         )
         log.info(
             "loading %s with Unsloth (max_seq_length=%d, load_in_4bit=%s, dtype=%s, "
-            "offload_embedding=%s)",
+            "offload_embedding=%s, gradient_checkpointing=%s)",
             source.description,
             config.model.max_seq_length,
             config.model.load_in_4bit,
             config.model.dtype,
-            config.model.offload_embedding,
+            plan.offload_embedding,
+            plan.gradient_checkpointing,
         )
         peft_kwargs = unsloth_peft_kwargs(
             config.lora,
             seed=config.training.seed,
-            gradient_checkpointing=config.training.gradient_checkpointing,
+            gradient_checkpointing=plan.gradient_checkpointing,
         )
         kwargs = unsloth_load_kwargs(
             config,
@@ -63,6 +70,7 @@ class UnslothBackend(Backend):
             token=token,
             dtype=dtype,
             use_gradient_checkpointing=peft_kwargs["use_gradient_checkpointing"],
+            offload_embedding=plan.offload_embedding,
         )
         model, tokenizer = FastLanguageModel.from_pretrained(**kwargs)
         check_module_targets(model, peft_kwargs["target_modules"])
@@ -92,7 +100,7 @@ class UnslothBackend(Backend):
         bf16 = bool(is_bfloat16_supported())
         return Precision(bf16=bf16, fp16=not bf16)
 
-    def trainer_gradient_checkpointing(self, config: TrainerConfig) -> bool:
+    def trainer_gradient_checkpointing(self, gradient_checkpointing: str) -> bool:
         return False  # get_peft_model(use_gradient_checkpointing=...) already set it up
 
     def save_merged(self, model: Any, tokenizer: Any, out_dir: Path) -> None:

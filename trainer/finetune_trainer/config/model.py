@@ -67,13 +67,14 @@ class ModelSpec(SpecModel):
         alias="loadIn4bit",
         description="Load the base weights in 4-bit (QLoRA, bitsandbytes). Default: true.",
     )
-    offload_embedding: bool = Field(
-        True,
+    offload_embedding: bool | None = Field(
+        None,
         description="Keep the input embedding table in host memory when training on a GPU "
         "with Unsloth; each batch's rows are looked up there and copied to the GPU. Moves "
         "vocabulary x hidden x 2 bytes (1.1 GiB for gpt-oss-20b) from GPU to host memory, "
         "so the container's memory limit needs that much room, and computes the same "
-        "values. Ignored on the CPU path. Default: true.",
+        "values, but slows every step. Unset (the default): in host memory only when the "
+        "GPU has no room for it. Ignored on the CPU path.",
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",

@@ -53,9 +53,16 @@ class TrainerConfig(SpecModel):
         wire = self.to_wire()
         wire.pop("output", None)
         training = wire.get("training", {})
-        for key in ("autoMicroBatch", "saveSteps", "saveTotalLimit", "loggingSteps"):
+        for key in (
+            "autoMicroBatch",
+            "gradientCheckpointing",
+            "saveSteps",
+            "saveTotalLimit",
+            "loggingSteps",
+        ):
             training.pop(key, None)
-        wire.get("model", {}).pop("tokenSecretRef", None)
+        for key in ("tokenSecretRef", "offloadEmbedding"):
+            wire.get("model", {}).pop(key, None)
         for part in ("model", "dataset"):
             for key in ("endpoint", "region", "credentialsSecretRef"):
                 wire.get(part, {}).get("s3", {}).pop(key, None)

@@ -111,10 +111,12 @@ class TrainingSpec(SpecModel):
         description="Which tokens carry loss: assistant (the whole assistant turn, reasoning "
         "included), final (only the final answer), all (every token). Default: assistant.",
     )
-    gradient_checkpointing: Literal["unsloth", "on", "off"] = Field(
-        "unsloth",
-        description="Activation checkpointing: unsloth (offloaded, the example's setting), on "
-        "(standard), off. Default: unsloth.",
+    gradient_checkpointing: Literal["auto", "unsloth", "on", "off"] = Field(
+        "auto",
+        description="Activation checkpointing, which saves memory at the cost of recomputing "
+        "each layer's forward pass (the gradients are the same either way): auto (off when "
+        "the micro-batch fits the GPU's memory without it, else unsloth), unsloth (offloaded, "
+        "the example's setting), on (standard), off. Default: auto.",
     )
     group_by_length: bool = Field(
         False,
