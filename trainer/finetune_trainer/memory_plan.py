@@ -72,15 +72,19 @@ def candidates(per_device: int, accumulation: int) -> list[int]:
     return [m for m in range(effective, per_device - 1, -1) if effective % m == 0]
 
 
-def plan_memory(config: TrainerConfig, fits: Fits | None) -> MemoryPlan:
+def plan_memory(
+    config: TrainerConfig, fits: Fits | None, *, can_offload_embedding: bool = True
+) -> MemoryPlan:
     """The micro-batch, checkpointing and embedding placement to train with; ``fits`` is
     None where there is no GPU budget to plan against (CPU), and then the configured
-    settings stand, with the smallest footprint for those left to the plan."""
+    settings stand, with the smallest footprint for those left to the plan. A backend
+    that cannot keep the embedding in host memory (``can_offload_embedding`` false) is
+    planned with it on the GPU, whatever the config says."""
     training = config.training
     asked = training.per_device_train_batch_size
     accumulation = training.gradient_accumulation_steps
     configured_checkpointing = training.gradient_checkpointing
-    configured_offload = config.model.offload_embedding
+    configured_offload = config.model.offload_embedding if can_offload_embedding else False
     checkpointing = "unsloth" if configured_checkpointing == "auto" else configured_checkpointing
     offload = True if configured_offload is None else configured_offload
     per_device, kept = asked, _micro_batch_reason(training, fits)

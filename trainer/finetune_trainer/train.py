@@ -317,7 +317,7 @@ class TrainingRun:
         budget = backend.memory_budget(self.runtime.gpu_memory_fraction)
         model_config = read_model_config(model_source, token) if budget is not None else None
         fits = estimate_fits(config, model_config, budget) if model_config and budget else None
-        plan = plan_memory(config, fits)
+        plan = plan_memory(config, fits, can_offload_embedding=backend.offloads_embedding)
         log.info(
             "micro-batch %d x %d accumulation, gradient checkpointing %s, embedding %s: %s",
             plan.per_device,

@@ -94,6 +94,16 @@ def test_a_larger_micro_batch_wins_over_speed_settings() -> None:
     assert (plan.gradient_checkpointing, plan.offload_embedding) == ("unsloth", False)
 
 
+def test_a_backend_that_cannot_offload_the_embedding_is_planned_with_it_on_the_gpu() -> None:
+    # transformers + PEFT on CUDA: model.offloadEmbedding cannot take effect, so no
+    # micro-batch may count on the memory it would save.
+    for model in ({}, {"offloadEmbedding": True}):
+        tried, probe = recording(lambda size, checkpointing, offload: not offload and size <= 2)
+        plan = plan_memory(config(model), probe, can_offload_embedding=False)
+        assert (plan.per_device, plan.offload_embedding) == (2, False)
+        assert all(offload is False for _, _, offload in tried)
+
+
 def test_nothing_fits_keeps_the_configured_split_and_the_smallest_footprint() -> None:
     plan = plan_memory(config(), lambda size, checkpointing, offload: False)
     assert (plan.per_device, plan.accumulation) == (1, 4)

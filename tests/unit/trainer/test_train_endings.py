@@ -40,6 +40,7 @@ OOM_TEXT = (
 
 class FakeBackend:
     description = "a GPU that is not there"
+    offloads_embedding = True
 
     def memory_budget(self, fraction: float) -> float:
         return 80 * 2**30 * fraction  # an 80 GiB GPU: the tiny model fits any plan

@@ -29,6 +29,8 @@ class Backend(ABC):
 
     name: str
     description: str
+    # Whether load() can keep the input embedding in host memory (model.offloadEmbedding).
+    offloads_embedding = False
 
     @abstractmethod
     def load(

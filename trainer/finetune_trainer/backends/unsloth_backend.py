@@ -31,6 +31,7 @@ _DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 class UnslothBackend(Backend):
     name = "unsloth"
     description = "Unsloth on CUDA"
+    offloads_embedding = True
 
     def __init__(self, scratch: Path | None = None) -> None:
         self.scratch = scratch
