@@ -11,6 +11,7 @@ would silently mix two trainings, so the output location must change instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,8 +44,12 @@ def incompatible(what: str, uri: str, found: str, expected: str) -> Incompatible
     )
 
 
-def find_resume_point(target: OutputTarget, fingerprint: str) -> ResumePoint | None:
-    """The newest usable checkpoint, or None when there is none (a fresh start)."""
+def find_resume_point(
+    target: OutputTarget, fingerprint: str, also_accepted: Collection[str] = ()
+) -> ResumePoint | None:
+    """The newest usable checkpoint, or None when there is none (a fresh start). Its
+    fingerprint must be ``fingerprint`` or one of ``also_accepted`` (the same config as an
+    older trainer fingerprinted it)."""
     rejected: list[str] = []
     for candidate in target.resume_candidates():
         name = f"checkpoint-{candidate.step}"
@@ -62,7 +67,7 @@ def find_resume_point(target: OutputTarget, fingerprint: str) -> ResumePoint | N
                 "older checkpoint, which would discard the training it holds: the next "
                 "attempt reads it again"
             ) from exc
-        if manifest.fingerprint != fingerprint:
+        if manifest.fingerprint != fingerprint and manifest.fingerprint not in also_accepted:
             raise incompatible("checkpoint", candidate.uri, manifest.fingerprint, fingerprint)
         if manifest.step != candidate.step:
             reason = f"{name} has a manifest for step {manifest.step}"

@@ -93,6 +93,10 @@ def out_of_memory_message(
             "set training.gradientCheckpointing to unsloth (auto turned it off, estimating "
             "that this micro-batch fits without it)",
         )
+    if plan is not None and not plan.offload_embedding and model.offload_embedding is None:
+        changes.append(
+            "set model.offloadEmbedding to true (the plan kept the input embedding on the GPU)"
+        )
     if asked > 1:
         changes.append(
             f"lower training.perDeviceTrainBatchSize (now {asked}) and raise "
@@ -133,6 +137,7 @@ class TrainingRun:
         self.config = config
         self.runtime = runtime
         self.fingerprint = config.fingerprint()
+        self.accepted_fingerprints = {self.fingerprint, config.legacy_fingerprint()}
         self.progress = RunProgress()
         self.stop = StopRequest()
         self.metrics = MetricsServer()
@@ -203,7 +208,7 @@ class TrainingRun:
         done = self._already_finished(target)
         if done is not None:
             return done
-        resume = find_resume_point(target, self.fingerprint)
+        resume = find_resume_point(target, self.fingerprint, self.accepted_fingerprints)
         if resume is not None:
             self.progress.resumed_from_step = resume.step
             self.progress.checkpoint = _ref(resume.step, resume.uri)
@@ -280,7 +285,7 @@ class TrainingRun:
         final = target.artifact_manifest(FINAL_MODEL_DIR)
         if final is None:
             return None
-        if final.fingerprint != self.fingerprint:
+        if final.fingerprint not in self.accepted_fingerprints:
             raise incompatible(
                 "final_model", target.uri(FINAL_MODEL_DIR), final.fingerprint, self.fingerprint
             )
@@ -315,15 +320,28 @@ class TrainingRun:
 
         config = self.config
         budget = backend.memory_budget(self.runtime.gpu_memory_fraction)
-        model_config = read_model_config(model_source, token) if budget is not None else None
-        fits = estimate_fits(config, model_config, budget) if model_config and budget else None
-        plan = plan_memory(config, fits, can_offload_embedding=backend.offloads_embedding)
+        fits, unsized = None, "no GPU to size it on"
+        if budget is not None:
+            unsized = "no memory estimate for this model's config.json"
+            model_config = read_model_config(model_source, token)
+            try:
+                fits = estimate_fits(config, model_config, budget) if model_config else None
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("no memory estimate from this model's config.json (%r)", exc)
+        if config.model.offload_embedding and not backend.offloads_embedding:
+            log.warning(
+                "model.offloadEmbedding is ignored: %s keeps it with the model", backend.description
+            )
+        plan = plan_memory(
+            config, fits, can_offload_embedding=backend.offloads_embedding, unsized=unsized
+        )
+        embedding = "in host memory" if plan.offload_embedding else "on the GPU"
         log.info(
             "micro-batch %d x %d accumulation, gradient checkpointing %s, embedding %s: %s",
             plan.per_device,
             plan.accumulation,
             plan.gradient_checkpointing,
-            "in host memory" if plan.offload_embedding else "on the GPU",
+            embedding if budget is not None else "with the model",
             plan.reason,
         )
         return plan

@@ -104,10 +104,34 @@ def test_a_backend_that_cannot_offload_the_embedding_is_planned_with_it_on_the_g
         assert all(offload is False for _, _, offload in tried)
 
 
-def test_nothing_fits_keeps_the_configured_split_and_the_smallest_footprint() -> None:
-    plan = plan_memory(config(), lambda size, checkpointing, offload: False)
+def test_nothing_fits_keeps_the_configured_split_and_the_smallest_footprint_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tried, probe = recording(lambda size, checkpointing, offload: False)
+    plan = plan_memory(config(), probe)
     assert (plan.per_device, plan.accumulation) == (1, 4)
     assert (plan.gradient_checkpointing, plan.offload_embedding) == ("unsloth", True)
+    assert tried[-1] == (1, "unsloth", True)  # the settings chosen, weighed once more
+    assert "over the budget" in plan.reason
+    assert "the memory estimate exceeds the budget" in caplog.text
+
+
+def test_settings_known_to_fit_are_not_weighed_again() -> None:
+    tried, probe = recording(
+        lambda size, checkpointing, offload: (size, checkpointing, offload) == (1, "unsloth", True)
+    )
+    plan = plan_memory(config(), probe)
+    assert (plan.per_device, plan.gradient_checkpointing, plan.offload_embedding) == (
+        1,
+        "unsloth",
+        True,
+    )
+    assert "over the budget" not in plan.reason
+    # (1, unsloth, host) was never confirmed by a step above, so it is weighed at the end.
+    assert tried[-1] == (1, "unsloth", True)
+    tried, probe = recording(lambda size, checkpointing, offload: True)
+    plan_memory(config(), probe)
+    assert len(tried) == 3  # 4 rows fit, then the embedding, then no checkpointing
 
 
 @pytest.mark.parametrize(
@@ -138,7 +162,10 @@ def test_configured_split_is_kept(settings, probe, reason, checkpointing) -> Non
         (139.8, (4, 1, "off", False)),
         # A 24 GB card: 4 rows (about 18 GiB) only with checkpointing.
         (23.6, (4, 1, "unsloth", False)),
-        # A 16 GB card: the seed's 1 x 4 as configured, with everything that saves memory.
+        # A card with a 15.9 GiB budget: 1 x 4 (15.7 GiB) fits only with everything that
+        # saves memory.
+        (18.7, (1, 4, "unsloth", True)),
+        # A 16 GB card: the same, although the cautious estimate puts it over the budget.
         (14.6, (1, 4, "unsloth", True)),
     ],
 )
@@ -152,6 +179,7 @@ def test_gpt_oss_20b_plans_by_the_gpu_it_meets(gpu_gib, expected) -> None:
         plan.gradient_checkpointing,
         plan.offload_embedding,
     ) == expected
+    assert ("over the budget" in plan.reason) is (gpu_gib < 16)
 
 
 def test_what_the_plan_decides_leaves_the_fingerprint_alone() -> None:
@@ -175,3 +203,38 @@ def test_memory_fraction_from_the_environment(monkeypatch) -> None:
         monkeypatch.setenv("FTO_GPU_MEMORY_FRACTION", bad)
         with pytest.raises(InvalidConfig, match="FTO_GPU_MEMORY_FRACTION must be a number"):
             memory_fraction()
+
+
+class GpuBackend:
+    """A backend with a GPU budget, for the planning step alone (no GPU here)."""
+
+    description = "a GPU that is not there"
+    offloads_embedding = True
+
+    def memory_budget(self, fraction: float) -> float:
+        return 80 * GIB * fraction
+
+
+@pytest.mark.parametrize(
+    "config_json",
+    [{"model_type": "gpt_oss"}, None],  # sizes missing; no config.json at all
+)
+def test_a_model_config_without_sizes_leaves_the_settings_as_configured(
+    tmp_path, caplog: pytest.LogCaptureFixture, config_json
+) -> None:
+    import json
+
+    from finetune_trainer.runtime import RuntimeOptions
+    from finetune_trainer.sources import ModelSource
+    from finetune_trainer.train import TrainingRun
+
+    if config_json is not None:
+        (tmp_path / "config.json").write_text(json.dumps(config_json))
+    run = TrainingRun(config(), RuntimeOptions(scratch_dir=tmp_path / "scratch"))
+    source = ModelSource(str(tmp_path), None, True, "a model without sizes")
+    plan = run._plan_memory(GpuBackend(), source, None)
+    assert (plan.per_device, plan.accumulation) == (1, 4)
+    assert (plan.gradient_checkpointing, plan.offload_embedding) == ("unsloth", True)
+    assert "no memory estimate for this model's config.json" in plan.reason
+    if config_json is not None:
+        assert "no memory estimate from this model's config.json" in caplog.text

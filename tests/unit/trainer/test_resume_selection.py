@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import IncompatibleCheckpoint, InvalidConfig, InvalidInput
 from finetune_trainer.resume import CheckpointUnreadable, find_resume_point
 from finetune_trainer.storage.manifest import Manifest
@@ -76,6 +77,28 @@ def test_a_different_fingerprint_is_refused(target: LocalTarget) -> None:
         find_resume_point(target, "mine")
     assert isinstance(info.value, InvalidInput)
     assert info.value.reason == "IncompatibleCheckpoint"
+
+
+def test_a_checkpoint_from_a_trainer_before_the_memory_plan_resumes(target: LocalTarget) -> None:
+    # Fingerprints that trainers up to 8d2641a gave these configs, which then counted
+    # gradientCheckpointing (default unsloth) and offloadEmbedding (default true).
+    older = {
+        "969659f5256afadf": TrainerConfig(),
+        "ff90c57b713e13f4": TrainerConfig.from_mapping(
+            {
+                "model": {"offloadEmbedding": False},
+                "training": {"gradientCheckpointing": "off", "maxSteps": 7},
+            }
+        ),
+    }
+    for step, (written_by_older, config) in enumerate(older.items(), start=1):
+        assert config.legacy_fingerprint() == written_by_older
+        assert config.fingerprint() != written_by_older
+        commit(target.artifacts, step * 10, fingerprint=written_by_older)
+        found = find_resume_point(target, config.fingerprint(), {config.legacy_fingerprint()})
+        assert found is not None and found.step == step * 10
+        with pytest.raises(IncompatibleCheckpoint):
+            find_resume_point(target, config.fingerprint())
 
 
 def test_a_checkpoint_that_cannot_be_read_now_fails_the_attempt_instead_of_falling_back(

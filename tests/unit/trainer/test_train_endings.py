@@ -79,6 +79,7 @@ def test_out_of_memory_in_training_exits_78_naming_what_to_change(
     # turned gradient checkpointing off: both are named as what to change back.
     assert "training.autoMicroBatch to false" in text and "ran 4 sequences" in text
     assert "training.gradientCheckpointing to unsloth (auto turned it off" in text
+    assert "model.offloadEmbedding to true (the plan kept the input embedding" in text
     assert "model.maxSeqLength (now 256)" in text
     assert "training.perDeviceTrainBatchSize (now 2)" in text
     assert "training.gradientAccumulationSteps (now 2)" in text

@@ -48,8 +48,24 @@ class TrainerConfig(SpecModel):
         """A hash of everything that changes what a checkpoint means. Resuming is refused when
         the checkpoint was written under a different fingerprint. Where outputs go, how the
         inputs are reached (token, S3 endpoint, region, credentials: the same model or data
-        may move behind another endpoint), and settings that only change speed or
+        may move behind another endpoint), and settings that only change speed, memory or
         bookkeeping are left out."""
+        return _hash(self._fingerprinted_wire())
+
+    def legacy_fingerprint(self) -> str:
+        """The fingerprint trainers before the memory plan gave this config: they counted
+        gradientCheckpointing and offloadEmbedding, whose defaults were then unsloth and
+        true. Checkpoints they wrote still resume under this config."""
+        wire = self._fingerprinted_wire()
+        checkpointing = self.training.gradient_checkpointing
+        wire.setdefault("training", {})["gradientCheckpointing"] = (
+            "unsloth" if checkpointing == "auto" else checkpointing
+        )
+        offload = self.model.offload_embedding
+        wire.setdefault("model", {})["offloadEmbedding"] = True if offload is None else offload
+        return _hash(wire)
+
+    def _fingerprinted_wire(self) -> dict[str, Any]:
         wire = self.to_wire()
         wire.pop("output", None)
         training = wire.get("training", {})
@@ -66,5 +82,9 @@ class TrainerConfig(SpecModel):
         for part in ("model", "dataset"):
             for key in ("endpoint", "region", "credentialsSecretRef"):
                 wire.get(part, {}).get("s3", {}).pop(key, None)
-        canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        return wire
+
+
+def _hash(wire: dict[str, Any]) -> str:
+    canonical = json.dumps(wire, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
