@@ -98,7 +98,7 @@ def smoke(preset: str, work: Path, data: Path, timeout: float) -> dict[str, Any]
         "resume_lines": grep(second_log, "resuming from"),
         "backend": grep(first_log, "backend:"),
         "lora": grep(first_log, "LoRA rank", "expert projection"),
-        "micro_batch": grep(first_log, "micro-batch"),
+        "memory_plan": grep(first_log, "accumulation, gradient checkpointing"),
         "adapter_target_modules": len(targets) if isinstance(targets, list) else targets,
         "expert_targets": sorted(t for t in targets if "proj" in t and "s." in t)[:4]
         if isinstance(targets, list)
