@@ -255,8 +255,7 @@ def estimate_memory(
         per_token += 2 * 3 * i
     layer_working_set = tokens * per_token
     layer_input = tokens * h * 2
-    # "auto" is estimated as checkpointing on: the least the plan can make it need.
-    if gradient_checkpointing in ("unsloth", "auto"):
+    if gradient_checkpointing == "unsloth":
         activations = 2 * layer_input + layer_working_set
     elif gradient_checkpointing == "on":
         activations = shape.num_layers * layer_input + layer_working_set
@@ -292,7 +291,9 @@ def estimate_for(
 ) -> MemoryEstimate:
     """The estimate for a trainer config: what ``--dry-run`` prints (at the configured
     settings) and what memory_plan.py weighs each candidate ``micro_batch`` and
-    ``gradient_checkpointing`` and ``offload_embedding`` with."""
+    ``gradient_checkpointing`` and ``offload_embedding`` with. Either left out is the
+    config's, or the smallest footprint where the config leaves it to the plan."""
+    least_checkpointing, least_offload = smallest_footprint(config)
     return estimate_memory(
         shape,
         seq_length=config.model.max_seq_length,
@@ -301,11 +302,19 @@ def estimate_for(
         lora_rank=config.lora.rank,
         target_modules=list(config.lora.target_modules),
         optimizer=config.training.optimizer,
-        gradient_checkpointing=gradient_checkpointing or config.training.gradient_checkpointing,
-        # Unset is estimated as offloaded: the least the plan can make it need.
-        offload_embedding=next(
-            choice
-            for choice in (offload_embedding, config.model.offload_embedding, True)
-            if choice is not None
-        ),
+        gradient_checkpointing=gradient_checkpointing or least_checkpointing,
+        offload_embedding=least_offload if offload_embedding is None else offload_embedding,
+    )
+
+
+def smallest_footprint(config: TrainerConfig) -> tuple[str, bool]:
+    """The gradient checkpointing and embedding placement that need the least memory among
+    those the config allows: for settings left to the memory plan (checkpointing auto,
+    offloadEmbedding unset), checkpointing on and the embedding in host memory. The plan
+    sizes the micro-batch with these, and ``--dry-run`` estimates them."""
+    checkpointing = config.training.gradient_checkpointing
+    offload = config.model.offload_embedding
+    return (
+        "unsloth" if checkpointing == "auto" else checkpointing,
+        True if offload is None else offload,
     )

@@ -39,6 +39,7 @@ from typing import Any
 
 from .config import TrainerConfig, TrainingSpec
 from .errors import InvalidConfig
+from .memory import GIB, ModelShape, estimate_for, smallest_footprint
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,8 @@ def plan_memory(
     accumulation = training.gradient_accumulation_steps
     configured_checkpointing = training.gradient_checkpointing
     configured_offload = config.model.offload_embedding if can_offload_embedding else False
-    checkpointing = "unsloth" if configured_checkpointing == "auto" else configured_checkpointing
-    offload = True if configured_offload is None else configured_offload
+    checkpointing, offload = smallest_footprint(config)
+    offload = offload and can_offload_embedding
     per_device, kept = asked, _micro_batch_reason(training, fits, unsized)
     reason = kept or ""
     fitted = False  # whether the estimate has put the settings chosen so far in the budget
@@ -165,8 +166,6 @@ def memory_fraction() -> float:
 def estimate_fits(config: TrainerConfig, model_config: dict[str, Any], budget: float) -> Fits:
     """``Fits`` from memory.py's estimate for this model and config against ``budget``
     bytes: weights, activations, logits, LoRA gradients and optimizer state, overhead."""
-    from .memory import GIB, ModelShape, estimate_for
-
     shape = ModelShape.from_config(model_config)
 
     def fits(size: int, checkpointing: str, offload_embedding: bool) -> bool:
