@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from .api.status import Condition
+from .safe_text import safe_text
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -45,6 +46,8 @@ def conditions_for_phase(
     ``previous`` when a condition's status did not change. ``stalled`` marks a FineTuneJob
     stuck for a reason other than its phase (Stalled, and no longer Reconciling)."""
     stalled = stalled or phase == "Failed"
+    # Bounded before the typed model sees it: an over-long message must shorten, not raise.
+    message = safe_text(message)
     wanted = {
         READY: phase == "Succeeded",
         RECONCILING: phase in ("Pending", "Running") and not stalled,

@@ -33,7 +33,18 @@ class OperatorConfig:
     # ServiceAccount of trainer pods whose spec names none ("" = the namespace's default).
     trainer_service_account: str = ""
     progress_poll_seconds: float = 10.0
+    # Total time one read of a trainer's metrics may take, connecting included.
     metrics_timeout_seconds: float = 3.0
+    # Trainer metrics read at once; a slow endpoint holds one of these, never the round.
+    scrape_concurrency: int = 32
+    # Threads reconciling FineTuneJobs; each spends most of its time waiting on the API.
+    workers: int = 8
+    # Client-side timeouts of every API call the operator makes itself.
+    api_connect_timeout: float = 5.0
+    api_read_timeout: float = 30.0
+    # How long a watch may take to deliver the operator's own write back before the
+    # liveness probe calls the stream stuck.
+    watch_echo_deadline_seconds: float = 150.0
     # Prefix for kopf's finalizer and bookkeeping annotations.
     annotation_prefix: str = GROUP
     liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
@@ -65,7 +76,9 @@ class OperatorConfig:
                 return parse(text)
             except ValueError:  # only the numbers' parsers raise it
                 # int("10s") would say only "invalid literal"; name the variable instead.
-                form = "a whole number" if parse is int else "a number"
+                form = "a whole number" if parse in (int, _positive_int) else "a number"
+                if parse is _positive_int:
+                    form = "a whole number of at least 1"
                 raise ValueError(
                     f"FTO_{name} must be {form} such as {default}, not {text!r}"
                 ) from None
@@ -92,6 +105,11 @@ class OperatorConfig:
             trainer_service_account=get("TRAINER_SERVICE_ACCOUNT", "").strip(),
             progress_poll_seconds=get("PROGRESS_POLL_SECONDS", "10", float),
             metrics_timeout_seconds=get("METRICS_TIMEOUT_SECONDS", "3", float),
+            scrape_concurrency=get("SCRAPE_CONCURRENCY", "32", _positive_int),
+            workers=get("WORKERS", "8", _positive_int),
+            api_connect_timeout=get("API_CONNECT_TIMEOUT_SECONDS", "5", float),
+            api_read_timeout=get("API_READ_TIMEOUT_SECONDS", "30", float),
+            watch_echo_deadline_seconds=get("WATCH_ECHO_DEADLINE_SECONDS", "150", float),
             annotation_prefix=get("ANNOTATION_PREFIX", GROUP),
             liveness_endpoint=liveness,
             metrics_host=get("OPERATOR_METRICS_HOST", "0.0.0.0"),
@@ -105,6 +123,13 @@ class OperatorConfig:
             allowed_images=listed(get("ALLOWED_IMAGES", "")),
             allowed_service_accounts=listed(get("ALLOWED_SERVICE_ACCOUNTS", "")),
         )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
 
 
 def _tolerations(text: str) -> tuple[dict[str, object], ...]:

@@ -1,9 +1,13 @@
-"""kopf handlers: thin triggers that all call ``Reconciler.reconcile``.
+"""kopf handlers: they feed the watch cache and queue FineTuneJobs for reconciling.
 
-- any change to a FineTuneJob (and the initial listing when the operator starts, so a
-  restarted operator picks every FineTuneJob up again);
-- any change to a Job or pod the operator labelled as a FineTuneJob's child;
-- a poller that revisits unfinished FineTuneJobs and reads the trainer's metrics.
+- Indexing handlers put every FineTuneJob, labelled Job and labelled pod the watches
+  deliver into the cache. kopf runs them for the whole initial listing of all three before
+  any other handler, so after a restart the first reconcile already sees every Job.
+- Event handlers queue the FineTuneJob an event concerns (a Job or pod by its owner label)
+  and drop deleted objects from the cache. They are async and make no API call, so no
+  event waits behind a slow one.
+- The work queue's threads reconcile; the progress poller reads trainers' metrics in the
+  event loop; the liveness probe reports both (health.py).
 
 None of them keeps state in the FineTuneJob beyond ``status``: no finalizer (children go
 with their owner through garbage collection) and no spec edits, so GitOps tools see no
@@ -12,16 +16,17 @@ drift.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import kopf
 
 from .api import GROUP, PLURAL, VERSION
+from .cache import owner_key
 from .config import OperatorConfig
 from .naming import LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY
-from .poller import ProgressPoller
-from .reconciler import Reconciler
+from .operator_runtime import OperatorRuntime
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +50,10 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.watching.server_timeout = config.watch_server_timeout_seconds
     settings.watching.client_timeout = config.watch_client_timeout_seconds
     settings.watching.connect_timeout = 30
+    # Every request kopf makes has a total deadline; a watch that delivers nothing (not
+    # even the API server's bookmark, sent about every minute) is reconnected.
     settings.networking.request_timeout = 60
+    settings.watching.inactivity_timeout = 90
     # One replica with a Recreate strategy: no peering objects (and no RBAC for them).
     settings.peering.standalone = True
     settings.peering.mandatory = False
@@ -57,32 +65,34 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
         settings.watching.label_selectors[resource] = CHILD_SELECTOR
 
 
-def register(
-    registry: kopf.OperatorRegistry, reconciler: Reconciler, config: OperatorConfig
-) -> None:
+def register(registry: kopf.OperatorRegistry, runtime: OperatorRuntime) -> None:
     """Register the handlers into ``registry`` (kopf's default one for ``kopf run``)."""
+    config, cache, queue = runtime.config, runtime.cache, runtime.queue
+    tasks: list[asyncio.Task[None]] = []
 
     @kopf.on.startup(id="configure", registry=registry)
     def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         configure_kopf(settings, config)
 
-    @kopf.on.event(GROUP, VERSION, PLURAL, id="finetunejob", registry=registry)
-    def finetunejob_changed(type: str, body: Any, **_: Any) -> None:
-        meta = body["metadata"]
-        if type == "DELETED":
-            reconciler.forget(meta["namespace"], meta["name"])
-            return
-        reconciler.reconcile(meta["namespace"], meta["name"])
+    @kopf.on.startup(id="start-workers", registry=registry)
+    async def start_workers(**_: Any) -> None:
+        queue.start()
+        tasks.append(asyncio.create_task(runtime.poller.run(), name="progress-poller"))
 
-    poller = ProgressPoller(reconciler, config.progress_poll_seconds)
+    @kopf.on.cleanup(id="stop-workers", registry=registry)
+    async def stop_workers(**_: Any) -> None:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, queue.stop)
 
-    @kopf.on.startup(id="start-progress-poller", registry=registry)
-    def start_poller(**_: Any) -> None:
-        poller.start()
-
-    @kopf.on.cleanup(id="stop-progress-poller", registry=registry)
-    def stop_poller(**_: Any) -> None:
-        poller.stop()
+    @kopf.on.probe(id="health", errors=kopf.ErrorsMode.PERMANENT, registry=registry)
+    def health(**_: Any) -> dict[str, object]:
+        problems = runtime.health.problems()
+        if problems:
+            # kopf answers the liveness probe with an error for a failed probe handler.
+            raise kopf.PermanentError("; ".join(problems))
+        return runtime.health.report()
 
     children: dict[str, Any] = {
         LABEL_MANAGED_BY: MANAGED_BY,
@@ -90,17 +100,41 @@ def register(
     }
 
     # Literal resource names: the chart's RBAC test reads the watches from this source.
+    @kopf.index(GROUP, VERSION, PLURAL, id="finetunejob-cache", registry=registry)
+    async def cache_finetunejob(body: Any, **_: Any) -> None:
+        cache.upsert(body)
+
+    @kopf.index("batch", "v1", "jobs", labels=children, id="job-cache", registry=registry)
+    async def cache_job(body: Any, **_: Any) -> None:
+        cache.upsert(body)
+
+    @kopf.index("", "v1", "pods", labels=children, id="pod-cache", registry=registry)
+    async def cache_pod(body: Any, **_: Any) -> None:
+        cache.upsert(body)
+
+    @kopf.on.event(GROUP, VERSION, PLURAL, id="finetunejob", registry=registry)
+    async def finetunejob_changed(type: str, body: Any, **_: Any) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if type == "DELETED":
+            cache.remove(body)
+            runtime.reconciler.forget(meta["namespace"], meta["name"], meta.get("uid"))
+            queue.forget(key)
+            return
+        queue.add(key)
+
     @kopf.on.event("batch", "v1", "jobs", labels=children, id="job", registry=registry)
-    def job_changed(body: Any, **_: Any) -> None:
-        _owner_changed(reconciler, body)
+    async def job_changed(type: str, body: Any, **_: Any) -> None:
+        _child_changed(runtime, type, body)
 
     @kopf.on.event("", "v1", "pods", labels=children, id="pod", registry=registry)
-    def pod_changed(body: Any, **_: Any) -> None:
-        _owner_changed(reconciler, body)
+    async def pod_changed(type: str, body: Any, **_: Any) -> None:
+        _child_changed(runtime, type, body)
 
 
-def _owner_changed(reconciler: Reconciler, body: Any) -> None:
-    meta = body["metadata"]
-    owner = (meta.get("labels") or {}).get(LABEL_OWNER)
-    if owner:
-        reconciler.reconcile(meta["namespace"], owner)
+def _child_changed(runtime: OperatorRuntime, type: str, body: Any) -> None:
+    if type == "DELETED":
+        runtime.cache.remove(body)
+    key = owner_key(body)
+    if key is not None:
+        runtime.queue.add(key)

@@ -6,20 +6,15 @@ import kopf
 
 from .config import OperatorConfig
 from .handlers import register
-from .kube import Kube
 from .metrics import OperatorMetrics
-from .reconciler import Reconciler
+from .operator_runtime import OperatorRuntime
 from .runner import connection_info, load_api_client
 
 _config = OperatorConfig.from_env()
 _api_client = load_api_client()
 _metrics = OperatorMetrics()
 _metrics.serve(_config.metrics_host, _config.metrics_port)
-register(
-    kopf.get_default_registry(),
-    Reconciler(Kube(_api_client), _config, metrics=_metrics),
-    _config,
-)
+register(kopf.get_default_registry(), OperatorRuntime.build(_api_client, _config, _metrics))
 
 
 @kopf.on.login(id="login")

@@ -11,11 +11,12 @@ import json
 import logging
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from .adoption import adoption_problem
 from .api import GROUP, PLURAL, VERSION
-from .naming import LABEL_OWNER_UID
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +63,17 @@ def _data(response: Any) -> Obj:
 
 
 class Kube:
-    """API access for one operator process (thread-safe: the client pools connections)."""
+    """API access for one operator process (thread-safe: the client pools connections).
 
-    def __init__(self, api_client: client.ApiClient) -> None:
+    Every call carries a client-side ``(connect, read)`` timeout: a silent API server must
+    cost a reconcile seconds, not hang a worker forever (``load_api_client`` also turns on
+    TCP keepalive, so a dead peer is noticed on idle pooled connections)."""
+
+    def __init__(
+        self, api_client: client.ApiClient, *, timeout: tuple[float, float] = (5.0, 30.0)
+    ) -> None:
         self.api_client = api_client
+        self.timeout = timeout
         self.core = client.CoreV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.custom = client.CustomObjectsApi(api_client)
@@ -73,16 +81,19 @@ class Kube:
     # --- children -----------------------------------------------------------------------
     def ensure(self, obj: Obj, owner_uid: str) -> tuple[Obj, bool]:
         """Create ``obj`` (a ConfigMap or Job) unless it exists. Returns (object, created).
-        An existing object owned by this FineTuneJob counts as success, which makes the
-        create handler idempotent."""
+        An existing object is taken only when it is exactly what the operator would have
+        made for this FineTuneJob (adoption.py), which makes the create idempotent without
+        letting anyone plant a child; anything else is a ChildConflict."""
         kind, meta = obj["kind"], obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         try:
             if kind == "Job":
-                created = self.batch.create_namespaced_job(namespace, obj, _preload_content=False)
+                created = self.batch.create_namespaced_job(
+                    namespace, obj, _preload_content=False, _request_timeout=self.timeout
+                )
             elif kind == "ConfigMap":
                 created = self.core.create_namespaced_config_map(
-                    namespace, obj, _preload_content=False
+                    namespace, obj, _preload_content=False, _request_timeout=self.timeout
                 )
             else:
                 raise ValueError(f"cannot create {kind}")
@@ -106,17 +117,18 @@ class Kube:
         )
         if existing is None:
             raise ChildConflict(f"{kind} {namespace}/{name} exists but could not be read")
-        owners = [r.get("uid") for r in existing["metadata"].get("ownerReferences") or []]
-        if owner_uid not in owners:
-            raise ChildConflict(
-                f"{kind} {namespace}/{name} already exists and is not owned by this "
-                "FineTuneJob; delete it or rename the FineTuneJob"
-            )
+        problem = adoption_problem(obj, existing, owner_uid)
+        if problem:
+            raise ChildConflict(conflict_message(kind, namespace, name, problem))
         return existing, False
 
     def get_job(self, namespace: str, name: str) -> Obj | None:
         try:
-            return _data(self.batch.read_namespaced_job(name, namespace, _preload_content=False))
+            return _data(
+                self.batch.read_namespaced_job(
+                    name, namespace, _preload_content=False, _request_timeout=self.timeout
+                )
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -125,29 +137,8 @@ class Kube:
     def get_config_map(self, namespace: str, name: str) -> Obj | None:
         try:
             return _data(
-                self.core.read_namespaced_config_map(name, namespace, _preload_content=False)
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def patch_job(self, namespace: str, name: str, patch: Obj) -> None:
-        self.batch.patch_namespaced_job(name, namespace, patch)
-
-    def list_trainer_pods(self, namespace: str, owner_uid: str) -> list[Obj]:
-        response = self.core.list_namespaced_pod(
-            namespace, label_selector=f"{LABEL_OWNER_UID}={owner_uid}", _preload_content=False
-        )
-        items: list[Obj] = _data(response).get("items", [])
-        return items
-
-    # --- the FineTuneJob ----------------------------------------------------------------
-    def get_finetunejob(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return _data(
-                self.custom.get_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, name, _preload_content=False
+                self.core.read_namespaced_config_map(
+                    name, namespace, _preload_content=False, _request_timeout=self.timeout
                 )
             )
         except ApiException as exc:
@@ -155,52 +146,73 @@ class Kube:
                 return None
             raise
 
-    def patch_status(self, body: Obj, status: Obj) -> bool:
+    def patch_job(self, namespace: str, name: str, patch: Obj) -> Obj:
+        """Merge-patch a Job; returns it as the API server stored it."""
+        return _data(
+            self.batch.patch_namespaced_job(
+                name, namespace, patch, _preload_content=False, _request_timeout=self.timeout
+            )
+        )
+
+    # --- the FineTuneJob ----------------------------------------------------------------
+    def patch_status(self, body: Obj, status: Obj) -> Obj | None:
         """Merge-patch status, guarded by the resourceVersion the status was computed from.
-        Returns False on a conflict (someone else wrote first): the caller recomputes.
+        Returns the FineTuneJob as stored, or None on a conflict (someone else wrote
+        first, or it is gone): the caller recomputes from a newer version.
         Raises StatusRejected when the API server refuses the status itself."""
         meta = body["metadata"]
         patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
         try:
-            self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], patch
+            response = self.custom.patch_namespaced_custom_object_status(
+                GROUP,
+                VERSION,
+                meta["namespace"],
+                PLURAL,
+                meta["name"],
+                patch,
+                _preload_content=False,
+                _request_timeout=self.timeout,
             )
         except ApiException as exc:
             if exc.status in (404, 409):
-                return False
+                return None
             if exc.status in (400, 422):
                 raise StatusRejected(_api_message(exc)) from exc
             raise
-        return True
+        return _data(response)
 
     # --- events -------------------------------------------------------------------------
-    def post_event(self, body: Obj, kind: str, reason: str, message: str, now: str) -> None:
-        """A core/v1 Event on the FineTuneJob. Best effort: a lost event must never block
-        reconciliation."""
-        meta = body["metadata"]
-        event = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-            "involvedObject": {
-                "apiVersion": body.get("apiVersion"),
-                "kind": body.get("kind"),
-                "name": meta["name"],
-                "namespace": meta["namespace"],
-                "uid": meta["uid"],
-                "resourceVersion": meta.get("resourceVersion"),
-            },
-            "type": kind,
-            "reason": reason,
-            "message": message[:1024],
-            "source": {"component": "finetune-operator"},
-            "reportingComponent": "finetune.dev/operator",
-            "reportingInstance": "finetune-operator",
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
+    def create_event(self, namespace: str, event: Obj) -> str | None:
+        """Create a core/v1 Event; its name, or None when it could not be posted (Events
+        are best effort: a lost one must never block reconciliation)."""
         try:
-            self.core.create_namespaced_event(meta["namespace"], event)
-        except ApiException as exc:
-            log.warning("could not post event %s on %s: %s", reason, meta["name"], exc.reason)
+            response = self.core.create_namespaced_event(
+                namespace, event, _preload_content=False, _request_timeout=self.timeout
+            )
+        except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+            log.warning("could not post event %s: %s", event.get("reason"), _reason(exc))
+            return None
+        return str(_data(response)["metadata"]["name"])
+
+    def patch_event(self, namespace: str, name: str, patch: Obj) -> bool:
+        """Update a posted Event (its count); False when that did not work."""
+        try:
+            self.core.patch_namespaced_event(
+                name, namespace, patch, _preload_content=False, _request_timeout=self.timeout
+            )
+        except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+            log.debug("could not update event %s: %s", name, _reason(exc))
+            return False
+        return True
+
+
+def conflict_message(kind: str, namespace: str, name: str, problem: str) -> str:
+    return (
+        f"{kind} {namespace}/{name} already exists and is not what the operator would make "
+        f"for this FineTuneJob ({problem}); delete that {kind} (or rename the FineTuneJob) "
+        "and the operator creates its own"
+    )
+
+
+def _reason(exc: Exception) -> str:
+    return str(getattr(exc, "reason", None) or type(exc).__name__)

@@ -5,15 +5,24 @@ finetune_operator_reconcile_duration_seconds      histogram
 finetune_operator_status_writes_total
 finetune_operator_jobs_created_total
 finetune_operator_events_total{type, reason}
-finetune_operator_finetunejobs{phase}             FineTuneJobs by phase, as last reconciled
+finetune_operator_finetunejobs{phase}             FineTuneJobs by phase, as their status says
+finetune_operator_scrapes_total{result}           trainer metrics reads: ok | failed | skipped
+finetune_operator_poll_round_seconds              histogram of one progress-poll round
+finetune_operator_workqueue_depth                 FineTuneJobs waiting to be reconciled
+finetune_operator_cached_objects{kind}            objects in the watch cache
+
+Every label value comes from a fixed set (reasons.py), whatever the tenants' trainers say.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +40,7 @@ class OperatorMetrics:
         )
         self.reconcile_seconds = Histogram(
             "finetune_operator_reconcile_duration_seconds",
-            "Time to reconcile one FineTuneJob (API calls and metrics scrape included).",
+            "Time to reconcile one FineTuneJob (its API calls included).",
             registry=self.registry,
         )
         self.status_writes = Counter(
@@ -46,21 +55,31 @@ class OperatorMetrics:
             ["type", "reason"],
             registry=self.registry,
         )
-        self.finetunejobs = Gauge(
-            "finetune_operator_finetunejobs",
-            "FineTuneJobs by phase, as the operator last reconciled them.",
-            ["phase"],
+        self.scrapes = Counter(
+            "finetune_operator_scrapes",
+            "Reads of trainer metrics endpoints, by result (failed: no answer within the "
+            "deadline or the round's time, or not metrics; skipped: left for a later round "
+            "after earlier failures).",
+            ["result"],
             registry=self.registry,
         )
-        for phase in PHASES:
-            self.finetunejobs.labels(phase).set(0)
+        self.poll_round_seconds = Histogram(
+            "finetune_operator_poll_round_seconds",
+            "Time one progress-poll round took.",
+            registry=self.registry,
+        )
+        self._state = _StateCollector()
+        self.registry.register(self._state)
 
-    def set_phases(self, phases: Iterable[str]) -> None:
-        counts = dict.fromkeys(PHASES, 0)
-        for phase in phases:
-            counts[phase] = counts.get(phase, 0) + 1
-        for phase, count in counts.items():
-            self.finetunejobs.labels(phase).set(count)
+    def watch(
+        self,
+        phases: Callable[[], Tally[str]],
+        sizes: Callable[[], dict[str, int]],
+        depth: Callable[[], int],
+    ) -> None:
+        """Report what the running operator holds, read when Prometheus scrapes: no state
+        of its own to keep in step."""
+        self._state.sources = (phases, sizes, depth)
 
     def serve(self, host: str, port: int) -> None:
         """Serve /metrics on host:port (0 disables)."""
@@ -69,3 +88,42 @@ class OperatorMetrics:
             return
         start_http_server(port, addr=host, registry=self.registry)
         log.info("operator metrics on http://%s:%d/metrics", host, port)
+
+
+class _StateCollector(Collector):
+    """Gauges computed at scrape time from the operator's cache and queue."""
+
+    def __init__(self) -> None:
+        self.sources: (
+            tuple[Callable[[], Tally[str]], Callable[[], dict[str, int]], Callable[[], int]] | None
+        ) = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        phases = GaugeMetricFamily(
+            "finetune_operator_finetunejobs",
+            "FineTuneJobs by the phase their status records.",
+            labels=["phase"],
+        )
+        cached = GaugeMetricFamily(
+            "finetune_operator_cached_objects",
+            "Objects in the operator's watch cache, by kind.",
+            labels=["kind"],
+        )
+        depth = GaugeMetricFamily(
+            "finetune_operator_workqueue_depth", "FineTuneJobs waiting to be reconciled."
+        )
+        counts: Tally[str] = Tally()
+        sizes: dict[str, int] = {}
+        waiting = 0
+        if self.sources is not None:
+            counts = self.sources[0]()
+            sizes = self.sources[1]()
+            waiting = self.sources[2]()
+        for phase in PHASES:
+            phases.add_metric([phase], counts.get(phase, 0))
+        for kind, size in sorted(sizes.items()):
+            cached.add_metric([kind], size)
+        depth.add_metric([], waiting)
+        yield phases
+        yield cached
+        yield depth

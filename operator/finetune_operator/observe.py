@@ -10,6 +10,7 @@ from typing import Any
 from finetune_trainer.contract import ExitCode, TerminationMessage
 
 from .naming import TRAINER_CONTAINER
+from .reasons import trainer_reason
 
 # Container waiting reasons worth surfacing while the pod is Pending.
 _WAITING_REASONS = {
@@ -31,7 +32,7 @@ class Observation:
     completion_time: str | None = None
     restarts: int = 0
     pod: str | None = None  # the newest trainer pod, whatever its phase
-    running_pod_ip: str | None = None
+    running_pod_uid: str | None = None  # the trainer whose metrics feed status.progress
     # The newest terminated trainer's own summary (or its log tail when it crashed).
     termination: TerminationMessage | None = None
     termination_text: str | None = None
@@ -203,11 +204,12 @@ def observe(
     if not active and last_pod and newest and summary and _fails_the_job(last_pod, newest, summary):
         # The Job's podFailurePolicy fails it on this exit code (78) and never retries; the
         # reconcile that the pod's own update triggers comes before the Job says so.
+        reason, message = _trainer_outcome(summary)
         return replace(
             seen,
             phase="Failed",
-            reason=summary.reason,
-            message=summary.message,
+            reason=reason,
+            message=message,
             completion_time=newest.get("finishedAt"),
         )
     if (job.get("spec") or {}).get("suspend"):
@@ -239,7 +241,7 @@ def observe(
                 phase="Running",
                 reason="Running",
                 message=message,
-                running_pod_ip=(pod.get("status") or {}).get("podIP"),
+                running_pod_uid=pod["metadata"].get("uid"),
             )
         reason, message = _pending_reason(pod)
         return replace(seen, reason=reason, message=message)
@@ -269,7 +271,7 @@ def _failure(
 ) -> tuple[str, str]:
     job_reason = failed.get("reason") or "JobFailed"
     if summary is not None and summary.status == "invalid_input":
-        return summary.reason, summary.message
+        return _trainer_outcome(summary)
     detail = summary.message if summary and summary.message else (text or "").strip()
     if job_reason == "DeadlineExceeded":
         return "DeadlineExceeded", (
@@ -283,3 +285,13 @@ def _failure(
             + (f"; {detail}" if detail else "")
         )
     return job_reason, detail or failed.get("message") or "the trainer Job failed"
+
+
+def _trainer_outcome(summary: TerminationMessage) -> tuple[str, str]:
+    """The trainer's own reason and message for how it ended. The termination message is
+    written by whatever the image runs, so a reason outside the trainer's known set is not
+    taken as a reason (it stays visible in the message)."""
+    reason = trainer_reason(summary.reason)
+    if reason == summary.reason:
+        return reason, summary.message
+    return reason, f"the trainer reported {summary.reason!r}: {summary.message}"

@@ -1,31 +1,65 @@
-"""Read the trainer's live metrics and turn them into ``status.progress``."""
+"""The trainer's live metrics on their way into ``status.progress``: the newest reading of
+each running trainer, and the progress status made from it."""
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
+import threading
 from datetime import datetime
 from typing import Any
 
-from finetune_trainer import contract
-from finetune_trainer.contract import TrainerProgress, parse_metrics
+from finetune_trainer.contract import TrainerProgress
 
 from .timeutil import parse_time, rfc3339
 
+Key = tuple[str, str]  # (namespace, name) of a FineTuneJob
 
-def scrape(
-    pod_ip: str, *, timeout: float, port: int = contract.METRICS_PORT
-) -> TrainerProgress | None:
-    """GET the pod's metrics endpoint; None when it is not answering yet (still loading the
-    model, or between attempts)."""
-    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
-    url = f"http://{host}:{port}{contract.METRICS_PATH}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            text = response.read(1 << 20).decode("utf-8", errors="replace")
-    except (urllib.error.URLError, OSError, ValueError):
-        return None
-    return parse_metrics(text)
+# What status.progress shows, by the trainer's field names and the status's.
+_COMPARED_FIELDS = ("step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_second")
+
+
+class ProgressBoard:
+    """The newest metrics of each running trainer: written by the progress poller, read by
+    the reconciler. One entry per running trainer pod, dropped once it stops running."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._readings: dict[Key, tuple[str, TrainerProgress]] = {}
+
+    def record(self, key: Key, pod_uid: str, progress: TrainerProgress) -> bool:
+        """Keep this reading; True when it differs from the last one in what the status
+        shows (so the FineTuneJob is worth reconciling)."""
+        with self._lock:
+            earlier = self._readings.get(key)
+            self._readings[key] = (pod_uid, progress)
+        if earlier is None or earlier[0] != pod_uid:
+            return progress.step is not None
+        return _shown(earlier[1]) != _shown(progress)
+
+    def reading(self, key: Key, pod_uid: str | None) -> TrainerProgress | None:
+        """The latest reading of this pod, if it is the one the FineTuneJob's Job runs."""
+        with self._lock:
+            found = self._readings.get(key)
+        if found is None or pod_uid is None or found[0] != pod_uid:
+            return None
+        return found[1]
+
+    def retain(self, keys: set[Key]) -> None:
+        """Forget the trainers that no longer run."""
+        with self._lock:
+            for key in [k for k in self._readings if k not in keys]:
+                del self._readings[key]
+
+    def forget(self, key: Key) -> None:
+        with self._lock:
+            self._readings.pop(key, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._readings)
+
+
+def _shown(progress: TrainerProgress) -> tuple[object, ...]:
+    return (*(getattr(progress, f) for f in _COMPARED_FIELDS), progress.checkpoint_step)
 
 
 _COMPARED = ("step", "totalSteps", "epoch", "loss", "learningRate", "tokensPerSecond")

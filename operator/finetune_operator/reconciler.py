@@ -1,24 +1,24 @@
 """Level-based reconciliation of one FineTuneJob: make the children exist, keep the Job's
 lifecycle fields in step with the spec, and write the status that the world implies.
 
-Every trigger (the FineTuneJob changed, its Job or a pod changed, the progress timer
-fired, the operator restarted) calls the same ``reconcile``; it reads the current state
-and converges, so a trigger that runs twice, or is missed, does no harm.
+Every trigger (the FineTuneJob changed, its Job or a pod changed, the trainer's metrics
+changed, the operator restarted) queues the same ``reconcile``; it reads the current state
+from the watch cache and converges, so a trigger that runs twice, or is missed, does no
+harm, and a FineTuneJob that nothing happens to costs no API request.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
-import weakref
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Hashable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from pydantic import ValidationError
 
 from finetune_trainer.config import describe_errors
 
+from .adoption import adoption_problem, controlled_by
 from .api.spec import FineTuneJobSpec, output_problems
 from .api.status import TERMINAL_PHASES
 from .builders import (
@@ -28,12 +28,24 @@ from .builders import (
     lifecycle_patch,
     resolved_trainer_config,
 )
+from .cache import ClusterCache
 from .config import OperatorConfig
-from .kube import ChildConflict, ChildDeferred, ChildRejected, Kube, Obj, StatusRejected
+from .events import EventRecorder
+from .kube import (
+    ChildConflict,
+    ChildDeferred,
+    ChildRejected,
+    Kube,
+    Obj,
+    StatusRejected,
+    conflict_message,
+)
 from .metrics import OperatorMetrics
 from .observe import observe
 from .policy import policy_problems
-from .progress import scrape
+from .progress import ProgressBoard
+from .reasons import metric_reason
+from .safe_text import LOG_LIMIT, safe_text
 from .status_update import (
     StatusUpdate,
     failed_status,
@@ -44,10 +56,13 @@ from .status_update import (
     waiting_status,
 )
 from .timeutil import Clock, rfc3339, utcnow
+from .workqueue import DONE, Outcome
 
 log = logging.getLogger(__name__)
 
-_CONFLICT_RETRIES = 5
+# A status write that met a newer version comes back when the watch delivers that
+# version; this is the fallback should the event be lost.
+_CONFLICT_RETRY_SECONDS = 5.0
 
 
 def parse_spec(body: Obj) -> tuple[FineTuneJobSpec | None, list[str]]:
@@ -58,162 +73,154 @@ def parse_spec(body: Obj) -> tuple[FineTuneJobSpec | None, list[str]]:
         return None, describe_errors(exc, prefix="spec")
 
 
+@dataclass
+class Convergence:
+    """What one pass over a FineTuneJob decided: the status it should have, and when to
+    look again without an event (None: only when something changes)."""
+
+    update: StatusUpdate
+    retry_after: float | None = None
+    backoff: bool = False  # come back after the work queue's growing delay
+
+
 class Reconciler:
+    """Converges one FineTuneJob at a time from what the cache holds. The work queue makes
+    sure no FineTuneJob is reconciled by two threads at once, so there are no locks here."""
+
     def __init__(
         self,
         kube: Kube,
+        cache: ClusterCache,
         config: OperatorConfig,
         *,
         clock: Clock = utcnow,
-        scraper: Callable[..., Any] = scrape,
+        progress: ProgressBoard | None = None,
         metrics: OperatorMetrics | None = None,
+        events: EventRecorder | None = None,
     ) -> None:
         self.kube = kube
+        self.cache = cache
         self.config = config
         self.clock = clock
-        self.scraper = scraper
-        self.metrics = metrics or OperatorMetrics()
-        # One lock per FineTuneJob, for as long as a reconcile holds or awaits it: a lock
-        # no thread refers to any more drops out by itself, so deleted FineTuneJobs leave
-        # none behind, and a thread still waiting keeps the same lock as a newcomer.
-        self._locks: weakref.WeakValueDictionary[tuple[str, str], threading.Lock] = (
-            weakref.WeakValueDictionary()
-        )
-        self._unfinished: set[tuple[str, str]] = set()
-        self._phases: dict[tuple[str, str], str] = {}
-        self._guard = threading.Lock()
+        self.progress = progress if progress is not None else ProgressBoard()
+        self.metrics = metrics if metrics is not None else OperatorMetrics()
+        self.events = events if events is not None else EventRecorder(kube)
 
-    def _lock(self, namespace: str, name: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault((namespace, name), threading.Lock())
-
-    def forget(self, namespace: str, name: str) -> None:
-        """Drop everything kept about a FineTuneJob that no longer exists. Under its lock,
-        so a reconcile already under way cannot count it again after this."""
-        with self._lock(namespace, name):
-            self._drop(namespace, name)
-
-    def _drop(self, namespace: str, name: str) -> None:
-        with self._guard:
-            self._unfinished.discard((namespace, name))
-            self._phases.pop((namespace, name), None)
-            self.metrics.set_phases(self._phases.values())
-
-    def unfinished(self) -> list[tuple[str, str]]:
-        """FineTuneJobs last seen Pending, Running or Suspended (for the progress poller)."""
-        with self._guard:
-            return sorted(self._unfinished)
-
-    def _remember(self, namespace: str, name: str, phase: str) -> None:
-        with self._guard:
-            if phase in TERMINAL_PHASES:
-                self._unfinished.discard((namespace, name))
-            else:
-                self._unfinished.add((namespace, name))
-            self._phases[(namespace, name)] = phase
-            self.metrics.set_phases(self._phases.values())
-
-    def reconcile(self, namespace: str, name: str, *, poll_metrics: bool = False) -> str | None:
-        """Converge one FineTuneJob; returns its phase (None when it no longer exists)."""
-        with self.metrics.reconcile_seconds.time(), self._lock(namespace, name):
+    def reconcile(self, key: Hashable) -> Outcome:
+        """Converge one FineTuneJob, keyed (namespace, name)."""
+        namespace, name = str(key[0]), str(key[1])  # type: ignore[index]
+        with self.metrics.reconcile_seconds.time():
             try:
-                phase = self._reconcile(namespace, name, poll_metrics)
+                outcome = self._reconcile(namespace, name)
             except Exception:
                 self.metrics.reconciles.labels("error").inc()
-                # Event handlers are not retried: the progress poller comes back to it.
-                with self._guard:
-                    self._unfinished.add((namespace, name))
                 raise
-            if phase is None:
-                self._drop(namespace, name)
-            else:
-                self._remember(namespace, name, phase)
-            return phase
+        return outcome
 
-    def _reconcile(self, namespace: str, name: str, poll_metrics: bool) -> str | None:
-        """The phase the FineTuneJob's status holds afterwards; None only when it is gone."""
-        recorded = "Pending"
-        for _ in range(_CONFLICT_RETRIES):
-            body = self.kube.get_finetunejob(namespace, name)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                return None
-            previous = body.get("status") or {}
-            recorded = previous.get("phase") or "Pending"
-            update = self._converge(body, poll_metrics=poll_metrics)
+    def forget(self, namespace: str, name: str, uid: str | None) -> None:
+        """Drop what is kept about a deleted FineTuneJob."""
+        self.progress.forget((namespace, name))
+        if uid:
+            self.events.forget(uid)
+
+    def _reconcile(self, namespace: str, name: str) -> Outcome:
+        body = self.cache.finetunejob(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            self.progress.forget((namespace, name))
+            return DONE
+        previous = body.get("status") or {}
+        step = self._converge(body)
+        later = Outcome(retry_after=step.retry_after, backoff=step.backoff)
+        update = step.update
+        if not update.changed_from(previous):
+            self.metrics.reconciles.labels("ok").inc()
+            return later
+        try:
+            stored = self.kube.patch_status(body, update.status)
+        except StatusRejected as exc:
+            # Retrying the same status would fail the same way on every trigger and leave
+            # the FineTuneJob frozen: say so on the status instead.
+            log.error(
+                "%s/%s: the API server rejected the status: %s",
+                namespace,
+                name,
+                safe_text(exc, LOG_LIMIT),
+            )
+            update = status_rejected_status(
+                previous, str(exc), body["metadata"].get("generation"), self.clock()
+            )
             if not update.changed_from(previous):
-                self.metrics.reconciles.labels("ok").inc()
-                return str(update.status.get("phase"))
+                return later
             try:
-                written = self.kube.patch_status(body, update.status)
-            except StatusRejected as exc:
-                # Retrying the same status would fail the same way on every trigger and
-                # leave the FineTuneJob frozen: say so on the status instead.
-                log.error("%s/%s: the API server rejected the status: %s", namespace, name, exc)
-                update = status_rejected_status(
-                    previous, str(exc), body["metadata"].get("generation"), self.clock()
-                )
-                if not update.changed_from(previous):
-                    return str(update.status.get("phase"))
-                try:
-                    written = self.kube.patch_status(body, update.status)
-                except StatusRejected as again:
-                    log.error(
-                        "%s/%s: even the fallback status was rejected: %s",
-                        namespace,
-                        name,
-                        again,
-                    )
-                    return recorded
-            if written:
-                self.metrics.reconciles.labels("ok").inc()
-                self.metrics.status_writes.inc()
-                now = rfc3339(self.clock())
-                for event in update.events:
-                    self.kube.post_event(body, event.type, event.reason, event.message, now)
-                    self.metrics.events.labels(event.type, event.reason).inc()
-                log.info(
-                    "%s/%s: %s (%s)",
+                stored = self.kube.patch_status(body, update.status)
+            except StatusRejected as again:
+                log.error(
+                    "%s/%s: even the fallback status was rejected: %s",
                     namespace,
                     name,
-                    update.status.get("phase"),
-                    update.status.get("reason"),
+                    safe_text(again, LOG_LIMIT),
                 )
-                return str(update.status.get("phase"))
-        log.warning(
-            "%s/%s: status kept conflicting; will retry on the next trigger", namespace, name
+                return later
+        if stored is None:
+            # Someone wrote the FineTuneJob after the version in the cache: the watch brings
+            # the newer one, which queues it again; the retry is a fallback.
+            self.metrics.reconciles.labels("conflict").inc()
+            return Outcome(retry_after=_CONFLICT_RETRY_SECONDS)
+        self.cache.record_write(stored, f"the status of FineTuneJob {namespace}/{name}")
+        self.metrics.reconciles.labels("ok").inc()
+        self.metrics.status_writes.inc()
+        now = rfc3339(self.clock())
+        for event in update.events:
+            self.events.record(body, event.type, event.reason, event.message, now)
+            self.metrics.events.labels(event.type, metric_reason(event.reason)).inc()
+        log.info(
+            "%s/%s: %s (%s)",
+            namespace,
+            name,
+            update.status.get("phase"),
+            safe_text(update.status.get("reason"), LOG_LIMIT),
         )
-        return recorded
+        return later
 
-    def _converge(self, body: Obj, *, poll_metrics: bool) -> StatusUpdate:
+    def _converge(self, body: Obj) -> Convergence:
         previous: dict[str, Any] = body.get("status") or {}
         generation = body["metadata"].get("generation")
         now = self.clock()
         spec, problems = parse_spec(body)
         if spec is None:
-            return invalid_spec_status(previous, problems, generation, now)
+            return Convergence(invalid_spec_status(previous, problems, generation, now))
         owner = Owner.from_body(body)
         queued = bool(spec.scheduling.queue_name)
 
-        job = self.kube.get_job(owner.namespace, owner.child_name)
+        job = self.cache.job(owner.namespace, owner.child_name)
+        if job is not None and not controlled_by(job, owner.uid):
+            # The child's name hashes this FineTuneJob's uid: a Job of that name that it
+            # does not control was made by someone else, and is never taken as its own.
+            message = conflict_message(
+                "Job", owner.namespace, owner.child_name, "it is not controlled by this FineTuneJob"
+            )
+            return Convergence(failed_status(previous, "ChildConflict", message, generation, now))
         going = job is None or bool(job["metadata"].get("deletionTimestamp"))
         if going and previous.get("phase") in TERMINAL_PHASES:
             # The finished Job is cleaned up (ttlSecondsAfterFinished deletes it in the
             # foreground: pods first, so the trainer's message is gone before the Job).
-            return kept_outcome(previous, generation)
+            return Convergence(kept_outcome(previous, generation))
         if job is None and previous.get("jobName"):
             # The Job existed and is gone before its outcome was recorded (deleted by hand,
             # or cleaned up while the operator was down). Creating it again could start a
             # second trainer on the same output while the first is still stopping, or
             # retrain a run that had already used up its retries.
-            return failed_status(
-                previous,
-                "JobDeleted",
-                f"the Job {previous['jobName']} was deleted before it finished; delete and "
-                "re-create the FineTuneJob to train again (with the same output location, "
-                "an output.pvc.path or output.s3 prefix, it resumes from the newest "
-                "checkpoint there)",
-                generation,
-                now,
+            return Convergence(
+                failed_status(
+                    previous,
+                    "JobDeleted",
+                    f"the Job {previous['jobName']} was deleted before it finished; delete "
+                    "and re-create the FineTuneJob to train again (with the same output "
+                    "location, an output.pvc.path or output.s3 prefix, it resumes from the "
+                    "newest checkpoint there)",
+                    generation,
+                    now,
+                )
             )
         if job is None:
             # Only a Job still to be created needs durable output: a FineTuneJob admitted
@@ -221,56 +228,82 @@ class Reconciler:
             # reported on as usual.
             problems = output_problems(spec)
             if problems:
-                return invalid_spec_status(previous, problems, generation, now)
+                return Convergence(invalid_spec_status(previous, problems, generation, now))
             not_allowed = policy_problems(spec, self.config)
             if not_allowed:
-                return failed_status(
-                    previous, "NotAllowed", "; ".join(not_allowed), generation, now
+                return Convergence(
+                    failed_status(previous, "NotAllowed", "; ".join(not_allowed), generation, now)
                 )
             try:
                 job = self._create_children(spec, owner)
             except ChildConflict as exc:
                 # Not the spec's fault: another object holds the child's name.
-                return failed_status(previous, "ChildConflict", str(exc), generation, now)
+                return Convergence(
+                    failed_status(previous, "ChildConflict", str(exc), generation, now)
+                )
             except ChildRejected as exc:
-                return failed_status(previous, "JobRejected", str(exc), generation, now)
+                return Convergence(
+                    failed_status(previous, "JobRejected", str(exc), generation, now)
+                )
             except ChildDeferred as exc:
-                # Pending keeps it on the poller's list, which tries the create again.
+                # Pending, tried again after a growing delay, until the quota allows it.
                 message = f"{exc}; the Job is created once the quota allows it"
-                return waiting_status(previous, "QuotaExceeded", message, generation, now)
+                return Convergence(
+                    waiting_status(previous, "QuotaExceeded", message, generation, now),
+                    backoff=True,
+                )
         else:
+            if not previous.get("jobName"):
+                # The first time this FineTuneJob meets its Job without having made it in
+                # this process (the operator restarted between creating it and recording
+                # it, or someone else made it): adopt it only if it is what the operator
+                # would have made.
+                problem = adoption_problem(build_job(spec, owner, self.config), job, owner.uid)
+                if problem:
+                    message = conflict_message("Job", owner.namespace, owner.child_name, problem)
+                    return Convergence(
+                        failed_status(previous, "ChildConflict", message, generation, now)
+                    )
             self._sync_lifecycle(
                 job, spec, queued, outcome_recorded=previous.get("phase") in TERMINAL_PHASES
             )
 
-        pods = self.kube.list_trainer_pods(owner.namespace, owner.uid)
+        pods = self.cache.trainer_pods(owner.uid)
         observation = observe(job, pods, queued=queued)
+        waiting_outside = False
         if observation.reason == "ContainerCreating":
             missing = self._missing_dataset_config_map(spec, owner.namespace)
             if missing:
                 observation = replace(
                     observation, reason="DatasetConfigMapMissing", message=missing
                 )
-        progress = None
-        if poll_metrics and observation.running_pod_ip:
-            progress = self.scraper(
-                observation.running_pod_ip, timeout=self.config.metrics_timeout_seconds
-            )
-        return next_status(
-            previous,
-            observation=observation,
-            progress=progress,
-            output=resolved_trainer_config(spec, owner).output,
-            job_name=owner.child_name,
-            config_map_name=owner.child_name,
-            generation=generation,
-            now=now,
+                # ConfigMaps are not watched (a watch would stream every ConfigMap of the
+                # cluster to the operator): look again after a growing delay, so a
+                # message about a ConfigMap that now exists does not stay.
+                waiting_outside = True
+        key = (owner.namespace, owner.name)
+        if observation.running_pod_uid is None:
+            self.progress.forget(key)
+        progress = self.progress.reading(key, observation.running_pod_uid)
+        return Convergence(
+            next_status(
+                previous,
+                observation=observation,
+                progress=progress,
+                output=resolved_trainer_config(spec, owner).output,
+                job_name=owner.child_name,
+                config_map_name=owner.child_name,
+                generation=generation,
+                now=now,
+            ),
+            backoff=waiting_outside,
         )
 
     def _create_children(self, spec: FineTuneJobSpec, owner: Owner) -> Obj:
         # The ConfigMap first: the Job's pod mounts it.
         self.kube.ensure(build_config_map(spec, owner), owner.uid)
         job, created = self.kube.ensure(build_job(spec, owner, self.config), owner.uid)
+        self.cache.record_write(job, f"Job {owner.namespace}/{owner.child_name}")
         if created:
             self.metrics.jobs_created.inc()
             log.info("%s/%s: created Job %s", owner.namespace, owner.name, owner.child_name)
@@ -309,7 +342,8 @@ class Reconciler:
         patch = {k: v for k, v in wanted.items() if current.get(k) != v}
         if patch:
             meta = job["metadata"]
-            self.kube.patch_job(meta["namespace"], meta["name"], {"spec": patch})
+            stored = self.kube.patch_job(meta["namespace"], meta["name"], {"spec": patch})
+            self.cache.record_write(stored, f"Job {meta['namespace']}/{meta['name']}")
             job["spec"] = {**current, **{k: v for k, v in patch.items() if v is not None}}
             log.info("%s: Job lifecycle updated: %s", meta["name"], patch)
 

@@ -10,10 +10,11 @@ from typing import Any
 from finetune_trainer.config import OutputSpec
 from finetune_trainer.contract import TrainerProgress
 
-from .api.status import TERMINAL_PHASES
+from .api.status import MAX_SHORT, MAX_URI, TERMINAL_PHASES
 from .conditions import conditions_for_phase
 from .observe import Observation
 from .progress import progress_status
+from .safe_text import MESSAGE_LIMIT, safe_text
 from .timeutil import rfc3339
 
 
@@ -26,11 +27,37 @@ class Event:
 
 @dataclass
 class StatusUpdate:
+    """A status to write, with the Events that announce it. Every string in it is made safe
+    here, in the one place every status passes through (safe_text.py): whatever a trainer,
+    a ConfigMap's keys or an API server's refusal put in a message, the status stays within
+    the CRD's limits and free of terminal escapes."""
+
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.status = _bounded(self.status)
+
     def changed_from(self, previous: dict[str, Any]) -> bool:
         return any(previous.get(k) != v for k, v in self.status.items())
+
+
+def _limit(key: str) -> int:
+    if key == "message":
+        return MESSAGE_LIMIT
+    if key.endswith("Uri") or key == "uri":
+        return MAX_URI
+    return MAX_SHORT
+
+
+def _bounded(value: Any, key: str = "") -> Any:
+    if isinstance(value, str):
+        return safe_text(value, _limit(key))
+    if isinstance(value, dict):
+        return {k: _bounded(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bounded(v, key) for v in value]
+    return value
 
 
 def _found_status(
@@ -115,7 +142,7 @@ def status_rejected_status(
     was (the Job may still be running: nothing here is an outcome), with the refusal as
     the reason and Stalled, so the problem is visible instead of the status silently
     staying stale; a later status the API server accepts replaces this one."""
-    excerpt = rejection[:_REJECTION_EXCERPT]
+    excerpt = safe_text(rejection, _REJECTION_EXCERPT)
     job = previous.get("jobName")
     message = (
         f"the API server rejected this FineTuneJob's status: {excerpt}; the operator cannot "

@@ -59,15 +59,14 @@ def _constant(node: ast.expr) -> str:
 
 
 def kopf_watches(source: str) -> list[tuple[str, str]]:
-    """(group, plural) of every ``@kopf.on.event(group, version, plural, ...)`` handler."""
+    """(group, plural) of every ``@kopf.on.event(group, version, plural, ...)`` and
+    ``@kopf.index(...)`` handler: each makes kopf list and watch that resource."""
     watches = []
     for node in ast.walk(ast.parse(source)):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "event"
-            and ast.unparse(node.func.value) == "kopf.on"
-        ):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        decorator = ast.unparse(node.func)
+        if decorator in ("kopf.on.event", "kopf.index"):
             group, _version, plural = (_constant(arg) for arg in node.args[:3])
             watches.append((group, plural))
     return watches

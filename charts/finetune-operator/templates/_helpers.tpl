@@ -92,10 +92,10 @@ and the watches kopf opens for handlers.py (tests/chart holds them equal). Share
 ClusterRole and the per-namespace Roles.
 */}}
 {{- define "finetune-operator.rules" -}}
-# Watch FineTuneJobs (kopf) and read one before reconciling it.
+# Watch FineTuneJobs (kopf): the operator reconciles from what the watch delivers.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
 # Write the observed state. The operator never writes spec, so GitOps sees no drift.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs/status"]
@@ -105,11 +105,13 @@ ClusterRole and the per-namespace Roles.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs/finalizers"]
   verbs: ["update"]
-# The trainer Job: create it, watch it, and carry spec.lifecycle edits (suspend, ...) over.
+# The trainer Job: create it, watch it, carry spec.lifecycle edits (suspend, ...) over, and
+# read one that is in the way of creating it (to adopt it only if it is the operator's).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "patch"]
-# The trainer's config file.
+# The trainer's config file (read when one of its name is in the way), and a dataset
+# ConfigMap a starting trainer pod waits for.
 - apiGroups: [""]
   resources: ["configmaps"]
   verbs: ["create", "get"]
@@ -117,10 +119,11 @@ ClusterRole and the per-namespace Roles.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch"]
-# Events on FineTuneJobs (Created, Checkpoint, Restarted, Failed, ...).
+# Events on FineTuneJobs (Created, Checkpoint, Restarted, Failed, ...); a repeat updates
+# the count of the Event it repeats.
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create"]
+  verbs: ["create", "patch"]
 {{- end -}}
 
 {{/* FTO_DEFAULT_NODE_SELECTOR: key=value pairs joined by commas, in key order. */}}

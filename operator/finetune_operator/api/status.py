@@ -21,8 +21,10 @@ from finetune_trainer.config.base import (
 Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
 
-Text = Annotated[str, Field(max_length=32768)]
-Short = Annotated[str, Field(max_length=1024)]
+MAX_TEXT = 32768
+MAX_SHORT = 1024
+Text = Annotated[str, Field(max_length=MAX_TEXT)]
+Short = Annotated[str, Field(max_length=MAX_SHORT)]
 # A location under the spec's output (pvc://claim/path/..., s3://bucket/prefix/..., or a
 # local path) plus what the trainer appends (/checkpoint-N, /final_model, ...). Longer than
 # any location the spec accepts, so a status that reports one is never refused.

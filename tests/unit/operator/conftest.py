@@ -61,7 +61,7 @@ def pod(
     deleting: bool = False,
     controller_uid: str | None = JOB_UID,
 ) -> dict:
-    meta: dict[str, Any] = {"name": name, "creationTimestamp": created}
+    meta: dict[str, Any] = {"name": name, "uid": f"uid-{name}", "creationTimestamp": created}
     if controller_uid is not None:
         meta["ownerReferences"] = [
             {

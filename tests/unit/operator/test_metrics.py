@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import socket
 import urllib.request
+from collections import Counter
 
 from finetune_operator.config import OperatorConfig
 from finetune_operator.metrics import OperatorMetrics
+from finetune_operator.reasons import metric_reason
 
 
 def free_port() -> int:
@@ -16,15 +18,25 @@ def free_port() -> int:
         return port
 
 
-def test_phase_gauge_counts_every_phase() -> None:
+def test_phase_gauge_counts_what_the_cache_holds_when_scraped() -> None:
     metrics = OperatorMetrics()
-    metrics.set_phases(["Running", "Running", "Failed"])
     value = metrics.registry.get_sample_value
+    assert value("finetune_operator_finetunejobs", {"phase": "Running"}) == 0  # not wired yet
+    phases = Counter({"Running": 2, "Failed": 1})
+    metrics.watch(lambda: phases, lambda: {"pods": 3}, lambda: 4)
     assert value("finetune_operator_finetunejobs", {"phase": "Running"}) == 2
     assert value("finetune_operator_finetunejobs", {"phase": "Failed"}) == 1
     assert value("finetune_operator_finetunejobs", {"phase": "Succeeded"}) == 0
-    metrics.set_phases([])
+    assert value("finetune_operator_cached_objects", {"kind": "pods"}) == 3
+    assert value("finetune_operator_workqueue_depth") == 4
+    phases.clear()
     assert value("finetune_operator_finetunejobs", {"phase": "Running"}) == 0
+
+
+def test_reason_labels_come_from_a_fixed_set() -> None:
+    assert metric_reason("InvalidDataset") == "InvalidDataset"
+    assert metric_reason("Unschedulable") == "Unschedulable"
+    assert metric_reason("Pwned-" + "x" * 100) == "Other"
 
 
 def test_served_in_prometheus_text_format() -> None:

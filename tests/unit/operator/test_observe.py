@@ -45,12 +45,12 @@ class TestPhases:
     def test_no_job_yet(self) -> None:
         assert observe(None, []).reason == "CreatingJob"
 
-    def test_running_pod_reports_running_with_its_ip(self) -> None:
+    def test_running_pod_reports_running_and_whose_metrics_count(self) -> None:
         seen = observe(
             job(active=1, startTime="T1"),
             [pod("Running", state={"running": {"startedAt": "T2"}}, ip="10.0.0.7")],
         )
-        assert (seen.phase, seen.running_pod_ip, seen.start_time) == ("Running", "10.0.0.7", "T1")
+        assert (seen.phase, seen.running_pod_uid, seen.start_time) == ("Running", "uid-p1", "T1")
 
     def test_succeeded_reads_the_termination_message(self) -> None:
         seen = observe(
@@ -291,7 +291,7 @@ class TestOnlyTheJobsOwnPods:
             "Running", state={"running": {}}, ip="10.0.0.66", controller_uid="another-job-uid"
         )
         seen = observe(job(active=1), [impostor])
-        assert seen.running_pod_ip is None
+        assert seen.running_pod_uid is None
         assert seen.phase == "Pending"
 
     def test_the_jobs_own_pod_is_read(self) -> None:

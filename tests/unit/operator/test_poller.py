@@ -1,60 +1,136 @@
-"""The progress poller: which FineTuneJobs it revisits, and what it leaves counted."""
+"""The progress poller on real sockets: a hostile endpoint costs one slot for its deadline,
+never the round; what changed is queued, what did not is not."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import asyncio
+import time
+from contextlib import ExitStack
 
-from finetune_operator.config import OperatorConfig
+import aiohttp
+
+from finetune_operator.cache import ClusterCache
+from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.poller import ProgressPoller
-from finetune_operator.reconciler import Reconciler
+from finetune_operator.progress import ProgressBoard
 
-from .conftest import body, pod, terminated
-from .test_reconciler import NOW, MemoryKube, running_pod
+from .cluster_objects import finetunejob, job_of, pod_of
+from .metrics_servers import free_port, healthy, serving, slow_drip, slow_loris
 
 
-def polled(kube: MemoryKube) -> tuple[Reconciler, ProgressPoller]:
-    def no_trainer_to_read(ip: str, timeout: float) -> None:
-        return None  # the trainer's metrics endpoint: progress stays as it was
+def trainers(cache: ClusterCache, count: int) -> list[str]:
+    """``count`` running trainers at 127.0.0.2, .3, ...; their FineTuneJobs' names."""
+    names = []
+    for index in range(count):
+        ftj = finetunejob(f"run-{index}")
+        cache.upsert(ftj)
+        cache.upsert(job_of(ftj))
+        cache.upsert(pod_of(ftj, f"127.0.0.{index + 2}"))
+        names.append(f"run-{index}")
+    return names
 
-    operator = Reconciler(
-        kube,  # type: ignore[arg-type]
-        OperatorConfig(),
-        clock=lambda: NOW,
-        scraper=no_trainer_to_read,
+
+def poller_for(
+    cache: ClusterCache, board: ProgressBoard, changed: list, port: int, **kwargs
+) -> ProgressPoller:
+    settings = {"interval": 1.0, "deadline": 1.5, "concurrency": 8, **kwargs}
+    return ProgressPoller(cache, board, changed.append, OperatorMetrics(), port=port, **settings)
+
+
+def one_round(poller: ProgressPoller) -> float:
+    async def go() -> None:
+        async with aiohttp.ClientSession() as session:
+            await poller.poll_round(session)
+
+    began = time.monotonic()
+    asyncio.run(go())
+    return time.monotonic() - began
+
+
+def test_a_slow_loris_does_not_hold_up_fifty_healthy_trainers() -> None:
+    cache, board, changed = ClusterCache(), ProgressBoard(), []
+    names = trainers(cache, 51)
+    port = free_port()
+    with ExitStack() as stack:
+        stack.enter_context(serving("127.0.0.2", port, slow_drip))  # run-0
+        for index in range(1, 51):
+            stack.enter_context(serving(f"127.0.0.{index + 2}", port, healthy, step=index))
+        poller = poller_for(cache, board, changed, port)
+        took = one_round(poller)
+        # The slow endpoint held one of eight slots for its 1.5 s deadline; the fifty
+        # others were read in the other slots meanwhile.
+        assert took < 3.0
+        assert sorted(changed) == sorted(("ml", n) for n in names[1:])
+        for index in range(1, 51):
+            reading = board.reading(("ml", f"run-{index}"), f"pod-run-{index}")
+            assert reading is not None and reading.step == index
+        assert board.reading(("ml", "run-0"), "pod-run-0") is None
+        # Nothing changed: nothing is queued; the failing endpoint waits a round.
+        changed.clear()
+        took = one_round(poller)
+        assert changed == [] and took < 1.0
+        scrapes = poller.metrics.registry.get_sample_value
+        assert scrapes("finetune_operator_scrapes_total", {"result": "failed"}) == 1
+        assert scrapes("finetune_operator_scrapes_total", {"result": "skipped"}) == 1
+
+
+def test_a_round_ends_at_its_budget() -> None:
+    cache, board, changed = ClusterCache(), ProgressBoard(), []
+    trainers(cache, 4)
+    port = free_port()
+    with ExitStack() as stack:
+        for index in range(4):
+            behaviour = slow_loris if index == 0 else slow_drip
+            stack.enter_context(serving(f"127.0.0.{index + 2}", port, behaviour))
+        poller = poller_for(cache, board, changed, port, deadline=30.0, budget=1.0)
+        took = one_round(poller)
+    assert took < 2.0
+    scrapes = poller.metrics.registry.get_sample_value
+    # One over the size cap, three cut off by the round's budget.
+    assert scrapes("finetune_operator_scrapes_total", {"result": "failed"}) == 4
+    assert poller.stuck(limit=60) is None
+
+
+def test_only_the_jobs_own_running_pods_are_read() -> None:
+    cache = ClusterCache()
+    ftj = finetunejob("run")
+    cache.upsert(ftj)
+    cache.upsert(job_of(ftj))
+    # A pod labelled as the trainer but made by another Job, and one not running yet.
+    cache.upsert(pod_of(ftj, "127.0.0.2", job_uid="someone-elses-job", name="planted"))
+    cache.upsert(pod_of(ftj, "127.0.0.3", running=False, name="starting"))
+    assert cache.running_trainers() == []
+    cache.upsert(pod_of(ftj, "127.0.0.4", name="trainer"))
+    assert [t.pod_ip for t in cache.running_trainers()] == ["127.0.0.4"]
+
+
+def test_a_reading_is_dropped_once_its_trainer_stops() -> None:
+    cache, board, changed = ClusterCache(), ProgressBoard(), []
+    trainers(cache, 1)
+    port = free_port()
+    with serving("127.0.0.2", port, healthy, step=5):
+        poller = poller_for(cache, board, changed, port)
+        one_round(poller)
+        assert len(board) == 1
+        cache.remove(pod_of(finetunejob("run-0"), "127.0.0.2"))
+        one_round(poller)
+    assert len(board) == 0
+
+
+def test_the_poller_says_when_it_is_stuck() -> None:
+    now = [100.0]
+    poller = ProgressPoller(
+        ClusterCache(),
+        ProgressBoard(),
+        lambda key: None,
+        OperatorMetrics(),
+        interval=10,
+        deadline=3,
+        clock=lambda: now[0],
     )
-    return operator, ProgressPoller(operator, interval=1.0)
-
-
-def gauge(operator: Reconciler, phase: str) -> Any:
-    return operator.metrics.registry.get_sample_value(
-        "finetune_operator_finetunejobs", {"phase": phase}
-    )
-
-
-def test_a_run_that_ends_under_the_poller_stays_counted_by_its_phase() -> None:
-    kube = MemoryKube(body())
-    operator, poller = polled(kube)
-    operator.reconcile("ml", "gpt-oss-ml")  # creates the Job
-    kube.pods = [running_pod()]
-    poller.poll_once()
-    assert (gauge(operator, "Running"), operator.unfinished()) == (1, [("ml", "gpt-oss-ml")])
-    job = next(iter(kube.jobs.values()))
-    job["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "X"}]}
-    message = json.dumps({"status": "failed", "reason": "OutOfMemory", "message": "CUDA OOM"})
-    kube.pods = [pod("Failed", state=terminated(1, message))]
-    poller.poll_once()
-    assert kube.ftj["status"]["phase"] == "Failed"
-    assert operator.unfinished() == []  # no longer polled
-    assert (gauge(operator, "Failed"), gauge(operator, "Running")) == (1, 0)
-
-
-def test_a_deleted_finetunejob_is_forgotten() -> None:
-    kube = MemoryKube(body())
-    operator, poller = polled(kube)
-    operator.reconcile("ml", "gpt-oss-ml")
-    assert gauge(operator, "Pending") == 1
-    kube.ftj = None  # type: ignore[assignment]
-    poller.poll_once()
-    assert operator.unfinished() == []
-    assert gauge(operator, "Pending") == 0
+    assert poller.stuck(limit=120) is None  # not started
+    poller._started = 100.0
+    now[0] = 200.0
+    assert poller.stuck(limit=120) is None
+    now[0] = 300.0
+    assert "has not finished a round for 200s" in (poller.stuck(limit=120) or "")

@@ -1,12 +1,11 @@
-"""Reconcile against an in-memory API: what the operator writes when the API server
-refuses a status, a spec has no durable output, a child's name is taken, or the dataset's
-ConfigMap is missing."""
+"""Reconcile against an in-memory API server and a real watch cache: what the operator
+writes when the API server refuses a status, a spec has no durable output, a child's name
+is taken, or the dataset's ConfigMap is missing."""
 
 from __future__ import annotations
 
 import copy
 import json
-import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,19 +15,32 @@ from kubernetes.client.exceptions import ApiException
 from finetune_operator.api.spec import DURABLE_OUTPUT_MESSAGE, RECREATE_FOR_OUTPUT, FineTuneJobSpec
 from finetune_operator.api.status import MAX_URI, FineTuneJobStatus
 from finetune_operator.builders import Owner, build_job
+from finetune_operator.cache import ClusterCache
 from finetune_operator.config import OperatorConfig
-from finetune_operator.kube import ChildConflict, ChildDeferred, ChildRejected, Kube, StatusRejected
+from finetune_operator.events import EventRecorder
+from finetune_operator.kube import (
+    ChildConflict,
+    ChildDeferred,
+    ChildRejected,
+    Kube,
+    StatusRejected,
+    conflict_message,
+)
+from finetune_operator.naming import LABEL_OWNER, LABEL_OWNER_UID
+from finetune_operator.progress import ProgressBoard
 from finetune_operator.reconciler import Reconciler
+from finetune_operator.workqueue import Outcome
 from finetune_trainer.contract import TrainerProgress
 
-from .conftest import JOB_UID, body, pod, terminated
+from .conftest import JOB_UID, UID, body, pod, terminated
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 
 
 class MemoryKube:
-    """The calls the reconciler makes, on dicts; ``status_limit`` stands in for the CRD's
-    status schema: a status with a longer string is refused as the API server would."""
+    """The API server, in memory: the objects, and the writes the reconciler makes on
+    them. ``status_limit`` stands in for the CRD's status schema: a status with a longer
+    string is refused as the API server would."""
 
     def __init__(self, ftj: dict[str, Any], status_limit: int | None = None) -> None:
         self.ftj = ftj
@@ -37,13 +49,16 @@ class MemoryKube:
         self.pods: list[dict[str, Any]] = []
         self.patches: list[dict[str, Any]] = []
         self.rejected = 0
-        self.events: list[tuple[str, str]] = []
+        self.events: list[tuple[str, str]] = []  # Event objects created
+        self.event_counts: dict[str, int] = {}  # their count, as updated
         self.conflict_on_create = False
         self.quota_used_up = False
         self.config_maps: dict[str, dict[str, Any]] = {}
+        self.version = 100
 
-    def get_finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.ftj)
+    def _next_version(self) -> str:
+        self.version += 1
+        return str(self.version)
 
     def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.jobs.get(name))
@@ -56,34 +71,117 @@ class MemoryKube:
                 "ResourceQuota: exceeded quota: jobs, requested: count/jobs.batch=1"
             )
         if self.conflict_on_create:
+            problem = "it is not controlled by this FineTuneJob"
             raise ChildConflict(
-                f"{obj['kind']} {meta['namespace']}/{meta['name']} already exists and is not "
-                "owned by this FineTuneJob; delete it or rename the FineTuneJob"
+                conflict_message(obj["kind"], meta["namespace"], meta["name"], problem)
             )
         if obj["kind"] == "Job":
-            obj = {**obj, "metadata": {**meta, "uid": JOB_UID}, "status": {}}
-            self.jobs[meta["name"]] = obj
+            stored = {
+                **obj,
+                "metadata": {**meta, "uid": JOB_UID, "resourceVersion": self._next_version()},
+                "status": {},
+            }
+            self.jobs[meta["name"]] = stored
+            return copy.deepcopy(stored), True
         return obj, True
 
     def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.config_maps.get(name))
 
-    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        self.jobs[name]["spec"].update(patch["spec"])
+    def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        job = self.jobs[name]
+        job["spec"].update(patch["spec"])
+        job["metadata"]["resourceVersion"] = self._next_version()
+        return copy.deepcopy(job)
 
-    def list_trainer_pods(self, namespace: str, owner_uid: str) -> list[dict[str, Any]]:
-        return copy.deepcopy(self.pods)
-
-    def patch_status(self, ftj: dict[str, Any], status: dict[str, Any]) -> bool:
+    def patch_status(self, ftj: dict[str, Any], status: dict[str, Any]) -> dict[str, Any] | None:
         if self.status_limit is not None and _longest_string(status) > self.status_limit:
             self.rejected += 1
             raise StatusRejected("status.output.adapterUri: Too long: may not be more than 1024")
+        if ftj["metadata"]["resourceVersion"] != self.ftj["metadata"]["resourceVersion"]:
+            return None  # written since: a conflict
         self.patches.append(status)
         self.ftj["status"] = merge_patch(self.ftj.get("status") or {}, status)
+        self.ftj["metadata"]["resourceVersion"] = self._next_version()
+        return copy.deepcopy(self.ftj)
+
+    def create_event(self, namespace: str, event: dict[str, Any]) -> str | None:
+        self.events.append((event["type"], event["reason"]))
+        name = f"event-{len(self.events)}"
+        self.event_counts[name] = 1
+        return name
+
+    def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+        self.event_counts[name] = patch["count"]
         return True
 
-    def post_event(self, ftj: dict[str, Any], kind: str, reason: str, message: str, now: str):
-        self.events.append((kind, reason))
+
+class Operator:
+    """A Reconciler over MemoryKube, with a real ClusterCache that is handed the objects as
+    the watches would deliver them before every reconcile."""
+
+    KEY = ("ml", "gpt-oss-ml")
+
+    def __init__(
+        self,
+        kube: MemoryKube,
+        config: OperatorConfig | None = None,
+        progress: ProgressBoard | None = None,
+    ) -> None:
+        self.kube = kube
+        self.cache = ClusterCache()
+        self.progress = progress or ProgressBoard()
+        self.reconciler = Reconciler(
+            kube,  # type: ignore[arg-type]
+            self.cache,
+            config or OperatorConfig(),
+            clock=lambda: NOW,
+            progress=self.progress,
+            events=EventRecorder(kube),
+        )
+        self.outcome: Outcome | None = None
+        self._delivered_pods: dict[str, dict[str, Any]] = {}
+
+    def deliver(self) -> None:
+        """What the watches bring: every object as it now is, deletions included."""
+        kube = self.kube
+        if kube.ftj is None:
+            cached = self.cache.finetunejob(*self.KEY)
+            if cached is not None:
+                self.cache.remove(cached)
+        else:
+            self.cache.upsert({"kind": "FineTuneJob", **copy.deepcopy(kube.ftj)})
+        for job in kube.jobs.values():
+            self.cache.upsert({"kind": "Job", **copy.deepcopy(job)})
+        pods = {}
+        for item in kube.pods:
+            delivered = watched_pod(item)
+            pods[delivered["metadata"]["uid"]] = delivered
+        for uid, gone in self._delivered_pods.items():
+            if uid not in pods:
+                self.cache.remove(gone)
+        for delivered in pods.values():
+            self.cache.upsert(delivered)
+        self._delivered_pods = pods
+
+    def reconcile(self) -> str | None:
+        """Reconcile once; the phase the FineTuneJob's status holds afterwards (None when
+        it no longer exists)."""
+        self.deliver()
+        self.outcome = self.reconciler.reconcile(self.KEY)
+        if self.kube.ftj is None:
+            return None
+        return (self.kube.ftj.get("status") or {}).get("phase")
+
+
+def watched_pod(item: dict[str, Any]) -> dict[str, Any]:
+    """A test pod as the pod watch delivers it: kind, namespace, uid and owner labels."""
+    delivered = copy.deepcopy(item)
+    meta = delivered["metadata"]
+    meta.setdefault("namespace", "ml")
+    meta.setdefault("resourceVersion", "1")
+    meta.setdefault("labels", {LABEL_OWNER: "gpt-oss-ml", LABEL_OWNER_UID: UID})
+    return {"kind": "Pod", **delivered}
 
 
 def merge_patch(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -110,8 +208,8 @@ def _longest_string(value: Any) -> int:
     return 0
 
 
-def reconciler(kube: MemoryKube) -> Reconciler:
-    return Reconciler(kube, OperatorConfig(), clock=lambda: NOW)  # type: ignore[arg-type]
+def reconciler(kube: MemoryKube) -> Operator:
+    return Operator(kube)
 
 
 def finished_pod(adapter_uri: str) -> dict[str, Any]:
@@ -129,7 +227,7 @@ def condition(status: dict[str, Any], kind: str) -> str:
 
 class TestRefusedStatus:
     def completed(self, kube: MemoryKube, adapter_uri: str) -> None:
-        reconciler(kube).reconcile("ml", "gpt-oss-ml")  # creates the Job
+        reconciler(kube).reconcile()  # creates the Job
         job = next(iter(kube.jobs.values()))
         job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
         kube.pods = [finished_pod(adapter_uri)]
@@ -138,9 +236,9 @@ class TestRefusedStatus:
         """The Job runs and is reported Running; then a status is refused (a too-long
         adapter URI in the outcome) while the Job is still there."""
         operator = reconciler(kube)
-        operator.reconcile("ml", "gpt-oss-ml")  # creates the Job
+        operator.reconcile()  # creates the Job
         kube.pods = [running_pod()]
-        assert operator.reconcile("ml", "gpt-oss-ml") == "Running"
+        assert operator.reconcile() == "Running"
         job = next(iter(kube.jobs.values()))
         job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
         kube.pods = [finished_pod("s3://bucket/" + "p" * 1100 + "/final_model")]
@@ -151,7 +249,7 @@ class TestRefusedStatus:
         kube = MemoryKube(body())
         operator = self.running_then_refused(kube)
         # Not an outcome: the phase stays what it was.
-        assert operator.reconcile("ml", "gpt-oss-ml") == "Running"
+        assert operator.reconcile() == "Running"
         status = kube.ftj["status"]
         assert status["phase"] == "Running"
         assert status["reason"] == "StatusRejected"
@@ -163,16 +261,15 @@ class TestRefusedStatus:
         assert kube.events[-1] == ("Warning", "StatusRejected")
         # The next trigger meets the same refusal; it writes nothing new and does not raise.
         writes = len(kube.patches)
-        assert operator.reconcile("ml", "gpt-oss-ml") == "Running"
+        assert operator.reconcile() == "Running"
         assert len(kube.patches) == writes
 
     def test_keeps_the_job_and_the_poller_following_it(self) -> None:
         kube = MemoryKube(body({"lifecycle": {"ttlSecondsAfterFinished": 0}}))
         operator = self.running_then_refused(kube)
-        operator.reconcile("ml", "gpt-oss-ml")
+        operator.reconcile()
         assert kube.ftj["status"]["reason"] == "StatusRejected"
-        assert operator.unfinished() == [("ml", "gpt-oss-ml")]
-        operator.reconcile("ml", "gpt-oss-ml", poll_metrics=True)
+        operator.reconcile()
         # No outcome is recorded, so nothing may clean the Job up yet.
         job = next(iter(kube.jobs.values()))
         assert job["spec"].get("ttlSecondsAfterFinished") is None
@@ -180,19 +277,18 @@ class TestRefusedStatus:
     def test_a_later_accepted_status_replaces_it(self) -> None:
         kube = MemoryKube(body({"lifecycle": {"ttlSecondsAfterFinished": 60}}))
         operator = self.running_then_refused(kube)
-        operator.reconcile("ml", "gpt-oss-ml")
+        operator.reconcile()
         assert kube.ftj["status"]["reason"] == "StatusRejected"
         kube.status_limit = None  # e.g. a CRD that allows the longer value is installed
-        assert operator.reconcile("ml", "gpt-oss-ml") == "Succeeded"
+        assert operator.reconcile() == "Succeeded"
         status = kube.ftj["status"]
         assert status["reason"] == "Succeeded"
         assert status["output"]["adapterUri"].endswith("/final_model")
         assert condition(status, "Stalled") == "False"
         assert condition(status, "Ready") == "True"
         assert kube.events[-1] == ("Normal", "Succeeded")
-        assert operator.unfinished() == []
         # Now that the outcome is recorded, the Job may be cleaned up.
-        operator.reconcile("ml", "gpt-oss-ml")
+        operator.reconcile()
         assert next(iter(kube.jobs.values()))["spec"]["ttlSecondsAfterFinished"] == 60
 
     def test_every_uri_the_spec_allows_fits_the_status(self) -> None:
@@ -200,7 +296,7 @@ class TestRefusedStatus:
         uri = "s3://bucket/" + "p" * (1024 - len("s3://bucket/")) + "/checkpoint-10000000"
         kube = MemoryKube(body({"output": {"s3": {"uri": "s3://bucket/p"}}}))
         self.completed(kube, uri)
-        assert reconciler(kube).reconcile("ml", "gpt-oss-ml") == "Succeeded"
+        assert reconciler(kube).reconcile() == "Succeeded"
         assert kube.ftj["status"]["output"] == {"adapterUri": uri}
         FineTuneJobStatus.model_validate(kube.ftj["status"])
         assert len(uri) < MAX_URI
@@ -219,7 +315,7 @@ def without_durable_output(output: dict[str, Any] | None) -> dict[str, Any]:
 class TestOutputWithoutDurableStorage:
     def test_gets_no_job(self, output: dict[str, Any] | None) -> None:
         kube = MemoryKube(without_durable_output(output))
-        assert reconciler(kube).reconcile("ml", "gpt-oss-ml") == "Failed"
+        assert reconciler(kube).reconcile() == "Failed"
         status = kube.ftj["status"]
         assert status["reason"] == "InvalidSpec"
         assert status["message"] == (
@@ -245,31 +341,74 @@ class TestOutputWithoutDurableStorage:
         }
         kube.pods = [running_pod()]
         operator = reconciler(kube)
-        assert operator.reconcile("ml", "gpt-oss-ml") == "Running"
+        assert operator.reconcile() == "Running"
         status = kube.ftj["status"]
         assert status["reason"] == "Running"
         assert condition(status, "Stalled") == "False"
         assert list(kube.jobs) == [owner.child_name]
-        assert operator.unfinished() == [("ml", "gpt-oss-ml")]
+        # Its trainer is one the progress poller reads.
+        assert [t.key for t in operator.cache.running_trainers()] == [Operator.KEY]
 
 
 def test_a_child_name_held_by_another_object_is_its_own_reason() -> None:
     kube = MemoryKube(body())
     kube.conflict_on_create = True
-    assert reconciler(kube).reconcile("ml", "gpt-oss-ml") == "Failed"
+    assert reconciler(kube).reconcile() == "Failed"
     status = kube.ftj["status"]
     assert status["reason"] == "ChildConflict"
-    assert "already exists and is not owned by this FineTuneJob" in status["message"]
-    assert "delete it or rename the FineTuneJob" in status["message"]
+    assert "already exists and is not what the operator would make" in status["message"]
+    assert "(it is not controlled by this FineTuneJob)" in status["message"]
+    assert "delete that ConfigMap (or rename the FineTuneJob)" in status["message"]
     assert "invalid spec" not in status["message"]
     assert kube.events == [("Warning", "ChildConflict")]
+
+
+class TestAJobItDidNotMake:
+    """A Job of the child's name in the watch cache, before the FineTuneJob recorded one."""
+
+    def planted(self, change: Any) -> MemoryKube:
+        kube = MemoryKube(body())
+        owner = Owner.from_body(kube.ftj)
+        job = build_job(FineTuneJobSpec.model_validate(kube.ftj["spec"]), owner, OperatorConfig())
+        change(job)
+        kube.jobs[owner.child_name] = {
+            **job,
+            "metadata": {**job["metadata"], "uid": JOB_UID, "resourceVersion": "5"},
+            "status": {},
+        }
+        return kube
+
+    def test_one_it_does_not_control_is_never_taken(self) -> None:
+        kube = self.planted(lambda job: job["metadata"].pop("ownerReferences"))
+        assert reconciler(kube).reconcile() == "Failed"
+        status = kube.ftj["status"]
+        assert status["reason"] == "ChildConflict"
+        assert "it is not controlled by this FineTuneJob" in status["message"]
+
+    def test_one_that_runs_something_else_is_not_adopted(self) -> None:
+        def add_env(job: dict[str, Any]) -> None:
+            container = job["spec"]["template"]["spec"]["containers"][0]
+            container["env"].append({"name": "AWS_ENDPOINT_URL", "value": "https://x.example"})
+
+        kube = self.planted(add_env)
+        assert reconciler(kube).reconcile() == "Failed"
+        status = kube.ftj["status"]
+        assert status["reason"] == "ChildConflict"
+        assert "spec.template.spec.containers[0].env has other entries" in status["message"]
+
+    def test_its_own_job_is_adopted_after_a_lost_status_write(self) -> None:
+        # The operator made the Job; its status write failed before it recorded jobName.
+        kube = self.planted(lambda job: None)
+        assert reconciler(kube).reconcile() == "Pending"
+        assert kube.ftj["status"]["reason"] == "WaitingForPod"
+        assert kube.ftj["status"]["jobName"] in kube.jobs
 
 
 def test_a_used_up_quota_waits_and_the_job_follows_once_it_allows() -> None:
     kube = MemoryKube(body())
     kube.quota_used_up = True
     operator = reconciler(kube)
-    assert operator.reconcile("ml", "gpt-oss-ml") == "Pending"
+    assert operator.reconcile() == "Pending"
     status = kube.ftj["status"]
     assert status["reason"] == "QuotaExceeded"
     assert "exceeded quota: jobs" in status["message"]
@@ -277,11 +416,12 @@ def test_a_used_up_quota_waits_and_the_job_follows_once_it_allows() -> None:
     # It clears by itself, as a pod waiting for a GPU does: progressing, not stalled.
     assert condition(status, "Stalled") == "False" and condition(status, "Reconciling") == "True"
     assert status.get("completionTime") is None
-    assert operator.unfinished() == [("ml", "gpt-oss-ml")]  # the poller tries again
-    operator.reconcile("ml", "gpt-oss-ml")
+    # Tried again after the work queue's growing delay, as a failure would be.
+    assert operator.outcome == Outcome(backoff=True)
+    operator.reconcile()
     assert kube.events == [("Warning", "QuotaExceeded")]  # announced once
     kube.quota_used_up = False
-    operator.reconcile("ml", "gpt-oss-ml", poll_metrics=True)
+    operator.reconcile()
     assert list(kube.jobs) and kube.ftj["status"]["reason"] == "WaitingForPod"
     assert condition(kube.ftj["status"], "Stalled") == "False"
 
@@ -306,6 +446,7 @@ class _Jobs:
 )
 def test_only_a_quota_refusal_is_retried(message: str, raised: type[Exception]) -> None:
     kube = Kube.__new__(Kube)
+    kube.timeout = (1.0, 1.0)
     kube.batch = _Jobs(403, message)  # type: ignore[assignment]
     job = {"kind": "Job", "metadata": {"namespace": "ml", "name": "j"}}
     with pytest.raises(raised, match="is forbidden"):
@@ -316,21 +457,23 @@ class _CustomObjects:
     def __init__(self, status: int) -> None:
         self.status = status
 
-    def patch_namespaced_custom_object_status(self, *args: Any) -> None:
+    def patch_namespaced_custom_object_status(self, *args: Any, **kwargs: Any) -> None:
         exc = ApiException(status=self.status, reason="Unprocessable Entity")
         exc.body = json.dumps({"message": "status.checkpoint.uri: Too long"})
         raise exc
 
 
-@pytest.mark.parametrize("code, outcome", [(409, False), (404, False)])
-def test_status_conflicts_are_retried(code: int, outcome: bool) -> None:
+@pytest.mark.parametrize("code", [409, 404])
+def test_status_conflicts_are_retried(code: int) -> None:
     kube = Kube.__new__(Kube)
+    kube.timeout = (1.0, 1.0)
     kube.custom = _CustomObjects(code)  # type: ignore[assignment]
-    assert kube.patch_status(body(), {"phase": "Running"}) is outcome
+    assert kube.patch_status(body(), {"phase": "Running"}) is None
 
 
 def test_a_status_the_api_server_refuses_is_raised_with_its_message() -> None:
     kube = Kube.__new__(Kube)
+    kube.timeout = (1.0, 1.0)
     kube.custom = _CustomObjects(422)  # type: ignore[assignment]
     with pytest.raises(StatusRejected, match=r"status\.checkpoint\.uri: Too long"):
         kube.patch_status(body(), {"phase": "Running"})
@@ -341,9 +484,9 @@ class TestDatasetConfigMap:
 
     def status_while_starting(self, kube: MemoryKube) -> dict[str, Any]:
         operator = reconciler(kube)
-        operator.reconcile("ml", "gpt-oss-ml")  # creates the Job
+        operator.reconcile()  # creates the Job
         kube.pods = [_starting_pod()]
-        operator.reconcile("ml", "gpt-oss-ml")
+        operator.reconcile()
         return kube.ftj["status"]
 
     def test_a_missing_config_map_is_named_while_the_pod_waits_for_it(self) -> None:
@@ -358,6 +501,18 @@ class TestDatasetConfigMap:
         status = self.status_while_starting(kube)
         assert status["reason"] == "DatasetConfigMapMissing"
         assert "has no key train.jsonl (its keys: b, train.json); add it" in status["message"]
+
+    def test_a_config_map_with_thousands_of_keys_gives_a_status_that_fits(self) -> None:
+        # Its keys are listed in the message; a tenant's ConfigMap may have any number.
+        kube = MemoryKube(body(self.SPEC), status_limit=32768)
+        kube.config_maps["chats"] = {"data": {f"key-{i:05d}\x1b[31m": "" for i in range(4000)}}
+        status = self.status_while_starting(kube)
+        assert status["reason"] == "DatasetConfigMapMissing"
+        assert kube.rejected == 0
+        assert len(status["message"]) <= 4096 and status["message"].endswith("characters]")
+        assert "\x1b" not in status["message"] and "\\x1b[31m" in status["message"]
+        for cond in status["conditions"]:
+            assert len(cond["message"]) <= 4096
 
     def test_a_config_map_that_is_there_changes_nothing(self) -> None:
         kube = MemoryKube(body(self.SPEC))
@@ -380,7 +535,7 @@ def test_the_trainers_outcome_stays_while_the_job_is_cleaned_up() -> None:
     # trainer's reason, which no later read can recover.
     kube = MemoryKube(body({"lifecycle": {"ttlSecondsAfterFinished": 0}}))
     operator = reconciler(kube)
-    operator.reconcile("ml", "gpt-oss-ml")  # creates the Job
+    operator.reconcile()  # creates the Job
     job = next(iter(kube.jobs.values()))
     job["status"] = {
         "conditions": [
@@ -396,13 +551,13 @@ def test_the_trainers_outcome_stays_while_the_job_is_cleaned_up() -> None:
         {"status": "invalid_input", "reason": "InvalidDataset", "message": "dataset row 5: 'bot'"}
     )
     kube.pods = [pod("Failed", state=terminated(78, message))]
-    assert operator.reconcile("ml", "gpt-oss-ml") == "Failed"
+    assert operator.reconcile() == "Failed"
     assert kube.ftj["status"]["reason"] == "InvalidDataset"
-    operator.reconcile("ml", "gpt-oss-ml")  # the outcome is recorded: the TTL goes on
+    operator.reconcile()  # the outcome is recorded: the TTL goes on
     assert job["spec"]["ttlSecondsAfterFinished"] == 0
     kube.pods = []  # deleted by the clean-up, the Job not yet
     writes = len(kube.patches)
-    assert operator.reconcile("ml", "gpt-oss-ml") == "Failed"
+    assert operator.reconcile() == "Failed"
     status = kube.ftj["status"]
     assert (status["reason"], status["message"]) == ("InvalidDataset", "dataset row 5: 'bot'")
     assert len(kube.patches) == writes
@@ -414,15 +569,11 @@ def test_a_stopped_run_is_not_rewritten_on_every_reconcile() -> None:
     live = TrainerProgress(
         step=12, total_steps=20, loss=1.7, epoch=0.05, learning_rate=1e-4, tokens_per_second=7800
     )
-    operator = Reconciler(
-        kube,  # type: ignore[arg-type]
-        OperatorConfig(),
-        clock=lambda: NOW,
-        scraper=lambda ip, timeout: live,
-    )
-    operator.reconcile("ml", "gpt-oss-ml")  # creates the Job
+    operator = Operator(kube)
+    operator.reconcile()  # creates the Job
     kube.pods = [running_pod()]
-    operator.reconcile("ml", "gpt-oss-ml", poll_metrics=True)
+    operator.progress.record(Operator.KEY, "uid-p1", live)  # the poller's reading
+    operator.reconcile()
     assert kube.ftj["status"]["progress"]["tokensPerSecond"] == 7800
     # The trainer stops (exit 75, e.g. a node drain) and waits for its retry.
     summary = json.dumps(
@@ -435,64 +586,84 @@ def test_a_stopped_run_is_not_rewritten_on_every_reconcile() -> None:
         }
     )
     kube.pods = [pod("Failed", state=terminated(75, summary))]
-    operator.reconcile("ml", "gpt-oss-ml", poll_metrics=True)
+    operator.reconcile()
     writes = len(kube.patches)
     for _ in range(3):
-        operator.reconcile("ml", "gpt-oss-ml", poll_metrics=True)
+        operator.reconcile()
     assert len(kube.patches) == writes
     assert kube.ftj["status"]["progress"]["step"] == 12
+    assert len(operator.progress) == 0  # no trainer runs: its reading is dropped
+
+
+def test_a_reading_from_another_pod_is_not_taken() -> None:
+    # The progress board holds a reading for this FineTuneJob, but from a pod that is not
+    # the one its Job runs (a pod someone labelled as if it were the trainer).
+    kube = MemoryKube(body())
+    operator = Operator(kube)
+    operator.reconcile()
+    kube.pods = [running_pod()]
+    operator.progress.record(Operator.KEY, "pod-planted", TrainerProgress(step=19, total_steps=20))
+    operator.reconcile()
+    assert "progress" not in kube.ftj["status"]
 
 
 class TestBookkeeping:
-    """What the reconciler keeps per FineTuneJob: the poller's list, the phase gauge and
-    a lock, each in step with the FineTuneJobs that exist."""
+    """What the reconciler keeps per FineTuneJob, in step with the FineTuneJobs that exist,
+    and what it does when its cache is behind the API server."""
 
-    def test_a_status_that_keeps_conflicting_leaves_the_run_polled(self) -> None:
+    def test_a_conflicting_status_write_comes_back_later(self) -> None:
         kube = MemoryKube(body())
         operator = reconciler(kube)
-        operator.reconcile("ml", "gpt-oss-ml")
+        operator.reconcile()
         kube.pods = [running_pod()]
-        kube.patch_status = lambda ftj, status: False  # type: ignore[method-assign]
-        assert operator.reconcile("ml", "gpt-oss-ml") == "Pending"  # what the status holds
-        assert operator.unfinished() == [("ml", "gpt-oss-ml")]
+        operator.deliver()
+        kube.ftj["metadata"]["resourceVersion"] = "999"  # written by someone else since
+        operator.reconciler.reconcile(Operator.KEY)  # from the cache's older version
+        assert kube.ftj["status"]["reason"] == "WaitingForPod"  # nothing written
+        assert operator.reconciler.metrics.registry.get_sample_value(
+            "finetune_operator_reconciles_total", {"result": "conflict"}
+        )
+        # The watch delivers the newer version; that reconcile writes.
+        assert operator.reconcile() == "Running"
 
-    def test_events_after_a_deletion_leave_nothing_behind(self) -> None:
+    def test_a_deleted_finetunejob_leaves_nothing_behind(self) -> None:
         kube = MemoryKube(body())
         operator = reconciler(kube)
-        operator.reconcile("ml", "gpt-oss-ml")
-        operator.forget("ml", "gpt-oss-ml")  # the DELETED event
+        operator.reconcile()
+        kube.pods = [running_pod()]
+        operator.progress.record(Operator.KEY, "uid-p1", TrainerProgress(step=1))
+        operator.reconcile()
+        operator.reconciler.forget("ml", "gpt-oss-ml", UID)  # the DELETED event
         kube.ftj = None  # type: ignore[assignment]
         # Garbage collection of its Job and pods triggers more reconciles.
-        assert operator.reconcile("ml", "gpt-oss-ml") is None
-        assert len(operator._locks) == 0  # one lock per deleted FineTuneJob would pile up
-        assert operator.unfinished() == []
+        assert operator.reconcile() is None
+        assert len(operator.progress) == 0
+        assert not operator.reconciler.events._posted
+        gauge = operator.reconciler.metrics.registry.get_sample_value
+        assert gauge("finetune_operator_finetunejobs", {"phase": "Running"}) in (None, 0)
 
-    def test_a_deletion_during_a_reconcile_is_not_counted_again(self) -> None:
-        kube = MemoryKube(body())
+    def test_it_makes_no_api_read_for_a_finetunejob_nothing_happens_to(self) -> None:
+        kube = MemoryKube(body({"resources": {"gpus": 8}}))
         operator = reconciler(kube)
-        operator.reconcile("ml", "gpt-oss-ml")
-        reading, go_on = threading.Event(), threading.Event()
-        read = kube.get_finetunejob
+        operator.reconcile()
+        kube.pods = [pod("Pending", conditions=[unschedulable()])]
+        operator.reconcile()
+        reads = []
+        kube.get_job = lambda *a: reads.append(a)  # type: ignore[method-assign,assignment]
+        kube.get_config_map = lambda *a: reads.append(a)  # type: ignore[method-assign,assignment]
+        writes = len(kube.patches)
+        for _ in range(5):
+            operator.reconcile()
+        assert reads == [] and len(kube.patches) == writes
 
-        def slow_read(namespace: str, name: str) -> dict[str, Any] | None:
-            reading.set()
-            go_on.wait(5)
-            return read(namespace, name)
 
-        kube.get_finetunejob = slow_read  # type: ignore[method-assign]
-        under_way = threading.Thread(target=operator.reconcile, args=("ml", "gpt-oss-ml"))
-        under_way.start()
-        assert reading.wait(5)
-        deleted = threading.Thread(target=operator.forget, args=("ml", "gpt-oss-ml"))
-        deleted.start()
-        deleted.join(0.3)
-        assert deleted.is_alive()  # the DELETED event waits for the reconcile under way
-        go_on.set()
-        under_way.join(5)
-        deleted.join(5)
-        gauge = operator.metrics.registry.get_sample_value
-        assert gauge("finetune_operator_finetunejobs", {"phase": "Pending"}) == 0
-        assert operator.unfinished() == []
+def unschedulable() -> dict[str, Any]:
+    return {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "message": "0/2 nodes are available: 2 Insufficient nvidia.com/gpu.",
+    }
 
 
 @pytest.mark.parametrize("old_pod_stays_listed", [True, False])
@@ -501,18 +672,18 @@ def test_a_replaced_trainer_is_one_restart(old_pod_stays_listed: bool) -> None:
     # restart and one Restarted Event, whichever of these states the reconciles catch.
     kube = MemoryKube(body())
     operator = reconciler(kube)
-    operator.reconcile("ml", "gpt-oss-ml")  # creates the Job
+    operator.reconcile()  # creates the Job
     kube.pods = [pod("Running", name="a", created="T1", state={"running": {}})]
-    operator.reconcile("ml", "gpt-oss-ml")
+    operator.reconcile()
     failed_a = pod("Failed", name="a", created="T1", state=terminated(1, "Traceback"))
     kube.pods = [failed_a]
-    operator.reconcile("ml", "gpt-oss-ml")
+    operator.reconcile()
     pending_b = pod("Pending", name="b", created="T3")
     kube.pods = [failed_a, pending_b] if old_pod_stays_listed else [pending_b]
-    operator.reconcile("ml", "gpt-oss-ml")
+    operator.reconcile()
     running_b = pod("Running", name="b", created="T3", state={"running": {}})
     kube.pods = [failed_a, running_b] if old_pod_stays_listed else [running_b]
-    operator.reconcile("ml", "gpt-oss-ml")
+    operator.reconcile()
     status = kube.ftj["status"]
     assert (status["restarts"], status["podName"]) == (1, "b")
     assert [e for e in kube.events if e[1] == "Restarted"] == [("Warning", "Restarted")]

@@ -36,7 +36,7 @@ def update(previous: dict, obs: Observation, progress: TrainerProgress | None = 
 
 
 def test_running_with_live_progress_and_checkpoint() -> None:
-    obs = Observation("Running", "Running", "training", start_time="T1", running_pod_ip="x")
+    obs = Observation("Running", "Running", "training", start_time="T1", running_pod_uid="x")
     result = update({}, obs, TrainerProgress(step=12, total_steps=20, loss=1.7, checkpoint_step=10))
     status = result.status
     assert status["phase"] == "Running" and status["observedGeneration"] == 2

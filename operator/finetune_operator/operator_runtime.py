@@ -1,0 +1,65 @@
+"""Every part of one running operator, made and wired in one place.
+
+cache     what the watches delivered (filled by the kopf handlers)
+queue     FineTuneJobs to reconcile, worked by ``config.workers`` threads
+reconciler  one FineTuneJob's convergence, reading the cache and writing via kube
+poller    trainers' metrics, into the progress board, queueing what changed
+health    the liveness probe's verdict on all of the above
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kubernetes import client
+
+from .cache import ClusterCache
+from .config import OperatorConfig
+from .events import EventRecorder
+from .health import Health
+from .kube import Kube
+from .metrics import OperatorMetrics
+from .poller import ProgressPoller
+from .progress import ProgressBoard
+from .reconciler import Reconciler
+from .workqueue import WorkQueue
+
+
+@dataclass
+class OperatorRuntime:
+    config: OperatorConfig
+    kube: Kube
+    cache: ClusterCache
+    metrics: OperatorMetrics
+    reconciler: Reconciler
+    queue: WorkQueue
+    poller: ProgressPoller
+    health: Health
+
+    @classmethod
+    def build(
+        cls,
+        api_client: client.ApiClient,
+        config: OperatorConfig,
+        metrics: OperatorMetrics | None = None,
+    ) -> OperatorRuntime:
+        metrics = metrics or OperatorMetrics()
+        kube = Kube(api_client, timeout=(config.api_connect_timeout, config.api_read_timeout))
+        cache = ClusterCache(echo_deadline=config.watch_echo_deadline_seconds)
+        board = ProgressBoard()
+        reconciler = Reconciler(
+            kube, cache, config, progress=board, metrics=metrics, events=EventRecorder(kube)
+        )
+        queue = WorkQueue(reconciler.reconcile, workers=config.workers)
+        poller = ProgressPoller(
+            cache,
+            board,
+            queue.add,
+            metrics,
+            interval=config.progress_poll_seconds,
+            deadline=config.metrics_timeout_seconds,
+            concurrency=config.scrape_concurrency,
+        )
+        metrics.watch(cache.phases, cache.sizes, queue.depth)
+        health = Health(queue, poller, cache, poll_limit=max(120.0, 6 * poller.budget))
+        return cls(config, kube, cache, metrics, reconciler, queue, poller, health)

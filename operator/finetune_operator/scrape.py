@@ -1,0 +1,95 @@
+"""Read one trainer pod's metrics endpoint, on a budget a hostile pod cannot stretch.
+
+The pod's image is the tenant's choice, so its endpoint may answer slowly, endlessly or
+with garbage. Each scrape therefore has a total deadline (aiohttp's ``total`` timeout covers
+connecting, the headers and the whole body, unlike a per-read socket timeout that a server
+sending one byte a second never trips), a cap on the body (real expositions are under
+2 KiB), and a maintained parser (prometheus_client's). Whatever goes wrong, the answer is
+None: no progress this time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from finetune_trainer import contract
+from finetune_trainer.contract import Metric, TrainerProgress
+
+# Real expositions are under 2 KiB; room for more gauges, never for a flood.
+MAX_BODY_BYTES = 64 * 1024
+
+_FIELDS: dict[str, tuple[str, type]] = {
+    Metric.STEP: ("step", int),
+    Metric.TOTAL_STEPS: ("total_steps", int),
+    Metric.EPOCH: ("epoch", float),
+    Metric.LOSS: ("loss", float),
+    Metric.LEARNING_RATE: ("learning_rate", float),
+    Metric.GRAD_NORM: ("grad_norm", float),
+    Metric.TOKENS_PER_SECOND: ("tokens_per_second", float),
+    Metric.CHECKPOINT_STEP: ("checkpoint_step", int),
+}
+# Numbers beyond these are not a training run's: a step count or a loss from a
+# misbehaving endpoint must not become a status the API server refuses (int64) or a
+# printer column nobody can read.
+_LIMITS: dict[type, float] = {int: 2**53, float: 1e30}
+
+
+def metrics_url(pod_ip: str, port: int = contract.METRICS_PORT) -> str:
+    host = f"[{pod_ip}]" if ":" in pod_ip else pod_ip
+    return f"http://{host}:{port}{contract.METRICS_PATH}"
+
+
+def parse_progress(text: str) -> TrainerProgress:
+    """The contract's gauges from a Prometheus text exposition. Unknown metrics, labelled
+    samples, NaN (a gauge not yet set), infinities and absurd values are left out; text the
+    parser refuses yields what was read before the error."""
+    values: dict[str, float | int] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                field = _FIELDS.get(sample.name)
+                if field is None or sample.labels:
+                    continue
+                name, kind = field
+                value = float(sample.value)
+                if not math.isfinite(value) or abs(value) > _LIMITS[kind]:
+                    continue
+                values[name] = int(value) if kind is int else value
+    except (ValueError, TypeError, IndexError, KeyError):
+        pass  # a malformed exposition: keep what came before the bad line
+    return TrainerProgress(**values)
+
+
+async def scrape(
+    session: aiohttp.ClientSession,
+    pod_ip: str,
+    *,
+    deadline: float,
+    max_bytes: int = MAX_BODY_BYTES,
+    port: int = contract.METRICS_PORT,
+) -> TrainerProgress | None:
+    """GET the pod's metrics within ``deadline`` seconds in all; None when it is not
+    answering (still loading, between attempts), too slow, too large or not metrics."""
+    timeout = aiohttp.ClientTimeout(total=deadline)
+    try:
+        async with session.get(
+            metrics_url(pod_ip, port), timeout=timeout, allow_redirects=False
+        ) as response:
+            if response.status != 200:
+                return None
+            if (response.content_length or 0) > max_bytes:
+                return None
+            body = bytearray()
+            while len(body) <= max_bytes:
+                chunk = await response.content.read(max_bytes + 1 - len(body))
+                if not chunk:
+                    break
+                body += chunk
+            if len(body) > max_bytes:
+                return None
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError):
+        return None
+    return parse_progress(body.decode("utf-8", errors="replace"))

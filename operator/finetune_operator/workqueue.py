@@ -1,0 +1,190 @@
+"""The queue of FineTuneJobs to reconcile, worked by a pool of threads.
+
+It follows client-go's work queue, which every Kubernetes controller uses:
+
+- A key waits in the queue at most once: twenty events for one FineTuneJob while it waits
+  make one reconcile, not twenty.
+- A key is never worked by two threads at once. One that comes back while it is being
+  worked is queued again when that work ends, so the last event is never lost, and no
+  thread ever waits on another FineTuneJob's lock.
+- ``add_after`` brings a key back later (a quota to wait for); a failing key comes back
+  with a delay that doubles up to a limit, and goes back to no delay once it succeeds.
+
+The threads run the reconcile, which makes blocking API calls (each with its own
+timeout); how many run at once is the operator's ``workers`` setting.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a worked key asks for: ``retry_after`` seconds until it is worked again
+    (None: only when an event brings it back), or ``backoff``: again after the growing
+    delay of a failing key (something outside the operator must change first)."""
+
+    retry_after: float | None = None
+    backoff: bool = False
+
+
+DONE = Outcome()
+
+
+class WorkQueue:
+    def __init__(
+        self,
+        handler: Callable[[Hashable], Outcome],
+        *,
+        workers: int,
+        name: str = "reconcile",
+        base_delay: float = 0.5,
+        max_delay: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.handler = handler
+        self.workers = workers
+        self.name = name
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._clock = clock
+        self._cond = threading.Condition()
+        self._queue: deque[Hashable] = deque()
+        self._queued: set[Hashable] = set()
+        self._active: dict[Hashable, float] = {}  # key -> when its work started
+        self._again: set[Hashable] = set()  # came back while being worked
+        self._later: list[tuple[float, int, Hashable]] = []  # (due, tiebreak, key)
+        self._due: dict[Hashable, float] = {}  # each key's earliest time in _later
+        self._tiebreak = itertools.count()
+        self._failures: dict[Hashable, int] = {}
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+        self.processed = 0
+
+    # --- producers -------------------------------------------------------------------------
+    def add(self, key: Hashable) -> None:
+        with self._cond:
+            self._add(key)
+
+    def _add(self, key: Hashable) -> None:
+        if self._stopping or key in self._queued:
+            return
+        if key in self._active:
+            self._again.add(key)
+            return
+        self._queued.add(key)
+        self._queue.append(key)
+        self._cond.notify()
+
+    def add_after(self, key: Hashable, delay: float) -> None:
+        if delay <= 0:
+            self.add(key)
+            return
+        with self._cond:
+            self._schedule(key, self._clock() + delay)
+            self._cond.notify()
+
+    def _schedule(self, key: Hashable, due: float) -> None:
+        """Bring ``key`` back at ``due``, unless it already comes back sooner: a key waits
+        in the delayed heap once, however often it is scheduled."""
+        if self._due.get(key, float("inf")) <= due:
+            return
+        self._due[key] = due
+        heapq.heappush(self._later, (due, next(self._tiebreak), key))
+
+    # --- workers ---------------------------------------------------------------------------
+    def start(self) -> None:
+        with self._cond:
+            self._stopping = False
+        for index in range(self.workers):
+            thread = threading.Thread(target=self._work, name=f"{self.name}-{index}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads = []
+
+    def _next(self) -> Hashable | None:
+        """The next key to work, waiting for one; None once stopping."""
+        with self._cond:
+            while not self._stopping:
+                now = self._clock()
+                while self._later and self._later[0][0] <= now:
+                    due, _n, key = heapq.heappop(self._later)
+                    if self._due.get(key) == due:  # else superseded by a sooner time
+                        del self._due[key]
+                        self._add(key)
+                if self._queue:
+                    key = self._queue.popleft()
+                    self._queued.discard(key)
+                    self._active[key] = now
+                    return key
+                wait = self._later[0][0] - now if self._later else None
+                self._cond.wait(wait)
+            return None
+
+    def _work(self) -> None:
+        while (key := self._next()) is not None:
+            outcome: Outcome
+            try:
+                outcome = self.handler(key)
+                failed = outcome.backoff
+            except Exception:
+                log.exception("%s: reconciling %s failed; it is retried", self.name, key)
+                failed = True
+                outcome = DONE
+            with self._cond:
+                del self._active[key]
+                self.processed += 1
+                if failed:
+                    count = self._failures.get(key, 0)
+                    self._failures[key] = count + 1
+                    delay = min(self.max_delay, self.base_delay * 2**count)
+                    self._schedule(key, self._clock() + delay)
+                else:
+                    self._failures.pop(key, None)
+                    if outcome.retry_after is not None:
+                        self._schedule(key, self._clock() + outcome.retry_after)
+                if key in self._again:
+                    self._again.discard(key)
+                    self._add(key)
+                self._cond.notify()
+
+    # --- observers -------------------------------------------------------------------------
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def forget(self, key: Hashable) -> None:
+        """Drop what the queue keeps about a key that no longer exists."""
+        with self._cond:
+            self._failures.pop(key, None)
+            self._due.pop(key, None)  # its heap entry is skipped when it comes due
+
+    def stuck(self, limit: float) -> str | None:
+        """A key that one worker has been on for more than ``limit`` seconds (every API call
+        has a timeout, so a reconcile that long is hung), or None."""
+        now = self._clock()
+        with self._cond:
+            if not self._active:
+                return None
+            key, since = min(self._active.items(), key=lambda item: item[1])
+        if now - since <= limit:
+            return None
+        return f"{self.name}: reconciling {key} has taken {now - since:.0f}s"

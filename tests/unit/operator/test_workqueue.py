@@ -1,0 +1,110 @@
+"""The work queue: one reconcile per burst of events, never two at once for a key, the
+last event never lost, failures retried with a growing delay."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Hashable
+
+from finetune_operator.workqueue import DONE, Outcome, WorkQueue
+
+
+def wait_until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_burst_of_events_is_one_reconcile() -> None:
+    seen: list[Hashable] = []
+    queue = WorkQueue(lambda key: seen.append(key) or DONE, workers=2)
+    for _ in range(20):
+        queue.add("a")
+    queue.add("b")
+    queue.start()
+    wait_until(lambda: queue.processed == 2)
+    queue.stop()
+    assert sorted(seen) == ["a", "b"]  # type: ignore[type-var]
+
+
+def test_a_key_is_never_worked_twice_at_once_and_its_last_event_is_kept() -> None:
+    running = threading.Event()
+    release = threading.Event()
+    active = []
+    overlaps = []
+    calls = []
+
+    def handler(key: Hashable) -> Outcome:
+        if key in active:
+            overlaps.append(key)
+        active.append(key)
+        calls.append(key)
+        if len(calls) == 1:
+            running.set()
+            release.wait(5)
+        active.remove(key)
+        return DONE
+
+    queue = WorkQueue(handler, workers=4)
+    queue.start()
+    queue.add("a")
+    assert running.wait(5)
+    queue.add("a")  # an event while "a" is being worked
+    queue.add("b")  # other keys go on meanwhile
+    wait_until(lambda: "b" in calls)
+    assert calls.count("a") == 1
+    release.set()
+    wait_until(lambda: calls.count("a") == 2)
+    queue.stop()
+    assert overlaps == []
+
+
+def test_a_failing_key_comes_back_later_and_later() -> None:
+    now = [0.0]
+    times: list[float] = []
+
+    def failing(key: Hashable) -> Outcome:
+        times.append(now[0])
+        raise RuntimeError("the API server is down")
+
+    queue = WorkQueue(failing, workers=1, base_delay=1.0, max_delay=4.0, clock=lambda: now[0])
+    queue.start()
+    queue.add("a")
+    for step in range(1, 40):
+        now[0] = float(step)
+        with queue._cond:
+            queue._cond.notify_all()
+        time.sleep(0.02)
+    queue.stop()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[:3] == [1.0, 2.0, 4.0] and set(gaps[3:]) <= {4.0}
+
+
+def test_a_retry_after_is_kept_once_however_often_it_is_asked() -> None:
+    calls = []
+    queue = WorkQueue(lambda key: calls.append(key) or Outcome(retry_after=0.2), workers=1)
+    queue.start()
+    for _ in range(10):
+        queue.add_after("a", 0.2)
+    time.sleep(0.35)
+    queue.stop()
+    assert 1 <= calls.count("a") <= 3
+    assert len(queue._later) <= 2
+
+
+def test_a_hung_reconcile_is_reported() -> None:
+    now = [0.0]
+    release = threading.Event()
+    queue = WorkQueue(lambda key: release.wait(5) and DONE, workers=1, clock=lambda: now[0])
+    queue.start()
+    queue.add("a")
+    wait_until(lambda: queue._active)
+    now[0] = 100.0
+    assert queue.stuck(limit=300) is None
+    now[0] = 400.0
+    assert "reconciling a has taken 400s" in (queue.stuck(limit=300) or "")
+    release.set()
+    queue.stop()
