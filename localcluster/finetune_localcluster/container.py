@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +103,10 @@ class ContainerRun:
         mounts: list[dict[str, Any]],
         hostname: str,
         on_exit: Callable[[], None],
+        image_paths: Sequence[str] = (),
     ) -> None:
-        """Start the command in its own namespaces, output appended to the log file."""
+        """Start the command in its own namespaces, output appended to the log file.
+        ``image_paths``: a local image's own directories, kept visible like the project's."""
         self.termination_file.write_bytes(b"")
         mounts = [
             *mounts,
@@ -122,7 +124,7 @@ class ContainerRun:
             "root_dir": str(self.directory / "rootfs"),
             "shadow_dir": str(self.directory / "shadows"),
             "start_error_path": str(error_file),
-            "image_paths": image_paths(),
+            "image_paths": sorted({*project_paths(), *image_paths}),
             "hostname": hostname,
             "working_dir": self.spec.get("workingDir") or "/",
             "mounts": mounts,
@@ -233,7 +235,7 @@ def _killpg(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def image_paths() -> list[str]:
+def project_paths() -> list[str]:
     """The host paths that stand in for a container image: the project's interpreter and
     virtualenv and its source tree (the editable install). A volume mounted over one of them
     (an emptyDir at /tmp when the project lives under /tmp) must not hide it, as a volume

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_localcluster import podstatus
+from finetune_localcluster.images import LocalImages
 from finetune_localcluster.ippool import LoopbackAddressPool
 from finetune_localcluster.kubeapi import ApiError, KubeAPI, WatchStream
 from finetune_localcluster.kubeletserver import KubeletServer
@@ -141,6 +142,7 @@ class NodeAgent:
         self.memory_dir = MEMORY_ROOT / f"{MEMORY_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.addresses = LoopbackAddressPool()
         self.extra_env = dict(extra_env or {})
+        self.images = LocalImages()
         self._nodes: dict[str, _Node] = {}
         self._specs = list(nodes)
         self._workers: dict[str, PodWorker] = {}
@@ -218,12 +220,16 @@ class NodeAgent:
     def allocatable(self, node_name: str) -> dict[str, str]:
         return self._nodes[node_name].spec.capacity()
 
-    def base_env(self, hostname: str) -> dict[str, str]:
+    def base_env(self, hostname: str, image: str = "") -> dict[str, str]:
         """What every container gets before its own env: the project's PATH (images are
-        not pulled), HOSTNAME, and the `kubernetes` Service variables pointing at the
-        apiserver on loopback (the Service's ClusterIP is not routed here)."""
+        not pulled; a local image's executables come first), HOSTNAME, and the
+        `kubernetes` Service variables pointing at the apiserver on loopback (the
+        Service's ClusterIP is not routed here)."""
         port = str(self.control_plane.ports.apiserver) if self.control_plane.ports else ""
         bin_dir = str(Path(sys.executable).parent)
+        image_bin = self.images.bin_dir(image)
+        if image_bin:
+            bin_dir = f"{image_bin}:{bin_dir}"
         env = {
             "PATH": f"{bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "HOME": "/root",

@@ -305,7 +305,7 @@ class PodWorker(threading.Thread):
             self.api,
             pod_view,
             self.agent.allocatable(self.node_name),
-            self.agent.base_env(self.hostname),
+            self.agent.base_env(self.hostname, container.image),
         )
         try:
             env = resolver.resolve(spec)
@@ -317,8 +317,14 @@ class PodWorker(threading.Thread):
             self._config_error(container, error.message)
             return
         argv = resolver.command(spec, env)
+        image_bin = self.agent.images.bin_dir(container.image)
         container.start(
-            argv=argv, env=env, mounts=mounts, hostname=self.hostname, on_exit=self._notify
+            argv=argv,
+            env=env,
+            mounts=mounts,
+            hostname=self.hostname,
+            on_exit=self._notify,
+            image_paths=[image_bin] if image_bin else [],
         )
         container.retry_delay = 0.0 if container.restart_count == 0 else container.retry_delay
         self.agent.record_event(

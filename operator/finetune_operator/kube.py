@@ -209,8 +209,9 @@ class Kube:
 def conflict_message(kind: str, namespace: str, name: str, problem: str) -> str:
     return (
         f"{kind} {namespace}/{name} already exists and is not what the operator would make "
-        f"for this FineTuneJob ({problem}); delete that {kind} (or rename the FineTuneJob) "
-        "and the operator creates its own"
+        f"for this FineTuneJob ({problem}): someone else made it, so it is not used. "
+        f"Find out who, delete that {kind}, and re-create the FineTuneJob (its children are "
+        "named after its new uid)"
     )
 
 

@@ -15,6 +15,7 @@ import kopf
 from kubernetes import client
 from kubernetes import config as kube_config
 from urllib3.connection import HTTPConnection
+from urllib3.util.retry import Retry
 
 from .config import OperatorConfig
 from .handlers import register
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """In-cluster credentials when running in a pod, else the kubeconfig (or $KUBECONFIG)."""
     configuration = client.Configuration()
-    with_keepalive(configuration)
+    with_connection_settings(configuration)
     if kubeconfig is None:
         try:
             kube_config.load_incluster_config(client_configuration=configuration)
@@ -38,15 +39,20 @@ def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-def with_keepalive(configuration: client.Configuration) -> client.Configuration:
-    """TCP keepalive on the client's pooled connections: a peer that vanished (a restarted
-    API server behind a load balancer, a dropped NAT entry) is noticed within a minute
-    instead of on the next request's read timeout."""
+def with_connection_settings(configuration: client.Configuration) -> client.Configuration:
+    """How the operator's own client talks to the API server:
+
+    - TCP keepalive on pooled connections: a peer that vanished (a restarted API server
+      behind a load balancer, a dropped NAT entry) is noticed within a minute instead of on
+      the next request's read timeout;
+    - a connection that fails is retried once, a request that was sent never: a call then
+      ends within its (connect, read) timeout, and the work queue retries the reconcile."""
     options = [*HTTPConnection.default_socket_options, (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
     for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
         if hasattr(socket, name):  # Linux; other platforms keep their defaults
             options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
     configuration.socket_options = options
+    configuration.retries = Retry(total=1, connect=1, read=0, status=0, redirect=0, other=0)
     return configuration
 
 
@@ -74,11 +80,10 @@ def connection_info(api_client: client.ApiClient) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(
-    api_client: client.ApiClient, config: OperatorConfig, metrics: OperatorMetrics | None = None
-) -> kopf.OperatorRegistry:
+def build_registry(runtime: OperatorRuntime) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    register(registry, OperatorRuntime.build(api_client, config, metrics))
+    register(registry, runtime)
+    api_client = runtime.kube.api_client
 
     @kopf.on.login(id="login", registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -95,13 +100,14 @@ async def run(
     ready_flag: Any = None,
     liveness: bool = True,
     metrics: OperatorMetrics | None = None,
+    runtime: OperatorRuntime | None = None,
 ) -> None:
     """Run the operator until stop_flag is set. Without ``metrics`` the operator serves
     its own on config.metrics_host:metrics_port; with them, the caller decides."""
     if metrics is None:
         metrics = OperatorMetrics()
         metrics.serve(config.metrics_host, config.metrics_port)
-    registry = build_registry(api_client, config, metrics)
+    registry = build_registry(runtime or OperatorRuntime.build(api_client, config, metrics))
     await kopf.operator(
         registry=registry,
         standalone=True,
@@ -132,7 +138,9 @@ class EmbeddedOperator:
         self.config = config
         self.liveness = liveness
         # Not served: the embedding process reads them from this object.
-        self.metrics = metrics or OperatorMetrics()
+        self.metrics = metrics if metrics is not None else OperatorMetrics()
+        # Every part of the running operator, for tests that look inside.
+        self.runtime = OperatorRuntime.build(api_client, config, self.metrics)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -156,6 +164,7 @@ class EmbeddedOperator:
                     ready_flag=self._ready,
                     liveness=self.liveness,
                     metrics=self.metrics,
+                    runtime=self.runtime,
                 )
             )
         except BaseException as exc:  # reported to the test that started it

@@ -51,13 +51,16 @@ class OperatorHandle:
         self.cluster = cluster
         self.api_client = cluster.api_client()
         self.running: EmbeddedOperator | None = None
+        self.config = e2e_operator_config()
         # One set of counters across restarts, as one long-running operator would keep.
         self.metrics = OperatorMetrics()
 
-    def start(self, **settings: Any) -> None:
-        """Start with the e2e settings, changed by ``settings`` (OperatorConfig fields)."""
+    def start(self, *, liveness: bool = False, **settings: Any) -> None:
+        """Start with the e2e settings, changed by ``settings`` (OperatorConfig fields);
+        ``liveness`` serves kopf's liveness endpoint at config.liveness_endpoint."""
+        self.config = e2e_operator_config(**settings)
         self.running = EmbeddedOperator(
-            self.api_client, e2e_operator_config(**settings), metrics=self.metrics
+            self.api_client, self.config, metrics=self.metrics, liveness=liveness
         ).start()
 
     def stop(self) -> None:

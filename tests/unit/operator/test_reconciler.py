@@ -358,7 +358,7 @@ def test_a_child_name_held_by_another_object_is_its_own_reason() -> None:
     assert status["reason"] == "ChildConflict"
     assert "already exists and is not what the operator would make" in status["message"]
     assert "(it is not controlled by this FineTuneJob)" in status["message"]
-    assert "delete that ConfigMap (or rename the FineTuneJob)" in status["message"]
+    assert "delete that ConfigMap, and re-create the FineTuneJob" in status["message"]
     assert "invalid spec" not in status["message"]
     assert kube.events == [("Warning", "ChildConflict")]
 
