@@ -61,6 +61,13 @@ class OperatorConfig:
     # What spec.image and spec.serviceAccountName may name (policy.py); empty: anything.
     allowed_images: tuple[str, ...] = ()
     allowed_service_accounts: tuple[str, ...] = ()
+    # S3 endpoints FineTuneJobs may name (host, host:port or *.suffix); empty: any but
+    # loopback, link-local and the API server's names.
+    allowed_s3_endpoints: tuple[str, ...] = ()
+    # Priority classes FineTuneJobs may name; empty: any but system-*.
+    allowed_priority_classes: tuple[str, ...] = ()
+    # Whether a toleration without a key (it tolerates every taint) is allowed.
+    allow_wildcard_tolerations: bool = False
 
     @property
     def finalizer(self) -> str:
@@ -74,11 +81,13 @@ class OperatorConfig:
             text = env.get(f"FTO_{name}", default)
             try:
                 return parse(text)
-            except ValueError:  # only the numbers' parsers raise it
+            except ValueError:  # only the parsers of numbers and flags raise it
                 # int("10s") would say only "invalid literal"; name the variable instead.
-                form = "a whole number" if parse in (int, _positive_int) else "a number"
-                if parse is _positive_int:
-                    form = "a whole number of at least 1"
+                form = {
+                    int: "a whole number",
+                    _positive_int: "a whole number of at least 1",
+                    _flag: "true or false",
+                }.get(parse, "a number")
                 raise ValueError(
                     f"FTO_{name} must be {form} such as {default}, not {text!r}"
                 ) from None
@@ -122,7 +131,17 @@ class OperatorConfig:
             default_tolerations=_tolerations(get("DEFAULT_TOLERATIONS", "")),
             allowed_images=listed(get("ALLOWED_IMAGES", "")),
             allowed_service_accounts=listed(get("ALLOWED_SERVICE_ACCOUNTS", "")),
+            allowed_s3_endpoints=listed(get("ALLOWED_S3_ENDPOINTS", "")),
+            allowed_priority_classes=listed(get("ALLOWED_PRIORITY_CLASSES", "")),
+            allow_wildcard_tolerations=get("ALLOW_WILDCARD_TOLERATIONS", "false", _flag),
         )
+
+
+def _flag(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", ""):
+        raise ValueError(text)
+    return value == "true"
 
 
 def _positive_int(text: str) -> int:

@@ -31,8 +31,15 @@ def test_default_values_render_the_operator_cluster_wide(helm: Path) -> None:
             ("ClusterRoleBinding", None),
             ("CustomResourceDefinition", None),
             ("Deployment", RELEASE_NS),
+            ("NetworkPolicy", RELEASE_NS),  # the operator's
+            ("NetworkPolicy", RELEASE_NS),  # the trainers'
             ("ServiceAccount", RELEASE_NS),  # the operator's
             ("ServiceAccount", RELEASE_NS),  # the trainers'
+            # What FineTuneJobs may name, and what the operator's token may create.
+            ("ValidatingAdmissionPolicy", None),
+            ("ValidatingAdmissionPolicy", None),
+            ("ValidatingAdmissionPolicyBinding", None),
+            ("ValidatingAdmissionPolicyBinding", None),
         ]
     )
     deployment = only(objects, "Deployment")
@@ -203,8 +210,8 @@ def test_trainer_defaults_reach_the_operator_config(helm: Path) -> None:
     assert (config.log_level, config.log_format) == ("DEBUG", "plain")
 
 
-def test_network_policies_are_off_by_default_and_match_the_pods_when_on(helm: Path) -> None:
-    assert of_kind(render(helm), "NetworkPolicy") == []
+def test_network_policies_are_on_by_default_and_match_the_pods(helm: Path) -> None:
+    assert of_kind(render(helm, {"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
     objects = render(
         helm,
         {
@@ -233,7 +240,15 @@ def test_network_policies_are_off_by_default_and_match_the_pods_when_on(helm: Pa
 
     trainer_policy = only(objects, "NetworkPolicy", "fto-finetune-operator-trainer")
     assert trainer_policy["metadata"]["namespace"] == "team-a"
-    assert trainer_policy["spec"]["policyTypes"] == ["Ingress"]
+    assert trainer_policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    # Trainers reach the cluster's pods and everything else but link-local addresses,
+    # where cloud metadata services hand out the node's credentials.
+    in_cluster, v4, v6 = trainer_policy["spec"]["egress"][0]["to"] + [
+        peer for rule in trainer_policy["spec"]["egress"][1:] for peer in rule["to"]
+    ]
+    assert in_cluster == {"namespaceSelector": {}}
+    assert v4["ipBlock"] == {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]}
+    assert v6["ipBlock"] == {"cidr": "::/0", "except": ["fe80::/10", "fd00:ec2::254/128"]}
     assert (
         trainer_policy["spec"]["podSelector"]["matchLabels"].items() <= trainer_pod_labels.items()
     )

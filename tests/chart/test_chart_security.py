@@ -100,11 +100,11 @@ def test_the_chart_sets_every_operator_setting() -> None:
     from finetune_operator import config as config_module
 
     source = Path(config_module.__file__).read_text()
-    read = {f"FTO_{name}" for name in re.findall(r'get\("([A-Z_]+)"', source)}
+    read = {f"FTO_{name}" for name in re.findall(r'get\("([A-Z0-9_]+)"', source)}
     # Internal: only two operators sharing FineTuneJobs would need another prefix.
     not_exposed = {"FTO_ANNOTATION_PREFIX"}
     deployment_env = REPO / "charts" / "finetune-operator" / "templates" / "deployment.yaml"
-    set_by_chart = set(re.findall(r"name: (FTO_[A-Z_]+)", deployment_env.read_text()))
+    set_by_chart = set(re.findall(r"name: (FTO_[A-Z0-9_]+)", deployment_env.read_text()))
     assert read - not_exposed <= set_by_chart
     # And nothing the chart passes goes unread.
     assert set_by_chart <= read

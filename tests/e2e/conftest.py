@@ -30,6 +30,8 @@ def e2e_operator_config(**overrides: Any) -> OperatorConfig:
         "metrics_timeout_seconds": 1.0,
         "trainer_grace_period_seconds": 60,
         "liveness_endpoint": None,
+        # The test S3 server runs on loopback, which FineTuneJobs may not reach by default.
+        "allowed_s3_endpoints": ("127.0.0.1",),
     }
     settings.update(overrides)
     return OperatorConfig(**settings)

@@ -382,6 +382,30 @@ def test_image_and_service_account_outside_the_allowed_lists_are_refused(
     assert any(e["reason"] == "NotAllowed" for e in ftjs.events("outsider"))
 
 
+def test_without_the_admission_policy_the_operator_refuses_what_it_would(
+    ftjs: FineTuneJobs,
+) -> None:
+    # No ValidatingAdmissionPolicy is installed here: the operator's own check stands in.
+    spec = {
+        "output": {"s3": {"uri": "s3://bucket/p", "endpoint": "http://169.254.169.254/latest"}},
+        "scheduling": {
+            "priorityClassName": "system-node-critical",
+            "tolerations": [{"operator": "Exists"}],
+        },
+    }
+    ftjs.apply("reaching", spec)
+    status = ftjs.wait_phase("reaching", "Failed")
+    assert status["reason"] == "NotAllowed"
+    # (Here only the test S3 server's loopback address is listed.)
+    assert (
+        "spec.output.s3.endpoint: http://169.254.169.254/latest is not one of"
+        in (status["message"])
+    )
+    assert "system-node-critical is reserved" in status["message"]
+    assert "spec.scheduling.tolerations[0]: a toleration without a key" in status["message"]
+    assert ftjs.jobs("reaching") == []
+
+
 def test_suspend_and_resume_toggle_the_job(ftjs: FineTuneJobs) -> None:
     ftjs.apply("toggle", SUSPENDED)
     ftjs.wait_phase("toggle", "Suspended")

@@ -155,8 +155,9 @@ def test_a_hostile_metrics_endpoint_stalls_no_one(
         },
     )
     wait_for(
-        lambda: (cluster.api.get(f"{path}/newcomer").get("status") or {}).get("phase")
-        == "Suspended",
+        lambda: (
+            (cluster.api.get(f"{path}/newcomer").get("status") or {}).get("phase") == "Suspended"
+        ),
         timeout=5,
         interval=0.05,
         message="the newcomer's status",

@@ -134,3 +134,35 @@ ClusterRole and the per-namespace Roles.
 {{- end -}}
 {{- join "," $pairs -}}
 {{- end -}}
+
+{{/* The denied egress CIDRs of one address family ("4" or "6"), as a JSON list. */}}
+{{- define "finetune-operator.deniedEgress" -}}
+{{- $out := list -}}
+{{- range .cidrs -}}
+{{- if eq (contains ":" .) (eq $.family "6") -}}
+{{- $out = append $out . -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/*
+trainer.allowedImages sorted by how an entry matches (policy.image_allowed), as JSON:
+prefixes (ending in "/"), repositories (any tag or digest) and exact references (a tag or a
+digest; the default trainer image is always one).
+*/}}
+{{- define "finetune-operator.imagePolicy" -}}
+{{- $prefixes := list -}}
+{{- $repositories := list -}}
+{{- $exact := list (include "finetune-operator.trainerImage" .) -}}
+{{- range .Values.trainer.allowedImages -}}
+{{- if hasSuffix "/" . -}}
+{{- $prefixes = append $prefixes . -}}
+{{- else if or (contains "@" .) (regexMatch ":[^/]*$" .) -}}
+{{- $exact = append $exact . -}}
+{{- else -}}
+{{- $repositories = append $repositories . -}}
+{{- end -}}
+{{- end -}}
+{{- toJson (dict "prefixes" $prefixes "repositories" $repositories "exact" $exact "any" (empty .Values.trainer.allowedImages)) -}}
+{{- end -}}

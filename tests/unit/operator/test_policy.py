@@ -6,7 +6,7 @@ import pytest
 
 from finetune_operator.api.spec import FineTuneJobSpec
 from finetune_operator.config import OperatorConfig
-from finetune_operator.policy import image_allowed, policy_problems
+from finetune_operator.policy import image_allowed, policy_problems, split_image
 
 from .conftest import spec_of
 
@@ -70,3 +70,116 @@ def test_the_lists_come_from_the_environment() -> None:
     )
     assert config.allowed_images == ("a/", "b/c")
     assert config.allowed_service_accounts == ("t1", "t2")
+
+
+@pytest.mark.parametrize(
+    "image, allowed",
+    [
+        # A registry's port is not a tag: an entry of a repository never admits another
+        # registry that merely starts with its name.
+        ("registry:5000/evil/img:1", ("registry",)),
+        # A tag entry admits that tag, not that tag with any digest (the digest is pulled).
+        ("r/trainer:1.0@sha256:" + "e" * 64, ("r/trainer:1.0",)),
+        ("r/trainer:1.1", ("r/trainer:1.0",)),
+        ("r/trainer@sha256:" + "e" * 64, ("r/trainer@sha256:" + "a" * 64,)),
+    ],
+)
+def test_image_entries_admit_exactly_what_they_say(image: str, allowed: tuple[str, ...]) -> None:
+    assert not image_allowed(image, allowed)
+
+
+def test_exact_entries_admit_their_reference() -> None:
+    digest = "r/trainer@sha256:" + "a" * 64
+    assert image_allowed("r/trainer:1.0", ("r/trainer:1.0",))
+    assert image_allowed(digest, (digest,))
+    assert image_allowed("registry:5000/ml/trainer:2", ("registry:5000/ml/trainer",))
+    assert split_image("registry:5000/ml/trainer") == ("registry:5000/ml/trainer", None, None)
+
+
+def s3_output(endpoint: str) -> FineTuneJobSpec:
+    return spec_of({"output": {"s3": {"uri": "s3://bucket/p", "endpoint": endpoint}}})
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://169.254.169.254/latest/meta-data",
+        "http://[fd00:ec2::254]",
+        "http://[fe80::1]:80",
+        "http://127.0.0.1:9000",
+        "http://127.1",
+        "http://2852039166",  # 169.254.169.254 as one number
+        "http://0xa9fea9fe",
+        "http://0251.0376.0251.0376",
+        "http://[::ffff:169.254.169.254]",
+        "http://[::1]",
+        "http://0.0.0.0:9000",
+        "http://localhost:9000",
+        "http://metadata.google.internal",
+        "https://kubernetes.default.svc",
+        "http://LOCALHOST.",
+    ],
+)
+def test_loopback_metadata_and_the_api_server_are_refused_by_default(endpoint: str) -> None:
+    problems = policy_problems(s3_output(endpoint), OperatorConfig())
+    assert len(problems) == 1 and problems[0].startswith(f"spec.output.s3.endpoint: {endpoint} ")
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["https://minio.example:9000", "http://10.0.0.5:9000", "http://minio.minio.svc"]
+)
+def test_other_endpoints_pass_by_default(endpoint: str) -> None:
+    assert policy_problems(s3_output(endpoint), OperatorConfig()) == []
+
+
+def test_with_a_list_only_listed_endpoints_pass() -> None:
+    config = OperatorConfig(
+        allowed_s3_endpoints=("minio.minio.svc:9000", "*.example.com", "127.0.0.1")
+    )
+    assert policy_problems(s3_output("http://minio.minio.svc:9000"), config) == []
+    assert policy_problems(s3_output("https://s3.eu.example.com"), config) == []
+    # Listing loopback is an administrator's explicit choice (a test cluster's S3 server).
+    assert policy_problems(s3_output("http://127.0.0.1:9000"), config) == []
+    (problem,) = policy_problems(s3_output("http://minio.minio.svc:9001"), config)
+    assert "is not one of the S3 endpoints allowed in this cluster" in problem
+    assert policy_problems(s3_output("https://attacker.example"), config) != []
+
+
+def test_system_priority_classes_and_wildcard_tolerations_are_refused() -> None:
+    spec = spec_of(
+        {
+            "scheduling": {
+                "priorityClassName": "system-node-critical",
+                "tolerations": [{"operator": "Exists"}, {"key": "gpu", "operator": "Exists"}],
+            }
+        }
+    )
+    problems = policy_problems(spec, OperatorConfig())
+    assert problems[0].startswith("spec.scheduling.priorityClassName: system-node-critical is")
+    assert problems[1].startswith("spec.scheduling.tolerations[0]: a toleration without a key")
+    assert len(problems) == 2
+    relaxed = OperatorConfig(
+        allowed_priority_classes=("system-node-critical",), allow_wildcard_tolerations=True
+    )
+    assert policy_problems(spec, relaxed) == []
+    listed = OperatorConfig(allowed_priority_classes=("batch-low",))
+    problem = policy_problems(spec_of({"scheduling": {"priorityClassName": "high"}}), listed)
+    assert problem == [
+        "spec.scheduling.priorityClassName: high is not allowed in this cluster; leave it "
+        "unset or use one of: batch-low"
+    ]
+
+
+def test_the_new_lists_come_from_the_environment() -> None:
+    config = OperatorConfig.from_env(
+        {
+            "FTO_ALLOWED_S3_ENDPOINTS": "a.example:9000,*.b.example",
+            "FTO_ALLOWED_PRIORITY_CLASSES": "low",
+            "FTO_ALLOW_WILDCARD_TOLERATIONS": "true",
+        }
+    )
+    assert config.allowed_s3_endpoints == ("a.example:9000", "*.b.example")
+    assert config.allowed_priority_classes == ("low",)
+    assert config.allow_wildcard_tolerations is True
+    with pytest.raises(ValueError, match="FTO_ALLOW_WILDCARD_TOLERATIONS must be true or false"):
+        OperatorConfig.from_env({"FTO_ALLOW_WILDCARD_TOLERATIONS": "yes"})

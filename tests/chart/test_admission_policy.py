@@ -1,0 +1,323 @@
+"""The chart's ValidatingAdmissionPolicies on the real API server: a FineTuneJob may name
+only what its creator may read and what the cluster's policy allows, and the operator's own
+token can create nothing but trainer Jobs outside the system namespaces."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_localcluster.cluster import LocalCluster
+from finetune_localcluster.waiting import wait_for
+from finetune_operator.api.spec import FineTuneJobSpec
+from finetune_operator.builders import Owner, build_job
+from finetune_operator.config import OperatorConfig
+
+from .helm import REPO, of_kind, render
+
+pytestmark = pytest.mark.e2e
+
+RELEASE, RELEASE_NAMESPACE = "vap", "vap-system"
+OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{RELEASE}-finetune-operator"
+TENANT = "alice"
+DIGEST = "sha256:" + "a" * 64
+S3 = {"uri": "s3://bucket/runs"}
+
+
+def _values(namespace: str) -> dict[str, Any]:
+    return {
+        "admissionPolicy": {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+        },
+        "trainer": {
+            "allowedImages": ["registry.example/ml/", "ghcr.io/org/trainer", "r/pinned:1.0"],
+            "allowedServiceAccounts": ["trainer"],
+            "allowedPriorityClasses": ["batch-low"],
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def crd(cluster: LocalCluster) -> None:
+    crd = REPO / "crds" / "finetunejobs.yaml"
+    cluster.kubectl(["apply", "--server-side", "--force-conflicts", "-f", str(crd)])
+    cluster.kubectl(
+        ["wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.finetune.dev"]
+    )
+
+
+@pytest.fixture
+def policies(
+    cluster: LocalCluster, helm: Any, namespace: str, crd: None
+) -> Iterator[list[dict[str, Any]]]:
+    """The chart's policies and bindings, installed for this test's namespace."""
+    objects = render(helm, _values(namespace), release=RELEASE, namespace=RELEASE_NAMESPACE)
+    chosen = of_kind(objects, "ValidatingAdmissionPolicy") + of_kind(
+        objects, "ValidatingAdmissionPolicyBinding"
+    )
+    assert len(chosen) == 4
+    text = yaml.safe_dump_all(chosen)
+    cluster.kubectl(["apply", "-f", "-"], input=text)
+    try:
+        yield chosen
+    finally:
+        cluster.kubectl(["delete", "--ignore-not-found", "-f", "-"], input=text)
+
+
+@pytest.fixture
+def tenant(cluster: LocalCluster, namespace: str) -> str:
+    """alice may create FineTuneJobs, and get only the objects named readable-* (and the
+    ServiceAccount "trainer"); db-password and the rest exist but are not hers to read."""
+    for kind, name in (("secret", "db-password"), ("secret", "readable-s3")):
+        cluster.kubectl(["create", kind, "generic", name, "-n", namespace, "--from-literal=k=v"])
+    cluster.kubectl(["create", "configmap", "private-chats", "-n", namespace])
+    cluster.kubectl(["create", "configmap", "readable-chats", "-n", namespace])
+    cluster.kubectl(["create", "serviceaccount", "trainer", "-n", namespace])
+    cluster.kubectl(["create", "serviceaccount", "admin-bot", "-n", namespace])
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "tenant", "namespace": namespace},
+        "rules": [
+            {
+                "apiGroups": ["finetune.dev"],
+                "resources": ["finetunejobs"],
+                "verbs": ["create", "get", "list"],
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["secrets"],
+                "resourceNames": ["readable-s3"],
+                "verbs": ["get"],
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["configmaps"],
+                "resourceNames": ["readable-chats"],
+                "verbs": ["get"],
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["persistentvolumeclaims"],
+                "resourceNames": ["readable-claim"],
+                "verbs": ["get"],
+            },
+            {
+                "apiGroups": [""],
+                "resources": ["serviceaccounts"],
+                "resourceNames": ["trainer", "admin-bot"],
+                "verbs": ["get"],
+            },
+        ],
+    }
+    cluster.kubectl(["apply", "-f", "-"], input=json.dumps(role))
+    cluster.kubectl(
+        ["create", "rolebinding", "tenant", "-n", namespace, "--role=tenant", f"--user={TENANT}"]
+    )
+    return TENANT
+
+
+def _create(
+    cluster: LocalCluster, namespace: str, spec: dict[str, Any], *, user: str = TENANT
+) -> subprocess.CompletedProcess[str]:
+    manifest = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneJob",
+        "metadata": {"name": "probe", "namespace": namespace},
+        "spec": {"output": {"s3": S3}, **spec},
+    }
+    return cluster.kubectl(
+        ["create", "--dry-run=server", f"--as={user}", "-f", "-"],
+        input=json.dumps(manifest),
+        check=False,
+    )
+
+
+def _refused(cluster: LocalCluster, namespace: str, spec: dict[str, Any]) -> str:
+    result = _create(cluster, namespace, spec)
+    assert result.returncode != 0, f"admitted: {spec}"
+    assert "ValidatingAdmissionPolicy" in result.stderr, result.stderr
+    return result.stderr
+
+
+def _admitted(cluster: LocalCluster, namespace: str, spec: dict[str, Any]) -> None:
+    result = _create(cluster, namespace, spec)
+    assert result.returncode == 0, result.stderr
+
+
+def _in_force(cluster: LocalCluster, namespace: str) -> None:
+    """Policies take a moment to reach the API server's admission chain."""
+    wildcard = {"scheduling": {"tolerations": [{"operator": "Exists"}]}}
+    wait_for(
+        lambda: _create(cluster, namespace, wildcard).returncode != 0,
+        timeout=30,
+        interval=0.5,
+        message="the admission policy to be in force",
+    )
+
+
+def test_a_finetunejob_names_only_what_its_creator_may_read(
+    cluster: LocalCluster, namespace: str, policies: Any, tenant: str
+) -> None:
+    _in_force(cluster, namespace)
+    readable = {"output": {"s3": {**S3, "credentialsSecretRef": {"name": "readable-s3"}}}}
+    _admitted(cluster, namespace, readable)
+    # The trainer would read db-password for alice, who may not read it herself.
+    stolen = {"output": {"s3": {**S3, "credentialsSecretRef": {"name": "db-password"}}}}
+    message = _refused(cluster, namespace, stolen)
+    assert (
+        "spec.output.s3.credentialsSecretRef.name: you may not get Secret db-password in "
+        f"namespace {namespace}" in message
+    )
+    token = {"model": {"name": "org/m", "tokenSecretRef": {"name": "db-password", "key": "k"}}}
+    assert "db-password" in _refused(cluster, namespace, token)
+    assert "db-password" in _refused(cluster, namespace, {"imagePullSecrets": ["db-password"]})
+    chats = {"dataset": {"configMap": {"name": "private-chats", "key": "train.jsonl"}}}
+    assert "you may not get ConfigMap private-chats" in _refused(cluster, namespace, chats)
+    chats["dataset"]["configMap"]["name"] = "readable-chats"
+    _admitted(cluster, namespace, chats)
+    claim = {"dataset": {"pvc": {"claimName": "someone-elses", "path": "d.jsonl"}}}
+    assert "may not get PersistentVolumeClaim someone-elses" in _refused(cluster, namespace, claim)
+    account = {"serviceAccountName": "default"}
+    assert "may not get ServiceAccount default" in _refused(cluster, namespace, account)
+
+
+def test_the_clusters_policy_holds_at_admission(
+    cluster: LocalCluster, namespace: str, policies: Any, tenant: str
+) -> None:
+    _in_force(cluster, namespace)
+    for endpoint in (
+        "http://169.254.169.254/latest",
+        "http://2852039166",
+        "http://[::ffff:169.254.169.254]",
+        "http://[fd00:ec2::254]",
+        "http://127.0.0.1:9000",
+        "http://localhost:9000",
+        "https://kubernetes.default.svc",
+        "http://metadata.google.internal.",
+    ):
+        message = _refused(cluster, namespace, {"output": {"s3": {**S3, "endpoint": endpoint}}})
+        assert f"S3 endpoint {endpoint} is not allowed" in message
+    _admitted(cluster, namespace, {"output": {"s3": {**S3, "endpoint": "https://minio.example"}}})
+
+    assert "system-node-critical is not allowed" in _refused(
+        cluster, namespace, {"scheduling": {"priorityClassName": "system-node-critical"}}
+    )
+    _admitted(cluster, namespace, {"scheduling": {"priorityClassName": "batch-low"}})
+    assert "a toleration without a key" in _refused(
+        cluster, namespace, {"scheduling": {"tolerations": [{"operator": "Exists"}]}}
+    )
+    _admitted(
+        cluster, namespace, {"scheduling": {"tolerations": [{"key": "gpu", "operator": "Exists"}]}}
+    )
+
+    for image in (
+        "registry.example/mlx/trainer:1",  # looks like the allowed prefix, is not below it
+        "registry:5000/evil:1",  # a port is not a tag
+        f"r/pinned:1.0@{DIGEST}",  # a tag entry does not admit any digest
+        "r/pinned:2.0",
+        "ghcr.io/org/trainer-evil:1",
+    ):
+        assert f"spec.image: {image} is not allowed" in _refused(
+            cluster, namespace, {"image": image}
+        )
+    for image in (
+        "registry.example/ml/team/trainer:3",
+        f"ghcr.io/org/trainer@{DIGEST}",
+        "r/pinned:1.0",
+        "ghcr.io/finetune-operator/trainer:0.1.0",  # the chart's default trainer image
+    ):
+        _admitted(cluster, namespace, {"image": image})
+
+    assert "admin-bot is not allowed" in _refused(
+        cluster, namespace, {"serviceAccountName": "admin-bot"}
+    )
+    _admitted(cluster, namespace, {"serviceAccountName": "trainer"})
+
+
+def _job_as_operator(
+    cluster: LocalCluster, job: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
+    return cluster.kubectl(
+        ["create", "--dry-run=server", f"--as={OPERATOR_USER}", "-f", "-"],
+        input=json.dumps(job),
+        check=False,
+    )
+
+
+def test_the_operators_token_creates_only_trainer_jobs(
+    cluster: LocalCluster, namespace: str, policies: Any
+) -> None:
+    # The operator's ClusterRole lets it create Jobs anywhere, kube-system included.
+    grant = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "vap-jobs"},
+            "rules": [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "vap-jobs"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "vap-jobs",
+            },
+            "subjects": [{"kind": "User", "name": OPERATOR_USER}],
+        },
+    ]
+    text = yaml.safe_dump_all(grant)
+    cluster.kubectl(["apply", "-f", "-"], input=text)
+    try:
+        owner = Owner(name="run", namespace=namespace, uid="0f0e0d0c-0000-4000-8000-000000000001")
+        spec = FineTuneJobSpec.model_validate({"output": {"s3": S3}})
+        config = OperatorConfig(trainer_image="ghcr.io/finetune-operator/trainer:0.1.0")
+        trainer_job = build_job(spec, owner, config)
+        trainer_job["metadata"].pop("ownerReferences")  # no such FineTuneJob here
+        wait_for(
+            lambda: _job_as_operator(cluster, _in(trainer_job, "kube-system")).returncode != 0,
+            timeout=30,
+            interval=0.5,
+            message="the operator Job policy to be in force",
+        )
+        result = _job_as_operator(cluster, trainer_job)
+        assert result.returncode == 0, result.stderr
+        refused = _job_as_operator(cluster, _in(trainer_job, "kube-system"))
+        assert "the operator creates no Job in a system namespace" in refused.stderr
+
+        shell = json.loads(json.dumps(trainer_job))
+        shell["spec"]["template"]["spec"]["containers"][0]["command"] = ["sh", "-c", "id"]
+        assert "run the trainer" in _job_as_operator(cluster, shell).stderr
+        token = json.loads(json.dumps(trainer_job))
+        token["spec"]["template"]["spec"]["automountServiceAccountToken"] = True
+        assert "without an API token" in _job_as_operator(cluster, token).stderr
+        host = json.loads(json.dumps(trainer_job))
+        host["spec"]["template"]["spec"]["volumes"].append(
+            {"name": "root", "hostPath": {"path": "/"}}
+        )
+        assert "mount only ConfigMaps" in _job_as_operator(cluster, host).stderr
+        image = json.loads(json.dumps(trainer_job))
+        image["spec"]["template"]["spec"]["containers"][0]["image"] = "evil/miner:1"
+        assert (
+            "trainer image evil/miner:1 is not allowed" in _job_as_operator(cluster, image).stderr
+        )
+        # Anyone else's Jobs are not the operator policy's business.
+        plain = cluster.kubectl(
+            ["create", "--dry-run=server", "-f", "-"], input=json.dumps(shell), check=False
+        )
+        assert plain.returncode == 0, plain.stderr
+    finally:
+        cluster.kubectl(["delete", "--ignore-not-found", "-f", "-"], input=text)
+
+
+def _in(job: dict[str, Any], namespace: str) -> dict[str, Any]:
+    moved = json.loads(json.dumps(job))
+    moved["metadata"]["namespace"] = namespace
+    return moved
