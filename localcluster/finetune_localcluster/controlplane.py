@@ -108,7 +108,10 @@ class ControlPlane:
         binaries: Binaries | None = None,
         keep_state: bool | None = None,
         start_timeout: float = 120.0,
+        audit_policy: str | None = None,
     ) -> None:
+        """``audit_policy``: an audit.k8s.io/v1 Policy (YAML text); the API server then
+        writes its audit log, one JSON event per line, to ``audit_log``."""
         self._owns_state_dir = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix="localcluster-")).resolve()
         self._binaries = binaries
@@ -121,6 +124,8 @@ class ControlPlane:
         self.pki: ClusterPKI | None = None
         self.kubeconfig = self.state_dir / "admin.kubeconfig"
         self.logs_dir = self.state_dir / "logs"
+        self.audit_policy = audit_policy
+        self.audit_log = self.logs_dir / "audit.log"
 
     # --- public API -----------------------------------------------------------------------
     @property
@@ -382,6 +387,21 @@ class ControlPlane:
             "--profiling=false",
             "--event-ttl=30m",
             "--v=1",
+            *self._audit_args(),
+        ]
+
+    def _audit_args(self) -> list[str]:
+        if self.audit_policy is None:
+            return []
+        policy = self.state_dir / "audit-policy.yaml"
+        policy.write_text(self.audit_policy)
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            # Written as requests complete, not batched: a reader sees them at once.
+            "--audit-log-mode=blocking",
+            "--audit-log-maxsize=0",
         ]
 
     def _component_kubeconfig(self, name: str, user: str) -> Path:

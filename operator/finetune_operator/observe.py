@@ -12,6 +12,8 @@ from finetune_trainer.contract import ExitCode, TerminationMessage
 from .naming import TRAINER_CONTAINER
 from .reasons import trainer_reason
 
+WAITING_FOR_POD = "waiting for the trainer pod to be created and scheduled"
+
 # Container waiting reasons worth surfacing while the pod is Pending.
 _WAITING_REASONS = {
     "ErrImagePull",
@@ -86,7 +88,9 @@ def _pending_reason(pod: dict[str, Any]) -> tuple[str, str]:
     if waiting.get("reason") in _WAITING_REASONS:
         return waiting["reason"], waiting.get("message") or ""
     if scheduled is None:
-        return "WaitingForScheduler", "the trainer pod is waiting to be scheduled"
+        # Not yet seen by the scheduler: to the user the same wait as for the pod itself,
+        # so the status does not change (and is not written) in between.
+        return "WaitingForPod", WAITING_FOR_POD
     return "ContainerCreating", "the trainer container is starting"
 
 
@@ -260,7 +264,7 @@ def observe(
             message=f"the trainer stopped ({last_failure or 'restart'}); the Job retries from "
             "the newest checkpoint while spec.lifecycle.backoffLimit allows",
         )
-    return replace(seen, reason="WaitingForPod", message="waiting for the trainer pod")
+    return replace(seen, reason="WaitingForPod", message=WAITING_FOR_POD)
 
 
 def _failure(

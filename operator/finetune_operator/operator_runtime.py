@@ -25,6 +25,12 @@ from .reconciler import Reconciler
 from .workqueue import WorkQueue
 
 
+# A FineTuneJob just reconciled waits this long before the next reconcile, so the changes
+# that arrive in a burst (its Job created, its pod created, the pod found unschedulable)
+# make one status write.
+SETTLE_SECONDS = 0.5
+
+
 @dataclass
 class OperatorRuntime:
     config: OperatorConfig
@@ -50,7 +56,7 @@ class OperatorRuntime:
         reconciler = Reconciler(
             kube, cache, config, progress=board, metrics=metrics, events=EventRecorder(kube)
         )
-        queue = WorkQueue(reconciler.reconcile, workers=config.workers)
+        queue = WorkQueue(reconciler.reconcile, workers=config.workers, settle=SETTLE_SECONDS)
         poller = ProgressPoller(
             cache,
             board,

@@ -14,7 +14,6 @@ OPERATOR_REASONS = frozenset(
     {
         "CreatingJob",
         "WaitingForPod",
-        "WaitingForScheduler",
         "ContainerCreating",
         "Running",
         "Completing",
@@ -32,6 +31,7 @@ OPERATOR_REASONS = frozenset(
         "StatusRejected",
         "Restarted",
         "Checkpoint",
+        "JobCreated",
         "TrainerFailed",
     }
 )

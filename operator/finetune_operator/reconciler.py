@@ -47,6 +47,7 @@ from .progress import ProgressBoard
 from .reasons import metric_reason
 from .safe_text import LOG_LIMIT, safe_text
 from .status_update import (
+    Event,
     StatusUpdate,
     failed_status,
     invalid_spec_status,
@@ -81,6 +82,7 @@ class Convergence:
     update: StatusUpdate
     retry_after: float | None = None
     backoff: bool = False  # come back after the work queue's growing delay
+    created: str | None = None  # the Job this pass created
 
 
 class Reconciler:
@@ -132,6 +134,9 @@ class Reconciler:
         step = self._converge(body)
         later = Outcome(retry_after=step.retry_after, backoff=step.backoff)
         update = step.update
+        if step.created:
+            message = f"created Job {step.created}"
+            update.events.insert(0, Event("Normal", "JobCreated", message))
         if not update.changed_from(previous):
             self.metrics.reconciles.labels("ok").inc()
             return later
@@ -222,6 +227,7 @@ class Reconciler:
                     now,
                 )
             )
+        created = False
         if job is None:
             # Only a Job still to be created needs durable output: a FineTuneJob admitted
             # before the API server required it may already have its Job, and that run is
@@ -235,7 +241,7 @@ class Reconciler:
                     failed_status(previous, "NotAllowed", "; ".join(not_allowed), generation, now)
                 )
             try:
-                job = self._create_children(spec, owner)
+                job, created = self._create_children(spec, owner)
             except ChildConflict as exc:
                 # Not the spec's fault: another object holds the child's name.
                 return Convergence(
@@ -297,9 +303,10 @@ class Reconciler:
                 now=now,
             ),
             backoff=waiting_outside,
+            created=owner.child_name if created else None,
         )
 
-    def _create_children(self, spec: FineTuneJobSpec, owner: Owner) -> Obj:
+    def _create_children(self, spec: FineTuneJobSpec, owner: Owner) -> tuple[Obj, bool]:
         # The ConfigMap first: the Job's pod mounts it.
         self.kube.ensure(build_config_map(spec, owner), owner.uid)
         job, created = self.kube.ensure(build_job(spec, owner, self.config), owner.uid)
@@ -307,7 +314,7 @@ class Reconciler:
         if created:
             self.metrics.jobs_created.inc()
             log.info("%s/%s: created Job %s", owner.namespace, owner.name, owner.child_name)
-        return job
+        return job, created
 
     def _missing_dataset_config_map(self, spec: FineTuneJobSpec, namespace: str) -> str | None:
         """Why the pod cannot mount dataset.configMap, when that is why it is not starting.

@@ -267,7 +267,8 @@ def _checkpoint(
 def _events(previous: dict[str, Any], status: dict[str, Any]) -> list[Event]:
     events = []
     phase, reason = status["phase"], status["reason"]
-    if (previous.get("phase"), previous.get("reason")) != (phase, reason):
+    changed = (previous.get("phase"), previous.get("reason")) != (phase, reason)
+    if changed and reason not in _PASSING_REASONS:
         kind = "Warning" if phase == "Failed" or reason not in _NORMAL_REASONS else "Normal"
         events.append(Event(kind, reason, f"{phase}: {status['message']}"))
     if status.get("restarts", 0) > int(previous.get("restarts") or 0):
@@ -287,14 +288,13 @@ def _events(previous: dict[str, Any], status: dict[str, Any]) -> list[Event]:
     return events
 
 
-_NORMAL_REASONS = {
+# Milestones worth an Event when the run reaches them.
+_NORMAL_REASONS = {"Running", "Suspended", "WaitingForQueue", "Succeeded"}
+# Steps every run passes through within seconds: the status says them, an Event each would
+# only add objects (and API writes) nobody reads.
+_PASSING_REASONS = {
     "CreatingJob",
     "WaitingForPod",
-    "WaitingForScheduler",
     "ContainerCreating",
-    "Running",
     "Completing",
-    "Suspended",
-    "WaitingForQueue",
-    "Succeeded",
 }

@@ -9,6 +9,10 @@ It follows client-go's work queue, which every Kubernetes controller uses:
   thread ever waits on another FineTuneJob's lock.
 - ``add_after`` brings a key back later (a quota to wait for); a failing key comes back
   with a delay that doubles up to a limit, and goes back to no delay once it succeeds.
+- A key that was just worked waits ``settle`` seconds before it is worked again: the
+  changes that follow one another within a moment (a pod created, then marked
+  unschedulable by the scheduler a few milliseconds later) make one status write, not one
+  each. A new key is worked at once.
 
 The threads run the reconcile, which makes blocking API calls (each with its own
 timeout); how many run at once is the operator's ``workers`` setting.
@@ -50,6 +54,7 @@ class WorkQueue:
         name: str = "reconcile",
         base_delay: float = 0.5,
         max_delay: float = 300.0,
+        settle: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.handler = handler
@@ -57,6 +62,7 @@ class WorkQueue:
         self.name = name
         self.base_delay = base_delay
         self.max_delay = max_delay
+        self.settle = settle
         self._clock = clock
         self._cond = threading.Condition()
         self._queue: deque[Hashable] = deque()
@@ -67,6 +73,7 @@ class WorkQueue:
         self._due: dict[Hashable, float] = {}  # each key's earliest time in _later
         self._tiebreak = itertools.count()
         self._failures: dict[Hashable, int] = {}
+        self._worked: dict[Hashable, float] = {}  # key -> when its last work ended
         self._threads: list[threading.Thread] = []
         self._stopping = False
         self.processed = 0
@@ -82,6 +89,12 @@ class WorkQueue:
         if key in self._active:
             self._again.add(key)
             return
+        worked = self._worked.get(key)
+        if worked is not None:
+            if self._clock() < worked + self.settle:
+                self._schedule(key, worked + self.settle)
+                return
+            del self._worked[key]
         self._queued.add(key)
         self._queue.append(key)
         self._cond.notify()
@@ -152,6 +165,8 @@ class WorkQueue:
             with self._cond:
                 del self._active[key]
                 self.processed += 1
+                if self.settle > 0:
+                    self._worked[key] = self._clock()
                 if failed:
                     count = self._failures.get(key, 0)
                     self._failures[key] = count + 1
@@ -175,6 +190,7 @@ class WorkQueue:
         """Drop what the queue keeps about a key that no longer exists."""
         with self._cond:
             self._failures.pop(key, None)
+            self._worked.pop(key, None)
             self._due.pop(key, None)  # its heap entry is skipped when it comes due
 
     def stuck(self, limit: float) -> str | None:

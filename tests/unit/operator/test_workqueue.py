@@ -108,3 +108,28 @@ def test_a_hung_reconcile_is_reported() -> None:
     assert "reconciling a has taken 400s" in (queue.stuck(limit=300) or "")
     release.set()
     queue.stop()
+
+
+def test_changes_within_the_settle_time_make_one_more_reconcile() -> None:
+    now = [0.0]
+    calls: list[float] = []
+    queue = WorkQueue(
+        lambda key: calls.append(now[0]) or DONE, workers=1, settle=0.5, clock=lambda: now[0]
+    )
+    queue.start()
+    queue.add("a")
+    wait_until(lambda: len(calls) == 1)
+    for moment in (0.1, 0.2, 0.3):  # three events in quick succession
+        now[0] = moment
+        queue.add("a")
+    time.sleep(0.1)
+    assert len(calls) == 1  # they wait for the settle time
+    now[0] = 0.6
+    with queue._cond:
+        queue._cond.notify_all()
+    wait_until(lambda: len(calls) == 2)
+    time.sleep(0.1)
+    queue.add("b")  # another key is worked at once
+    wait_until(lambda: len(calls) == 3)
+    queue.stop()
+    assert calls == [0.0, 0.6, 0.6]
