@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..config import S3Location
-from ..contract import Env
+from ..contract import Env, TrainerReason
 from ..errors import InvalidConfig, exception_chain
 from .retry import DEFAULT_RETRY, RetryPolicy, with_retries
 
@@ -49,7 +49,7 @@ def credentials_from_env(role: S3Role) -> dict[str, str]:
         raise InvalidConfig(
             f"{missing} is not set but its pair is; set both or neither (check the "
             f"credentialsSecretRef of the {role} S3 location)",
-            reason="InvalidS3Credentials",
+            reason=TrainerReason.INVALID_S3_CREDENTIALS,
         )
     if not key_id:
         return {}
