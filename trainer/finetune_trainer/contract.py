@@ -27,6 +27,14 @@ class ExitCode(enum.IntEnum):
     INVALID_INPUT = 78  # bad config or bad data (sysexits EX_CONFIG): never retried
 
 
+# --- The config file the operator writes --------------------------------------------------
+# It carries these two keys, saying that every other key is spelled as the schema spells it
+# (camelCase): the trainer then reads each field one way only, never applying the original
+# example's legacy renames (which read a relative dataset.path as a Hub dataset id).
+TRAINER_CONFIG_API_VERSION = "finetune.dev/v1alpha1"
+TRAINER_CONFIG_KIND = "TrainerConfig"
+TRAINER_CONFIG_MARKER = {"apiVersion": TRAINER_CONFIG_API_VERSION, "kind": TRAINER_CONFIG_KIND}
+
 # --- Where the operator puts things in the pod ------------------------------------------
 CONFIG_DIR = "/etc/finetune"
 CONFIG_FILE = "config.yaml"
