@@ -282,6 +282,19 @@ class TestFingerprint:
         )
         assert hub.fingerprint() == with_token.fingerprint()
 
+    def test_special_tokens_in_content_counts_only_when_it_changes_the_tokens(self) -> None:
+        # The default trains on what trainers before the setting did (or refuses the row),
+        # so their checkpoints still resume; escape tokenizes such rows differently.
+        base = TrainerConfig.from_mapping({})
+        assert base.to_wire()["dataset"]["specialTokensInContent"] == "error"
+        assert base.fingerprint() == "1a484c44838778d6"  # what trainers before it computed
+        explicit = TrainerConfig.from_mapping({"dataset": {"specialTokensInContent": "error"}})
+        assert explicit.fingerprint() == base.fingerprint()
+        wire = base._fingerprinted_wire()
+        assert "specialTokensInContent" not in wire["dataset"]
+        escape = TrainerConfig.from_mapping({"dataset": {"specialTokensInContent": "escape"}})
+        assert escape.fingerprint() != base.fingerprint()
+
 
 class TestOutputUri:
     @pytest.mark.parametrize(

@@ -91,6 +91,11 @@ class TrainerConfig(SpecModel):
             training.pop(key, None)
         for key in ("tokenSecretRef", "offloadEmbedding"):
             wire.get("model", {}).pop(key, None)
+        # Its default, error, trains on the same tokens as trainers from before the
+        # setting (or refuses the row): counted only when it changes them.
+        dataset = wire.get("dataset", {})
+        if dataset.get("specialTokensInContent") == "error":
+            del dataset["specialTokensInContent"]
         for part in ("model", "dataset"):
             for key in ("endpoint", "region", "credentialsSecretRef"):
                 wire.get(part, {}).get("s3", {}).pop(key, None)
