@@ -213,10 +213,14 @@ def _present_files(root: Path) -> set[str]:
     directory), a device, a FIFO, a socket; or more entries than a manifest may list."""
     found: set[str] = set()
     pending = [root]
+    seen = 0
     while pending:
         directory = pending.pop()
         with os.scandir(directory) as entries:
             for entry in entries:
+                seen += 1
+                if seen > 2 * MAX_MANIFEST_FILES:  # directories count too
+                    raise ManifestError(f"holds more than {2 * MAX_MANIFEST_FILES} entries")
                 name = Path(entry.path).relative_to(root).as_posix()
                 mode = entry.stat(follow_symlinks=False).st_mode
                 if stat.S_ISDIR(mode):
