@@ -22,7 +22,7 @@ from typing import NoReturn
 from pydantic import ValidationError
 
 from .config import OutputSpec, TrainerConfig, describe_errors
-from .contract import CONFIG_PATH, Env, ExitCode, TerminationMessage
+from .contract import CONFIG_PATH, Env, ExitCode, TerminationMessage, TrainerReason
 from .errors import InvalidConfig, InvalidInput
 from .runtime import RuntimeOptions
 from .signals import Interrupted
@@ -108,7 +108,7 @@ def config_path(arg: Path | None) -> Path:
         return Path(CONFIG_PATH)
     raise InvalidConfig(
         f"no config file: pass --config, or set {Env.CONFIG}, or mount one at {CONFIG_PATH}",
-        reason="ConfigNotFound",
+        reason=TrainerReason.CONFIG_NOT_FOUND,
     )
 
 
@@ -119,7 +119,9 @@ def load_config(path: Path) -> TrainerConfig:
     try:
         return TrainerConfig.from_file(path)
     except FileNotFoundError:
-        raise InvalidConfig(f"config file {path} does not exist", reason="ConfigNotFound") from None
+        raise InvalidConfig(
+            f"config file {path} does not exist", reason=TrainerReason.CONFIG_NOT_FOUND
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidConfig(f"config file {path} cannot be read: {exc}") from None
     except yaml.YAMLError as exc:
@@ -163,7 +165,9 @@ def run(argv: Sequence[str] | None = None) -> TerminationMessage:
         return TerminationMessage(status="invalid_input", reason=exc.reason, message=str(exc))
     except ValueError as exc:  # a malformed port in the environment, for example
         log.error("%s", exc)
-        return TerminationMessage(status="invalid_input", reason="InvalidConfig", message=str(exc))
+        return TerminationMessage(
+            status="invalid_input", reason=TrainerReason.INVALID_CONFIG, message=str(exc)
+        )
     try:
         if args.dry_run:
             return _dry_run(config, runtime)
@@ -182,7 +186,9 @@ def _dry_run(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessa
     except Exception as exc:  # say what failed in the termination message, too
         log.exception("the dry run failed")
         return TerminationMessage(
-            status="failed", reason="DryRunFailed", message=f"{type(exc).__name__}: {exc}"
+            status="failed",
+            reason=TrainerReason.DRY_RUN_FAILED,
+            message=f"{type(exc).__name__}: {exc}",
         )
 
 
@@ -194,7 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Stop signals are handled inside the run; one that lands outside those handlers
         # (on an error path, say) still ends with a message and the interrupted code.
         log.warning("%s; exiting", exc)
-        message = TerminationMessage(status="interrupted", reason="Interrupted", message=str(exc))
+        message = TerminationMessage(
+            status="interrupted", reason=TrainerReason.INTERRUPTED, message=str(exc)
+        )
     # The runtime may not exist when the arguments were bad; recompute the path cheaply.
     from .termination import termination_path
 

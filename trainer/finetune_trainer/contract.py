@@ -27,6 +27,14 @@ class ExitCode(enum.IntEnum):
     INVALID_INPUT = 78  # bad config or bad data (sysexits EX_CONFIG): never retried
 
 
+# --- The config file the operator writes --------------------------------------------------
+# It carries these two keys, saying that every other key is spelled as the schema spells it
+# (camelCase): the trainer then reads each field one way only, never applying the original
+# example's legacy renames (which read a relative dataset.path as a Hub dataset id).
+TRAINER_CONFIG_API_VERSION = "finetune.dev/v1alpha1"
+TRAINER_CONFIG_KIND = "TrainerConfig"
+TRAINER_CONFIG_MARKER = {"apiVersion": TRAINER_CONFIG_API_VERSION, "kind": TRAINER_CONFIG_KIND}
+
 # --- Where the operator puts things in the pod ------------------------------------------
 CONFIG_DIR = "/etc/finetune"
 CONFIG_FILE = "config.yaml"
@@ -148,6 +156,44 @@ TERMINATION_MESSAGE_LIMIT = 4096  # bytes the kubelet keeps
 TerminationStatus = Literal["succeeded", "failed", "interrupted", "invalid_input"]
 
 
+class TrainerReason(enum.StrEnum):
+    """Every reason the trainer puts in its termination message, and no other.
+
+    The message is written by whatever runs in the trainer container, which a FineTuneJob
+    may replace (``spec.image``); so the operator takes a reason from it only when it is
+    one of these (:meth:`TerminationMessage.known_reason`), and a generic one otherwise."""
+
+    # succeeded
+    COMPLETED = "Completed"
+    ALREADY_COMPLETED = "AlreadyCompleted"
+    DRY_RUN_PASSED = "DryRunPassed"
+    # interrupted
+    INTERRUPTED = "Interrupted"
+    # failed (retried)
+    TRAINING_FAILED = "TrainingFailed"
+    DRY_RUN_FAILED = "DryRunFailed"
+    # invalid_input (exit 78, never retried)
+    INVALID_INPUT = "InvalidInput"
+    INVALID_CONFIG = "InvalidConfig"
+    CONFIG_NOT_FOUND = "ConfigNotFound"
+    INVALID_S3_CREDENTIALS = "InvalidS3Credentials"
+    INVALID_DATASET = "InvalidDataset"
+    INVALID_MODEL = "InvalidModel"
+    INCOMPATIBLE_CHECKPOINT = "IncompatibleCheckpoint"
+    OUT_OF_MEMORY = "OutOfMemory"
+
+
+TRAINER_REASONS: frozenset[str] = frozenset(reason.value for reason in TrainerReason)
+
+# What a reason outside TRAINER_REASONS is reported as, by the message's status.
+GENERIC_REASONS: dict[str, TrainerReason] = {
+    "succeeded": TrainerReason.COMPLETED,
+    "failed": TrainerReason.TRAINING_FAILED,
+    "interrupted": TrainerReason.INTERRUPTED,
+    "invalid_input": TrainerReason.INVALID_INPUT,
+}
+
+
 class CheckpointRef(_Wire):
     step: int
     uri: str
@@ -158,7 +204,10 @@ class TerminationMessage(_Wire):
     operator copies into the FineTuneJob's status."""
 
     status: TerminationStatus
-    reason: str = Field(description="CamelCase machine-readable reason, e.g. InvalidDataset.")
+    reason: str = Field(
+        description="CamelCase machine-readable reason: one of TrainerReason when the "
+        "trainer wrote it (the wire type stays a string, so a foreign one still decodes)."
+    )
     message: str = ""
     step: int | None = None
     total_steps: int | None = None
@@ -167,6 +216,14 @@ class TerminationMessage(_Wire):
     adapter_uri: str | None = None
     merged_uri: str | None = None
     resumed_from_step: int | None = None
+
+    @property
+    def known_reason(self) -> TrainerReason:
+        """``reason`` when it is one the trainer emits, else the generic reason of
+        ``status``: what the operator may copy into a status condition."""
+        if self.reason in TRAINER_REASONS:
+            return TrainerReason(self.reason)
+        return GENERIC_REASONS[self.status]
 
     def encode(self) -> str:
         """JSON that fits the kubelet's 4 KiB limit, shortening the message if needed."""

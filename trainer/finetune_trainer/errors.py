@@ -7,6 +7,8 @@ import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from .contract import TrainerReason
+
 # What an I/O call fails with when the trainer's user may not do it: the same on every
 # attempt, so retrying only spends the Job's backoff limit.
 _ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
@@ -16,9 +18,9 @@ class InvalidInput(Exception):
     """Bad config or bad data. ``reason`` is a CamelCase word for status conditions; the
     message names the field or row and says what to fix."""
 
-    reason = "InvalidInput"
+    reason: TrainerReason = TrainerReason.INVALID_INPUT
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: TrainerReason | None = None) -> None:
         super().__init__(message)
         if reason is not None:
             self.reason = reason
@@ -29,21 +31,21 @@ class InvalidInput(Exception):
 
 
 class InvalidConfig(InvalidInput):
-    reason = "InvalidConfig"
+    reason = TrainerReason.INVALID_CONFIG
 
 
 class InvalidDataset(InvalidInput):
-    reason = "InvalidDataset"
+    reason = TrainerReason.INVALID_DATASET
 
 
 class InvalidModel(InvalidInput):
-    reason = "InvalidModel"
+    reason = TrainerReason.INVALID_MODEL
 
 
 class IncompatibleCheckpoint(InvalidInput):
     """The output location holds checkpoints written under a different training config."""
 
-    reason = "IncompatibleCheckpoint"
+    reason = TrainerReason.INCOMPATIBLE_CHECKPOINT
 
 
 @contextmanager

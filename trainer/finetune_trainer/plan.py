@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import TrainerConfig, TrainingSpec
-from .contract import TerminationMessage
+from .contract import TerminationMessage, TrainerReason
 from .errors import InvalidInput
 from .memory import GIB, MemoryEstimate, ModelShape, estimate_for
 from .runtime import RuntimeOptions
@@ -185,7 +185,7 @@ def dry_run(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessag
         log.warning("the estimate exceeds 80 GiB; see the memory guidance in the README")
     return TerminationMessage(
         status="succeeded",
-        reason="DryRunPassed",
+        reason=TrainerReason.DRY_RUN_PASSED,
         message=f"config and data are valid; {steps.total_steps} steps planned",
         total_steps=steps.total_steps,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .contract import CheckpointRef, TerminationMessage, TerminationStatus
+from .contract import CheckpointRef, TerminationMessage, TerminationStatus, TrainerReason
 
 
 @dataclass
@@ -20,7 +20,9 @@ class RunProgress:
     interrupted: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
-    def message(self, status: TerminationStatus, reason: str, text: str) -> TerminationMessage:
+    def message(
+        self, status: TerminationStatus, reason: TrainerReason, text: str
+    ) -> TerminationMessage:
         return TerminationMessage(
             status=status,
             reason=reason,

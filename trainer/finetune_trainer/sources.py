@@ -69,7 +69,7 @@ def _download(
 ) -> Path:
     """Download ``location`` into ``dest``; what only a change of the source can fix is
     raised as ``invalid``, naming ``<role>.s3``."""
-    from .storage.s3 import KeyOutsideDirectory, S3Store, download_prefix_or_object
+    from .storage.s3 import S3Store, UnsafeKey, download_prefix_or_object
 
     store = S3Store.for_location(location, role)  # type: ignore[arg-type]
     log.info("downloading %s into %s", location.uri, dest)
@@ -77,10 +77,10 @@ def _download(
         return download_prefix_or_object(store, location.prefix, dest, reuse=reuse)
     except FileNotFoundError:
         raise invalid(f"{role}.s3: nothing at {location.uri}; check the URI") from None
-    except KeyOutsideDirectory as exc:
+    except UnsafeKey as exc:
         raise invalid(
-            f"{role}.s3: {exc}; rename or remove that object (a '..' segment in its key "
-            f"climbs out of {role}.s3.uri), or point {role}.s3.uri at a prefix without it"
+            f"{role}.s3: {exc}; rename or remove that object{exc.hint}, or point "
+            f"{role}.s3.uri at a prefix without it"
         ) from None
 
 

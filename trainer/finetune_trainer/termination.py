@@ -7,7 +7,13 @@ import logging
 import os
 from pathlib import Path
 
-from .contract import TERMINATION_MESSAGE_PATH, Env, ExitCode, TerminationMessage
+from .contract import (
+    TERMINATION_MESSAGE_PATH,
+    TRAINER_REASONS,
+    Env,
+    ExitCode,
+    TerminationMessage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +39,16 @@ def termination_path() -> Path | None:
 
 def write_termination_message(message: TerminationMessage, path: Path | None) -> None:
     """Write the message; a failure to write is logged, never raised (the exit code still
-    tells the operator what happened)."""
+    tells the operator what happened). Its reason is always one of the contract's
+    ``TrainerReason``s: one outside them is a bug, logged and replaced by the generic
+    reason of the status, as the operator would read it anyway."""
+    if message.reason not in TRAINER_REASONS:
+        log.error(
+            "termination reason %r is not one of the contract's; writing %s instead",
+            message.reason,
+            message.known_reason,
+        )
+        message = message.model_copy(update={"reason": message.known_reason})
     text = message.encode()
     log.info("termination message: %s", text)
     if path is None:

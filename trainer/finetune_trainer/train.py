@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .config import TrainerConfig
-from .contract import TerminationMessage
+from .contract import TerminationMessage, TrainerReason
 from .errors import IncompatibleCheckpoint, InvalidInput
 from .memory_plan import MemoryPlan, estimate_fits, plan_memory
 from .metrics import (
@@ -152,7 +152,7 @@ class TrainingRun:
         # Closing waits for pending uploads, which may make a newer checkpoint durable; the
         # message reports the newest one, and a failure says where the next attempt starts.
         update: dict[str, object] = {"checkpoint": self.progress.checkpoint}
-        if message.reason == "TrainingFailed" and self.progress.checkpoint is not None:
+        if message.reason == TrainerReason.TRAINING_FAILED and self.progress.checkpoint is not None:
             step = self.progress.checkpoint.step
             update["message"] = (
                 f"{message.message} (the next attempt resumes from checkpoint-{step})"
@@ -169,14 +169,16 @@ class TrainingRun:
             return self.progress.message("invalid_input", exc.reason, str(exc))
         except Interrupted as exc:
             log.warning("%s; exiting", exc)
-            return self.progress.message("interrupted", "Interrupted", str(exc))
+            return self.progress.message("interrupted", TrainerReason.INTERRUPTED, str(exc))
         except Exception as exc:
             if is_out_of_memory(exc):
                 log.error("out of GPU memory:\n%s", traceback.format_exc())
                 text = out_of_memory_message(self.config, self.stage, self.memory_plan, exc)
-                return self.progress.message("invalid_input", "OutOfMemory", text)
+                return self.progress.message("invalid_input", TrainerReason.OUT_OF_MEMORY, text)
             log.error("training failed:\n%s", traceback.format_exc())
-            return self.progress.message("failed", "TrainingFailed", f"{type(exc).__name__}: {exc}")
+            return self.progress.message(
+                "failed", TrainerReason.TRAINING_FAILED, f"{type(exc).__name__}: {exc}"
+            )
         finally:
             self._close()
 
@@ -265,7 +267,7 @@ class TrainingRun:
             where = f"checkpoint-{checkpoint.step} at {checkpoint.uri}" if checkpoint else "none"
             return self.progress.message(
                 "interrupted",
-                "Interrupted",
+                TrainerReason.INTERRUPTED,
                 f"stopped by {self.stop.signal_name} after step {self.progress.step}; "
                 f"checkpoint: {where}",
             )
@@ -274,7 +276,7 @@ class TrainingRun:
             self._finish(backend, trainer, model, tokenizer, target)
         return self.progress.message(
             "succeeded",
-            "Completed",
+            TrainerReason.COMPLETED,
             f"trained {self.progress.step} steps; adapter at {self.progress.adapter_uri}",
         )
 
@@ -310,7 +312,9 @@ class TrainingRun:
         if newest is not None:
             self.progress.checkpoint = _ref(newest.step, newest.uri)
         return self.progress.message(
-            "succeeded", "AlreadyCompleted", f"the adapter at {self.progress.adapter_uri} exists"
+            "succeeded",
+            TrainerReason.ALREADY_COMPLETED,
+            f"the adapter at {self.progress.adapter_uri} exists",
         )
 
     def _plan_memory(self, backend: Any, model_source: Any, token: str | None) -> MemoryPlan:

@@ -8,10 +8,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
-from finetune_trainer.config import OutputSpec, TrainerConfig
-from finetune_trainer.config.base import K8sName, SpecModel, cel
+from finetune_trainer.config import DatasetSpec, ModelSpec, OutputSpec, TrainerConfig
+from finetune_trainer.config.base import K8sName, SpecModel, cel, no_nul, nul_rule
 
 # resource.Quantity as Kubernetes parses it (500m, 4, 16Gi, 1.5G, 1e3), never negative: a
 # value the API server would refuse fails here, naming the field, not at Job creation.
@@ -36,7 +43,20 @@ LabelValue = Annotated[
     str,
     StringConstraints(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"),
 ]
-ImageRef = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\s]+$")]
+ImageRef = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\s]+$"),
+    AfterValidator(no_nul),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 1024,
+            "pattern": r"^[^\s]+$",
+            "x-kubernetes-validations": [nul_rule()],
+        }
+    ),
+]
 
 
 class ResourcesSpec(SpecModel):
@@ -163,6 +183,20 @@ DURABLE_OUTPUT_MESSAGE = (
     "inside it"
 )
 
+
+# The trainer's own config takes a relative model.path or dataset.path (the original
+# example reads ./my_conversations.json). In a pod it would be relative to the trainer's
+# empty scratch directory, and an older trainer read a relative dataset.path such as
+# team/chats as a Hub dataset id, training on a public dataset of that name.
+def relative_path_message(part: str) -> str:
+    what = "model directory" if part == "model" else "data"
+    return (
+        f"{part}.path must be an absolute path: in the trainer pod a relative path is "
+        f"relative to an empty scratch directory; put the {what} on a volume with "
+        f"{part}.pvc, or give an absolute path inside the trainer image"
+    )
+
+
 RECREATE_FOR_OUTPUT = (
     "spec.output cannot change after creation: re-create the FineTuneJob with "
     "spec.output.pvc or spec.output.s3"
@@ -187,6 +221,19 @@ class FineTuneJobSpec(TrainerConfig):
                     ),
                     "optionalOldSelf": True,
                 },
+                # On create only too, like the output rule: model and dataset are immutable,
+                # and a FineTuneJob admitted before this rule keeps an editable lifecycle.
+                *(
+                    {
+                        **cel(
+                            f"oldSelf.hasValue() || !has(self.{part}) || "
+                            f"!has(self.{part}.path) || self.{part}.path.startsWith('/')",
+                            relative_path_message(part),
+                        ),
+                        "optionalOldSelf": True,
+                    }
+                    for part in ("model", "dataset")
+                ),
             ]
         }
     }
@@ -217,6 +264,13 @@ class FineTuneJobSpec(TrainerConfig):
         description="ServiceAccount of the trainer pod. Default: the namespace's default "
         "account; the trainer needs no Kubernetes API access.",
     )
+
+    @field_validator("model", "dataset")
+    @classmethod
+    def _absolute_path(cls, value: ModelSpec | DatasetSpec, info: Any) -> ModelSpec | DatasetSpec:
+        if value.path is not None and not value.path.startswith("/"):
+            raise ValueError(relative_path_message(info.field_name))
+        return value
 
     def trainer_config(self) -> TrainerConfig:
         """The training part alone: what goes into the trainer's config file."""

@@ -28,8 +28,11 @@ def resolved_trainer_config(spec: FineTuneJobSpec, owner: Owner) -> TrainerConfi
 
 
 def config_file_text(config: TrainerConfig) -> str:
+    """The canonical config file: marked (``apiVersion``/``kind``), camelCase keys only, so
+    the trainer reads every field one way and applies none of the original example's
+    legacy renames (contract.TRAINER_CONFIG_MARKER)."""
     header = "# Trainer config written by finetune-operator from the FineTuneJob's spec.\n"
-    return header + yaml.safe_dump(config.to_wire(), sort_keys=False)
+    return header + yaml.safe_dump(config.to_marked_wire(), sort_keys=False)
 
 
 def build_config_map(spec: FineTuneJobSpec, owner: Owner) -> dict[str, Any]:

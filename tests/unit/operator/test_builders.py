@@ -47,6 +47,16 @@ class TestConfigMapBuilder:
         # Only the trainer's part of the spec goes in: the trainer rejects unknown keys.
         assert "resources" not in yaml.safe_load(cm["data"][contract.CONFIG_FILE])
 
+    def test_the_file_is_marked_canonical(self, owner: Owner) -> None:
+        """The trainer reads a marked file one way: camelCase keys, no legacy renames."""
+        spec = spec_of({"dataset": {"path": "/data/chats"}, "training": {"maxSteps": 5}})
+        data = yaml.safe_load(build_config_map(spec, owner)["data"][contract.CONFIG_FILE])
+        assert {k: data[k] for k in ("apiVersion", "kind")} == contract.TRAINER_CONFIG_MARKER
+        assert data["model"]["maxSeqLength"] == 1024  # canonical spelling throughout
+        config = TrainerConfig.from_mapping(data)
+        assert (config.dataset.path, config.dataset.name) == ("/data/chats", None)
+        assert config == spec.trainer_config().model_copy(update={"output": config.output})
+
     def test_pvc_output_without_path_gets_a_unique_directory(self, owner: Owner) -> None:
         spec = spec_of({"output": {"pvc": {"claimName": "outs"}}})
         text = build_config_map(spec, owner)["data"][contract.CONFIG_FILE]

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
+
+import pytest
 
 from finetune_trainer.contract import (
+    GENERIC_REASONS,
     TERMINATION_MESSAGE_LIMIT,
+    TRAINER_REASONS,
     CheckpointRef,
     ExitCode,
     Metric,
     TerminationMessage,
+    TerminationStatus,
     parse_metrics,
 )
 
@@ -72,3 +78,34 @@ def test_exit_codes_are_distinct_and_stable() -> None:
     assert int(ExitCode.INVALID_INPUT) == 78
     assert int(ExitCode.INTERRUPTED) == 75
     assert len({int(c) for c in ExitCode}) == len(ExitCode)
+
+
+# --- The trainer's reasons -------------------------------------------------------------------
+
+
+def test_reasons_are_camel_case_condition_reasons() -> None:
+    """Each may go into a metav1.Condition's reason as it is."""
+    for reason in TRAINER_REASONS:
+        assert re.fullmatch(r"[A-Z][A-Za-z0-9]*", reason), reason
+    assert {g.value for g in GENERIC_REASONS.values()} <= TRAINER_REASONS
+    assert set(GENERIC_REASONS) == set(TerminationStatus.__args__)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "expected"),
+    [
+        ("invalid_input", "InvalidDataset", "InvalidDataset"),
+        ("invalid_input", "Pwned by tenant", "InvalidInput"),
+        ("failed", "x" * 300, "TrainingFailed"),
+        ("succeeded", "Ready", "Completed"),
+        ("interrupted", "", "Interrupted"),
+    ],
+)
+def test_a_reason_outside_the_set_reads_as_the_generic_one(
+    status: str, reason: str, expected: str
+) -> None:
+    text = json.dumps({"status": status, "reason": reason, "message": "m"})
+    decoded = TerminationMessage.decode(text)
+    assert decoded is not None  # still decoded: a foreign reason is not a foreign message
+    assert decoded.reason == reason
+    assert decoded.known_reason == expected

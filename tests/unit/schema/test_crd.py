@@ -170,7 +170,7 @@ def test_every_cross_field_check_is_also_a_cel_rule(spec_schema: dict[str, Any])
 def test_s3_endpoints_refuse_credentials(spec_schema: dict[str, Any]) -> None:
     for section in ("model", "dataset", "output"):
         endpoint = spec_schema["properties"][section]["properties"]["s3"]["properties"]["endpoint"]
-        (rule,) = rules_of(endpoint).values()
+        rule = next(r for m, r in rules_of(endpoint).items() if "credentials" in m)
         # The CEL rule uses the same RE2-compatible pattern the validator does.
         pattern = rule.removeprefix("!self.matches('").removesuffix("')")
         assert re.match(pattern, "https://key:secret@minio:9000")
@@ -197,3 +197,39 @@ def test_status_uris_fit_every_location_the_spec_allows(version: dict[str, Any])
     pvc_uri = len("pvc://") + MAX_K8S_NAME + 1 + MAX_RELATIVE_PATH
     longest = max(MAX_LOCAL_PATH, MAX_S3_URI, pvc_uri) + len("/checkpoint-10000000/final_model")
     assert all(limit >= longest for limit in limits), limits
+
+
+NUL_RULE = {"rule": "!self.contains('\\u0000')", "message": "must not contain a NUL character"}
+
+
+def _admits_nul(node: dict[str, Any]) -> bool:
+    """Whether a string node's pattern (if any) could match a NUL: no pattern, '.', a
+    negated class or escape (\\S, [^/]); positive classes such as [a-z0-9._-] never do."""
+    pattern = node.get("pattern")
+    if pattern is None:
+        return True
+    outside = re.sub(r"\[(?!\^)(?:\\.|[^\]])*\]", "", pattern.replace("\\.", ""))
+    return "." in outside or "[^" in outside or re.search(r"\\[SWD]", outside) is not None
+
+
+def test_every_free_form_string_refuses_a_nul(spec_schema: dict[str, Any]) -> None:
+    """Paths, URIs and names: a NUL would reach file names, S3 keys and the C library."""
+    checked = []
+    for path, node in walk(spec_schema, "spec"):
+        if node.get("type") != "string" or "enum" in node or not _admits_nul(node):
+            continue
+        assert NUL_RULE in (node.get("x-kubernetes-validations") or []), path
+        checked.append(path)
+    for expected in (
+        "spec.model.path",
+        "spec.dataset.path",
+        "spec.output.path",
+        "spec.dataset.pvc.path",
+        "spec.output.s3.uri",
+        "spec.model.s3.endpoint",
+        "spec.dataset.revision",
+        "spec.image",
+    ):
+        assert expected in checked
+    # The rule's text holds the escape, never the character itself.
+    assert "\x00" not in yaml.safe_dump(spec_schema)

@@ -282,6 +282,19 @@ class TestFingerprint:
         )
         assert hub.fingerprint() == with_token.fingerprint()
 
+    def test_special_tokens_in_content_counts_only_when_it_changes_the_tokens(self) -> None:
+        # The default trains on what trainers before the setting did (or refuses the row),
+        # so their checkpoints still resume; escape tokenizes such rows differently.
+        base = TrainerConfig.from_mapping({})
+        assert base.to_wire()["dataset"]["specialTokensInContent"] == "error"
+        assert base.fingerprint() == "1a484c44838778d6"  # what trainers before it computed
+        explicit = TrainerConfig.from_mapping({"dataset": {"specialTokensInContent": "error"}})
+        assert explicit.fingerprint() == base.fingerprint()
+        wire = base._fingerprinted_wire()
+        assert "specialTokensInContent" not in wire["dataset"]
+        escape = TrainerConfig.from_mapping({"dataset": {"specialTokensInContent": "escape"}})
+        assert escape.fingerprint() != base.fingerprint()
+
 
 class TestOutputUri:
     @pytest.mark.parametrize(
@@ -296,3 +309,92 @@ class TestOutputUri:
     def test_uri(self, output: dict, expected: str) -> None:
         config = TrainerConfig.from_mapping({"output": output})
         assert config.output.uri("checkpoint-10") == expected
+
+
+MARKER = {"apiVersion": "finetune.dev/v1alpha1", "kind": "TrainerConfig"}
+
+
+class TestMarkedConfig:
+    """The operator's config file says it holds canonical keys: one reading of each field."""
+
+    def test_a_relative_dataset_path_stays_a_path(self) -> None:
+        # Unmarked, the original example's rule reads it as a Hub dataset id...
+        unmarked = TrainerConfig.from_mapping({"dataset": {"path": "team/chats"}})
+        assert (unmarked.dataset.name, unmarked.dataset.path) == ("team/chats", None)
+        # ...which a marked file never gets: it names a path, and fails as one if missing.
+        marked = TrainerConfig.from_mapping({**MARKER, "dataset": {"path": "team/chats"}})
+        assert (marked.dataset.name, marked.dataset.path) == (None, "team/chats")
+
+    @pytest.mark.parametrize(
+        ("data", "expected"),
+        [
+            ({"model": {"max_seq_length": 2048}}, "spec.model.max_seq_length: unknown field"),
+            ({"lora": {"r": 16}}, "spec.lora.r: unknown field"),
+            ({"output": {"dir": "out"}}, "spec.output.dir: unknown field"),
+            ({"training": {"max_steps": -1}}, "spec.training.max_steps: unknown field"),
+        ],
+    )
+    def test_legacy_and_snake_case_keys_are_refused(self, data: dict, expected: str) -> None:
+        assert any(line.startswith(expected) for line in errors_of({**MARKER, **data}))
+
+    @pytest.mark.parametrize(
+        ("marker", "expected"),
+        [
+            (
+                {"apiVersion": "finetune.dev/v2", "kind": "TrainerConfig"},
+                "apiVersion: 'finetune.dev/v2' is not a config version this trainer reads",
+            ),
+            ({"kind": "TrainerConfig"}, "apiVersion: None is not a config version"),
+            (
+                {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob"},
+                "kind: 'FineTuneJob' is not a trainer config",
+            ),
+            ({"apiVersion": "finetune.dev/v1alpha1"}, "kind: None is not a trainer config"),
+        ],
+    )
+    def test_an_unknown_marker_is_refused(self, marker: dict, expected: str) -> None:
+        with pytest.raises(ValidationError) as info:
+            TrainerConfig.from_mapping({**marker, "training": {"maxSteps": 5}})
+        assert any(expected in line for line in describe_errors(info.value)), info.value
+
+    def test_round_trip_and_fingerprint(self) -> None:
+        config = TrainerConfig.from_mapping(
+            {"model": {"pvc": {"claimName": "m"}}, "training": {"maxSteps": 7}}
+        )
+        wire = config.to_marked_wire()
+        assert {k: wire[k] for k in MARKER} == MARKER
+        again = TrainerConfig.from_mapping(wire)
+        assert again == config
+        assert again.fingerprint() == config.fingerprint()
+
+    def test_the_trainer_config_alone_takes_relative_paths(self) -> None:
+        """The original example reads ./my_conversations.json from where it runs."""
+        config = TrainerConfig.from_mapping(
+            {**MARKER, "dataset": {"path": "./my_conversations.json"}, "model": {"path": "m"}}
+        )
+        assert config.dataset.path == "./my_conversations.json"
+        assert config.model.path == "m"
+
+
+NUL_FIELDS = [
+    ({"model": {"path": "/models/a\x00b"}}, "spec.model.path"),
+    ({"dataset": {"path": "/data/a\x00.jsonl"}}, "spec.dataset.path"),
+    ({"output": {"path": "/out/\x00"}}, "spec.output.path"),
+    ({"dataset": {"pvc": {"claimName": "d", "path": "x\x00y"}}}, "spec.dataset.pvc.path"),
+    ({"output": {"pvc": {"claimName": "o", "path": "runs/\x00"}}}, "spec.output.pvc.path"),
+    ({"output": {"s3": {"uri": "s3://bucket/a\x00b"}}}, "spec.output.s3.uri"),
+    ({"model": {"s3": {"uri": "s3://bucket/m", "region": "eu\x00"}}}, "spec.model.s3.region"),
+    (
+        {"dataset": {"s3": {"uri": "s3://bucket/d", "endpoint": "https://s3.example/\x00"}}},
+        "spec.dataset.s3.endpoint",
+    ),
+    ({"model": {"name": "org/m", "revision": "main\x00"}}, "spec.model.revision"),
+    ({"dataset": {"name": "org/d", "configName": "en\x00"}}, "spec.dataset.configName"),
+    ({"dataset": {"name": "org/d", "revision": "v1\x00"}}, "spec.dataset.revision"),
+]
+
+
+@pytest.mark.parametrize(("data", "field"), NUL_FIELDS)
+def test_a_nul_character_is_refused_naming_the_field(data: dict, field: str) -> None:
+    lines = errors_of(data)
+    assert f"{field}: must not contain a NUL character" in lines, lines

@@ -83,7 +83,8 @@ def test_bad_config_exits_78_naming_every_field(tmp_path: Path) -> None:
     )
 
     assert result.returncode == int(ExitCode.INVALID_INPUT) == 78
-    for field in ("model.maxSeqLength", "lora.rank", "training.optimizer", "training.lerningRate"):
+    # An unknown key is named as written (a known one in the schema's camelCase).
+    for field in ("model.maxSeqLength", "lora.rank", "training.optimizer", "training.lerning_rate"):
         assert field in result.stderr, field
     assert "unknown field" in result.stderr
     assert "fix:" in result.stderr

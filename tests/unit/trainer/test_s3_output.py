@@ -48,6 +48,17 @@ class RecordingStore(S3Store):
             self.uploaded.append(key)
 
         self.client.upload_file = upload
+        real_put = self.client.put_object
+
+        def put(**kwargs: Any) -> Any:
+            response = real_put(**kwargs)
+            # The manifest is written as a new object of its own (upload_file also calls
+            # put_object, for the files recorded above).
+            if kwargs["Key"].endswith(f"/{MANIFEST_NAME}"):
+                self.uploaded.append(kwargs["Key"])
+            return response
+
+        self.client.put_object = put
 
 
 @pytest.fixture
@@ -372,8 +383,11 @@ def test_prepare_probes_write_access_and_leaves_nothing_behind(
     store.client.meta.events.register("provide-client-params.s3.DeleteObject", record)
     target = S3Target(store, loc.prefix, tmp_path / "staging")
     target.prepare()
-    assert [op for op, _ in calls] == ["PutObject", "DeleteObject"]
-    assert calls[0][1] == calls[1][1] and calls[0][1].startswith(f"{loc.prefix}/.write-probe-")
+    # The probe object is written, rewritten twice to measure the conditional writes the
+    # store honours, and deleted.
+    assert [op for op, _ in calls] == ["PutObject"] * 3 + ["DeleteObject"]
+    assert len({key for _, key in calls}) == 1
+    assert calls[0][1].startswith(f"{loc.prefix}/.write-probe-")
     assert keys(s3_server, bucket) == set()
     target.close()
 
@@ -391,8 +405,8 @@ class GatedStore(RecordingStore):
         assert self.gate.wait(30)
         super().upload_file(path, key)
 
-    def put_bytes(self, key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
-        super().put_bytes(key, data, *args, **kwargs)
+    def put_replacing(self, key: str, data: bytes, *args: Any, **kwargs: Any) -> None:
+        super().put_replacing(key, data, *args, **kwargs)
         self.events.append(("put", key))
 
 
@@ -628,12 +642,23 @@ def test_latest_never_names_a_checkpoint_while_it_is_uploaded_again(
     again = make_target(s3_server, bucket, tmp_path / "staging-2")
     real_upload = again.store.upload_file
 
-    def upload(path: Path, key: str) -> None:
+    def look() -> None:
         pointer = again.latest_pointer()
         seen.append(pointer["step"] if pointer else None)  # type: ignore[arg-type]
+
+    def upload(path: Path, key: str) -> None:
+        look()
         real_upload(path, key)
 
+    real_put_new = again.store.put_new
+
+    def put_new(key: str, data: bytes, *args: Any) -> None:
+        if key.endswith(MANIFEST_NAME):
+            look()  # the manifest, written last: the pointer still waits
+        real_put_new(key, data, *args)
+
     again.store.upload_file = upload  # type: ignore[method-assign]
+    again.store.put_new = put_new  # type: ignore[method-assign]
     publish_checkpoint(again, 30)
     again.flush()
     assert seen == [20, 20, 20, 20]
@@ -654,7 +679,15 @@ def test_latest_is_removed_while_the_only_checkpoint_is_uploaded_again(
         seen.append(again.latest_pointer() is None)
         real_upload(path, key)
 
+    real_put_new = again.store.put_new
+
+    def put_new(key: str, data: bytes, *args: Any) -> None:
+        if key.endswith(MANIFEST_NAME):
+            seen.append(again.latest_pointer() is None)  # the manifest, written last
+        real_put_new(key, data, *args)
+
     again.store.upload_file = upload  # type: ignore[method-assign]
+    again.store.put_new = put_new  # type: ignore[method-assign]
     publish_checkpoint(again, 30)
     again.flush()
     assert seen == [True] * 4

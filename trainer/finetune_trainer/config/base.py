@@ -48,6 +48,25 @@ def cel(rule: str, message: str) -> JsonDict:
     return {"rule": rule, "message": message}
 
 
+# A NUL byte cannot be part of a file name, and the layers below (the C library, S3 keys,
+# YAML round trips) each treat it differently: refused in every path, URI and name field.
+_NUL_MESSAGE = "must not contain a NUL character"
+
+
+def nul_rule() -> JsonDict:
+    """The CEL rule refusing a NUL character (an escape in the rule's text, not a NUL)."""
+    return cel("!self.contains('\\u0000')", _NUL_MESSAGE)
+
+
+_NUL_RULE = nul_rule()
+
+
+def no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(_NUL_MESSAGE)
+    return value
+
+
 def _no_parent_segments(value: str) -> str:
     if ".." in value.split("/"):
         raise ValueError("must not contain a '..' segment; give a path inside the volume")
@@ -69,6 +88,7 @@ K8sKey = Annotated[
 RelativePath = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_RELATIVE_PATH, pattern=r"^[^/].*$"),
+    AfterValidator(no_nul),
     AfterValidator(_no_parent_segments),
     WithJsonSchema(
         {
@@ -77,13 +97,27 @@ RelativePath = Annotated[
             "maxLength": MAX_RELATIVE_PATH,
             "pattern": r"^[^/].*$",
             "x-kubernetes-validations": [
-                cel("!('..' in self.split('/'))", "must not contain a '..' segment")
+                _NUL_RULE,
+                cel("!('..' in self.split('/'))", "must not contain a '..' segment"),
             ],
         }
     ),
 ]
-# A local filesystem path, absolute or relative to the working directory.
-LocalPath = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LOCAL_PATH)]
+# A local filesystem path, absolute or relative to the working directory. (A FineTuneJob
+# takes absolute ones only: see finetune_operator.api.spec.)
+LocalPath = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_LOCAL_PATH),
+    AfterValidator(no_nul),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_LOCAL_PATH,
+            "x-kubernetes-validations": [_NUL_RULE],
+        }
+    ),
+]
 # A Hugging Face Hub repository id: "name" or "owner/name".
 HubRepoId = Annotated[
     str,
@@ -112,6 +146,7 @@ def _no_dot_segments(value: str) -> str:
 S3Uri = Annotated[
     str,
     StringConstraints(min_length=8, max_length=MAX_S3_URI, pattern=_S3_URI_PATTERN),
+    AfterValidator(no_nul),
     AfterValidator(_no_dot_segments),
     WithJsonSchema(
         {
@@ -120,10 +155,11 @@ S3Uri = Annotated[
             "maxLength": MAX_S3_URI,
             "pattern": _S3_URI_PATTERN,
             "x-kubernetes-validations": [
+                _NUL_RULE,
                 cel(
                     "self.split('/').all(s, s != '.' && s != '..')",
                     _S3_DOT_SEGMENTS_MESSAGE,
-                )
+                ),
             ],
         }
     ),
@@ -148,6 +184,7 @@ def _no_userinfo(value: str) -> str:
 EndpointUrl = Annotated[
     str,
     StringConstraints(min_length=8, max_length=MAX_ENDPOINT_URL, pattern=_ENDPOINT_PATTERN),
+    AfterValidator(no_nul),
     AfterValidator(_no_userinfo),
     WithJsonSchema(
         {
@@ -156,9 +193,23 @@ EndpointUrl = Annotated[
             "maxLength": MAX_ENDPOINT_URL,
             "pattern": _ENDPOINT_PATTERN,
             "x-kubernetes-validations": [
-                cel(f"!self.matches('{_ENDPOINT_USERINFO}')", _ENDPOINT_CREDENTIALS_MESSAGE)
+                _NUL_RULE,
+                cel(f"!self.matches('{_ENDPOINT_USERINFO}')", _ENDPOINT_CREDENTIALS_MESSAGE),
             ],
         }
     ),
 ]
-ShortString = Annotated[str, StringConstraints(min_length=1, max_length=253)]
+# Free-form names: a Hub revision or dataset configuration, an S3 region.
+ShortString = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=253),
+    AfterValidator(no_nul),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 253,
+            "x-kubernetes-validations": [_NUL_RULE],
+        }
+    ),
+]

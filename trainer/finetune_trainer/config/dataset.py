@@ -92,6 +92,16 @@ class DatasetSpec(SpecModel):
         description="Rows with a missing column, an unknown role or empty content: error "
         "fails the run naming the row; skip drops them (counted and logged). Default: error.",
     )
+    special_tokens_in_content: Literal["error", "escape"] = Field(
+        "error",
+        description="Message text (sharegpt content, thinking, tool names and arguments) "
+        "that spells out one of the tokenizer's special tokens, such as gpt-oss's "
+        "<|start|> or <|message|>, which would otherwise become chat structure and could "
+        "forge a turn: error makes such a row invalid (handled by invalidRowPolicy, naming "
+        "the row and the token); escape trains on the text as plain text, so it never "
+        "becomes a special token. Ready-made text (format: custom) is not affected. "
+        "Default: error.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:

@@ -54,10 +54,19 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{error['msg']} (got {got})"
 
 
+def _error_path(err: Any, prefix: str) -> str:
+    loc = err["loc"]
+    if err["type"] == "extra_forbidden" and loc and isinstance(loc[-1], str):
+        # An unknown key is named as it was written, not as the schema would spell it.
+        parent = field_path(loc[:-1], prefix) if loc[:-1] or prefix else ""
+        return f"{parent}.{loc[-1]}" if parent else loc[-1]
+    return field_path(loc, prefix)
+
+
 def describe_errors(exc: ValidationError, prefix: str = "") -> list[str]:
     """One line per problem: '<field>: <what is wrong>; fix: <what to do>'."""
     return [
-        f"{field_path(err['loc'], prefix)}: {_describe(dict(err))}"
+        f"{_error_path(err, prefix)}: {_describe(dict(err))}"
         for err in exc.errors(include_url=False)
     ]
 

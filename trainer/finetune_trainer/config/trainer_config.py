@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..contract import TRAINER_CONFIG_API_VERSION, TRAINER_CONFIG_KIND, TRAINER_CONFIG_MARKER
 from .base import SpecModel
 from .dataset import DatasetSpec
 from .legacy import upgrade_legacy_keys
@@ -35,8 +36,19 @@ class TrainerConfig(SpecModel):
 
     @classmethod
     def from_mapping(cls, data: Any) -> TrainerConfig:
-        """Validate a parsed config, accepting the original example's keys as well."""
+        """Validate a parsed config. A file marked as canonical (``apiVersion`` and
+        ``kind``, as the operator writes it) is read as it is: camelCase keys only, no
+        legacy renames. An unmarked one (the original example's ``config.yaml``, a file
+        written by hand) may use snake_case and the example's old key names."""
+        if isinstance(data, dict) and _MARKER_KEYS & data.keys():
+            _Marker.model_validate({key: data.get(key) for key in _MARKER_KEYS})
+            body = {k: v for k, v in data.items() if k not in _MARKER_KEYS}
+            return cls.model_validate(body, by_alias=True, by_name=False)
         return cls.model_validate(upgrade_legacy_keys(data))
+
+    def to_marked_wire(self) -> dict[str, Any]:
+        """The canonical config file's content: the marker, then :meth:`to_wire`."""
+        return {**TRAINER_CONFIG_MARKER, **self.to_wire()}
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainerConfig:
@@ -79,10 +91,45 @@ class TrainerConfig(SpecModel):
             training.pop(key, None)
         for key in ("tokenSecretRef", "offloadEmbedding"):
             wire.get("model", {}).pop(key, None)
+        # Its default, error, trains on the same tokens as trainers from before the
+        # setting (or refuses the row): counted only when it changes them.
+        dataset = wire.get("dataset", {})
+        if dataset.get("specialTokensInContent") == "error":
+            del dataset["specialTokensInContent"]
         for part in ("model", "dataset"):
             for key in ("endpoint", "region", "credentialsSecretRef"):
                 wire.get(part, {}).get("s3", {}).pop(key, None)
         return wire
+
+
+_MARKER_KEYS = frozenset(TRAINER_CONFIG_MARKER)
+
+
+class _Marker(BaseModel):
+    """The marker of a canonical config file; anything else in those keys is refused
+    rather than guessed at."""
+
+    model_config = ConfigDict(populate_by_name=False)
+
+    api_version: Any = Field(alias="apiVersion")
+    kind: Any
+
+    @field_validator("api_version")
+    @classmethod
+    def _known_api_version(cls, value: Any) -> Any:
+        if value != TRAINER_CONFIG_API_VERSION:
+            raise ValueError(
+                f"{value!r} is not a config version this trainer reads; fix: use "
+                f"{TRAINER_CONFIG_API_VERSION!r}, or a trainer image of the operator's version"
+            )
+        return value
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: Any) -> Any:
+        if value != TRAINER_CONFIG_KIND:
+            raise ValueError(f"{value!r} is not a trainer config; fix: use {TRAINER_CONFIG_KIND!r}")
+        return value
 
 
 def _hash(wire: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from ..config import DatasetSpec
 from ..errors import InvalidDataset
 from .json_check import json_problem
+from .json_depth import JsonTooDeep, check_json_depth
 from .split_expr import files_by_split, split_name
 
 if TYPE_CHECKING:
@@ -108,6 +109,9 @@ def _load_local(path: Path, split: str, *, cache_dir: Path | None) -> datasets.D
         if file.stat().st_size == 0:
             raise InvalidDataset(f"dataset file {file} is empty; write rows into it")
     builder = SUPPORTED_EXTENSIONS[chosen[0].suffix.lower()]
+    if builder == "json":
+        for file in chosen:
+            _check_depth(file)
     try:
         rows = datasets.load_dataset(
             builder,
@@ -119,6 +123,18 @@ def _load_local(path: Path, split: str, *, cache_dir: Path | None) -> datasets.D
         raise _explain_local_failure(chosen, builder, err) from err
     assert isinstance(rows, datasets.Dataset)
     return rows
+
+
+def _check_depth(file: Path) -> None:
+    """Refuse a JSON file nested deeper than the reader survives, before it reads it."""
+    try:
+        check_json_depth(file)
+    except JsonTooDeep as exc:
+        raise InvalidDataset(
+            f"dataset file {file} nests JSON deeper than {exc.limit} levels at line "
+            f"{exc.line}; the depth limit is {exc.limit} (a JSON reader would crash on "
+            "it): flatten that row, or remove it"
+        ) from None
 
 
 def _explain_local_failure(files: list[Path], builder: str, err: Exception) -> Exception:

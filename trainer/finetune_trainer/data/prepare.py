@@ -11,8 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import TrainerConfig
 from ..errors import InvalidDataset, InvalidModel
-from .masks import TrainOn, loss_spans, token_mask
+from .encode import Encoded, encode_escaped, refusal, special_token_in_text
+from .harmony import HarmonyIds
+from .masks import TrainOn, check_untrained, loss_spans, token_mask
+from .render import ChatRenderer, RenderedChat, special_token_problem
 from .rows import RowProblem, clean_messages, clean_text
+from .special_tokens import SpecialTokens
 from .stats import DataStats, PreparedDataset
 
 if TYPE_CHECKING:
@@ -37,6 +41,7 @@ class _Settings:
     max_seq_length: int
     overlong_policy: str
     invalid_row_policy: str
+    escape_special_tokens: bool
 
     @classmethod
     def from_config(cls, config: TrainerConfig) -> _Settings:
@@ -49,6 +54,7 @@ class _Settings:
             max_seq_length=config.model.max_seq_length,
             overlong_policy=data.overlong_policy,
             invalid_row_policy=data.invalid_row_policy,
+            escape_special_tokens=data.special_tokens_in_content == "escape",
         )
 
 
@@ -97,25 +103,42 @@ class _RowProcessor:
         self.tokenizer = tokenizer
         self.settings = settings
         self.closing_markers = _closing_markers(tokenizer)
+        self.special = SpecialTokens.of(tokenizer)
+        self.harmony = HarmonyIds.of(tokenizer)
+        self.renderer = ChatRenderer(tokenizer, settings.reasoning_effort)
 
-    def _render(self, value: Any) -> tuple[str, list[dict[str, Any]] | None]:
+    def _render(self, value: Any) -> RenderedChat:
         s = self.settings
         if s.fmt == "custom":
-            return clean_text(value, s.column), None
+            # Ready-made text: its special tokens are its structure, by the author's intent.
+            return RenderedChat(clean_text(value, s.column))
         messages = clean_messages(value, s.column)
-        try:
-            text = self.tokenizer.apply_chat_template(
-                messages,
-                tokenize=False,
-                add_generation_prompt=False,
-                reasoning_effort=s.reasoning_effort,
-            )
-        except Exception as err:  # the template's own checks (jinja2 errors) reject the row
-            raise RowProblem(
-                f"the model's chat template rejected the messages ({type(err).__name__}: "
-                f"{err}); fix the messages so the template can render them"
-            ) from err
-        return str(text), messages
+        problem = special_token_problem(messages, self.special, escape=s.escape_special_tokens)
+        if problem is not None:
+            raise RowProblem(problem)
+        return self.renderer.render(messages)
+
+    def _mask(self, chat: RenderedChat, encoded: Encoded) -> tuple[Encoded, list[int]]:
+        """The row's tokens (escaped where its text made a special token) and loss mask.
+        Raises RowProblem."""
+        s = self.settings
+        clash = special_token_in_text(chat, encoded, self.special)
+        if clash is not None:
+            if not s.escape_special_tokens:
+                raise refusal(*clash)
+            encoded = encode_escaped(self.tokenizer, chat, self.special)
+        spans = loss_spans(
+            chat,
+            encoded.input_ids,
+            encoded.offsets,
+            s.train_on,
+            harmony=self.harmony,
+            closing_markers=self.closing_markers,
+        )
+        mask = token_mask(encoded.offsets, spans)
+        if s.train_on != "all":
+            check_untrained(chat, encoded.offsets, mask)
+        return encoded, mask
 
     def _fail(self, index: int, problem: str) -> dict[str, Any]:
         if self.settings.invalid_row_policy == "error":
@@ -158,31 +181,30 @@ class _RowProcessor:
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         s = self.settings
         out: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
-        rendered: list[tuple[int, int, str, list[dict[str, Any]] | None]] = []
+        rendered: list[tuple[int, int, RenderedChat]] = []
         results: list[dict[str, Any] | None] = []
         for position, (index, value) in enumerate(zip(indices, batch[s.column], strict=True)):
             try:
-                text, messages = self._render(value)
+                chat = self._render(value)
             except RowProblem as problem:
                 results.append(self._fail(index, str(problem)))
                 continue
-            rendered.append((position, index, text, messages))
+            rendered.append((position, index, chat))
             results.append(None)
         if rendered:
             encoded = self.tokenizer(
-                [text for _, _, text, _ in rendered],
+                [chat.text for _, _, chat in rendered],
                 add_special_tokens=False,  # the template (or the ready-made text) has them
                 return_offsets_mapping=True,
             )
-            for k, (position, index, text, messages) in enumerate(rendered):
-                spans = loss_spans(
-                    text,
-                    s.train_on,
-                    messages=messages,
-                    closing_markers=self.closing_markers,
-                )
-                mask = token_mask(encoded["offset_mapping"][k], spans)
-                results[position] = self._finish(index, list(encoded["input_ids"][k]), mask)
+            for k, (position, index, chat) in enumerate(rendered):
+                whole = Encoded(list(encoded["input_ids"][k]), list(encoded["offset_mapping"][k]))
+                try:
+                    tokens, mask = self._mask(chat, whole)
+                except RowProblem as problem:
+                    results[position] = self._fail(index, str(problem))
+                    continue
+                results[position] = self._finish(index, tokens.input_ids, mask)
         for result in results:
             assert result is not None
             for name in _COLUMNS:

@@ -73,7 +73,10 @@ class LocalCheckpoint:
     path: Path
 
     def manifest(self) -> Manifest | None:
-        """The parsed manifest, or None when the checkpoint is incomplete."""
+        """The parsed manifest, or None when the checkpoint is incomplete (no manifest, or
+        one that lists too little) or is not a directory of its own."""
+        if self.path.is_symlink():
+            return None
         try:
             return read_manifest(self.path)
         except ManifestError:

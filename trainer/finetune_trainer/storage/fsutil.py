@@ -7,10 +7,42 @@ checkpoint visible (rename, manifest) happens only after the bytes it points at 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import stat
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+
+# Opening never follows a symbolic link and never waits: a FIFO opened for reading would
+# block until a writer came, and a device such as /dev/zero would never end.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+class NotRegularFile(OSError):
+    """A path that is a symbolic link, a directory, a device, a FIFO or a socket where a
+    regular file was expected."""
+
+
+@contextlib.contextmanager
+def open_regular(path: Path) -> Iterator[tuple[int, os.stat_result]]:
+    """Open ``path`` for reading only if it is a regular file itself (not a symbolic link
+    to one); yields the descriptor and its stat. Raises NotRegularFile otherwise, and
+    FileNotFoundError when it is missing."""
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFile(errno.ELOOP, "is a symbolic link", str(path)) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile(errno.EINVAL, "is not a regular file", str(path))
+        yield fd, info
+    finally:
+        os.close(fd)
 
 
 def fsync_file(path: Path) -> None:
@@ -70,6 +102,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 def remove_tree(path: Path) -> None:
     """Delete a directory durably: rename it to a hidden name first, so a crash halfway
     through deleting never leaves something that looks like a (broken) checkpoint."""
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        # Not a directory of ours (a link someone put there): the name goes, never what
+        # it points at.
+        path.unlink()
+        fsync_dir(path.parent)
+        return
     if not path.exists():
         return
     doomed = path.with_name(f".deleting-{path.name}-{uuid.uuid4().hex[:8]}")

@@ -9,18 +9,21 @@ workload identity, instance profile, ``AWS_*`` variables). They are never logged
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from ..config import S3Location
-from ..contract import Env
+from ..contract import Env, TrainerReason
 from ..errors import InvalidConfig, exception_chain
+from .paths import relative_name_problem
 from .retry import DEFAULT_RETRY, RetryPolicy, with_retries
 
 T = TypeVar("T")
@@ -49,7 +52,7 @@ def credentials_from_env(role: S3Role) -> dict[str, str]:
         raise InvalidConfig(
             f"{missing} is not set but its pair is; set both or neither (check the "
             f"credentialsSecretRef of the {role} S3 location)",
-            reason="InvalidS3Credentials",
+            reason=TrainerReason.INVALID_S3_CREDENTIALS,
         )
     if not key_id:
         return {}
@@ -100,14 +103,23 @@ def is_not_found(exc: BaseException) -> bool:
     return _error_code(exc) in _NOT_FOUND_CODES
 
 
+_PRECONDITION_CODES = frozenset({"412", "PreconditionFailed"})
+# What a store answers to a request (a conditional header) it does not implement.
+_UNSUPPORTED_CODES = frozenset({"501", "NotImplemented", "InvalidArgument", "InvalidRequest"})
+
 # Answers that retrying cannot change.
-_FATAL_CODES = _NOT_FOUND_CODES | {
-    "NoSuchBucket",
-    "403",
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-}
+_FATAL_CODES = (
+    _NOT_FOUND_CODES
+    | _PRECONDITION_CODES
+    | _UNSUPPORTED_CODES
+    | {
+        "NoSuchBucket",
+        "403",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+    }
+)
 
 
 def is_fatal(exc: BaseException) -> bool:
@@ -115,12 +127,57 @@ def is_fatal(exc: BaseException) -> bool:
 
 
 # Refusals that only a change of the bucket name or of the credentials can fix.
-_REFUSED_CODES = _FATAL_CODES - _NOT_FOUND_CODES
+_REFUSED_CODES = _FATAL_CODES - _NOT_FOUND_CODES - _PRECONDITION_CODES - _UNSUPPORTED_CODES
 
 
-class KeyOutsideDirectory(ValueError):
-    """A listed key that would be written outside the directory it is downloaded into
-    (a '..' segment): whoever wrote it, the bucket's content has to change."""
+class UnsafeKey(ValueError):
+    """A listed key that cannot be downloaded as the file it names: whoever wrote it, the
+    bucket's content has to change. ``hint`` says how."""
+
+    hint = ""
+
+
+class KeyOutsideDirectory(UnsafeKey):
+    """A key that would be written outside the directory it is downloaded into (a '..'
+    segment, an absolute name)."""
+
+    hint = " (a '..' segment in its key climbs out of the prefix)"
+
+
+class _HeaderUnsupported(Exception):
+    """The store answered a conditional header with 'not implemented'."""
+
+
+class WriteConflict(Exception):
+    """A conditional write found the object changed since it was read, or created when it
+    was to be new: another writer is at work on the same prefix."""
+
+
+@dataclass(frozen=True)
+class ConditionalWrites:
+    """Which conditional PUT headers the store honours, as measured by :meth:`S3Store.
+    probe_conditional_writes` (a store may also accept a header and ignore it)."""
+
+    if_none_match: bool  # If-None-Match: * refused with 412 when the key exists
+    if_match: bool  # If-Match: <etag> refused with 412 when the ETag differs
+
+    def describe(self) -> str:
+        headers = (("If-None-Match", self.if_none_match), ("If-Match", self.if_match))
+        honoured = [header for header, ok in headers if ok]
+        ignored = [header for header, ok in headers if not ok]
+        text = (
+            f"honours {' and '.join(honoured)} on PUT" if honoured else "honours no conditional PUT"
+        )
+        if ignored:
+            text += (
+                f"; without {' and '.join(ignored)} the trainer reads before it writes, which "
+                "narrows but cannot close the window for a concurrent writer"
+            )
+        return text
+
+
+# Assumed until measured: a write falls back when the store says it does not implement one.
+_ASSUMED = ConditionalWrites(if_none_match=True, if_match=True)
 
 
 class S3Store:
@@ -138,6 +195,7 @@ class S3Store:
         self.bucket = bucket
         self.retry = retry
         self.role = role
+        self.conditional = _ASSUMED
 
     @classmethod
     def for_location(
@@ -173,7 +231,45 @@ class S3Store:
             "text/plain",
             what=f"test write of {self.uri(key)} {what.format('write')}",
         )
-        self.delete_key(key, what=f"test delete of {self.uri(key)} {what.format('delete')}")
+        try:
+            self.conditional = self.probe_conditional_writes(key)
+        finally:
+            self.delete_key(key, what=f"test delete of {self.uri(key)} {what.format('delete')}")
+        log.info(
+            "%s %s",
+            self.uri(prefix) if prefix else f"s3://{self.bucket}",
+            self.conditional.describe(),
+        )
+
+    def probe_conditional_writes(self, key: str) -> ConditionalWrites:
+        """Measure which conditional PUT headers the store honours, on ``key``, an object
+        that exists: a second create with If-None-Match: * must be refused, and so must a
+        write with If-Match on an ETag it does not have. A header the store refuses to
+        implement (501) or accepts and ignores (the write goes through) counts as not
+        honoured. ``key`` is overwritten with its own content."""
+        data = b"write probe\n"
+
+        def refused(**condition: str) -> bool:
+            try:
+                self._call(
+                    lambda: self.client.put_object(
+                        Bucket=self.bucket, Key=key, Body=data, **condition
+                    ),
+                    f"conditional write probe of {self.uri(key)}",
+                )
+            except Exception as exc:
+                code = _error_code(exc)
+                if code in _PRECONDITION_CODES:
+                    return True
+                if code in _UNSUPPORTED_CODES:
+                    return False
+                raise
+            return False
+
+        return ConditionalWrites(
+            if_none_match=refused(IfNoneMatch="*"),
+            if_match=refused(IfMatch='"' + "0" * 32 + '"'),
+        )
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -203,6 +299,113 @@ class S3Store:
     def put_json(self, key: str, value: Any) -> None:
         self.put_bytes(key, json.dumps(value, sort_keys=True).encode())
 
+    def _put_conditionally(
+        self, key: str, data: bytes, content_type: str, condition: dict[str, str]
+    ) -> None:
+        """One PUT with ``condition``; WriteConflict when the store refuses it (412),
+        _HeaderUnsupported when it does not implement it."""
+        try:
+            self._call(
+                lambda: self.client.put_object(
+                    Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **condition
+                ),
+                f"conditional write of {self.uri(key)}",
+            )
+        except Exception as exc:
+            if _error_code(exc) in _PRECONDITION_CODES:
+                raise WriteConflict(
+                    f"{self.uri(key)} changed while it was being written "
+                    f"({', '.join(condition)} refused the write): another writer is at work "
+                    "on this prefix"
+                ) from exc
+            if is_not_found(exc) and "IfMatch" in condition:
+                raise WriteConflict(
+                    f"{self.uri(key)} was deleted while it was being replaced: another writer "
+                    "is at work on this prefix"
+                ) from exc
+            if _error_code(exc) in _UNSUPPORTED_CODES:
+                raise _HeaderUnsupported(str(exc)) from exc
+            raise
+
+    def _no_longer_assume(self, header: str, why: Exception) -> None:
+        log.warning(
+            "s3://%s does not implement %s on PUT (%s); reading before writing instead",
+            self.bucket,
+            header,
+            why,
+        )
+        field = "if_none_match" if header == "If-None-Match" else "if_match"
+        self.conditional = dataclasses.replace(self.conditional, **{field: False})
+
+    def head_etag(self, key: str) -> str | None:
+        """The object's ETag, or None when there is no such object."""
+
+        def head() -> str | None:
+            try:
+                return str(self.client.head_object(Bucket=self.bucket, Key=key)["ETag"])
+            except Exception as exc:
+                if is_not_found(exc):
+                    return None
+                raise
+
+        return self._call(head, f"read of {self.uri(key)}")
+
+    def put_new(self, key: str, data: bytes, content_type: str = "application/json") -> None:
+        """Create ``key``, which must not exist: If-None-Match: * where the store honours
+        it, else a check just before the write (a narrower race). WriteConflict if it
+        exists."""
+        if self.conditional.if_none_match:
+            try:
+                self._put_conditionally(key, data, content_type, {"IfNoneMatch": "*"})
+                return
+            except _HeaderUnsupported as exc:
+                self._no_longer_assume("If-None-Match", exc)
+        if self.head_etag(key) is not None:
+            raise WriteConflict(f"{self.uri(key)} already exists: another writer created it")
+        self.put_bytes(key, data, content_type)
+
+    def put_replacing(
+        self, key: str, data: bytes, etag: str | None, content_type: str = "application/json"
+    ) -> None:
+        """Write ``key`` only if it is still what was read: the object with ``etag``, or
+        none when ``etag`` is None. If-Match / If-None-Match where the store honours them,
+        else a check just before the write. WriteConflict otherwise."""
+        if etag is None:
+            self.put_new(key, data, content_type)
+            return
+        if self.conditional.if_match:
+            try:
+                self._put_conditionally(key, data, content_type, {"IfMatch": etag})
+                return
+            except _HeaderUnsupported as exc:
+                self._no_longer_assume("If-Match", exc)
+        if self.head_etag(key) != etag:
+            raise WriteConflict(f"{self.uri(key)} changed since it was read: another writer")
+        self.put_bytes(key, data, content_type)
+
+    def delete_replacing(self, key: str, etag: str) -> None:
+        """Delete ``key`` only if it still has ``etag`` (If-Match where honoured, else a
+        check just before the delete). WriteConflict otherwise."""
+        if self.conditional.if_match:
+            try:
+                self._call(
+                    lambda: self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=etag),
+                    f"conditional delete of {self.uri(key)}",
+                )
+                return
+            except Exception as exc:
+                if _error_code(exc) in _PRECONDITION_CODES or is_not_found(exc):
+                    raise WriteConflict(
+                        f"{self.uri(key)} changed since it was read: another writer"
+                    ) from exc
+                if _error_code(exc) not in _UNSUPPORTED_CODES:
+                    raise
+                # Some stores honour If-Match on PUT but not on DELETE: read, then delete.
+                log.info("s3://%s does not implement If-Match on DELETE (%s)", self.bucket, exc)
+        if self.head_etag(key) != etag:
+            raise WriteConflict(f"{self.uri(key)} changed since it was read: another writer")
+        self.delete_key(key)
+
     def delete_key(self, key: str, what: str | None = None) -> None:
         """Delete one object (no error when there is none); ``what`` as for put_bytes."""
         self._call(
@@ -210,17 +413,32 @@ class S3Store:
             what or f"delete of {self.uri(key)}",
         )
 
-    def get_bytes(self, key: str) -> bytes | None:
+    def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None:
         """The object's bytes, or None when there is no such object."""
+        found = self.get_with_etag(key, max_bytes)
+        return found[0] if found is not None else None
 
-        def get() -> bytes | None:
+    def get_with_etag(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag, or None when there is no such object. With
+        ``max_bytes``, a larger object is an ObjectTooLarge error, unread."""
+
+        def get() -> tuple[bytes, str] | None:
             try:
                 response = self.client.get_object(Bucket=self.bucket, Key=key)
             except Exception as exc:
                 if is_not_found(exc):
                     return None
                 raise
-            return bytes(response["Body"].read())
+            body = response["Body"]
+            try:
+                if max_bytes is not None and int(response.get("ContentLength", 0)) > max_bytes:
+                    raise ObjectTooLarge(f"{self.uri(key)} is larger than {max_bytes} bytes")
+                data = body.read() if max_bytes is None else body.read(max_bytes + 1)
+            finally:
+                body.close()
+            if max_bytes is not None and len(data) > max_bytes:
+                raise ObjectTooLarge(f"{self.uri(key)} is larger than {max_bytes} bytes")
+            return bytes(data), str(response.get("ETag", ""))
 
         return self._call(get, f"read of {self.uri(key)}")
 
@@ -244,6 +462,23 @@ class S3Store:
             return keys
 
         yield from self._call(page_all, f"listing of {self.uri(prefix)}")
+
+    def list_sizes(self, prefix: str, limit: int) -> dict[str, int]:
+        """Every key under ``prefix`` (a '/' is appended) with its size; ObjectTooLarge
+        (unread further) when there are more than ``limit``."""
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+
+        def page_all() -> dict[str, int]:
+            paginator = self.client.get_paginator("list_objects_v2")
+            sizes: dict[str, int] = {}
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    sizes[obj["Key"]] = int(obj.get("Size", 0))
+                if len(sizes) > limit:
+                    raise ObjectTooLarge(f"{self.uri(prefix)} holds more than {limit} objects")
+            return sizes
+
+        return self._call(page_all, f"listing of {self.uri(prefix)}")
 
     def list_children(self, prefix: str) -> list[str]:
         """Names of the 'directories' directly under ``prefix``."""
@@ -273,33 +508,60 @@ class S3Store:
         return len(keys)
 
     def upload_dir(self, root: Path, prefix: str, *, last: str | None = None) -> int:
-        """Upload every file under ``root`` to ``prefix``; the file named ``last`` (e.g. the
-        manifest) goes up only after all the others succeeded. Returns the byte count."""
+        """Upload every file under ``root`` to ``prefix``; the file named ``last`` (the
+        manifest) goes up only after all the others succeeded, and only as a new object
+        (:meth:`put_new`: a manifest already there means another writer). Returns the
+        byte count."""
         files = sorted(p for p in root.rglob("*") if p.is_file())
-        ordered = [p for p in files if p.relative_to(root).as_posix() != last]
-        ordered += [p for p in files if p.relative_to(root).as_posix() == last]
         total = 0
-        for path in ordered:
-            self.upload_file(path, join_key(prefix, path.relative_to(root).as_posix()))
-            total += path.stat().st_size
+        for path in files:
+            name = path.relative_to(root).as_posix()
+            if name != last:
+                self.upload_file(path, join_key(prefix, name))
+                total += path.stat().st_size
+        closing = root / last if last else None
+        if closing is not None and closing.is_file():
+            data = closing.read_bytes()
+            self.put_new(join_key(prefix, last or ""), data)
+            total += len(data)
         return total
 
     def download_prefix(self, prefix: str, root: Path) -> int:
         """Download everything under ``prefix`` into ``root`` (created); returns file count.
-        Keys that would escape ``root`` are refused."""
+        Every key is checked before anything is downloaded: one that would land outside
+        ``root`` (a '..' segment), alias another (an empty or '.' segment), or be both a
+        file and a directory is refused (UnsafeKey)."""
         prefix = prefix.rstrip("/") + "/" if prefix else ""
-        count = 0
         base = root.resolve()
+        names: dict[str, str] = {}
         for key in self.list_keys(prefix):
             rel = key[len(prefix) :]
             if not rel or rel.endswith("/"):
-                continue
-            target = (root / rel).resolve()
-            if base not in target.parents:
+                continue  # a "directory" marker
+            problem = relative_name_problem(rel)
+            if problem is not None and ("'..'" in problem or "absolute" in problem):
                 raise KeyOutsideDirectory(f"refusing S3 key outside the download directory: {key}")
-            self.download_file(key, target)
-            count += 1
-        return count
+            if problem is not None:
+                raise UnsafeKey(f"refusing S3 key {key}: below {self.uri(prefix)} it {problem}")
+            if base not in (base / rel).resolve().parents:
+                raise KeyOutsideDirectory(f"refusing S3 key outside the download directory: {key}")
+            names[rel] = key
+        for rel in names:
+            parent = rel.rsplit("/", 1)[0] if "/" in rel else None
+            while parent is not None:
+                if parent in names:
+                    raise UnsafeKey(
+                        f"refusing S3 key {names[rel]}: {names[parent]} is an object, so it "
+                        "cannot also be a directory"
+                    )
+                parent = parent.rsplit("/", 1)[0] if "/" in parent else None
+        for rel, key in sorted(names.items()):
+            self.download_file(key, root / rel)
+        return len(names)
+
+
+class ObjectTooLarge(ValueError):
+    """An object or a listing larger than the caller accepts to read."""
 
 
 def download_prefix_or_object(store: S3Store, key: str, dest: Path, *, reuse: bool) -> Path:

@@ -35,18 +35,26 @@ from .checkpoints import (
 from .fsutil import remove_tree
 from .manifest import (
     MANIFEST_NAME,
+    MAX_MANIFEST_BYTES,
+    MAX_MANIFEST_FILES,
     ArtifactKind,
     Manifest,
     ManifestError,
-    parse_manifest,
+    complete_manifest,
     utc_now,
     verify_dir,
 )
-from .s3 import KeyOutsideDirectory, S3Store, is_not_found, join_key
+from .paths import relative_name_problem
+from .s3 import ObjectTooLarge, S3Store, UnsafeKey, WriteConflict, is_not_found, join_key
 
 log = logging.getLogger(__name__)
 
 LATEST_POINTER = "latest"
+# The pointer is a small JSON object; anything larger is not one of ours.
+MAX_POINTER_BYTES = 64 * 1024
+# Conditional writes of the pointer that met another writer's change are decided again
+# from what it says now, this many times in all.
+_POINTER_ATTEMPTS = 3
 
 OnDurable = Callable[[], None]
 
@@ -190,7 +198,7 @@ class S3Target(OutputTarget):
         while the disk was failing, and a corrupt upload would only be found at resume."""
         for checkpoint in reversed(self.artifacts.complete_checkpoints()):
             name = checkpoint.path.name
-            if self.store.get_bytes(self.key(name, MANIFEST_NAME)) is not None:
+            if self.store.head_etag(self.key(name, MANIFEST_NAME)) is not None:
                 continue
             try:
                 manifest = verify_dir(checkpoint.path)
@@ -266,82 +274,117 @@ class S3Target(OutputTarget):
     def _upload(self, name: str, manifest: Manifest, on_durable: OnDurable | None = None) -> None:
         local = self.artifacts.root / name
         checkpoint = manifest.kind == "checkpoint"
-        # Read once per upload: this thread is the only writer of the pointer.
-        held = self._latest_step() if checkpoint else None
-        if held is not None and held == manifest.step:
+        if checkpoint and self._latest_step() == manifest.step:
+            # Now an older checkpoint or none: the upload moves it back.
             self._repoint_latest_before_rewriting(manifest.step)
-            held = None  # now an older checkpoint or none: the upload moves it back
         stale = self.store.delete_prefix(self.key(name))
         if stale:
             log.info("removed %d stale objects under %s before uploading", stale, self.uri(name))
         size = self.store.upload_dir(local, self.key(name), last=MANIFEST_NAME)
         log.info("uploaded %s (%d files, %d bytes)", self.uri(name), len(manifest.files) + 1, size)
         if checkpoint:
-            self._move_latest(name, manifest, held)
+            self._move_latest(name, manifest)
         if on_durable is not None:
             on_durable()
         if checkpoint:
             self._rotate_after_upload(manifest.step)
 
     # --- the latest pointer ------------------------------------------------------------------
-    def _write_latest(self, manifest: Manifest) -> None:
+    # Every change is a conditional write on what was just read (If-Match on its ETag, or
+    # If-None-Match: * when there was none; see S3Store.put_replacing): a change made by
+    # another writer in between is never overwritten blindly, but read and decided again.
+
+    def _pointer_to(self, manifest: Manifest) -> bytes:
         name = checkpoint_name(manifest.step)
-        self.store.put_json(
-            self.key(LATEST_POINTER),
-            {
-                "step": manifest.step,
-                "checkpoint": name,
-                "uri": self.uri(name),
-                "fingerprint": manifest.fingerprint,
-                "updatedAt": utc_now(),
-            },
-        )
+        value = {
+            "step": manifest.step,
+            "checkpoint": name,
+            "uri": self.uri(name),
+            "fingerprint": manifest.fingerprint,
+            "updatedAt": utc_now(),
+        }
+        return json.dumps(value, sort_keys=True).encode()
 
     def _remote_manifest(self, step: int) -> Manifest | None:
         return self.artifact_manifest(checkpoint_name(step))
 
-    def _move_latest(self, name: str, manifest: Manifest, held: int | None) -> None:
-        """Point ``latest`` (naming ``held`` now) at the checkpoint just uploaded, unless it
-        names a newer one that is complete (a run resumed from an older checkpoint, say
-        because the newer one was corrupt: its uploads must not drag the pointer back)."""
-        if held is not None and held > manifest.step:
-            if self._remote_manifest(held) is not None:
+    def _change_latest(self, decide: Callable[[int | None], Manifest | bool | None]) -> None:
+        """Read the pointer, ask ``decide`` (given the step it names) what it should become
+        -- a checkpoint's manifest, False to remove it, None to leave it -- and write that
+        on condition that the pointer is still what was read; on a conflict, again."""
+        key = self.key(LATEST_POINTER)
+        conflict: WriteConflict | None = None
+        for _attempt in range(_POINTER_ATTEMPTS):
+            pointer, etag = self._read_latest()
+            step = pointer.get("step") if pointer is not None else None
+            wanted = decide(step if isinstance(step, int) else None)
+            try:
+                if wanted is None:
+                    return
+                if wanted is False:
+                    if etag is not None:
+                        self.store.delete_replacing(key, etag)
+                    return
+                assert isinstance(wanted, Manifest)
+                self.store.put_replacing(key, self._pointer_to(wanted), etag)
+                return
+            except WriteConflict as exc:
+                log.warning("%s; reading %s again", exc, self.uri(LATEST_POINTER))
+                conflict = exc
+        assert conflict is not None
+        raise conflict
+
+    def _move_latest(self, name: str, manifest: Manifest) -> None:
+        """Point ``latest`` at the checkpoint just uploaded, unless it names a newer one
+        that is complete (a run resumed from an older checkpoint, say because the newer
+        one was corrupt: its uploads must not drag the pointer back)."""
+
+        def decide(held: int | None) -> Manifest | None:
+            if held is not None and held > manifest.step:
+                if self._remote_manifest(held) is not None:
+                    log.info(
+                        "%s stays at checkpoint-%d, newer than %s",
+                        self.uri(LATEST_POINTER),
+                        held,
+                        name,
+                    )
+                    return None
                 log.info(
-                    "%s stays at checkpoint-%d, newer than %s",
+                    "%s named checkpoint-%d, which is not complete on S3; moving it to %s",
                     self.uri(LATEST_POINTER),
                     held,
                     name,
                 )
-                return
-            log.info(
-                "%s named checkpoint-%d, which is not complete on S3; moving it to %s",
-                self.uri(LATEST_POINTER),
-                held,
-                name,
-            )
-        self._write_latest(manifest)
+            return manifest
+
+        self._change_latest(decide)
 
     def _repoint_latest_before_rewriting(self, step: int) -> None:
         """``latest`` names ``checkpoint-<step>``, which is about to be deleted and uploaded
         again: point it at the newest other complete checkpoint below, or remove it when
         there is none. It moves back to ``step`` after the upload."""
-        for older in sorted((s for s in self._remote_steps() if s < step), reverse=True):
-            manifest = self._remote_manifest(older)
-            if manifest is not None:
-                log.info(
-                    "%s moves back to checkpoint-%d while %s is uploaded again",
-                    self.uri(LATEST_POINTER),
-                    older,
-                    self.uri(checkpoint_name(step)),
-                )
-                self._write_latest(manifest)
-                return
-        log.info(
-            "removing %s while %s, the only checkpoint it could name, is uploaded again",
-            self.uri(LATEST_POINTER),
-            self.uri(checkpoint_name(step)),
-        )
-        self.store.delete_key(self.key(LATEST_POINTER))
+
+        def decide(held: int | None) -> Manifest | bool | None:
+            if held != step:
+                return None  # moved meanwhile: not ours to change any more
+            for older in sorted((s for s in self._remote_steps() if s < step), reverse=True):
+                manifest = self._remote_manifest(older)
+                if manifest is not None:
+                    log.info(
+                        "%s moves back to checkpoint-%d while %s is uploaded again",
+                        self.uri(LATEST_POINTER),
+                        older,
+                        self.uri(checkpoint_name(step)),
+                    )
+                    return manifest
+            log.info(
+                "removing %s while %s, the only checkpoint it could name, is uploaded again",
+                self.uri(LATEST_POINTER),
+                self.uri(checkpoint_name(step)),
+            )
+            return False
+
+        self._change_latest(decide)
 
     def _rotate_after_upload(self, uploaded_step: int) -> None:
         # Staging: everything older than the checkpoint just uploaded is safely on S3.
@@ -408,7 +451,7 @@ class S3Target(OutputTarget):
 
     def _has_manifest(self, step: int) -> bool:
         key = self.key(checkpoint_name(step), MANIFEST_NAME)
-        return self.store.get_bytes(key) is not None
+        return self.store.head_etag(key) is not None
 
     def _latest_step(self) -> int | None:
         pointer = self.latest_pointer()
@@ -416,15 +459,25 @@ class S3Target(OutputTarget):
         return step if isinstance(step, int) else None
 
     def latest_pointer(self) -> dict[str, object] | None:
-        raw = self.store.get_bytes(self.key(LATEST_POINTER))
-        if raw is None:
-            return None
+        return self._read_latest()[0]
+
+    def _read_latest(self) -> tuple[dict[str, object] | None, str | None]:
+        """The pointer's content (None when absent or not ours) and its ETag (None when
+        absent)."""
+        try:
+            found = self.store.get_with_etag(self.key(LATEST_POINTER), MAX_POINTER_BYTES)
+        except ObjectTooLarge as exc:
+            log.warning("%s; ignoring it", exc)
+            return None, self.store.head_etag(self.key(LATEST_POINTER))
+        if found is None:
+            return None, None
+        raw, etag = found
         try:
             value = json.loads(raw)
         except ValueError:
             log.warning("%s is not valid JSON; ignoring it", self.uri(LATEST_POINTER))
-            return None
-        return value if isinstance(value, dict) else None
+            return None, etag
+        return (value if isinstance(value, dict) else None), etag
 
     def resume_candidates(self) -> Iterator[ResumeCandidate]:
         steps = self._remote_steps()
@@ -437,10 +490,13 @@ class S3Target(OutputTarget):
             yield ResumeCandidate(step, self.uri(name), functools.partial(self._fetch, name))
 
     def _fetch(self, name: str) -> tuple[Path, Manifest]:
-        raw = self.store.get_bytes(self.key(name, MANIFEST_NAME))
+        try:
+            raw = self.store.get_bytes(self.key(name, MANIFEST_NAME), MAX_MANIFEST_BYTES)
+        except ObjectTooLarge as exc:
+            raise ManifestError(str(exc)) from None
         if raw is None:
             raise ManifestError(f"no {MANIFEST_NAME} on S3 (the upload never finished)")
-        remote = parse_manifest(raw)
+        remote = complete_manifest(raw)
         local = self.artifacts.root / name
         try:
             if verify_dir(local) == remote:
@@ -448,12 +504,13 @@ class S3Target(OutputTarget):
                 return local, remote
         except ManifestError:
             pass
+        self._check_listing(name, remote)
         scratch = self.artifacts.root / INCOMPLETE_DIR / f"download-{name}"
         if scratch.exists():
             remove_tree(scratch)
         try:
             self.store.download_prefix(self.key(name), scratch)
-        except KeyOutsideDirectory as exc:
+        except UnsafeKey as exc:
             raise ManifestError(str(exc)) from exc
         except Exception as exc:
             # Listed, then gone before it was read: rotated out or being uploaded again
@@ -464,18 +521,49 @@ class S3Target(OutputTarget):
         manifest = verify_dir(scratch)
         if manifest != remote:
             raise ManifestError("the downloaded manifest differs from the one listed")
-        if local.exists():
+        if local.exists() or local.is_symlink():
             remove_tree(local)
         scratch.rename(local)
         return local, manifest
 
-    def artifact_manifest(self, name: str) -> Manifest | None:
-        raw = self.store.get_bytes(self.key(name, MANIFEST_NAME))
-        if raw is None:
-            return None
+    def _check_listing(self, name: str, manifest: Manifest) -> None:
+        """Before anything is downloaded: the objects under the checkpoint's prefix must be
+        exactly the manifest's files (and the manifest), each a safe name of the size
+        listed, so the download writes nothing the manifest did not promise."""
+        prefix = self.key(name) + "/"
         try:
-            return parse_manifest(raw)
-        except ManifestError:
+            listed = self.store.list_sizes(prefix, MAX_MANIFEST_FILES + 1)
+        except ObjectTooLarge as exc:
+            raise ManifestError(str(exc)) from None
+        present: dict[str, int] = {}
+        for key, size in listed.items():
+            rel = key[len(prefix) :]
+            if rel.endswith("/"):
+                continue  # a "directory" marker some tools write
+            problem = relative_name_problem(rel)
+            if problem is not None:
+                raise ManifestError(f"the S3 key {key} {problem}")
+            present[rel] = size
+        expected = {entry.path: entry.size for entry in manifest.files}
+        missing = sorted(set(expected) - set(present))
+        extra = sorted(set(present) - set(expected) - {MANIFEST_NAME})
+        if missing:
+            raise ManifestError(f"{missing[0]} is not on S3")
+        if extra:
+            raise ManifestError(f"{prefix}{extra[0]} is on S3 but not in the manifest")
+        for rel, size in sorted(expected.items()):
+            if present[rel] != size:
+                raise ManifestError(
+                    f"{rel} has {present[rel]} bytes on S3, the manifest says {size}"
+                )
+
+    def artifact_manifest(self, name: str) -> Manifest | None:
+        """The manifest of ``name`` on S3 when it is there and complete for its kind
+        (files not checked)."""
+        try:
+            raw = self.store.get_bytes(self.key(name, MANIFEST_NAME), MAX_MANIFEST_BYTES)
+            return complete_manifest(raw) if raw is not None else None
+        except (ManifestError, ObjectTooLarge):
             return None
 
 
