@@ -10,7 +10,6 @@ from typing import Any
 from finetune_trainer.contract import ExitCode, TerminationMessage
 
 from .naming import TRAINER_CONTAINER
-from .reasons import trainer_reason
 
 WAITING_FOR_POD = "waiting for the trainer pod to be created and scheduled"
 
@@ -293,9 +292,9 @@ def _failure(
 
 def _trainer_outcome(summary: TerminationMessage) -> tuple[str, str]:
     """The trainer's own reason and message for how it ended. The termination message is
-    written by whatever the image runs, so a reason outside the trainer's known set is not
+    written by whatever the image runs, so a reason outside the contract's set is not
     taken as a reason (it stays visible in the message)."""
-    reason = trainer_reason(summary.reason)
+    reason = str(summary.known_reason)
     if reason == summary.reason:
         return reason, summary.message
     return reason, f"the trainer reported {summary.reason!r}: {summary.message}"

@@ -24,7 +24,6 @@ from .progress import ProgressBoard
 from .reconciler import Reconciler
 from .workqueue import WorkQueue
 
-
 # A FineTuneJob just reconciled waits this long before the next reconcile, so the changes
 # that arrive in a burst (its Job created, its pod created, the pod found unschedulable)
 # make one status write.

@@ -9,6 +9,8 @@ against the set below, and anything else is counted under ``Other``.
 
 from __future__ import annotations
 
+from finetune_trainer import contract
+
 # Reasons the operator decides itself.
 OPERATOR_REASONS = frozenset(
     {
@@ -32,7 +34,6 @@ OPERATOR_REASONS = frozenset(
         "Restarted",
         "Checkpoint",
         "JobCreated",
-        "TrainerFailed",
     }
 )
 # Reasons taken over from Kubernetes: the Job controller's conditions, the scheduler's and
@@ -56,23 +57,8 @@ KUBERNETES_REASONS = frozenset(
         "CrashLoopBackOff",
     }
 )
-# Reasons the trainer reports in its termination message.
-TRAINER_REASONS = frozenset(
-    {
-        "InvalidInput",
-        "InvalidConfig",
-        "ConfigNotFound",
-        "InvalidDataset",
-        "InvalidModel",
-        "IncompatibleCheckpoint",
-        "InvalidS3Credentials",
-        "OutOfMemory",
-        "Interrupted",
-        "Completed",
-        "DryRunPassed",
-        "DryRunFailed",
-    }
-)
+# Reasons the trainer reports in its termination message (the contract's fixed set).
+TRAINER_REASONS = contract.TRAINER_REASONS
 KNOWN_REASONS = OPERATOR_REASONS | KUBERNETES_REASONS | TRAINER_REASONS
 OTHER = "Other"
 
@@ -80,9 +66,3 @@ OTHER = "Other"
 def metric_reason(reason: str) -> str:
     """``reason`` if it is one of the known reasons, else ``Other``."""
     return reason if reason in KNOWN_REASONS else OTHER
-
-
-def trainer_reason(reason: str) -> str:
-    """A reason from the trainer's termination message, as the status may carry it: any
-    other value is the trainer image's own invention (its text stays in the message)."""
-    return reason if reason in TRAINER_REASONS else "TrainerFailed"

@@ -9,8 +9,6 @@ this without torch, and the trainer without Kubernetes.
 from __future__ import annotations
 
 import enum
-import math
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -111,43 +109,6 @@ class TrainerProgress(_Wire):
     grad_norm: float | None = None
     tokens_per_second: float | None = None
     checkpoint_step: int | None = None
-
-
-_FIELDS = {
-    Metric.STEP: ("step", int),
-    Metric.TOTAL_STEPS: ("total_steps", int),
-    Metric.EPOCH: ("epoch", float),
-    Metric.LOSS: ("loss", float),
-    Metric.LEARNING_RATE: ("learning_rate", float),
-    Metric.GRAD_NORM: ("grad_norm", float),
-    Metric.TOKENS_PER_SECOND: ("tokens_per_second", float),
-    Metric.CHECKPOINT_STEP: ("checkpoint_step", int),
-}
-# name, optional {labels}, value; timestamps are allowed and ignored.
-_SAMPLE = re.compile(
-    r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(?P<value>\S+)(\s+\S+)?\s*$"
-)
-
-
-def parse_metrics(text: str) -> TrainerProgress:
-    """Read the contract's gauges from a Prometheus text exposition. Unknown metrics, comments
-    and NaN values (a gauge not yet set) are ignored."""
-    values: dict[str, float | int] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        match = _SAMPLE.match(line)
-        if not match or match["name"] not in _FIELDS:
-            continue
-        try:
-            value = float(match["value"])
-        except ValueError:
-            continue
-        if math.isnan(value) or math.isinf(value):
-            continue
-        field, kind = _FIELDS[match["name"]]
-        values[field] = int(value) if kind is int else value
-    return TrainerProgress(**values)
 
 
 # --- Termination message -----------------------------------------------------------------

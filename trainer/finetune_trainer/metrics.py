@@ -70,7 +70,7 @@ class MetricsServer:
         self.registry = CollectorRegistry(auto_describe=True)
         self._gauges = {name: Gauge(name, _HELP[name], registry=self.registry) for name in _HELP}
         for gauge in self._gauges.values():
-            gauge.set(math.nan)  # "not known yet"; parse_metrics skips NaN
+            gauge.set(math.nan)  # "not known yet": the operator skips NaN
         self._server: Any = None
         self._thread: Any = None
         self.address: tuple[str, int] | None = None

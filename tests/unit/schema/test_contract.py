@@ -1,4 +1,5 @@
-"""The operator/trainer contract: metrics parsing and the termination message."""
+"""The operator/trainer contract: exit codes, reasons and the termination message (the
+operator's reading of the metrics is tested with it, in tests/unit/operator/test_scrape.py)."""
 
 from __future__ import annotations
 
@@ -13,38 +14,9 @@ from finetune_trainer.contract import (
     TRAINER_REASONS,
     CheckpointRef,
     ExitCode,
-    Metric,
     TerminationMessage,
     TerminationStatus,
-    parse_metrics,
 )
-
-EXPOSITION = f"""# HELP {Metric.STEP} Optimizer steps done.
-# TYPE {Metric.STEP} gauge
-{Metric.STEP} 12.0
-{Metric.TOTAL_STEPS} 20.0
-{Metric.LOSS} 1.73
-{Metric.LEARNING_RATE} 1.6e-04
-{Metric.TOKENS_PER_SECOND}{{device="cuda:0"}} 7800.5 1700000000000
-{Metric.EPOCH} NaN
-{Metric.CHECKPOINT_STEP} 10
-python_gc_objects_collected_total{{generation="0"}} 123.0
-"""
-
-
-def test_parse_metrics_reads_contract_gauges() -> None:
-    progress = parse_metrics(EXPOSITION)
-    assert progress.step == 12
-    assert progress.total_steps == 20
-    assert progress.loss == 1.73
-    assert progress.learning_rate == 1.6e-4
-    assert progress.tokens_per_second == 7800.5
-    assert progress.epoch is None  # NaN means "not set yet"
-    assert progress.checkpoint_step == 10
-
-
-def test_parse_metrics_of_garbage_is_empty() -> None:
-    assert parse_metrics("not prometheus\n{}\n").step is None
 
 
 def test_termination_message_round_trip() -> None:

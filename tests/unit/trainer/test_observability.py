@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune_trainer.contract import Metric, TerminationMessage, parse_metrics
+from finetune_operator.scrape import parse_progress
+from finetune_trainer.contract import Metric, TerminationMessage
 from finetune_trainer.metrics import MetricsLog, MetricsServer, metrics_bind_host, plot_loss
 from finetune_trainer.termination import termination_path, write_termination_message
 
@@ -37,8 +38,8 @@ def test_endpoint_serves_exactly_the_contract_gauges() -> None:
             if line and not line.startswith("#")
         }
         assert names == contract_names()
-        # Nothing known yet: every gauge is NaN, which parse_metrics skips.
-        assert parse_metrics(text).model_dump(exclude_none=True) == {}
+        # Nothing known yet: every gauge is NaN, which the operator's reading skips.
+        assert parse_progress(text).model_dump(exclude_none=True) == {}
 
         server.update(
             step=3,
@@ -50,12 +51,12 @@ def test_endpoint_serves_exactly_the_contract_gauges() -> None:
             tokens_per_second=1234.5,
             checkpoint_step=None,
         )
-        progress = parse_metrics(scrape(address))
+        progress = parse_progress(scrape(address))
         assert progress.step == 3 and progress.total_steps == 20
         assert progress.loss == 2.5 and progress.learning_rate == 1e-4
         assert progress.tokens_per_second == 1234.5 and progress.checkpoint_step is None
         server.update(checkpoint_step=2)
-        assert parse_metrics(scrape(address)).checkpoint_step == 2
+        assert parse_progress(scrape(address)).checkpoint_step == 2
     finally:
         server.stop()
 

@@ -10,7 +10,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.contract import TrainerProgress, parse_metrics
+from finetune_operator.scrape import parse_progress
+from finetune_trainer.contract import TrainerProgress
 
 from .cli_helpers import REPO, cli_command, write_config
 
@@ -104,7 +105,7 @@ class MetricsPoller:
                 with urllib.request.urlopen(self.url, timeout=1) as response:
                     text = response.read().decode()
                 self.raw.append(text)
-                self.samples.append(parse_metrics(text))
+                self.samples.append(parse_progress(text))
             except OSError:
                 pass
             time.sleep(0.05)
