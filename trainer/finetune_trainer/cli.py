@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from .config import OutputSpec, TrainerConfig, describe_errors
 from .contract import CONFIG_PATH, Env, ExitCode, TerminationMessage, TrainerReason
 from .errors import InvalidConfig, InvalidInput
+from .remote_errors import TRACEBACK_LIMIT, bounded, failure_summary
 from .runtime import RuntimeOptions
 from .signals import Interrupted
 from .termination import exit_code_for, write_termination_message
@@ -184,11 +185,11 @@ def _dry_run(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessa
     try:
         return dry_run(config, runtime)
     except Exception as exc:  # say what failed in the termination message, too
-        log.exception("the dry run failed")
+        import traceback
+
+        log.error("the dry run failed:\n%s", bounded(traceback.format_exc(), TRACEBACK_LIMIT))
         return TerminationMessage(
-            status="failed",
-            reason=TrainerReason.DRY_RUN_FAILED,
-            message=f"{type(exc).__name__}: {exc}",
+            status="failed", reason=TrainerReason.DRY_RUN_FAILED, message=failure_summary(exc)
         )
 
 

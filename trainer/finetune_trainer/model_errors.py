@@ -5,8 +5,10 @@ transformers reports a Hub id that does not exist, a gated repository, a missing
 a config.json that is not JSON or a model_type it does not know as ``OSError`` or
 ``ValueError``, like a network outage. Left as they are they exit 1 and the Job retries a
 model that can never load; translated, they exit 78 and the message names the field to fix.
-What may pass (no connection, the Hub down, offline mode without a cached copy) stays as
-it is and is retried. Training and ``--dry-run`` load through here, so both judge the same
+What may pass (no connection, the Hub down, offline mode without a cached copy) is
+retried; when a request to the Hub is behind it, it is raised as a ``RemoteFailure`` whose
+text names the field and says what the Hub's answer means, never what the Hub said
+(remote_errors.py). Training and ``--dry-run`` load through here, so both judge the same
 error the same way.
 """
 
@@ -20,6 +22,7 @@ from typing import Any, Literal
 
 from .config import ModelSpec
 from .errors import InvalidInput, InvalidModel, exception_chain
+from .remote_errors import RemoteFailure, bounded, hub_problem, is_remote, local_detail
 from .sources import ModelSource
 
 Stage = Literal["tokenizer", "model"]
@@ -130,16 +133,21 @@ def invalid_model(
             f"model.revision {spec.revision} does not exist in {what}; use a branch, tag or "
             f"commit the repository has (see {hub}/tree/main)"
         )
+    # What the messages quote comes from transformers' own text, never from an error
+    # that carries what a remote service said.
+    local = [error for error in errors if not is_remote(error)]
+    text = "\n".join(str(error) for error in local)
     if match := _NOT_JSON.search(text):
         return InvalidModel(
-            f"{what}: {match['file']} is not a valid JSON file; replace it with the model's "
-            "config.json (model.save_pretrained writes one)"
+            f"{what}: {bounded(match['file'], 300)} is not a valid JSON file; replace it with "
+            "the model's config.json (model.save_pretrained writes one)"
         )
     if match := _UNKNOWN_TYPE.search(text):
         from transformers import __version__
 
         return InvalidModel(
-            f"{what}: its config.json has model_type {match['type']!r}, an architecture "
+            f"{what}: its config.json has model_type {bounded(match['type'], 100)!r}, an "
+            "architecture "
             f"transformers {__version__} does not know; point it at a gpt-oss model (for "
             "example unsloth/gpt-oss-20b) or correct model_type"
         )
@@ -149,19 +157,18 @@ def invalid_model(
             "does not run; use a model transformers supports natively"
         )
     if "does not appear to have a file named" in text:
-        detail = next(str(e) for e in errors if "does not appear to have" in str(e))
+        detail = next(str(e) for e in local if "does not appear to have" in str(e))
         return InvalidModel(
-            f"{what} is not a complete transformers model: {detail.splitlines()[0]}"
+            f"{what} is not a complete transformers model: {bounded(detail.splitlines()[0], 300)}"
         )
     if stage == "tokenizer" and (
         isinstance(exc, ValueError)
         or any(isinstance(e, json.JSONDecodeError) for e in errors)
         or "Can't load tokenizer" in text
     ):
-        first = str(exc).splitlines()[0] if str(exc) else ""
         return InvalidModel(
-            f"{what}: its tokenizer cannot be loaded ({type(exc).__name__}: {first}); save "
-            "a working tokenizer next to the model (tokenizer.save_pretrained)"
+            f"{what}: its tokenizer cannot be loaded ({local_detail(exc)}); save a working "
+            "tokenizer next to the model (tokenizer.save_pretrained)"
         )
     return None
 
@@ -170,16 +177,26 @@ def invalid_model(
 def model_errors(
     spec: ModelSpec, source: ModelSource, *, stage: Stage, token: str | None = None
 ) -> Iterator[None]:
-    """Re-raise the model's own load errors as InvalidModel; let everything else through."""
+    """Re-raise the model's own load errors as InvalidModel, and a failed request to the Hub
+    that may pass as RemoteFailure; let everything else through."""
     try:
         yield
     except InvalidInput:
         raise
     except Exception as exc:
         invalid = invalid_model(exc, spec, source, stage=stage, token=token)
-        if invalid is None:
-            raise
-        raise invalid from exc
+        if invalid is not None:
+            raise invalid from exc
+        if spec.name is not None and is_remote(exc):
+            raise RemoteFailure(
+                hub_problem(
+                    exc,
+                    what=model_field(spec, source),
+                    token_field="model.tokenSecretRef",
+                    elsewhere="put the model on a PVC or S3 (model.pvc, model.s3)",
+                )
+            ) from exc
+        raise
 
 
 def load_tokenizer(spec: ModelSpec, source: ModelSource, token: str | None) -> Any:

@@ -88,8 +88,12 @@ def read_model_config(source: ModelSource, token: str | None) -> dict[str, Any] 
         loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         return loaded
     except Exception as exc:  # network, auth, or a gated repo: the estimate is optional
+        from .remote_errors import details
+
         log.warning(
-            "could not read %s's config.json for the memory estimate: %s", source.name_or_path, exc
+            "could not read %s's config.json for the memory estimate: %s",
+            source.name_or_path,
+            details(exc),
         )
         return None
 

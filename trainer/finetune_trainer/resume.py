@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import IncompatibleCheckpoint, output_access
+from .remote_errors import SafeMessage, failure_summary
 from .storage.manifest import Manifest, ManifestError
 from .storage.targets import OutputTarget
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointUnreadable(OSError):
+class CheckpointUnreadable(OSError, SafeMessage):
     """A checkpoint could not be read for a reason outside it (storage or network); the
     attempt fails (exit 1) and the Job's retry reads it again."""
 
@@ -63,9 +64,9 @@ def find_resume_point(
             continue
         except OSError as exc:
             raise CheckpointUnreadable(
-                f"{name} at {candidate.uri} could not be read ({exc}); not falling back to an "
-                "older checkpoint, which would discard the training it holds: the next "
-                "attempt reads it again"
+                f"{name} at {candidate.uri} could not be read ({failure_summary(exc)}); not "
+                "falling back to an older checkpoint, which would discard the training it "
+                "holds: the next attempt reads it again"
             ) from exc
         if manifest.fingerprint != fingerprint and manifest.fingerprint not in also_accepted:
             raise incompatible("checkpoint", candidate.uri, manifest.fingerprint, fingerprint)

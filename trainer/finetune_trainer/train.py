@@ -34,6 +34,7 @@ from .metrics import (
 )
 from .model_errors import load_tokenizer, model_errors
 from .progress import RunProgress
+from .remote_errors import TRACEBACK_LIMIT, bounded, details, failure_summary
 from .resume import ResumePoint, find_resume_point, incompatible
 from .runtime import OUTPUT_STAGING, RuntimeOptions
 from .signals import Interrupted, StopRequest
@@ -171,13 +172,16 @@ class TrainingRun:
             log.warning("%s; exiting", exc)
             return self.progress.message("interrupted", TrainerReason.INTERRUPTED, str(exc))
         except Exception as exc:
+            # The whole story, remote answers included, goes to the log (bounded); the
+            # message only what remote_errors lets through.
+            trace = bounded(traceback.format_exc(), TRACEBACK_LIMIT)
             if is_out_of_memory(exc):
-                log.error("out of GPU memory:\n%s", traceback.format_exc())
+                log.error("out of GPU memory:\n%s", trace)
                 text = out_of_memory_message(self.config, self.stage, self.memory_plan, exc)
                 return self.progress.message("invalid_input", TrainerReason.OUT_OF_MEMORY, text)
-            log.error("training failed:\n%s", traceback.format_exc())
+            log.error("training failed:\n%s", trace)
             return self.progress.message(
-                "failed", TrainerReason.TRAINING_FAILED, f"{type(exc).__name__}: {exc}"
+                "failed", TrainerReason.TRAINING_FAILED, failure_summary(exc)
             )
         finally:
             self._close()
@@ -191,7 +195,7 @@ class TrainingRun:
                     try:
                         self.target.close()
                     except Exception as exc:
-                        log.error("publishing outputs failed: %s", exc)
+                        log.error("publishing outputs failed: %s", details(exc))
                     # Also when the failure was already reported (and closing then
                     # succeeds): staged output that never arrived may be the only copy.
                     if self.target.unpublished_output:

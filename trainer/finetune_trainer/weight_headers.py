@@ -63,7 +63,9 @@ def hub_shapes(repo: str, revision: str | None, token: str | None) -> Shapes | N
 
         metadata = get_safetensors_metadata(repo, revision=revision, token=token)
     except Exception as exc:
-        log.warning("lora.targetModules not checked: %s's tensor names: %s", repo, exc)
+        from .remote_errors import details
+
+        log.warning("lora.targetModules not checked: %s's tensor names: %s", repo, details(exc))
         return None
     return {
         name: list(info.shape)

@@ -20,6 +20,7 @@ from huggingface_hub.errors import (
 from finetune_trainer.config import ModelSpec
 from finetune_trainer.errors import InvalidConfig, InvalidModel
 from finetune_trainer.model_errors import invalid_model, load_tokenizer, model_errors
+from finetune_trainer.remote_errors import RemoteFailure
 from finetune_trainer.sources import ModelSource, resolve_model
 
 HUB_SPEC = ModelSpec(name="acme/no-such-model", revision="v9")
@@ -77,28 +78,56 @@ def test_hub_errors_are_invalid_model_naming_the_field(error: Exception, expecte
     assert "model.tokenSecretRef" in invalid.message or "revision" in invalid.message
 
 
+UNREACHABLE = (
+    "model.name acme/no-such-model: could not get an answer from https://huggingface.co "
+    "(unreachable, refused or not the Hugging Face Hub); check that the pod may reach it, or "
+    "put the model on a PVC or S3 (model.pvc, model.s3)"
+)
+
+
 @pytest.mark.parametrize(
-    "error",
+    "error, expected",
     [
-        wrapped(
-            LocalEntryNotFoundError("offline"),
-            "We couldn't connect to 'https://huggingface.co' to load the files",
+        (
+            wrapped(
+                LocalEntryNotFoundError("offline"),
+                "We couldn't connect to 'https://huggingface.co' to load the files",
+            ),
+            None,  # no request behind it: raised as it is
         ),
-        wrapped(httpx.ConnectError("Name or service not known"), "connect failed"),
+        (wrapped(httpx.ConnectError("Name or service not known"), "connect failed"), UNREACHABLE),
         # A reset while tokenizer.json downloads: transformers re-raises it as "Can't load
         # tokenizer", which alone would read as a broken tokenizer.
-        wrapped(httpx.ReadError("Connection reset by peer"), "Can't load tokenizer for 'x'"),
-        wrapped(httpx.RemoteProtocolError("peer closed connection"), "Can't load tokenizer"),
-        hub_error(HfHubHTTPError, 429),  # rate limited
-        wrapped(hub_error(RepositoryNotFoundError, 404), "We couldn't connect to the Hub"),
-        hub_error(HfHubHTTPError, 503),  # the Hub is down
-        OSError("[Errno 5] Input/output error"),
+        (
+            wrapped(httpx.ReadError("Connection reset by peer"), "Can't load tokenizer for 'x'"),
+            UNREACHABLE,
+        ),
+        (
+            wrapped(httpx.RemoteProtocolError("peer closed connection"), "Can't load tokenizer"),
+            UNREACHABLE,
+        ),
+        (hub_error(HfHubHTTPError, 429), "is limiting this client's requests (HTTP 429)"),
+        (
+            wrapped(hub_error(RepositoryNotFoundError, 404), "We couldn't connect to the Hub"),
+            "the Hub has no such repository, revision or file (HTTP 404)",
+        ),
+        (hub_error(HfHubHTTPError, 503), "the Hub failed to answer (HTTP 5xx)"),
+        (OSError("[Errno 5] Input/output error"), None),
     ],
 )
-def test_errors_that_may_pass_stay_retryable(error: Exception) -> None:
+def test_errors_that_may_pass_stay_retryable(error: Exception, expected: str | None) -> None:
+    """Retried (exit 1); a request to the Hub behind it becomes a RemoteFailure naming the
+    field, without what the Hub said or how the connection failed."""
     assert invalid_model(error, HUB_SPEC, HUB_SOURCE, stage="tokenizer") is None
-    with pytest.raises(type(error)), model_errors(HUB_SPEC, HUB_SOURCE, stage="model"):
+    raised = RemoteFailure if expected is not None else type(error)
+    with pytest.raises(raised) as caught, model_errors(HUB_SPEC, HUB_SOURCE, stage="model"):
         raise error
+    if expected is not None:
+        text = str(caught.value)
+        assert text.startswith("model.name acme/no-such-model: ") and expected in text
+        assert caught.value.__cause__ is error  # the details, for the log
+        for remote in ("hub says no", "Name or service", "reset by peer", "peer closed"):
+            assert remote not in text
 
 
 @pytest.mark.parametrize(

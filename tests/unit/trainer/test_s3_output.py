@@ -83,7 +83,9 @@ def make_target(
 ) -> S3Target:
     loc = location(s3_server, bucket)
     base = S3Store.for_location(loc, "output", retry=FAST)
-    store = RecordingStore(base.client, base.bucket, retry=FAST, fail_first=fail_first)
+    store = RecordingStore(
+        base.client, base.bucket, retry=FAST, role="output", fail_first=fail_first
+    )
     target = S3Target(store, loc.prefix, staging, limit)
     target.prepare()
     return target
@@ -525,9 +527,13 @@ def test_a_final_adapter_that_could_not_be_uploaded_fails_the_run(
     publish_final_model(target, 20)
     with pytest.raises(UploadFailed) as failed:
         target.flush()
+    # What went wrong, in the trainer's words: how the connection failed stays in the log.
     assert str(failed.value) == (
         f"the upload of final_model to s3://{bucket}/runs/a/final_model failed after its "
-        "retries: ConnectionError: connection reset by peer (injected)"
+        f"retries: output.s3.endpoint: could not get an answer from {s3_server.endpoint} "
+        "(unreachable, refused or not an S3 endpoint) to the upload of "
+        f"s3://{bucket}/runs/a/final_model/adapter_model.safetensors; check the endpoint "
+        "and that the pod may reach it"
     )
     assert (target.artifacts.root / "final_model" / MANIFEST_NAME).is_file()
     target.close()  # the failure was reported once; the target still remembers it

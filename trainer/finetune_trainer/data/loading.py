@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ..config import DatasetSpec
 from ..errors import InvalidDataset
+from ..remote_errors import RemoteFailure, bounded, hub_problem, is_remote
 from .json_check import json_problem
 from .json_depth import JsonTooDeep, check_json_depth
 from .split_expr import files_by_split, split_name
@@ -180,7 +181,24 @@ def _hub_offline() -> bool:
     )
 
 
+def _raise_hub_failure(spec: DatasetSpec, err: BaseException) -> None:
+    """When a request to the Hub is behind ``err``: raise RemoteFailure, the failure in the
+    trainer's own words naming dataset.name (it may pass: the Job retries it)."""
+    if is_remote(err):
+        raise RemoteFailure(
+            hub_problem(
+                err,
+                what=f"dataset.name {spec.name}",
+                token_field="HF_TOKEN",
+                elsewhere="put the data on a PVC, S3 or a local path and point the dataset "
+                "source at it",
+            )
+        ) from err
+
+
 def _load_hub(spec: DatasetSpec, *, token: str | None, cache_dir: Path | None) -> datasets.Dataset:
+    """The Hub dataset's split. The datasets library's own text (a split it lacks, a config
+    name missing) is quoted, bounded; what the Hub answered never is (remote_errors.py)."""
     import datasets
     from datasets.exceptions import DatasetNotFoundError
 
@@ -198,19 +216,19 @@ def _load_hub(spec: DatasetSpec, *, token: str | None, cache_dir: Path | None) -
         if _hub_offline():
             raise InvalidDataset(
                 f"Hub dataset {spec.name} is not in the local cache and Hub access is turned "
-                f"off (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set): {err}; allow Hub access, "
-                "or put the data on a PVC, S3 or a local path and point the dataset source "
-                "at it"
+                "off (HF_HUB_OFFLINE or HF_DATASETS_OFFLINE is set); allow Hub access, or put "
+                "the data on a PVC, S3 or a local path and point the dataset source at it"
             ) from err
         if isinstance(err, DatasetNotFoundError):
             raise InvalidDataset(
-                f"Hub dataset {spec.name} was not found, or it is gated or private: {err}; "
-                "check dataset.name (and dataset.revision), or give a token with access "
-                "through HF_TOKEN"
+                f"Hub dataset {spec.name} was not found, or it is gated or private; check "
+                "dataset.name (and dataset.revision), or give a token with access through "
+                "HF_TOKEN"
             ) from err
-        raise  # a network failure may pass: let the Job retry
+        _raise_hub_failure(spec, err)  # a network failure may pass: the Job retries
+        raise
     except ValueError as err:
-        text = str(err)
+        text = bounded(str(err), 500)
         if "Unknown split" in text or "Bad split" in text:
             raise InvalidDataset(
                 f"Hub dataset {spec.name} has no split {spec.split!r}: {text}; set "
@@ -225,6 +243,10 @@ def _load_hub(spec: DatasetSpec, *, token: str | None, cache_dir: Path | None) -
                 f"Hub dataset {spec.name} split {spec.split!r} has no rows; choose a split "
                 "with rows"
             ) from err
+        _raise_hub_failure(spec, err)
+        raise
+    except Exception as err:
+        _raise_hub_failure(spec, err)
         raise
     assert isinstance(rows, datasets.Dataset)
     return rows

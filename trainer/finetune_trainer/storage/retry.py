@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from ..remote_errors import brief
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -42,7 +44,7 @@ def with_retries(
     """Run ``action`` until it succeeds or ``policy.attempts`` tries have failed; the last
     error propagates, as does at once an error for which ``fatal`` is true (a missing
     object, denied access: waiting will not change the answer). ``what`` names the
-    operation in log lines (never a credential)."""
+    operation in log lines (never a credential); the errors are logged bounded."""
     failures = 0
     while True:
         try:
@@ -52,7 +54,7 @@ def with_retries(
                 raise
             failures += 1
             if failures >= policy.attempts:
-                log.error("%s failed after %d attempts: %s", what, failures, exc)
+                log.error("%s failed after %d attempts: %s", what, failures, brief(exc))
                 raise
             wait = policy.delay(failures)
             log.warning(
@@ -60,7 +62,7 @@ def with_retries(
                 what,
                 failures,
                 policy.attempts,
-                exc,
+                brief(exc),
                 wait,
             )
             sleep(wait)

@@ -18,11 +18,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..config import S3Location
 from ..contract import Env, TrainerReason
-from ..errors import InvalidConfig, exception_chain
+from ..errors import InvalidConfig
+from ..remote_errors import (
+    REFUSED_CODES,
+    RemoteFailure,
+    S3Role,
+    details,
+    is_remote,
+    s3_error_code,
+    s3_problem,
+)
 from .paths import relative_name_problem
 from .retry import DEFAULT_RETRY, RetryPolicy, with_retries
 
@@ -32,8 +41,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
-
-S3Role = Literal["model", "dataset", "output"]
 
 
 def join_key(*parts: str) -> str:
@@ -88,12 +95,10 @@ def make_client(location: S3Location, role: S3Role) -> S3Client:
 def _error_code(exc: BaseException) -> str:
     """The S3 error code of ``exc``, or of the first error in its chain that has one:
     boto3's managed transfers (``upload_file``) raise ``S3UploadFailedError``, which has no
-    response of its own and carries the ClientError as its ``__context__``."""
-    for error in exception_chain(exc):
-        response = getattr(error, "response", None)
-        if isinstance(response, dict):
-            return str(response.get("Error", {}).get("Code", ""))
-    return ""
+    response of its own and carries the ClientError as its ``__context__``; and a failed
+    request comes out of :meth:`S3Store._call` as the trainer's own error, the store's
+    behind it."""
+    return s3_error_code(exc)
 
 
 _NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
@@ -108,26 +113,14 @@ _PRECONDITION_CODES = frozenset({"412", "PreconditionFailed"})
 _UNSUPPORTED_CODES = frozenset({"501", "NotImplemented", "InvalidArgument", "InvalidRequest"})
 
 # Answers that retrying cannot change.
-_FATAL_CODES = (
-    _NOT_FOUND_CODES
-    | _PRECONDITION_CODES
-    | _UNSUPPORTED_CODES
-    | {
-        "NoSuchBucket",
-        "403",
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-    }
-)
+_FATAL_CODES = _NOT_FOUND_CODES | _PRECONDITION_CODES | _UNSUPPORTED_CODES | {"403"} | REFUSED_CODES
+# Answers the callers act on (a missing object, a conditional write refused, a header not
+# implemented): logged as details only.
+_EXPECTED_CODES = _NOT_FOUND_CODES | _PRECONDITION_CODES | _UNSUPPORTED_CODES
 
 
 def is_fatal(exc: BaseException) -> bool:
     return _error_code(exc) in _FATAL_CODES
-
-
-# Refusals that only a change of the bucket name or of the credentials can fix.
-_REFUSED_CODES = _FATAL_CODES - _NOT_FOUND_CODES - _PRECONDITION_CODES - _UNSUPPORTED_CODES
 
 
 class UnsafeKey(ValueError):
@@ -188,36 +181,51 @@ class S3Store:
         client: Any,
         bucket: str,
         *,
-        retry: RetryPolicy = DEFAULT_RETRY,
+        retry: RetryPolicy | None = None,
         role: S3Role | None = None,
+        endpoint: str | None = None,
     ) -> None:
         self.client = client
         self.bucket = bucket
-        self.retry = retry
+        self.retry = retry if retry is not None else DEFAULT_RETRY
         self.role = role
+        # How messages name the store: the location's endpoint, else the client's (AWS).
+        meta = getattr(client, "meta", None)
+        self.endpoint = str(endpoint or getattr(meta, "endpoint_url", None) or "the S3 endpoint")
         self.conditional = _ASSUMED
 
     @classmethod
     def for_location(
-        cls, location: S3Location, role: S3Role, *, retry: RetryPolicy = DEFAULT_RETRY
+        cls, location: S3Location, role: S3Role, *, retry: RetryPolicy | None = None
     ) -> S3Store:
-        return cls(make_client(location, role), location.bucket, retry=retry, role=role)
+        client = make_client(location, role)
+        return cls(client, location.bucket, retry=retry, role=role, endpoint=location.endpoint)
 
     def _call(self, action: Callable[[], T], what: str) -> T:
-        """``action`` with retries; a refused bucket or credentials is a config error (the
-        run exits 78, and retrying the pod would meet the same answer)."""
+        """``action`` with retries. A failed request comes out as the trainer's own error,
+        whose text names the location's field, the endpoint or URI and the fix, and never
+        what the store answered or how the connection failed (remote_errors.py); the store
+        error stays behind it, for the callers' decisions and for the log. A refused bucket
+        or credentials is a config error (the run exits 78: retrying the pod would meet the
+        same answer); any other failure may pass (exit 1, retried)."""
         try:
             return with_retries(action, what=what, policy=self.retry, fatal=is_fatal)
         except Exception as exc:
-            code = _error_code(exc)
-            if code not in _REFUSED_CODES or self.role is None:
-                raise
-            raise InvalidConfig(
-                f"{self.role}.s3: the {what} was refused ({code}); check the bucket name "
-                f"and the credentials: the FineTuneJob's {self.role}.s3.credentialsSecretRef "
-                f"({Env.s3(self.role, '*')} in the pod), or the pod's cloud identity, "
-                "and what the bucket policy grants them"
-            ) from exc
+            if not is_remote(exc):
+                raise  # the trainer's own, or the local disk's
+            problem = s3_problem(
+                exc, role=self.role, endpoint=self.endpoint, bucket=self.bucket, what=what
+            )
+            expected = _error_code(exc) in _EXPECTED_CODES
+            log.log(
+                logging.DEBUG if expected else logging.WARNING,
+                "the %s failed: %s",
+                what,
+                details(exc),
+            )
+            if problem.refused:
+                raise InvalidConfig(problem.message) from exc
+            raise RemoteFailure(problem.message) from exc
 
     def check_writable(self, prefix: str) -> None:
         """Write and delete a small probe object under ``prefix``, so credentials that may

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidInput, output_access
+from ..remote_errors import SafeMessage, failure_summary
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     INCOMPLETE_DIR,
@@ -70,8 +71,9 @@ class ResumeCandidate:
     fetch: Callable[[], tuple[Path, Manifest]]
 
 
-class UploadFailed(Exception):
-    """An artifact that could not be uploaded, after its retries; its staged copy remains."""
+class UploadFailed(SafeMessage):
+    """An artifact that could not be uploaded, after its retries; its staged copy remains.
+    Its text says why in the trainer's own words (remote_errors.failure_summary)."""
 
 
 @dataclass
@@ -426,7 +428,7 @@ class S3Target(OutputTarget):
             raise worst.error  # a refusal names output.s3 and what to check already
         raise UploadFailed(
             f"the upload of {worst.name} to {self.uri(worst.name)} failed after its retries: "
-            f"{type(worst.error).__name__}: {worst.error}"
+            f"{failure_summary(worst.error)}"
         ) from worst.error
 
     @property
@@ -516,7 +518,7 @@ class S3Target(OutputTarget):
             # Listed, then gone before it was read: rotated out or being uploaded again
             # by another writer. Either way this checkpoint is not whole; try an older one.
             if is_not_found(exc):
-                raise ManifestError(f"an object disappeared during the download ({exc})") from exc
+                raise ManifestError("an object disappeared during the download") from exc
             raise
         manifest = verify_dir(scratch)
         if manifest != remote:
