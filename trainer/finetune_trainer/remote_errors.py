@@ -211,6 +211,11 @@ _S3_CODES: dict[str, tuple[str, str]] = {
         "the store knows no such access key id",
         "check the access key id in " + _CREDENTIALS,
     ),
+    # versitygw's answer to an access key id it does not know.
+    "XAdminUserNotFound": (
+        "the store knows no such access key id",
+        "check the access key id in " + _CREDENTIALS,
+    ),
     "SignatureDoesNotMatch": (
         "the secret access key does not match the access key id",
         "check the secret access key in " + _CREDENTIALS,
@@ -308,6 +313,7 @@ REFUSED_CODES = frozenset(
         "AccessDenied",
         "AllAccessDisabled",
         "InvalidAccessKeyId",
+        "XAdminUserNotFound",
         "SignatureDoesNotMatch",
         "NoSuchBucket",
         "InvalidBucketName",
