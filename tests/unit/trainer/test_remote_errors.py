@@ -30,6 +30,7 @@ from finetune_trainer.contract import ExitCode
 from finetune_trainer.errors import InvalidConfig, InvalidInput
 from finetune_trainer.remote_errors import (
     DETAILS_LIMIT,
+    REMOTE_FALLBACK,
     RemoteFailure,
     failure_summary,
     s3_unreachable,
@@ -489,3 +490,31 @@ def test_a_hub_that_answers_403_with_a_secret_is_named_by_its_documented_status(
     ]
     for _, text in out.values():
         assert_nothing_remote(text)
+
+
+# --- unexpected failures -------------------------------------------------------------------
+
+
+def test_an_unexpected_failure_with_a_remote_error_behind_it_says_only_that(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A library that wraps the store's answer into its own error text: the summary is one
+    fixed sentence (even the error's type would tell how the request failed); the log has
+    the traceback."""
+    from botocore.exceptions import ClientError
+
+    from finetune_trainer.runtime import RuntimeOptions
+    from finetune_trainer.train import TrainingRun
+
+    def train(self: TrainingRun) -> Any:
+        try:
+            raise ClientError({"Error": {"Code": "InternalSaysNo", "Message": SECRET}}, "GetObject")
+        except ClientError as exc:
+            raise OSError(f"could not read the shard: {exc}") from exc
+
+    monkeypatch.setattr(TrainingRun, "_train", train)
+    run = TrainingRun(TrainerConfig.from_mapping({}), RuntimeOptions(scratch_dir=tmp_path))
+    message = run.execute()
+    assert (message.status, message.reason) == ("failed", "TrainingFailed")
+    assert message.message == REMOTE_FALLBACK
+    assert SECRET in caplog.text
