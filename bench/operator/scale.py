@@ -4,9 +4,10 @@ plane (no node: every trainer pod stays Pending, as under a queue that admits no
 One invocation, one control plane, for each N in --sizes, side by side:
 
 - floor: a plain client creates N ConfigMaps + N Jobs (the operator's own shapes), with
-  --workers threads; the time until the Nth Job exists.
+  --client-threads threads; the time until the Nth Job exists.
 - operator: the operator runs as its own process, as its own ServiceAccount with the
-  chart's ClusterRole; the same client creates N FineTuneJobs with the same concurrency;
+  chart's ClusterRole and its default settings; the same client creates N FineTuneJobs
+  with the same concurrency;
   the time until the Nth Job exists, and each FineTuneJob's create-to-Job latency.
 - requests: from the API server's audit log, every request the operator's ServiceAccount
   made for these FineTuneJobs (reads and writes per FineTuneJob over their life, watches
@@ -149,13 +150,28 @@ def floor(admin: client.ApiClient, namespace: str, n: int, workers: int) -> dict
     return {"seconds_to_nth_job": round(max(arrivals.seen.values()) - began, 2)}
 
 
+def clear_floor(admin: client.ApiClient, namespace: str) -> None:
+    """Delete the floor's objects and wait until its pods are gone, so the deletion does
+    not load the operator's turn."""
+    core, batch = client.CoreV1Api(admin), client.BatchV1Api(admin)
+    batch.delete_collection_namespaced_job(namespace, propagation_policy="Background")
+    core.delete_collection_namespaced_config_map(namespace)
+    wait(
+        lambda: (
+            not core.list_namespaced_pod(namespace, limit=1).items
+            and not batch.list_namespaced_job(namespace, limit=1).items
+        ),
+        600,
+        "the floor's Jobs and pods to go",
+    )
+
+
 class OperatorProcess:
     """The operator as its own process, with its ServiceAccount's token."""
 
-    def __init__(self, kubeconfig: Path, workdir: Path, workers: int) -> None:
+    def __init__(self, kubeconfig: Path, workdir: Path) -> None:
         self.kubeconfig = kubeconfig
         self.workdir = workdir
-        self.workers = workers
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -168,7 +184,6 @@ class OperatorProcess:
             "FTO_OPERATOR_METRICS_HOST": "127.0.0.1",
             "FTO_OPERATOR_METRICS_PORT": str(self.metrics_port),
             "FTO_LIVENESS_ENDPOINT": "",
-            "FTO_WORKERS": str(self.workers),
             "FTO_LOG_LEVEL": "WARNING",
         }
         log_file = open(self.workdir / f"operator-{self.starts}.log", "wb")  # noqa: SIM115
@@ -496,7 +511,12 @@ def operator_identity(cp: ControlPlane, admin: client.ApiClient, workdir: Path) 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="100,1000", help="comma-separated N")
-    parser.add_argument("--workers", type=int, default=8, help="client and operator threads")
+    parser.add_argument(
+        "--client-threads",
+        type=int,
+        default=8,
+        help="threads of the floor's and the FineTuneJobs' client",
+    )
     parser.add_argument("--idle-seconds", type=float, default=60.0)
     parser.add_argument("--out", type=Path, required=True, help="JSON results file")
     args = parser.parse_args(argv)
@@ -504,15 +524,15 @@ def main(argv: list[str] | None = None) -> None:
     with ControlPlane(audit_policy=AUDIT_POLICY) as cp:
         assert cp.pki is not None
         admin = api_client_for(cp.server, cp.pki.ca.cert, cp.pki.admin.cert, cp.pki.admin.key)
-        admin.configuration.connection_pool_maxsize = 4 * args.workers
+        admin.configuration.connection_pool_maxsize = 4 * args.client_threads
         workdir = cp.state_dir
-        operator = OperatorProcess(operator_identity(cp, admin, workdir), workdir, args.workers)
+        operator = OperatorProcess(operator_identity(cp, admin, workdir), workdir)
         operator.start()
         results: dict[str, Any] = {
             "when": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
             "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-            "workers": args.workers,
+            "client_threads": args.client_threads,
             "rss_mib_idle_empty": operator.memory().get("VmRSS"),
             "sizes": {},
         }
@@ -521,12 +541,12 @@ def main(argv: list[str] | None = None) -> None:
             log(f"N = {n}: the floor")
             core.create_namespace({"metadata": {"name": f"floor-{n}"}})
             core.create_namespace({"metadata": {"name": f"ftj-{n}"}})
-            floor_result = floor(admin, f"floor-{n}", n, args.workers)
+            floor_result = floor(admin, f"floor-{n}", n, args.client_threads)
             log(f"  {floor_result}")
-            cp.kubectl(["delete", "namespace", f"floor-{n}", "--wait=false"])
+            clear_floor(admin, f"floor-{n}")
             log(f"N = {n}: the operator")
             operator_result = operator_run(
-                admin, operator, cp.audit_log, f"ftj-{n}", n, args.workers, args.idle_seconds
+                admin, operator, cp.audit_log, f"ftj-{n}", n, args.client_threads, args.idle_seconds
             )
             ratio = operator_result["seconds_to_nth_job"] / floor_result["seconds_to_nth_job"]
             results["sizes"][str(n)] = {

@@ -239,22 +239,24 @@ class ClusterCache:
                 del self._pods_by_owner[owner or ""]
 
     # --- read by the reconciler ------------------------------------------------------------
+    # A stored object is never changed in place (an update stores a new one), so a reader
+    # copies it outside the lock, and no reader holds up the watches for a copy's time.
     def finetunejob(self, namespace: str, name: str) -> Obj | None:
         with self._lock:
             found = self._finetunejobs.get((namespace, name))
-            return copy.deepcopy(found) if found is not None else None
+        return copy.deepcopy(found) if found is not None else None
 
     def job(self, namespace: str, name: str) -> Obj | None:
         with self._lock:
             found = self._jobs.get((namespace, name))
-            return copy.deepcopy(found) if found is not None else None
+        return copy.deepcopy(found) if found is not None else None
 
     def trainer_pods(self, owner_uid: str) -> list[Obj]:
         """The pods labelled as this FineTuneJob's (the reconciler checks which of them its
         Job really made)."""
         with self._lock:
-            uids = self._pods_by_owner.get(owner_uid, ())
-            return [copy.deepcopy(self._pods[uid]) for uid in uids]
+            pods = [self._pods[uid] for uid in self._pods_by_owner.get(owner_uid, ())]
+        return copy.deepcopy(pods)
 
     def keys(self) -> list[Key]:
         with self._lock:

@@ -38,7 +38,7 @@ class OperatorConfig:
     # Trainer metrics read at once; a slow endpoint holds one of these, never the round.
     scrape_concurrency: int = 32
     # Threads reconciling FineTuneJobs; each spends most of its time waiting on the API.
-    workers: int = 8
+    workers: int = 16
     # Client-side timeouts of every API call the operator makes itself.
     api_connect_timeout: float = 5.0
     api_read_timeout: float = 30.0
@@ -115,7 +115,7 @@ class OperatorConfig:
             progress_poll_seconds=get("PROGRESS_POLL_SECONDS", "10", float),
             metrics_timeout_seconds=get("METRICS_TIMEOUT_SECONDS", "3", float),
             scrape_concurrency=get("SCRAPE_CONCURRENCY", "32", _positive_int),
-            workers=get("WORKERS", "8", _positive_int),
+            workers=get("WORKERS", "16", _positive_int),
             api_connect_timeout=get("API_CONNECT_TIMEOUT_SECONDS", "5", float),
             api_read_timeout=get("API_READ_TIMEOUT_SECONDS", "30", float),
             watch_echo_deadline_seconds=get("WATCH_ECHO_DEADLINE_SECONDS", "150", float),

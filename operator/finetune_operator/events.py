@@ -7,7 +7,10 @@ a long run or a flapping one leaves a handful of Events, not thousands. What the
 remembers is bounded (least recently used first out); forgetting only means the next
 repeat starts a new Event object.
 
-Events are best effort: a lost one must never stop a reconcile.
+Events are best effort: a lost one must never stop a reconcile. So they are posted by one
+thread of their own, from a bounded queue (as client-go's broadcaster does): a reconcile
+never waits for an Event, a burst of FineTuneJobs gets its Jobs before its Events, and
+when the API server cannot keep up the oldest Events waiting are dropped and counted.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -66,30 +69,92 @@ def _event(body: Obj, kind: str, reason: str, message: str, now: str) -> Obj:
 
 
 class EventRecorder:
+    """Aggregates and posts Events. ``record`` only queues; ``start`` runs the thread that
+    posts (without it, ``flush`` posts what is queued, as tests do)."""
+
     def __init__(
         self,
         sink: EventSink,
         *,
         window: float = 600.0,
         remember: int = 4096,
+        backlog: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sink = sink
         self.window = window
         self.remember = remember
+        self.backlog = backlog
+        self.dropped = 0
         self._clock = clock
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._waiting: deque[tuple[Obj, str, str, str, str]] = deque()
         self._posted: OrderedDict[tuple[str, str, str], _Posted] = OrderedDict()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._busy = False
 
     def record(self, body: Obj, kind: str, reason: str, message: str, now: str) -> None:
-        """Post (or count again) an Event of ``kind`` (Normal | Warning) on ``body``."""
+        """Queue an Event of ``kind`` (Normal | Warning) on ``body``."""
+        with self._cond:
+            if len(self._waiting) >= self.backlog:
+                self._waiting.popleft()
+                self.dropped += 1
+            self._waiting.append((body, kind, reason, safe_text(message, EVENT_MESSAGE_LIMIT), now))
+            self._cond.notify()
+
+    def start(self) -> None:
+        with self._cond:
+            self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="events", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                item = self._waiting.popleft()
+                self._busy = True
+            try:
+                self._post(*item)
+            except Exception:  # best effort: the next Event is posted all the same
+                log.exception("posting an Event failed")
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def flush(self) -> None:
+        """Post everything queued (from this thread when none runs; else wait for it)."""
+        if self._thread is None:
+            while True:
+                with self._cond:
+                    if not self._waiting:
+                        return
+                    item = self._waiting.popleft()
+                self._post(*item)
+        with self._cond:
+            while self._waiting or self._busy:
+                self._cond.wait(0.1)
+
+    def _post(self, body: Obj, kind: str, reason: str, message: str, now: str) -> None:
         meta = body["metadata"]
-        message = safe_text(message, EVENT_MESSAGE_LIMIT)
         key = (meta["uid"], kind, reason)
-        with self._lock:
+        with self._cond:
             earlier = self._posted.get(key)
-            if earlier is not None and self._clock() - earlier.at > self.window:
-                earlier = None
+        if earlier is not None and self._clock() - earlier.at > self.window:
+            earlier = None
         if earlier is not None:
             count = earlier.count + 1
             patch = {"count": count, "lastTimestamp": now, "message": message}
@@ -102,14 +167,15 @@ class EventRecorder:
             self._remember(key, _Posted(name, 1, self._clock()))
 
     def _remember(self, key: tuple[str, str, str], posted: _Posted) -> None:
-        with self._lock:
+        with self._cond:
             self._posted[key] = posted
             self._posted.move_to_end(key)
             while len(self._posted) > self.remember:
                 self._posted.popitem(last=False)
 
     def forget(self, uid: str) -> None:
-        """Drop what is remembered about a deleted FineTuneJob's Events."""
-        with self._lock:
+        """Drop what is remembered, and what still waits, of a deleted FineTuneJob."""
+        with self._cond:
             for key in [k for k in self._posted if k[0] == uid]:
                 del self._posted[key]
+            self._waiting = deque(w for w in self._waiting if w[0]["metadata"]["uid"] != uid)

@@ -1,11 +1,12 @@
 """kopf handlers: they feed the watch cache and queue FineTuneJobs for reconciling.
 
-- Indexing handlers put every FineTuneJob, labelled Job and labelled pod the watches
-  deliver into the cache. kopf runs them for the whole initial listing of all three before
-  any other handler, so after a restart the first reconcile already sees every Job.
-- Event handlers queue the FineTuneJob an event concerns (a Job or pod by its owner label)
-  and drop deleted objects from the cache. They are async and make no API call, so no
-  event waits behind a slow one.
+- At start-up, before any watch delivers anything, the operator lists its Jobs and pods
+  once into the cache, so after a restart the first reconcile of every FineTuneJob already
+  sees its Job (and creates nothing, writes nothing).
+- Event handlers put every FineTuneJob, labelled Job and labelled pod the watches deliver
+  into the cache (deleted ones out), and queue the FineTuneJob the event concerns (a Job
+  or pod by its owner label). They are async and make no API call, so no event waits
+  behind a slow one.
 - The work queue's threads reconcile; the progress poller reads trainers' metrics in the
   event loop; the liveness probe reports both (health.py).
 
@@ -25,16 +26,14 @@ import kopf
 from .api import GROUP, PLURAL, VERSION
 from .cache import owner_key
 from .config import OperatorConfig
-from .naming import LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY
+from .naming import CHILD_SELECTOR, LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY
 from .operator_runtime import OperatorRuntime
 
 log = logging.getLogger(__name__)
 
 # The children the operator watches (the job and pod handlers below), as (group, version,
-# plural), and the labels every one of them carries (naming.child_labels), as a
-# server-side label selector.
+# plural); naming.CHILD_SELECTOR selects them on the API server.
 CHILD_RESOURCES = (("batch", "v1", "jobs"), ("", "v1", "pods"))
-CHILD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_OWNER}"
 
 
 def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
@@ -76,6 +75,10 @@ def register(registry: kopf.OperatorRegistry, runtime: OperatorRuntime) -> None:
 
     @kopf.on.startup(id="start-workers", registry=registry)
     async def start_workers(**_: Any) -> None:
+        # kopf opens the watches once the start-up handlers are done: the cache holds every
+        # child before the first event of a FineTuneJob can queue it.
+        await asyncio.get_running_loop().run_in_executor(None, runtime.prime_cache)
+        runtime.events.start()
         queue.start()
         tasks.append(asyncio.create_task(runtime.poller.run(), name="progress-poller"))
 
@@ -85,6 +88,7 @@ def register(registry: kopf.OperatorRegistry, runtime: OperatorRuntime) -> None:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.get_running_loop().run_in_executor(None, queue.stop)
+        await asyncio.get_running_loop().run_in_executor(None, runtime.events.stop)
 
     @kopf.on.probe(id="health", errors=kopf.ErrorsMode.PERMANENT, registry=registry)
     def health(**_: Any) -> dict[str, object]:
@@ -100,18 +104,6 @@ def register(registry: kopf.OperatorRegistry, runtime: OperatorRuntime) -> None:
     }
 
     # Literal resource names: the chart's RBAC test reads the watches from this source.
-    @kopf.index(GROUP, VERSION, PLURAL, id="finetunejob-cache", registry=registry)
-    async def cache_finetunejob(body: Any, **_: Any) -> None:
-        cache.upsert(body)
-
-    @kopf.index("batch", "v1", "jobs", labels=children, id="job-cache", registry=registry)
-    async def cache_job(body: Any, **_: Any) -> None:
-        cache.upsert(body)
-
-    @kopf.index("", "v1", "pods", labels=children, id="pod-cache", registry=registry)
-    async def cache_pod(body: Any, **_: Any) -> None:
-        cache.upsert(body)
-
     @kopf.on.event(GROUP, VERSION, PLURAL, id="finetunejob", registry=registry)
     async def finetunejob_changed(type: str, body: Any, **_: Any) -> None:
         meta = body["metadata"]
@@ -121,7 +113,9 @@ def register(registry: kopf.OperatorRegistry, runtime: OperatorRuntime) -> None:
             runtime.reconciler.forget(meta["namespace"], meta["name"], meta.get("uid"))
             queue.forget(key)
             return
-        queue.add(key)
+        cache.upsert(body)
+        # One that has no Job yet goes ahead of the status updates of the others.
+        queue.add(key, first=not (body.get("status") or {}).get("jobName"))
 
     @kopf.on.event("batch", "v1", "jobs", labels=children, id="job", registry=registry)
     async def job_changed(type: str, body: Any, **_: Any) -> None:
@@ -135,6 +129,8 @@ def register(registry: kopf.OperatorRegistry, runtime: OperatorRuntime) -> None:
 def _child_changed(runtime: OperatorRuntime, type: str, body: Any) -> None:
     if type == "DELETED":
         runtime.cache.remove(body)
+    else:
+        runtime.cache.upsert(body)
     key = owner_key(body)
     if key is not None:
         runtime.queue.add(key)

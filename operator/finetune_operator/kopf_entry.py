@@ -11,7 +11,7 @@ from .operator_runtime import OperatorRuntime
 from .runner import connection_info, load_api_client
 
 _config = OperatorConfig.from_env()
-_api_client = load_api_client()
+_api_client = load_api_client(workers=_config.workers)
 _metrics = OperatorMetrics()
 _metrics.serve(_config.metrics_host, _config.metrics_port)
 register(kopf.get_default_registry(), OperatorRuntime.build(_api_client, _config, _metrics))

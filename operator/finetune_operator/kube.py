@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import urllib3
@@ -17,6 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .adoption import adoption_problem
 from .api import GROUP, PLURAL, VERSION
+from .naming import CHILD_SELECTOR
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ class StatusRejected(Exception):
 _REJECTED = (400, 403, 422)
 # ResourceQuota admission's refusals, which a later create may not meet.
 _QUOTA_MESSAGES = ("exceeded quota", "status unknown for quota")
+# Objects per page when listing children, so a list never holds the whole cluster at once.
+_PAGE = 500
 
 
 def _api_message(exc: ApiException) -> str:
@@ -153,6 +157,30 @@ class Kube:
                 name, namespace, patch, _preload_content=False, _request_timeout=self.timeout
             )
         )
+
+    def list_children(self, namespace: str | None) -> Iterator[Obj]:
+        """Every Job and pod labelled as a FineTuneJob's child, in ``namespace`` (None: all
+        namespaces), a page at a time, each with its kind (list items carry none)."""
+        for kind, namespaced, everywhere in (
+            ("Job", self.batch.list_namespaced_job, self.batch.list_job_for_all_namespaces),
+            ("Pod", self.core.list_namespaced_pod, self.core.list_pod_for_all_namespaces),
+        ):
+            token = None
+            while True:
+                query: dict[str, Any] = {
+                    "label_selector": CHILD_SELECTOR,
+                    "limit": _PAGE,
+                    "_preload_content": False,
+                    "_request_timeout": self.timeout,
+                }
+                if token:
+                    query["_continue"] = token
+                page = _data(namespaced(namespace, **query) if namespace else everywhere(**query))
+                for item in page.get("items", []):
+                    yield {**item, "kind": kind}
+                token = (page.get("metadata") or {}).get("continue")
+                if not token:
+                    break
 
     # --- the FineTuneJob ----------------------------------------------------------------
     def patch_status(self, body: Obj, status: Obj) -> Obj | None:

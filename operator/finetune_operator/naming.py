@@ -26,6 +26,11 @@ TRAINER_CONTAINER = "trainer"
 MAX_OWNER_NAME = 52
 
 
+# The labels every child carries (child_labels), as a server-side label selector: the
+# operator lists and watches only its own Jobs and pods.
+CHILD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_OWNER}"
+
+
 def child_name(name: str, uid: str) -> str:
     """The Job's and ConfigMap's name: the FineTuneJob's name plus a hash of its uid."""
     suffix = hashlib.sha256(uid.encode()).hexdigest()[:8]

@@ -36,10 +36,17 @@ class OperatorRuntime:
     kube: Kube
     cache: ClusterCache
     metrics: OperatorMetrics
+    events: EventRecorder
     reconciler: Reconciler
     queue: WorkQueue
     poller: ProgressPoller
     health: Health
+
+    def prime_cache(self) -> None:
+        """List the operator's Jobs and pods into the cache (blocking; before the watches)."""
+        for namespace in self.config.namespaces or (None,):
+            for child in self.kube.list_children(namespace):
+                self.cache.upsert(child)
 
     @classmethod
     def build(
@@ -48,13 +55,12 @@ class OperatorRuntime:
         config: OperatorConfig,
         metrics: OperatorMetrics | None = None,
     ) -> OperatorRuntime:
-        metrics = metrics or OperatorMetrics()
+        metrics = metrics if metrics is not None else OperatorMetrics()
         kube = Kube(api_client, timeout=(config.api_connect_timeout, config.api_read_timeout))
         cache = ClusterCache(echo_deadline=config.watch_echo_deadline_seconds)
         board = ProgressBoard()
-        reconciler = Reconciler(
-            kube, cache, config, progress=board, metrics=metrics, events=EventRecorder(kube)
-        )
+        events = EventRecorder(kube)
+        reconciler = Reconciler(kube, cache, config, progress=board, metrics=metrics, events=events)
         queue = WorkQueue(reconciler.reconcile, workers=config.workers, settle=SETTLE_SECONDS)
         poller = ProgressPoller(
             cache,
@@ -67,4 +73,4 @@ class OperatorRuntime:
         )
         metrics.watch(cache.phases, cache.sizes, queue.depth)
         health = Health(queue, poller, cache, poll_limit=max(120.0, 6 * poller.budget))
-        return cls(config, kube, cache, metrics, reconciler, queue, poller, health)
+        return cls(config, kube, cache, metrics, events, reconciler, queue, poller, health)

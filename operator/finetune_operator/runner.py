@@ -25,9 +25,13 @@ from .operator_runtime import OperatorRuntime
 log = logging.getLogger(__name__)
 
 
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the kubeconfig (or $KUBECONFIG)."""
+def load_api_client(kubeconfig: str | None = None, *, workers: int = 8) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the kubeconfig (or $KUBECONFIG).
+    The connection pool holds one connection per reconcile worker, the Event poster's and a
+    spare: with fewer, connections would be closed and opened again (a TLS handshake each)
+    under load."""
     configuration = client.Configuration()
+    configuration.connection_pool_maxsize = workers + 2
     with_connection_settings(configuration)
     if kubeconfig is None:
         try:
@@ -209,4 +213,4 @@ def main(argv: Sequence[str] | None = None) -> None:
         log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.FULL,
     )
     logging.getLogger().setLevel("DEBUG" if args.verbose else config.log_level)
-    asyncio.run(run(load_api_client(args.kubeconfig), config))
+    asyncio.run(run(load_api_client(args.kubeconfig, workers=config.workers), config))

@@ -39,7 +39,16 @@ class StatusUpdate:
         self.status = _bounded(self.status)
 
     def changed_from(self, previous: dict[str, Any]) -> bool:
-        return any(previous.get(k) != v for k, v in self.status.items())
+        """Whether the status is worth a write: something other than the fields that
+        ride along (written with the next change, not on their own) differs."""
+        return any(previous.get(k) != v for k, v in self.status.items() if k not in _RIDE_ALONG)
+
+
+# Facts every run gains within seconds of its Job's creation (the Job controller's start
+# time, the new pod's name): on their own they would cost a status write each for every
+# FineTuneJob, so they are written with the next change of phase, reason or progress. A
+# replaced pod is a restart, and that change writes its name.
+_RIDE_ALONG = frozenset({"startTime", "podName"})
 
 
 def _limit(key: str) -> int:

@@ -9,6 +9,9 @@ It follows client-go's work queue, which every Kubernetes controller uses:
   thread ever waits on another FineTuneJob's lock.
 - ``add_after`` brings a key back later (a quota to wait for); a failing key comes back
   with a delay that doubles up to a limit, and goes back to no delay once it succeeds.
+- A key added ``first`` (a FineTuneJob not yet given its Job) is worked before the
+  others, so a burst of new FineTuneJobs gets its Jobs before the status updates that
+  follow each one.
 - A key that was just worked waits ``settle`` seconds before it is worked again: the
   changes that follow one another within a moment (a pod created, then marked
   unschedulable by the scheduler a few milliseconds later) make one status write, not one
@@ -66,6 +69,7 @@ class WorkQueue:
         self._clock = clock
         self._cond = threading.Condition()
         self._queue: deque[Hashable] = deque()
+        self._first: deque[Hashable] = deque()  # served before _queue
         self._queued: set[Hashable] = set()
         self._active: dict[Hashable, float] = {}  # key -> when its work started
         self._again: set[Hashable] = set()  # came back while being worked
@@ -79,8 +83,14 @@ class WorkQueue:
         self.processed = 0
 
     # --- producers -------------------------------------------------------------------------
-    def add(self, key: Hashable) -> None:
+    def add(self, key: Hashable, *, first: bool = False) -> None:
         with self._cond:
+            if first and key not in self._queued and key not in self._active:
+                if not self._stopping:
+                    self._queued.add(key)
+                    self._first.append(key)
+                    self._cond.notify()
+                return
             self._add(key)
 
     def _add(self, key: Hashable) -> None:
@@ -105,7 +115,6 @@ class WorkQueue:
             return
         with self._cond:
             self._schedule(key, self._clock() + delay)
-            self._cond.notify()
 
     def _schedule(self, key: Hashable, due: float) -> None:
         """Bring ``key`` back at ``due``, unless it already comes back sooner: a key waits
@@ -114,6 +123,7 @@ class WorkQueue:
             return
         self._due[key] = due
         heapq.heappush(self._later, (due, next(self._tiebreak), key))
+        self._cond.notify()  # a worker waiting without a timeout must learn the new time
 
     # --- workers ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -143,8 +153,8 @@ class WorkQueue:
                     if self._due.get(key) == due:  # else superseded by a sooner time
                         del self._due[key]
                         self._add(key)
-                if self._queue:
-                    key = self._queue.popleft()
+                if self._first or self._queue:
+                    key = (self._first or self._queue).popleft()
                     self._queued.discard(key)
                     self._active[key] = now
                     return key
@@ -184,7 +194,7 @@ class WorkQueue:
     # --- observers -------------------------------------------------------------------------
     def depth(self) -> int:
         with self._cond:
-            return len(self._queue)
+            return len(self._first) + len(self._queue)
 
     def forget(self, key: Hashable) -> None:
         """Drop what the queue keeps about a key that no longer exists."""

@@ -25,7 +25,10 @@ _VERBS = {
     "delete": "delete",
 }
 _PLURALS = {"job": "jobs", "config_map": "configmaps", "pod": "pods", "event": "events"}
-_TYPED = re.compile(r"^(?P<verb>[a-z]+)_namespaced_(?P<kind>[a-z_]+?)(?P<status>_status)?$")
+_TYPED = re.compile(
+    r"^(?P<verb>[a-z]+)_(namespaced_(?P<kind>[a-z_]+?)(?P<status>_status)?"
+    r"|(?P<everywhere>[a-z_]+?)_for_all_namespaces)$"
+)
 _CUSTOM = re.compile(r"^(?P<verb>[a-z]+)_namespaced_custom_object(?P<status>_status)?$")
 
 
@@ -83,7 +86,8 @@ def required_rules() -> Rules:
             continue
         match = _TYPED.match(method)
         assert match, f"unrecognised client call {attr}.{method}"
-        resource = _PLURALS[match["kind"]] + ("/status" if match["status"] else "")
+        kind = match["kind"] or match["everywhere"]
+        resource = _PLURALS[kind] + ("/status" if match["status"] else "")
         _add(rules, _API_GROUPS[attr], resource, _VERBS[match["verb"]])
     for group, plural in kopf_watches((OPERATOR / "handlers.py").read_text()):
         _add(rules, group, plural, "list")

@@ -74,6 +74,22 @@ class FineTuneJobs:
         items: list[dict[str, Any]] = json.loads(out)["items"]
         return items
 
+    def reasons(self, name: str, *wanted: str, timeout: float = 15) -> dict[str, int]:
+        """Event reasons on the FineTuneJob with their counts, once every ``wanted`` reason
+        is among them (the operator posts Events from a thread of its own, a moment after
+        the status they announce)."""
+
+        def counted() -> dict[str, int] | None:
+            counts: dict[str, int] = {}
+            for event in self.events(name):
+                counts[event["reason"]] = counts.get(event["reason"], 0) + event.get("count", 1)
+            return counts if set(wanted) <= set(counts) else None
+
+        found: dict[str, int] = wait_for(
+            counted, timeout=timeout, interval=0.3, message=f"Events {wanted} on {name}"
+        )
+        return found
+
     def events(self, name: str) -> list[dict[str, Any]]:
         out = self.kubectl(
             "get",

@@ -224,8 +224,8 @@ def test_a_used_up_quota_holds_the_job_back_until_it_allows(ftjs: FineTuneJobs) 
     ftjs.kubectl("delete", "resourcequota", "jobs")
     ftjs.wait_phase("held", "Suspended")
     assert len(ftjs.jobs("held")) == 1
-    reasons = [e["reason"] for e in ftjs.events("held")]
-    assert reasons.count("QuotaExceeded") == 1, reasons
+    reasons = ftjs.reasons("held", "QuotaExceeded", "JobCreated")
+    assert reasons["QuotaExceeded"] == 1, reasons
 
 
 def test_name_too_long_for_its_job_is_rejected(ftjs: FineTuneJobs) -> None:
@@ -261,7 +261,7 @@ def test_spec_only_the_full_schema_rejects_fails_with_the_fix(ftjs: FineTuneJobs
     assert status["reason"] == "InvalidSpec"
     assert "set training.maxSteps or training.numEpochs" in status["message"]
     assert ftjs.jobs("epochs") == []
-    assert any(e["reason"] == "InvalidSpec" for e in ftjs.events("epochs"))
+    ftjs.reasons("epochs", "InvalidSpec")
 
 
 def test_too_many_gpus_shows_the_schedulers_message(ftjs: FineTuneJobs) -> None:
@@ -339,7 +339,7 @@ def test_a_job_the_api_server_rejects_fails_with_its_message(ftjs: FineTuneJobs)
     assert status["reason"] == "JobRejected"
     assert "nodeSelectorTerms" in status["message"]
     assert ftjs.jobs("refused") == []
-    assert any(e["reason"] == "JobRejected" for e in ftjs.events("refused"))
+    ftjs.reasons("refused", "JobRejected")
 
 
 def test_a_deleted_job_is_reported_not_recreated(ftjs: FineTuneJobs) -> None:
@@ -379,7 +379,7 @@ def test_image_and_service_account_outside_the_allowed_lists_are_refused(
     assert "registry.invalid/" in status["message"]
     assert "spec.serviceAccountName: admin is not allowed" in status["message"]
     assert ftjs.jobs("outsider") == []
-    assert any(e["reason"] == "NotAllowed" for e in ftjs.events("outsider"))
+    ftjs.reasons("outsider", "NotAllowed")
 
 
 def test_without_the_admission_policy_the_operator_refuses_what_it_would(
@@ -424,8 +424,13 @@ def test_suspend_and_resume_toggle_the_job(ftjs: FineTuneJobs) -> None:
     ftjs.patch("toggle", {"spec": {"lifecycle": {"suspend": True}}})
     ftjs.wait_phase("toggle", "Suspended")
     # Suspended twice: one Event object, counted twice (as kubelet's repeats are).
-    suspended = [e for e in ftjs.events("toggle") if e["reason"] == "Suspended"]
-    assert [e["count"] for e in suspended] == [2]
+    wait_for(
+        lambda: (
+            [e.get("count") for e in ftjs.events("toggle") if e["reason"] == "Suspended"] == [2]
+        ),
+        timeout=15,
+        message="one Suspended Event counted twice",
+    )
 
 
 def test_deleting_the_finetunejob_collects_its_children(ftjs: FineTuneJobs, wait_for) -> None:

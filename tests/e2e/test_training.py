@@ -199,8 +199,7 @@ def test_pvc_output_reports_progress_and_writes_a_loadable_adapter(
         assert check_manifest_dir(adapter.parent / f"checkpoint-{step}")["step"] == step
 
     assert len(generate_with_adapter(tiny_inputs / MODEL_DIR, adapter)) == 4
-    reasons = {e["reason"] for e in ftjs.events(name)}
-    assert {"Running", "Checkpoint", "Succeeded"} <= reasons, reasons
+    ftjs.reasons(name, "Running", "Checkpoint", "Succeeded")
 
 
 def test_s3_output_uploads_checkpoints_and_never_exposes_credentials(
@@ -326,7 +325,7 @@ def test_killed_trainer_resumes_from_its_last_periodic_checkpoint(
     assert max(first_steps) - resumed <= save_steps, (first_steps, resumed)
     assert len(first_steps) + len(second_steps) <= MAX_STEPS + save_steps
     assert status["restarts"] == 1, status
-    assert "Restarted" in {e["reason"] for e in ftjs.events(name)}
+    ftjs.reasons(name, "Restarted")
 
 
 def test_disruption_does_not_count_against_backoff_limit(
@@ -355,7 +354,7 @@ def test_disruption_does_not_count_against_backoff_limit(
     assert not job["status"].get("failed"), job["status"]
     # Not a failure, but a restart all the same, though the preempted pod was deleted.
     assert (status["restarts"], status["podName"]) == (1, second), status
-    assert "Restarted" in {e["reason"] for e in ftjs.events(name)}
+    ftjs.reasons(name, "Restarted")
 
 
 def test_bad_dataset_fails_fast_with_the_trainers_message(
@@ -377,8 +376,8 @@ def test_bad_dataset_fails_fast_with_the_trainers_message(
     terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["exitCode"] == 78
     assert "'bot'" in pod_logs(ftjs.namespace, pod["metadata"]["name"])
-    reasons = {e["reason"] for e in ftjs.events(name)}
-    assert "InvalidDataset" in reasons and "Restarted" not in reasons, reasons
+    reasons = ftjs.reasons(name, "InvalidDataset")
+    assert "Restarted" not in reasons, reasons
 
 
 def test_a_finished_job_is_cleaned_up_only_after_its_outcome_is_recorded(

@@ -32,6 +32,7 @@ def test_a_repeat_counts_on_the_same_event() -> None:
     for step in (10, 20, 30):
         now[0] += 60
         recorder.record(body(), "Normal", "Checkpoint", f"checkpoint at step {step}", "T")
+        recorder.flush()
     assert len(sink.created) == 1
     assert [p["count"] for _, p in sink.patched] == [2, 3]
     assert sink.patched[-1][1]["message"] == "checkpoint at step 30"
@@ -42,8 +43,10 @@ def test_another_reason_or_a_quiet_spell_starts_a_new_event() -> None:
     recorder = EventRecorder(sink, window=600, clock=lambda: now[0])
     recorder.record(body(), "Normal", "Suspended", "suspended", "T")
     recorder.record(body(), "Normal", "Running", "training", "T")
+    recorder.flush()
     now[0] = 1000.0
     recorder.record(body(), "Normal", "Suspended", "suspended", "T")
+    recorder.flush()
     assert [e["reason"] for e in sink.created] == ["Suspended", "Running", "Suspended"]
 
 
@@ -51,8 +54,10 @@ def test_an_event_the_api_server_expired_is_posted_again() -> None:
     sink = Sink()
     recorder = EventRecorder(sink)
     recorder.record(body(), "Warning", "Restarted", "restart 1", "T")
+    recorder.flush()
     sink.gone.add("e1")
     recorder.record(body(), "Warning", "Restarted", "restart 2", "T")
+    recorder.flush()
     assert len(sink.created) == 2
 
 
@@ -63,6 +68,28 @@ def test_what_it_remembers_is_bounded_and_messages_are_safe() -> None:
         ftj = body(name=f"run-{index}")
         ftj["metadata"]["uid"] = f"uid-{index}"
         recorder.record(ftj, "Normal", "Running", "\x1b[2J" + "x" * 5000, "T")
+    recorder.flush()
     assert len(recorder._posted) == 10
     message = sink.created[0]["message"]
     assert len(message) <= 1024 and "\x1b" not in message
+
+
+def test_a_thread_posts_them_and_a_full_backlog_drops_the_oldest() -> None:
+    sink = Sink()
+    recorder = EventRecorder(sink, backlog=3)
+    for index in range(5):
+        recorder.record(body(), "Normal", f"Reason{index}", "m", "T")
+    assert recorder.dropped == 2
+    recorder.start()
+    recorder.flush()
+    recorder.stop()
+    assert [e["reason"] for e in sink.created] == ["Reason2", "Reason3", "Reason4"]
+
+
+def test_a_deleted_finetunejobs_waiting_events_are_not_posted() -> None:
+    sink = Sink()
+    recorder = EventRecorder(sink)
+    recorder.record(body(), "Normal", "Running", "training", "T")
+    recorder.forget(body()["metadata"]["uid"])
+    recorder.flush()
+    assert sink.created == []

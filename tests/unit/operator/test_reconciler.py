@@ -169,6 +169,7 @@ class Operator:
         it no longer exists)."""
         self.deliver()
         self.outcome = self.reconciler.reconcile(self.KEY)
+        self.reconciler.events.flush()
         if self.kube.ftj is None:
             return None
         return (self.kube.ftj.get("status") or {}).get("phase")

@@ -133,3 +133,41 @@ def test_changes_within_the_settle_time_make_one_more_reconcile() -> None:
     wait_until(lambda: len(calls) == 3)
     queue.stop()
     assert calls == [0.0, 0.6, 0.6]
+
+
+def test_a_key_held_for_its_settle_time_wakes_an_idle_worker() -> None:
+    # Real clock: the only worker waits with no deadline when nothing is due; a key put
+    # off by its settle time must still be worked once that time has passed.
+    calls: list[Hashable] = []
+    queue = WorkQueue(lambda key: calls.append(key) or DONE, workers=1, settle=0.2)
+    queue.start()
+    queue.add("a")
+    wait_until(lambda: len(calls) == 1)
+    time.sleep(0.05)
+    queue.add("a")
+    wait_until(lambda: len(calls) == 2, timeout=2)
+    queue.stop()
+
+
+def test_keys_added_first_go_ahead_of_the_others() -> None:
+    release = threading.Event()
+    calls: list[Hashable] = []
+
+    def handler(key: Hashable) -> Outcome:
+        if key == "busy":
+            release.wait(5)
+        calls.append(key)
+        return DONE
+
+    queue = WorkQueue(handler, workers=1)
+    queue.start()
+    queue.add("busy")
+    wait_until(lambda: queue._active)
+    for key in ("update-1", "update-2"):
+        queue.add(key)
+    queue.add("new", first=True)
+    queue.add("update-1", first=True)  # already waiting: stays where it is
+    release.set()
+    wait_until(lambda: len(calls) == 4)
+    queue.stop()
+    assert calls == ["busy", "new", "update-1", "update-2"]
