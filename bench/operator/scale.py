@@ -3,8 +3,10 @@ plane (no node: every trainer pod stays Pending, as under a queue that admits no
 
 One invocation, one control plane, for each N in --sizes, side by side:
 
-- floor: a plain client creates N ConfigMaps + N Jobs (the operator's own shapes), with
-  --client-threads threads; the time until the Nth Job exists.
+- floor: a plain client creates the operator's own objects, N Jobs, with
+  --client-threads threads; the time until the Nth Job exists. Beside it, the floor of
+  N ConfigMaps + N Jobs, what the operator created before the trainer's config moved into
+  the Job, so earlier figures compare.
 - operator: the operator runs as its own process, as its own ServiceAccount with the
   chart's ClusterRole and its default settings; the same client creates N FineTuneJobs
   with the same concurrency;
@@ -49,8 +51,9 @@ from finetune_localcluster.controlplane import ControlPlane
 from finetune_localcluster.kubeapi import api_client_for
 from finetune_localcluster.ports import free_port
 from finetune_operator.api.spec import FineTuneJobSpec
-from finetune_operator.builders import Owner, build_config_map, build_job
+from finetune_operator.builders import Owner, build_job
 from finetune_operator.config import OperatorConfig
+from finetune_operator.naming import ANNOTATION_TRAINER_CONFIG
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_NS, OPERATOR_SA = "finetune-system", "finetune-operator"
@@ -122,8 +125,11 @@ def owner(namespace: str, index: int) -> Owner:
     )
 
 
-def floor(admin: client.ApiClient, namespace: str, n: int, workers: int) -> dict[str, Any]:
-    """A plain client creates the operator's ConfigMaps and Jobs itself."""
+def floor(
+    admin: client.ApiClient, namespace: str, n: int, workers: int, *, config_maps: bool
+) -> dict[str, Any]:
+    """A plain client creates the operator's Jobs itself (with ``config_maps``, a ConfigMap
+    holding the trainer's config beside each)."""
     core, batch = client.CoreV1Api(admin), client.BatchV1Api(admin)
     spec = FineTuneJobSpec.model_validate(SPEC)
     config = OperatorConfig()
@@ -131,15 +137,22 @@ def floor(admin: client.ApiClient, namespace: str, n: int, workers: int) -> dict
 
     def create(index: int) -> None:
         who = owner(namespace, index)
-        config_map = build_config_map(spec, who)
         job = build_job(spec, who, config)
-        for obj in (config_map, job):
-            # No FineTuneJob owns them, and the operator is not to watch them: the same
-            # objects, with a label of their own.
-            obj["metadata"].pop("ownerReferences")
-            obj["metadata"]["labels"] = {"bench": "floor"}
+        # No FineTuneJob owns it, and the operator is not to watch it: the same object,
+        # with a label of its own.
+        job["metadata"].pop("ownerReferences")
+        job["metadata"]["labels"] = {"bench": "floor"}
         job["spec"]["template"]["metadata"]["labels"] = {"bench": "floor"}
-        core.create_namespaced_config_map(namespace, config_map, _preload_content=False)
+        if config_maps:
+            text = job["spec"]["template"]["metadata"]["annotations"][ANNOTATION_TRAINER_CONFIG]
+            config_map = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": who.child_name, "labels": {"bench": "floor"}},
+                "immutable": True,
+                "data": {"config.yaml": text},
+            }
+            core.create_namespaced_config_map(namespace, config_map, _preload_content=False)
         batch.create_namespaced_job(namespace, job, _preload_content=False)
 
     began = time.monotonic()
@@ -541,18 +554,26 @@ def main(argv: list[str] | None = None) -> None:
             log(f"N = {n}: the floor")
             core.create_namespace({"metadata": {"name": f"floor-{n}"}})
             core.create_namespace({"metadata": {"name": f"ftj-{n}"}})
-            floor_result = floor(admin, f"floor-{n}", n, args.client_threads)
+            floor_result = floor(admin, f"floor-{n}", n, args.client_threads, config_maps=False)
             log(f"  {floor_result}")
+            clear_floor(admin, f"floor-{n}")
+            log(f"N = {n}: the floor with ConfigMaps")
+            floor_cm = floor(admin, f"floor-{n}", n, args.client_threads, config_maps=True)
+            log(f"  {floor_cm}")
             clear_floor(admin, f"floor-{n}")
             log(f"N = {n}: the operator")
             operator_result = operator_run(
                 admin, operator, cp.audit_log, f"ftj-{n}", n, args.client_threads, args.idle_seconds
             )
-            ratio = operator_result["seconds_to_nth_job"] / floor_result["seconds_to_nth_job"]
+            took = operator_result["seconds_to_nth_job"]
             results["sizes"][str(n)] = {
                 "floor": floor_result,
+                "floor_with_configmaps": floor_cm,
                 "operator": operator_result,
-                "time_to_nth_job_ratio": round(ratio, 2),
+                "time_to_nth_job_ratio": round(took / floor_result["seconds_to_nth_job"], 2),
+                "time_to_nth_job_ratio_to_configmap_floor": round(
+                    took / floor_cm["seconds_to_nth_job"], 2
+                ),
             }
             log(f"  {json.dumps(results['sizes'][str(n)])}")
         operator.stop()

@@ -1,13 +1,13 @@
-"""Whether an existing object may be taken as a FineTuneJob's child. Pure.
+"""Whether an existing Job may be taken as a FineTuneJob's child. Pure.
 
-Child names are predictable (``<name>-<hash of uid>``), so anyone who may create
-ConfigMaps in a namespace could create the child ConfigMap first, with their own training
-config (output to their bucket, the victim's credentials sent to their endpoint), while the
-operator is paused, restarting or busy. So an object is adopted only when its controller is
-the FineTuneJob and its content is exactly what the operator would have made: the
-ConfigMap's data, and the Job's pod template (what it runs, with which volumes, account and
-Secrets). The API server fills in defaults the operator never sets; those, and only those,
-may be added.
+Child names are predictable (``<name>-<hash of uid>``), so anyone who may create Jobs in a
+namespace could create the child first, with their own training config (output to their
+bucket, the victim's credentials sent to their endpoint), while the operator is paused,
+restarting or busy. So a Job is adopted only when its controller is the FineTuneJob and its
+content is exactly what the operator would have made: its pod template (what it runs,
+with which config, volumes, account and Secrets). The API server fills in defaults the
+operator never sets; those, and only those, may be added. (The trainer's config rides in
+the pod template, so there is no second child, such as a ConfigMap, to plant.)
 """
 
 from __future__ import annotations
@@ -84,17 +84,10 @@ def controlled_by(obj: Obj, owner_uid: str) -> bool:
 
 
 def adoption_problem(desired: Obj, live: Obj, owner_uid: str) -> str | None:
-    """Why ``live`` (a ConfigMap or Job of the child's name) is not this FineTuneJob's
-    child, or None when it may be adopted."""
-    kind = desired["kind"]
+    """Why ``live`` (a Job of the child's name) is not this FineTuneJob's child, or None
+    when it may be adopted."""
     if not controlled_by(live, owner_uid):
         return "it is not controlled by this FineTuneJob"
-    if kind == "ConfigMap":
-        if live.get("immutable") is not True:
-            return "it is not immutable"
-        if live.get("binaryData") or live.get("data") != desired.get("data"):
-            return "its data is not the trainer config of this FineTuneJob's spec"
-        return None
     annotations = live["metadata"].get("annotations") or {}
     wanted_hash = desired["metadata"]["annotations"][ANNOTATION_CONFIG_HASH]
     if annotations.get(ANNOTATION_CONFIG_HASH) != wanted_hash:

@@ -84,23 +84,18 @@ class Kube:
 
     # --- children -----------------------------------------------------------------------
     def ensure(self, obj: Obj, owner_uid: str) -> tuple[Obj, bool]:
-        """Create ``obj`` (a ConfigMap or Job) unless it exists. Returns (object, created).
+        """Create ``obj`` (a Job) unless it exists. Returns (object, created).
         An existing object is taken only when it is exactly what the operator would have
         made for this FineTuneJob (adoption.py), which makes the create idempotent without
         letting anyone plant a child; anything else is a ChildConflict."""
         kind, meta = obj["kind"], obj["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         try:
-            if kind == "Job":
-                created = self.batch.create_namespaced_job(
-                    namespace, obj, _preload_content=False, _request_timeout=self.timeout
-                )
-            elif kind == "ConfigMap":
-                created = self.core.create_namespaced_config_map(
-                    namespace, obj, _preload_content=False, _request_timeout=self.timeout
-                )
-            else:
+            if kind != "Job":
                 raise ValueError(f"cannot create {kind}")
+            created = self.batch.create_namespaced_job(
+                namespace, obj, _preload_content=False, _request_timeout=self.timeout
+            )
             return _data(created), True
         except ApiException as exc:
             if exc.status == 403 and any(m in _api_message(exc) for m in _QUOTA_MESSAGES):
@@ -116,9 +111,7 @@ class Kube:
                 ) from exc
             if exc.status != 409:
                 raise
-        existing = (
-            self.get_job(namespace, name) if kind == "Job" else self.get_config_map(namespace, name)
-        )
+        existing = self.get_job(namespace, name)
         if existing is None:
             raise ChildConflict(f"{kind} {namespace}/{name} exists but could not be read")
         problem = adoption_problem(obj, existing, owner_uid)

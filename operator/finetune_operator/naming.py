@@ -19,6 +19,8 @@ LABEL_OWNER = f"{GROUP}/finetunejob"  # the FineTuneJob's name, to find children
 LABEL_OWNER_UID = f"{GROUP}/finetunejob-uid"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 ANNOTATION_CONFIG_HASH = f"{GROUP}/config-hash"
+# On the trainer pod: the trainer's config file, mounted through the downward API.
+ANNOTATION_TRAINER_CONFIG = f"{GROUP}/trainer-config"
 TRAINER_CONTAINER = "trainer"
 
 # The CRD caps FineTuneJob names at 52 characters so that name-<8 hex> fits the 63
@@ -32,7 +34,7 @@ CHILD_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_OWNER}"
 
 
 def child_name(name: str, uid: str) -> str:
-    """The Job's and ConfigMap's name: the FineTuneJob's name plus a hash of its uid."""
+    """The Job's name: the FineTuneJob's name plus a hash of its uid."""
     suffix = hashlib.sha256(uid.encode()).hexdigest()[:8]
     return f"{name[:MAX_OWNER_NAME].rstrip('-.')}-{suffix}"
 

@@ -23,7 +23,6 @@ from .api.spec import FineTuneJobSpec, output_problems
 from .api.status import TERMINAL_PHASES
 from .builders import (
     Owner,
-    build_config_map,
     build_job,
     lifecycle_patch,
     resolved_trainer_config,
@@ -57,7 +56,7 @@ from .status_update import (
     waiting_status,
 )
 from .timeutil import Clock, rfc3339, utcnow
-from .workqueue import DONE, Outcome
+from .workqueue import DONE, GONE, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +126,11 @@ class Reconciler:
 
     def _reconcile(self, namespace: str, name: str) -> Outcome:
         body = self.cache.finetunejob(namespace, name)
-        if body is None or body["metadata"].get("deletionTimestamp"):
+        if body is None:
+            # Gone (its children's deletions still queue it): nothing to keep about it.
+            self.progress.forget((namespace, name))
+            return GONE
+        if body["metadata"].get("deletionTimestamp"):
             self.progress.forget((namespace, name))
             return DONE
         previous = body.get("status") or {}
@@ -298,7 +301,6 @@ class Reconciler:
                 progress=progress,
                 output=resolved_trainer_config(spec, owner).output,
                 job_name=owner.child_name,
-                config_map_name=owner.child_name,
                 generation=generation,
                 now=now,
             ),
@@ -307,8 +309,6 @@ class Reconciler:
         )
 
     def _create_children(self, spec: FineTuneJobSpec, owner: Owner) -> tuple[Obj, bool]:
-        # The ConfigMap first: the Job's pod mounts it.
-        self.kube.ensure(build_config_map(spec, owner), owner.uid)
         job, created = self.kube.ensure(build_job(spec, owner, self.config), owner.uid)
         self.cache.record_write(job, f"Job {owner.namespace}/{owner.child_name}")
         if created:

@@ -183,7 +183,6 @@ def next_status(
     progress: TrainerProgress | None,
     output: OutputSpec,
     job_name: str,
-    config_map_name: str,
     generation: int | None,
     now: datetime,
 ) -> StatusUpdate:
@@ -205,7 +204,6 @@ def next_status(
         "message": obs.message,
         "observedGeneration": generation,
         "jobName": job_name,
-        "configMapName": config_map_name,
         "restarts": _restarts(previous, obs),
         "conditions": conditions_for_phase(
             obs.phase, obs.reason, obs.message, generation, previous.get("conditions"), stamp

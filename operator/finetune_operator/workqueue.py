@@ -43,9 +43,11 @@ class Outcome:
 
     retry_after: float | None = None
     backoff: bool = False
+    gone: bool = False  # the key's object no longer exists: keep nothing about it
 
 
 DONE = Outcome()
+GONE = Outcome(gone=True)
 
 
 class WorkQueue:
@@ -175,7 +177,9 @@ class WorkQueue:
             with self._cond:
                 del self._active[key]
                 self.processed += 1
-                if self.settle > 0:
+                if outcome.gone:
+                    self._forget(key)
+                elif self.settle > 0:
                     self._worked[key] = self._clock()
                 if failed:
                     count = self._failures.get(key, 0)
@@ -199,9 +203,12 @@ class WorkQueue:
     def forget(self, key: Hashable) -> None:
         """Drop what the queue keeps about a key that no longer exists."""
         with self._cond:
-            self._failures.pop(key, None)
-            self._worked.pop(key, None)
-            self._due.pop(key, None)  # its heap entry is skipped when it comes due
+            self._forget(key)
+
+    def _forget(self, key: Hashable) -> None:
+        self._failures.pop(key, None)
+        self._worked.pop(key, None)
+        self._due.pop(key, None)  # its heap entry is skipped when it comes due
 
     def stuck(self, limit: float) -> str | None:
         """A key that one worker has been on for more than ``limit`` seconds (every API call

@@ -61,9 +61,11 @@ def test_example_manifest_creates_exactly_one_job(ftjs: FineTuneJobs) -> None:
         "spec": pod,
     }
     ftjs.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(template))
-    # The ConfigMap holds the trainer config.
-    cm = json.loads(ftjs.kubectl("get", "configmap", status["configMapName"], "-o", "json").stdout)
-    assert "maxSteps: 20" in cm["data"]["config.yaml"]
+    # The pod template holds the trainer config, and the operator made no other object.
+    config = job["spec"]["template"]["metadata"]["annotations"]["finetune.dev/trainer-config"]
+    assert "maxSteps: 20" in config
+    configmaps = json.loads(ftjs.kubectl("get", "configmaps", "-o", "json").stdout)["items"]
+    assert [c["metadata"]["name"] for c in configmaps] == ["kube-root-ca.crt"]
     assert status["observedGeneration"] == 1
     kinds = {c["type"]: c["status"] for c in status["conditions"]}
     assert kinds == {
@@ -444,8 +446,45 @@ def test_deleting_the_finetunejob_collects_its_children(ftjs: FineTuneJobs, wait
         timeout=60,
         message="the Job and pods to be garbage-collected",
     )
-    cms = json.loads(ftjs.kubectl("get", "configmaps", "-o", "json").stdout)["items"]
-    assert not [c for c in cms if c["metadata"]["name"].startswith("doomed-")]
+
+
+def test_deleted_finetunejobs_leave_nothing_in_the_operator(
+    ftjs: FineTuneJobs, operator: OperatorHandle
+) -> None:
+    assert operator.running is not None
+    runtime = operator.running.runtime
+    names = [f"brief-{i}" for i in range(10)]
+    spec = {"resources": {"gpus": 8}, **S3_OUTPUT}  # pods that never schedule
+    ftjs.kubectl("apply", "-f", "-", input="---\n".join(ftjs.manifest(n, spec) for n in names))
+    for name in names:
+        ftjs.wait_status(name, lambda s: s.get("reason") == "Unschedulable")
+    uids = {ftjs.get(name)["metadata"]["uid"] for name in names}
+    ftjs.kubectl("delete", "finetunejobs", "--all", "--wait=true")
+
+    def nothing_left() -> bool:
+        namespace = ftjs.namespace
+        with runtime.cache._lock:
+            cached = [
+                *[k for k in runtime.cache._finetunejobs if k[0] == namespace],
+                *[k for k in runtime.cache._jobs if k[0] == namespace],
+                *[
+                    p
+                    for p in runtime.cache._pods.values()
+                    if p["metadata"]["namespace"] == namespace
+                ],
+                *[u for u in runtime.cache._pods_by_owner if u in uids],
+            ]
+        with runtime.queue._cond:
+            queued = [
+                k
+                for table in (runtime.queue._worked, runtime.queue._failures, runtime.queue._due)
+                for k in table
+                if k[0] == namespace  # type: ignore[index]
+            ]
+        posted = [k for k in runtime.events._posted if k[0] in uids]
+        return not cached and not queued and not posted and len(runtime.reconciler.progress) == 0
+
+    wait_for(nothing_left, timeout=90, message="nothing kept about the deleted FineTuneJobs")
 
 
 def test_restarted_operator_picks_up_without_duplicates(

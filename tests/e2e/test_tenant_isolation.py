@@ -1,6 +1,6 @@
 """What one tenant's FineTuneJob can do to the operator and to other tenants, on the real
-control plane: a hostile metrics endpoint stalls nobody, and a child someone else planted is
-never taken as the operator's own, while the operator's own children always are."""
+control plane: a hostile metrics endpoint stalls nobody, and a Job (or config) someone else
+planted is never taken as the operator's own, while the operator's own Job always is."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from finetune_localcluster.cluster import LocalCluster
 from finetune_localcluster.ports import free_port
 from finetune_localcluster.waiting import wait_for
 from finetune_operator.api.spec import FineTuneJobSpec
-from finetune_operator.builders import Owner, build_config_map, build_job
+from finetune_operator.builders import Owner, build_job
 
 from .conftest import OperatorHandle
 from .ftj import FineTuneJobs
@@ -171,44 +171,50 @@ def _plant(ftjs: FineTuneJobs, obj: dict[str, Any]) -> None:
     ftjs.kubectl("create", "-f", "-", input=json.dumps(obj))
 
 
-def test_a_planted_config_map_is_never_adopted(
+def test_a_config_planted_under_the_childs_name_is_never_read(
     ftjs: FineTuneJobs, operator: OperatorHandle
 ) -> None:
     # While the operator is down, someone who may create ConfigMaps sees the new
-    # FineTuneJob, works out its child's name from its uid, and plants their own config
-    # there, owner reference and all.
+    # FineTuneJob, works out its child's name from its uid, and plants a ConfigMap with
+    # their own trainer config there, owner reference and all. The trainer's config rides
+    # in the Job's pod template, so the planted one is never mounted or read.
     operator.stop()
     try:
         ftjs.apply("victim", {"lifecycle": {"suspend": True}, **S3_OUTPUT})
-        body = ftjs.get("victim")
-        owner = Owner.from_body(body)
-        spec = FineTuneJobSpec.model_validate(body["spec"])
-        planted = build_config_map(spec, owner)
-        planted["data"]["config.yaml"] = planted["data"]["config.yaml"].replace(
-            "s3://outputs/tenants", "s3://attacker-bucket/loot"
-        )
+        owner = Owner.from_body(ftjs.get("victim"))
+        planted = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                **owner.metadata(),
+                "annotations": {"finetune.dev/config-hash": "0" * 16},
+            },
+            "data": {"config.yaml": "output: {s3: {uri: s3://attacker-bucket/loot}}\n"},
+        }
         _plant(ftjs, planted)
     finally:
         operator.start()
-    status = ftjs.wait_phase("victim", "Failed")
-    assert status["reason"] == "ChildConflict"
-    assert f"ConfigMap {ftjs.namespace}/{owner.child_name} already exists" in status["message"]
-    assert "its data is not the trainer config of this FineTuneJob's spec" in status["message"]
-    assert ftjs.jobs("victim") == []  # nothing ran with the planted config
+    status = ftjs.wait_phase("victim", "Suspended")
+    (job,) = ftjs.jobs("victim")
+    pod = job["spec"]["template"]
+    volumes = [v for v in pod["spec"]["volumes"] if "configMap" in v]
+    assert volumes == []  # no ConfigMap is mounted at all
+    config = pod["metadata"]["annotations"]["finetune.dev/trainer-config"]
+    assert "s3://outputs/tenants" in config and "attacker" not in config
+    assert status["jobName"] == owner.child_name
 
 
 def test_the_operators_own_children_are_adopted_after_a_restart(
     ftjs: FineTuneJobs, operator: OperatorHandle, cluster: LocalCluster
 ) -> None:
-    # The operator created the ConfigMap and the Job, then stopped before it recorded the
-    # Job in the status: the next one adopts both, with everything the API server added.
+    # The operator created the Job, then stopped before it recorded the Job in the status:
+    # the next one adopts it, with everything the API server added.
     operator.stop()
     try:
         ftjs.apply("interrupted", {"lifecycle": {"suspend": True}, **S3_OUTPUT})
         body = ftjs.get("interrupted")
         owner = Owner.from_body(body)
         spec = FineTuneJobSpec.model_validate(body["spec"])
-        _plant(ftjs, build_config_map(spec, owner))
         _plant(ftjs, build_job(spec, owner, operator.config))
     finally:
         operator.start()

@@ -273,9 +273,7 @@ def test_s3_output_uploads_checkpoints_and_never_exposes_credentials(
         "the FineTuneJob": ftjs.kubectl("get", "finetunejob", name, "-o", "yaml").stdout,
         "the Events": ftjs.kubectl("get", "events", "-o", "yaml").stdout,
         "the Job": ftjs.kubectl("get", "job", job["metadata"]["name"], "-o", "yaml").stdout,
-        "the ConfigMap": ftjs.kubectl(
-            "get", "configmap", status["configMapName"], "-o", "yaml"
-        ).stdout,
+        "the namespace's ConfigMaps": ftjs.kubectl("get", "configmaps", "-o", "yaml").stdout,
         "the pod": ftjs.kubectl("get", "pod", pod["metadata"]["name"], "-o", "yaml").stdout,
         "the operator's log": caplog.text,
         "the trainer's log": trainer_log,

@@ -110,11 +110,11 @@ ClusterRole and the per-namespace Roles.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "patch"]
-# The trainer's config file (read when one of its name is in the way), and a dataset
-# ConfigMap a starting trainer pod waits for.
+# A dataset ConfigMap a starting trainer pod waits for (the trainer's own config rides in
+# its Job's pod template: the operator creates no ConfigMap).
 - apiGroups: [""]
   resources: ["configmaps"]
-  verbs: ["create", "get"]
+  verbs: ["get"]
 # Trainer pods: phase, restarts, termination message and the IP of the metrics endpoint.
 - apiGroups: [""]
   resources: ["pods"]

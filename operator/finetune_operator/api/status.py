@@ -99,9 +99,6 @@ class FineTuneJobStatus(_Status):
         None, description="metav1-style conditions (kstatus: Ready, Reconciling, Stalled)."
     )
     job_name: Short | None = Field(None, description="Name of the batch/v1 Job.")
-    config_map_name: Short | None = Field(
-        None, description="Name of the ConfigMap with the trainer config."
-    )
     start_time: Short | None = Field(None, description="When the Job started (RFC 3339).")
     completion_time: Short | None = Field(
         None, description="When the FineTuneJob finished (RFC 3339)."

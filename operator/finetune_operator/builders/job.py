@@ -9,10 +9,15 @@ from finetune_trainer.contract import ExitCode
 
 from ..api.spec import FineTuneJobSpec, LifecycleSpec
 from ..config import OperatorConfig
-from ..naming import ANNOTATION_CONFIG_HASH, LABEL_KUEUE_QUEUE, TRAINER_CONTAINER
-from .configmap import config_file_text, config_hash, resolved_trainer_config
+from ..naming import (
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_TRAINER_CONFIG,
+    LABEL_KUEUE_QUEUE,
+    TRAINER_CONTAINER,
+)
 from .env import build_env
 from .owner import Owner
+from .trainer_config import config_file_text, config_hash, resolved_trainer_config
 from .volumes import build_storage
 
 
@@ -89,12 +94,13 @@ def _pod_security_context(settings: OperatorConfig) -> dict[str, Any]:
 def build_job(spec: FineTuneJobSpec, owner: Owner, settings: OperatorConfig) -> dict[str, Any]:
     """The trainer Job for a valid spec."""
     config = resolved_trainer_config(spec, owner)
-    storage = build_storage(spec, owner.child_name)
+    config_text = config_file_text(config)
+    storage = build_storage(spec)
     extra_labels = {}
     if spec.scheduling.queue_name:
         extra_labels[LABEL_KUEUE_QUEUE] = spec.scheduling.queue_name
     metadata = owner.metadata(extra_labels)
-    metadata["annotations"] = {ANNOTATION_CONFIG_HASH: config_hash(config_file_text(config))}
+    metadata["annotations"] = {ANNOTATION_CONFIG_HASH: config_hash(config_text)}
 
     container: dict[str, Any] = {
         "name": TRAINER_CONTAINER,
@@ -143,7 +149,12 @@ def build_job(spec: FineTuneJobSpec, owner: Owner, settings: OperatorConfig) -> 
         # the same checkpoints.
         "podReplacementPolicy": "Failed",
         "template": {
-            "metadata": {"labels": dict(metadata["labels"])},
+            "metadata": {
+                "labels": dict(metadata["labels"]),
+                # Mounted at contract.CONFIG_PATH (builders/volumes.py): the config is part
+                # of the pod template, as immutable as the rest of it.
+                "annotations": {ANNOTATION_TRAINER_CONFIG: config_text},
+            },
             "spec": pod_spec,
         },
     }

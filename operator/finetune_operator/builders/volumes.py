@@ -1,7 +1,8 @@
 """Volumes and mounts of the trainer pod.
 
-The trainer resolves ``pvc:`` and ``configMap:`` sources under fixed roots from the
-contract, so each referenced claim or ConfigMap is mounted once at ``<root>/<name>``.
+The trainer's config file comes from the pod's own annotation (downward API). The trainer
+resolves ``pvc:`` and ``configMap:`` sources under fixed roots from the contract, so each
+referenced claim or dataset ConfigMap is mounted once at ``<root>/<name>``.
 A claim used for the output is mounted read-write; claims used only for inputs honour
 their ``readOnly`` (default true).
 """
@@ -15,6 +16,7 @@ from finetune_trainer import contract
 from finetune_trainer.config import TrainerConfig
 
 from ..api.spec import FineTuneJobSpec
+from ..naming import ANNOTATION_TRAINER_CONFIG
 
 
 @dataclass(frozen=True)
@@ -39,10 +41,15 @@ def _volume_name(prefix: str, index: int) -> str:
     return f"{prefix}-{index}"
 
 
-def build_storage(spec: FineTuneJobSpec, config_map_name: str) -> PodStorage:
+def build_storage(spec: FineTuneJobSpec) -> PodStorage:
     config = spec.trainer_config()
+    # The config file is the pod's own annotation (builders/job.py), as a file.
+    config_file = {
+        "path": contract.CONFIG_FILE,
+        "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_TRAINER_CONFIG}']"},
+    }
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": config_map_name}},
+        {"name": "config", "downwardAPI": {"items": [config_file]}},
         # Writable scratch: Hub cache, compiled kernels, S3 staging. The root filesystem
         # stays read-only.
         {"name": "scratch", "emptyDir": {}},

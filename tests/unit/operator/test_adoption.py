@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from finetune_operator.adoption import adoption_problem, difference
-from finetune_operator.builders import build_config_map, build_job
+from finetune_operator.builders import build_job
 
 from .conftest import UID, spec_of
 
@@ -40,28 +40,6 @@ def test_labels_may_gain_entries() -> None:
     assert difference(desired, {"metadata": {"labels": {"a": "2"}}}) == ".metadata.labels.a differs"
 
 
-def _configmap(owner: Any, **changes: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    desired = build_config_map(spec_of({}), owner)
-    live = copy.deepcopy(desired)
-    live.update(changes)
-    return desired, live
-
-
-def test_a_planted_configmap_is_not_adopted(owner: Any) -> None:
-    desired, live = _configmap(owner)
-    assert adoption_problem(desired, live, UID) is None
-    planted = copy.deepcopy(live)
-    planted["data"]["config.yaml"] += "\noutput: {s3: {uri: s3://attacker/x}}\n"
-    assert "its data is not the trainer config" in (adoption_problem(desired, planted, UID) or "")
-    mutable = {**live, "immutable": False}
-    assert adoption_problem(desired, mutable, UID) == "it is not immutable"
-    extra = {**live, "binaryData": {"config.yaml": "eA=="}}
-    assert adoption_problem(desired, extra, UID) is not None
-    stranger = copy.deepcopy(live)
-    stranger["metadata"]["ownerReferences"][0]["controller"] = False
-    assert adoption_problem(desired, stranger, UID) == "it is not controlled by this FineTuneJob"
-
-
 def test_a_job_is_adopted_only_when_it_runs_what_the_operator_would(
     owner: Any, settings: Any
 ) -> None:
@@ -77,6 +55,14 @@ def test_a_job_is_adopted_only_when_it_runs_what_the_operator_would(
     other_config = copy.deepcopy(live)
     other_config["metadata"]["annotations"]["finetune.dev/config-hash"] = "0" * 16
     assert "config hash" in (adoption_problem(desired, other_config, UID) or "")
+    # The planter copies the hash but not the config: the config rides in the template.
+    planted = copy.deepcopy(live)
+    annotations = planted["spec"]["template"]["metadata"]["annotations"]
+    annotations["finetune.dev/trainer-config"] += "output: {s3: {uri: s3://attacker/x}}\n"
+    assert "trainer-config differs" in (adoption_problem(desired, planted, UID) or "")
+    stranger = copy.deepcopy(live)
+    stranger["metadata"]["ownerReferences"][0]["controller"] = False
+    assert adoption_problem(desired, stranger, UID) == "it is not controlled by this FineTuneJob"
     other_account = copy.deepcopy(live)
     other_account["spec"]["template"]["spec"]["serviceAccountName"] = "admin"
     assert adoption_problem(desired, other_account, UID) is not None

@@ -7,9 +7,16 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.builders import Owner, build_config_map, build_job, lifecycle_patch
+from finetune_operator.builders import Owner, build_job, lifecycle_patch
+from finetune_operator.builders.trainer_config import config_hash
 from finetune_operator.config import OperatorConfig
-from finetune_operator.naming import LABEL_KUEUE_QUEUE, LABEL_OWNER_UID, child_name
+from finetune_operator.naming import (
+    ANNOTATION_CONFIG_HASH,
+    ANNOTATION_TRAINER_CONFIG,
+    LABEL_KUEUE_QUEUE,
+    LABEL_OWNER_UID,
+    child_name,
+)
 from finetune_trainer import contract
 from finetune_trainer.config import TrainerConfig
 
@@ -36,36 +43,61 @@ class TestNaming:
         assert child_name("a", UID) != child_name("a", UID.replace("1", "2"))
 
 
-class TestConfigMapBuilder:
-    def test_holds_the_resolved_trainer_config(self, owner: Owner) -> None:
+def config_text(job: dict) -> str:
+    """The trainer's config file as the pod sees it: its own annotation."""
+    text: str = job["spec"]["template"]["metadata"]["annotations"][ANNOTATION_TRAINER_CONFIG]
+    return text
+
+
+class TestTrainerConfig:
+    def test_holds_the_resolved_trainer_config(
+        self, owner: Owner, settings: OperatorConfig
+    ) -> None:
         spec = spec_of({"training": {"maxSteps": 5}, "resources": {"gpus": 2}})
-        cm = build_config_map(spec, owner)
-        assert cm["metadata"]["name"] == owner.child_name
-        assert cm["immutable"] is True
-        config = TrainerConfig.from_mapping(yaml.safe_load(cm["data"][contract.CONFIG_FILE]))
+        text = config_text(build_job(spec, owner, settings))
+        config = TrainerConfig.from_mapping(yaml.safe_load(text))
         assert config.training.max_steps == 5
         # Only the trainer's part of the spec goes in: the trainer rejects unknown keys.
-        assert "resources" not in yaml.safe_load(cm["data"][contract.CONFIG_FILE])
+        assert "resources" not in yaml.safe_load(text)
 
-    def test_the_file_is_marked_canonical(self, owner: Owner) -> None:
+    def test_the_file_is_marked_canonical(self, owner: Owner, settings: OperatorConfig) -> None:
         """The trainer reads a marked file one way: camelCase keys, no legacy renames."""
         spec = spec_of({"dataset": {"path": "/data/chats"}, "training": {"maxSteps": 5}})
-        data = yaml.safe_load(build_config_map(spec, owner)["data"][contract.CONFIG_FILE])
+        data = yaml.safe_load(config_text(build_job(spec, owner, settings)))
         assert {k: data[k] for k in ("apiVersion", "kind")} == contract.TRAINER_CONFIG_MARKER
         assert data["model"]["maxSeqLength"] == 1024  # canonical spelling throughout
         config = TrainerConfig.from_mapping(data)
         assert (config.dataset.path, config.dataset.name) == ("/data/chats", None)
         assert config == spec.trainer_config().model_copy(update={"output": config.output})
 
-    def test_pvc_output_without_path_gets_a_unique_directory(self, owner: Owner) -> None:
+    def test_pvc_output_without_path_gets_a_unique_directory(
+        self, owner: Owner, settings: OperatorConfig
+    ) -> None:
         spec = spec_of({"output": {"pvc": {"claimName": "outs"}}})
-        text = build_config_map(spec, owner)["data"][contract.CONFIG_FILE]
-        config = TrainerConfig.from_mapping(yaml.safe_load(text))
+        config = TrainerConfig.from_mapping(
+            yaml.safe_load(config_text(build_job(spec, owner, settings)))
+        )
         assert config.output.pvc is not None
         assert config.output.pvc.path == f"ml/gpt-oss-ml-{UID[:8]}"
 
-    def test_owned_by_the_finetunejob(self, owner: Owner) -> None:
-        ref = build_config_map(spec_of({}), owner)["metadata"]["ownerReferences"][0]
+    def test_the_pod_mounts_its_own_annotation_as_the_config_file(
+        self, owner: Owner, settings: OperatorConfig
+    ) -> None:
+        job = build_job(spec_of({}), owner, settings)
+        volumes = {v["name"]: v for v in pod_spec(job)["volumes"]}
+        (item,) = volumes["config"]["downwardAPI"]["items"]
+        assert item == {
+            "path": contract.CONFIG_FILE,
+            "fieldRef": {"fieldPath": f"metadata.annotations['{ANNOTATION_TRAINER_CONFIG}']"},
+        }
+        mount = next(m for m in container(job)["volumeMounts"] if m["name"] == "config")
+        assert (mount["mountPath"], mount["readOnly"]) == (contract.CONFIG_DIR, True)
+        assert job["metadata"]["annotations"][ANNOTATION_CONFIG_HASH] == config_hash(
+            config_text(job)
+        )
+
+    def test_owned_by_the_finetunejob(self, owner: Owner, settings: OperatorConfig) -> None:
+        ref = build_job(spec_of({}), owner, settings)["metadata"]["ownerReferences"][0]
         assert ref == {
             "apiVersion": "finetune.dev/v1alpha1",
             "kind": "FineTuneJob",
@@ -93,7 +125,7 @@ class TestJobBuilder:
         assert c["ports"] == [{"name": "metrics", "containerPort": contract.METRICS_PORT}]
         assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
         volumes = {v["name"]: v for v in pod_spec(job)["volumes"]}
-        assert volumes["config"]["configMap"]["name"] == owner.child_name
+        assert "downwardAPI" in volumes["config"]
 
     def test_image_override(self, owner: Owner, settings: OperatorConfig) -> None:
         job = build_job(spec_of({"image": "my/trainer@sha256:" + "a" * 64}), owner, settings)

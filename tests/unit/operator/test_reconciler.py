@@ -75,15 +75,14 @@ class MemoryKube:
             raise ChildConflict(
                 conflict_message(obj["kind"], meta["namespace"], meta["name"], problem)
             )
-        if obj["kind"] == "Job":
-            stored = {
-                **obj,
-                "metadata": {**meta, "uid": JOB_UID, "resourceVersion": self._next_version()},
-                "status": {},
-            }
-            self.jobs[meta["name"]] = stored
-            return copy.deepcopy(stored), True
-        return obj, True
+        assert obj["kind"] == "Job", "the operator creates Jobs only"
+        stored = {
+            **obj,
+            "metadata": {**meta, "uid": JOB_UID, "resourceVersion": self._next_version()},
+            "status": {},
+        }
+        self.jobs[meta["name"]] = stored
+        return copy.deepcopy(stored), True
 
     def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.config_maps.get(name))
@@ -359,7 +358,7 @@ def test_a_child_name_held_by_another_object_is_its_own_reason() -> None:
     assert status["reason"] == "ChildConflict"
     assert "already exists and is not what the operator would make" in status["message"]
     assert "(it is not controlled by this FineTuneJob)" in status["message"]
-    assert "delete that ConfigMap, and re-create the FineTuneJob" in status["message"]
+    assert "delete that Job, and re-create the FineTuneJob" in status["message"]
     assert "invalid spec" not in status["message"]
     assert kube.events == [("Warning", "ChildConflict")]
 

@@ -29,7 +29,6 @@ def update(previous: dict, obs: Observation, progress: TrainerProgress | None = 
         progress=progress,
         output=OUTPUT,
         job_name="job",
-        config_map_name="job",
         generation=2,
         now=NOW,
     )

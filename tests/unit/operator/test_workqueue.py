@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Hashable
 
-from finetune_operator.workqueue import DONE, Outcome, WorkQueue
+from finetune_operator.workqueue import DONE, GONE, Outcome, WorkQueue
 
 
 def wait_until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -171,3 +171,13 @@ def test_keys_added_first_go_ahead_of_the_others() -> None:
     wait_until(lambda: len(calls) == 4)
     queue.stop()
     assert calls == ["busy", "new", "update-1", "update-2"]
+
+
+def test_a_key_whose_object_is_gone_leaves_nothing() -> None:
+    queue = WorkQueue(lambda key: GONE if key == "deleted" else DONE, workers=1, settle=5.0)
+    queue.start()
+    queue.add("kept")
+    queue.add("deleted")
+    wait_until(lambda: queue.processed == 2)
+    queue.stop()
+    assert list(queue._worked) == ["kept"]

@@ -1,17 +1,21 @@
-"""The ConfigMap holding the trainer's config file."""
+"""The trainer's config file, as the operator writes it from a FineTuneJob's spec.
+
+It travels in the Job's pod template, as an annotation the pod mounts as a file through
+the downward API (builders/volumes.py): the Job is the only child, so there is no second
+object to create per FineTuneJob, to keep in step with the Job, or for anyone to plant
+under the child's name.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Any
 
 import yaml
 
-from finetune_trainer import contract
 from finetune_trainer.config import TrainerConfig
 
 from ..api.spec import FineTuneJobSpec
-from ..naming import ANNOTATION_CONFIG_HASH, default_output_path
+from ..naming import default_output_path
 from .owner import Owner
 
 
@@ -33,21 +37,6 @@ def config_file_text(config: TrainerConfig) -> str:
     legacy renames (contract.TRAINER_CONFIG_MARKER)."""
     header = "# Trainer config written by finetune-operator from the FineTuneJob's spec.\n"
     return header + yaml.safe_dump(config.to_marked_wire(), sort_keys=False)
-
-
-def build_config_map(spec: FineTuneJobSpec, owner: Owner) -> dict[str, Any]:
-    text = config_file_text(resolved_trainer_config(spec, owner))
-    metadata = owner.metadata()
-    metadata["annotations"] = {ANNOTATION_CONFIG_HASH: config_hash(text)}
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": metadata,
-        # Immutable: the training config never changes under a running Job, and kubelets
-        # need not watch it.
-        "immutable": True,
-        "data": {contract.CONFIG_FILE: text},
-    }
 
 
 def config_hash(text: str) -> str:
