@@ -9,8 +9,9 @@ repeat starts a new Event object.
 
 Events are best effort: a lost one must never stop a reconcile. So they are posted by one
 thread of their own, from a bounded queue (as client-go's broadcaster does): a reconcile
-never waits for an Event, a burst of FineTuneJobs gets its Jobs before its Events, and
-when the API server cannot keep up the oldest Events waiting are dropped and counted.
+never waits for an Event; while a burst of new FineTuneJobs is being given its Jobs
+(``hold``), Events wait for it to end (for ``max_hold`` seconds at most); and when the API
+server cannot keep up the oldest Events waiting are dropped and counted.
 """
 
 from __future__ import annotations
@@ -79,9 +80,13 @@ class EventRecorder:
         window: float = 600.0,
         remember: int = 4096,
         backlog: int = 10_000,
+        hold: Callable[[], float] | None = None,
+        max_hold: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sink = sink
+        self.hold = hold
+        self.max_hold = max_hold
         self.window = window
         self.remember = remember
         self.backlog = backlog
@@ -89,6 +94,7 @@ class EventRecorder:
         self._clock = clock
         self._cond = threading.Condition()
         self._waiting: deque[tuple[Obj, str, str, str, str]] = deque()
+        self._since: deque[float] = deque()  # when each waiting Event was recorded
         self._posted: OrderedDict[tuple[str, str, str], _Posted] = OrderedDict()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -99,8 +105,10 @@ class EventRecorder:
         with self._cond:
             if len(self._waiting) >= self.backlog:
                 self._waiting.popleft()
+                self._since.popleft()
                 self.dropped += 1
             self._waiting.append((body, kind, reason, safe_text(message, EVENT_MESSAGE_LIMIT), now))
+            self._since.append(self._clock())
             self._cond.notify()
 
     def start(self) -> None:
@@ -119,12 +127,18 @@ class EventRecorder:
 
     def _run(self) -> None:
         while True:
+            pause = self.hold() if self.hold is not None else 0.0
             with self._cond:
                 while not self._waiting and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
                     return
+                waited = self._clock() - self._since[0]
+                if pause > 0 and waited < self.max_hold:
+                    self._cond.wait(min(pause, self.max_hold - waited))
+                    continue
                 item = self._waiting.popleft()
+                self._since.popleft()
                 self._busy = True
             try:
                 self._post(*item)
@@ -143,6 +157,7 @@ class EventRecorder:
                     if not self._waiting:
                         return
                     item = self._waiting.popleft()
+                    self._since.popleft()
                 self._post(*item)
         with self._cond:
             while self._waiting or self._busy:
@@ -178,4 +193,10 @@ class EventRecorder:
         with self._cond:
             for key in [k for k in self._posted if k[0] == uid]:
                 del self._posted[key]
-            self._waiting = deque(w for w in self._waiting if w[0]["metadata"]["uid"] != uid)
+            kept = [
+                (item, since)
+                for item, since in zip(self._waiting, self._since, strict=True)
+                if item[0]["metadata"]["uid"] != uid
+            ]
+            self._waiting = deque(item for item, _ in kept)
+            self._since = deque(since for _, since in kept)

@@ -28,6 +28,11 @@ from .workqueue import WorkQueue
 # that arrive in a burst (its Job created, its pod created, the pod found unschedulable)
 # make one status write.
 SETTLE_SECONDS = 0.5
+# While new FineTuneJobs keep arriving (one within BURST_QUIET_SECONDS), status updates and
+# Events wait, up to MAX_HOLD_SECONDS: the Jobs come first, and the writes that report on
+# them come right after the burst instead of competing with it for the API server.
+BURST_QUIET_SECONDS = 1.0
+MAX_HOLD_SECONDS = 10.0
 
 
 @dataclass

@@ -8,7 +8,11 @@ import pytest
 import yaml
 
 from finetune_operator.builders import Owner, build_job, lifecycle_patch
-from finetune_operator.builders.trainer_config import config_hash
+from finetune_operator.builders.trainer_config import (
+    config_file_text,
+    config_hash,
+    resolved_trainer_config,
+)
 from finetune_operator.config import OperatorConfig
 from finetune_operator.naming import (
     ANNOTATION_CONFIG_HASH,
@@ -321,3 +325,16 @@ class TestLifecyclePatch:
         suspended = spec_of({"lifecycle": {"suspend": True}})
         patch = lifecycle_patch(suspended.lifecycle, queued=True, outcome_recorded=False)
         assert patch["suspend"] is True
+
+
+def test_the_fast_yaml_emitter_writes_what_pyyaml_would(owner: Owner) -> None:
+    spec = spec_of(
+        {
+            "dataset": {"pvc": {"claimName": "d", "path": "chats/ü ✓.jsonl"}},
+            "lora": {"targetModules": ["q_proj", "k_proj"]},
+            "training": {"learningRate": 2.0e-4, "maxSteps": 7},
+        }
+    )
+    config = resolved_trainer_config(spec, owner)
+    _header, _, body = config_file_text(config).partition("\n")
+    assert body == yaml.safe_dump(config.to_marked_wire(), sort_keys=False)

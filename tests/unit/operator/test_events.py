@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from finetune_operator.events import EventRecorder
@@ -93,3 +94,24 @@ def test_a_deleted_finetunejobs_waiting_events_are_not_posted() -> None:
     recorder.forget(body()["metadata"]["uid"])
     recorder.flush()
     assert sink.created == []
+
+
+def test_events_wait_for_a_burst_to_end_but_not_longer_than_the_hold() -> None:
+    sink, now, burst = Sink(), [0.0], [True]
+    recorder = EventRecorder(
+        sink, hold=lambda: 0.05 if burst[0] else 0.0, max_hold=2.0, clock=lambda: now[0]
+    )
+    recorder.start()
+    recorder.record(body(), "Normal", "JobCreated", "created Job x", "T")
+    time.sleep(0.3)
+    assert sink.created == []  # held while new FineTuneJobs are being given their Jobs
+    now[0] = 2.5  # held its longest
+    recorder.flush()
+    assert [e["reason"] for e in sink.created] == ["JobCreated"]
+    recorder.record(body(), "Warning", "Unschedulable", "no node", "T")
+    time.sleep(0.2)
+    assert len(sink.created) == 1
+    burst[0] = False
+    recorder.flush()
+    recorder.stop()
+    assert [e["reason"] for e in sink.created] == ["JobCreated", "Unschedulable"]
