@@ -7,9 +7,11 @@ FineTuneJob is queued for a reconcile only when what its status shows has change
 A trainer's endpoint is the tenant's code, so no endpoint can hold up the others:
 each read has a total deadline and a size cap (scrape.py), at most ``concurrency`` reads
 run at once, and a round ends after ``budget`` seconds whatever is still outstanding.
-Endpoints that answered last time go first; one that keeps failing (still loading, or
-hostile) is read less and less often, at least every ``_MAX_BACKOFF_SECONDS``, and always
-last, so it only ever spends what time the round has left.
+Endpoints that answered last time go first, the fastest first, so an endpoint that
+answers just inside the deadline (slow, or slow on purpose) takes a slot only after every
+quick one has had its turn; one that keeps failing (still loading, or hostile) is read
+less and less often, at least every ``_MAX_BACKOFF_SECONDS``, and always last, so it only
+ever spends what time the round has left.
 
 A kopf timer would need a finalizer on every FineTuneJob (deletion would wait for the
 operator); this loop keeps no state in the cluster.
@@ -73,6 +75,7 @@ class ProgressPoller:
         self._clock = clock
         self._port = port
         self._failures: dict[str, _Failures] = {}  # by pod uid
+        self._latency: dict[str, float] = {}  # by pod uid: how long its last answer took
         self._started: float | None = None
         self.last_round_end: float | None = None
 
@@ -96,15 +99,20 @@ class ProgressPoller:
             live = {t.pod_uid for t in trainers}
             for uid in [u for u in self._failures if u not in live]:
                 del self._failures[uid]
+            for uid in [u for u in self._latency if u not in live]:
+                del self._latency[uid]
             due = self._due(trainers)
             slots = asyncio.Semaphore(self.concurrency)
 
             async def read(trainer: Trainer) -> tuple[Trainer, TrainerProgress | None]:
                 async with slots:
                     extra = {"port": self._port} if self._port else {}
-                    return trainer, await scrape(
+                    began = self._clock()
+                    progress = await scrape(
                         session, trainer.pod_ip, deadline=self.deadline, **extra
                     )
+                    self._latency[trainer.pod_uid] = self._clock() - began
+                    return trainer, progress
 
             tasks = {asyncio.create_task(read(t)): t for t in due}
             if tasks:
@@ -118,8 +126,9 @@ class ProgressPoller:
         self.last_round_end = self._clock()
 
     def _due(self, trainers: list[Trainer]) -> list[Trainer]:
-        """This round's reads: endpoints that answered last time first, failing ones last,
-        and those backing off not at all."""
+        """This round's reads: endpoints that answered last time first (the quickest
+        first; a new one counts as quick), failing ones last, and those backing off not at
+        all."""
         healthy, failing = [], []
         for trainer in trainers:
             failures = self._failures.get(trainer.pod_uid)
@@ -130,6 +139,7 @@ class ProgressPoller:
                 self.metrics.scrapes.labels("skipped").inc()
             else:
                 failing.append(trainer)
+        healthy.sort(key=lambda trainer: self._latency.get(trainer.pod_uid, 0.0))
         return healthy + failing
 
     def _note(self, trainer: Trainer, progress: TrainerProgress | None) -> None:

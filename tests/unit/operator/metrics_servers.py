@@ -44,6 +44,7 @@ class _Server(socketserver.ThreadingTCPServer):
         self.behaviour = behaviour
         self.step = step
         self.requests = 0
+        self.answered: list[float] = []  # when each answer was sent (time.monotonic)
         super().__init__(address, _Handler)
 
 
@@ -52,6 +53,13 @@ def healthy(sock: socket.socket, server: _Server) -> None:
     body = EXPOSITION.format(step=server.step).encode()
     head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     sock.sendall(head.encode() + body)
+    server.answered.append(time.monotonic())
+
+
+def just_in_time(sock: socket.socket, server: _Server) -> None:
+    """Answers well, but only after a second: inside a deadline of 1.5 s, every time."""
+    time.sleep(1.0)
+    healthy(sock, server)
 
 
 def slow_loris(sock: socket.socket, server: _Server) -> None:

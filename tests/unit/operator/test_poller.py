@@ -15,7 +15,7 @@ from finetune_operator.poller import ProgressPoller
 from finetune_operator.progress import ProgressBoard
 
 from .cluster_objects import finetunejob, job_of, pod_of
-from .metrics_servers import free_port, healthy, serving, slow_drip, slow_loris
+from .metrics_servers import free_port, healthy, just_in_time, serving, slow_drip, slow_loris
 
 
 def trainers(cache: ClusterCache, count: int) -> list[str]:
@@ -72,6 +72,30 @@ def test_a_slow_loris_does_not_hold_up_fifty_healthy_trainers() -> None:
         scrapes = poller.metrics.registry.get_sample_value
         assert scrapes("finetune_operator_scrapes_total", {"result": "failed"}) == 1
         assert scrapes("finetune_operator_scrapes_total", {"result": "skipped"}) == 1
+
+
+def test_endpoints_that_answer_just_in_time_go_after_the_quick_ones() -> None:
+    """Eight endpoints answer every time, a second late (inside the 1.5 s deadline): after
+    the first round they read last, so they never hold the slots that the forty quick
+    ones need."""
+    cache, board, changed = ClusterCache(), ProgressBoard(), []
+    trainers(cache, 48)
+    port = free_port()
+    with ExitStack() as stack:
+        servers = []
+        for index in range(48):
+            behaviour = just_in_time if index < 8 else healthy
+            servers.append(
+                stack.enter_context(serving(f"127.0.0.{index + 2}", port, behaviour, step=1))
+            )
+        poller = poller_for(cache, board, changed, port)
+        one_round(poller)  # the first round learns who is slow
+        began = time.monotonic()
+        one_round(poller)
+        quick = [server.answered[-1] - began for server in servers[8:]]
+        slow = [server.answered[-1] - began for server in servers[:8]]
+        assert len(servers[8].answered) == 2 and max(quick) < 0.5
+        assert min(slow) >= 1.0  # all read, each after the quick ones
 
 
 def test_a_round_ends_at_its_budget() -> None:
