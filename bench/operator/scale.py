@@ -376,6 +376,7 @@ def operator_run(
     restart_seconds = time.monotonic() - restart_began
     time.sleep(5)
     restart_end = time.time()
+    memory_after_restart = operator.memory()
 
     log("  deleting them")
     delete_wall = time.time()
@@ -435,6 +436,7 @@ def operator_run(
         "rss_mib_at_n": memory_at_n.get("VmRSS"),
         "rss_peak_mib": memory_at_n.get("VmHWM"),
         "cpu_seconds_to_settle": round(cpu_at_n, 1),
+        "rss_mib_after_restart": memory_after_restart.get("VmRSS"),
         "rss_mib_after_delete": memory_after_delete.get("VmRSS"),
         "restart_seconds_to_reconcile_all": round(restart_seconds, 2),
         "restart_requests": restart,

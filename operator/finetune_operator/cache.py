@@ -20,6 +20,7 @@ seconds means the stream is stuck, and the liveness check says so.
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .naming import ANNOTATION_CONFIG_HASH, LABEL_OWNER, LABEL_OWNER_UID, TRAINER_CONTAINER
+
+log = logging.getLogger(__name__)
 
 Obj = dict[str, Any]
 Key = tuple[str, str]  # (namespace, name) of a FineTuneJob
@@ -106,6 +109,14 @@ def trim_pod(body: Obj) -> Obj:
     }
 
 
+def _version(value: object) -> int | None:
+    """A resourceVersion as a number (the API server's are etcd revisions), or None."""
+    try:
+        return int(str(value))
+    except ValueError:
+        return None
+
+
 def _newer_or_same(old: Obj | None, new: Obj) -> bool:
     """Whether ``new`` may replace ``old``. resourceVersions are opaque, but the API server's
     are etcd revisions: compared as numbers they keep a late watch event from undoing the
@@ -153,6 +164,9 @@ class ClusterCache:
         self._deleted: OrderedDict[str, None] = OrderedDict()
         # uid -> (resourceVersion written, when, what): writes not yet seen on a watch.
         self._echoes: dict[str, tuple[str, float, str]] = {}
+        # uid -> the newest resourceVersion a watch delivered: a write whose event arrived
+        # before the write's own response returned is not waited for.
+        self._watched: dict[str, int] = {}
 
     # --- fed by the watches ---------------------------------------------------------------
     def upsert(self, body: Obj) -> None:
@@ -171,6 +185,7 @@ class ClusterCache:
                 while len(self._deleted) > _TOMBSTONES:
                     self._deleted.popitem(last=False)
                 self._echoes.pop(uid, None)
+                self._watched.pop(uid, None)
             key = (meta.get("namespace"), meta.get("name"))
             kind = body.get("kind")
             if kind == "Pod":
@@ -193,39 +208,94 @@ class ClusterCache:
             if uid in self._deleted:
                 return
             self._store(body, from_watch=False)
-            version = body["metadata"].get("resourceVersion")
-            if uid and version and len(self._echoes) < _MAX_PENDING_ECHOES:
+            version = _version(body["metadata"].get("resourceVersion"))
+            if not uid or version is None or self._watched.get(uid, -1) >= version:
+                return
+            if len(self._echoes) < _MAX_PENDING_ECHOES:
                 self._echoes[uid] = (str(version), self._clock(), what)
 
-    def _store(self, body: Obj, *, from_watch: bool) -> None:
+    def _store(self, body: Obj, *, from_watch: bool) -> bool:
+        """Keep ``body`` unless the cache has a newer version of it; True when it is new
+        to the cache or newer than what the cache had."""
         kind = body.get("kind")
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid") or "")
-        if from_watch and uid in self._echoes:
-            written = self._echoes[uid][0]
-            seen = meta.get("resourceVersion")
-            try:
-                if int(str(seen)) >= int(written):
-                    del self._echoes[uid]
-            except (TypeError, ValueError):
+        if from_watch and uid:
+            seen = _version(meta.get("resourceVersion"))
+            if seen is not None:
+                self._watched[uid] = max(seen, self._watched.get(uid, -1))
+            if uid in self._echoes and (seen is None or seen >= int(self._echoes[uid][0])):
                 del self._echoes[uid]
         key: Key = (meta.get("namespace"), meta.get("name"))  # type: ignore[assignment]
         if kind == "Pod":
             trimmed = trim_pod(body)
-            if _newer_or_same(self._pods.get(uid), trimmed):
-                owner = trimmed["metadata"]["labels"].get(LABEL_OWNER_UID)
-                self._pods[uid] = trimmed
-                if owner:
-                    self._pods_by_owner.setdefault(owner, set()).add(uid)
+            old = self._pods.get(uid)
+            if not _newer_or_same(old, trimmed):
+                return False
+            # Labels can be edited: a pod relabelled to another owner leaves the first.
+            self._drop_pod(uid)
+            owner = trimmed["metadata"]["labels"].get(LABEL_OWNER_UID)
+            self._pods[uid] = trimmed
+            if owner:
+                self._pods_by_owner.setdefault(owner, set()).add(uid)
         elif kind == "Job":
             trimmed = trim_job(body)
-            if _newer_or_same(self._jobs.get(key), trimmed):
-                self._jobs[key] = trimmed
-                self._job_keys[uid] = key
+            old = self._jobs.get(key)
+            if not _newer_or_same(old, trimmed):
+                return False
+            if old is not None:  # a Job of the same name may be a new one
+                self._job_keys.pop(old["metadata"].get("uid"), None)
+            self._jobs[key] = trimmed
+            self._job_keys[uid] = key
         elif kind == "FineTuneJob":
             trimmed = trim_finetunejob(body)
-            if _newer_or_same(self._finetunejobs.get(key), trimmed):
-                self._finetunejobs[key] = trimmed
+            old = self._finetunejobs.get(key)
+            if not _newer_or_same(old, trimmed):
+                return False
+            self._finetunejobs[key] = trimmed
+        else:
+            return False
+        return old is None or not _newer_or_same(trimmed, old)
+
+    # --- fed by the periodic listing (resync.py) --------------------------------------------
+    def relisted(self, body: Obj) -> bool:
+        """An object as a listing returned it; True when the cache learnt something."""
+        with self._lock:
+            if str((body.get("metadata") or {}).get("uid") or "") in self._deleted:
+                return False
+            return self._store(body, from_watch=True)
+
+    def unlisted(
+        self, kind: str, namespace: str | None, listed: set[str], snapshot: str
+    ) -> list[Obj]:
+        """The objects of ``kind`` (in ``namespace``; None: all) that a listing at
+        resourceVersion ``snapshot`` did not return, though the cache has seen none of
+        them change after it: deleted while a watch was down, whose DELETED event no
+        watch will ever deliver (a watch that reconnects lists again, and a listing has
+        no deletions). They leave the cache as a DELETED event would take them, and are
+        returned."""
+        at = _version(snapshot)
+        if at is None:
+            return []
+        stores: dict[str, dict[Any, Obj]] = {
+            "Pod": self._pods,
+            "Job": self._jobs,
+            "FineTuneJob": self._finetunejobs,
+        }
+        with self._lock:
+            held = list(stores[kind].values())
+        gone = []
+        for body in held:
+            meta = body["metadata"]
+            if namespace is not None and meta.get("namespace") != namespace:
+                continue
+            uid = str(meta.get("uid") or "")
+            seen = _version(meta.get("resourceVersion"))
+            if uid in listed or seen is None or seen > at:
+                continue
+            self.remove({**body, "kind": kind})
+            gone.append(body)
+        return gone
 
     def _drop_pod(self, uid: str | None) -> None:
         pod = self._pods.pop(uid or "", None)
@@ -255,7 +325,8 @@ class ClusterCache:
         """The pods labelled as this FineTuneJob's (the reconciler checks which of them its
         Job really made)."""
         with self._lock:
-            pods = [self._pods[uid] for uid in self._pods_by_owner.get(owner_uid, ())]
+            found = (self._pods.get(uid) for uid in self._pods_by_owner.get(owner_uid, ()))
+            pods = [pod for pod in found if pod is not None]
         return copy.deepcopy(pods)
 
     def keys(self) -> list[Key]:
@@ -321,7 +392,9 @@ class ClusterCache:
         if not late:
             return None
         since, what = min(late)
+        # The probe's answer names no FineTuneJob; the log does.
+        log.warning("the watch has not delivered the operator's write of %s back", what)
         return (
-            f"the watch has not delivered the operator's own write of {what} for "
+            f"a watch has not delivered the operator's own writes back for "
             f"{now - since:.0f}s ({len(late)} such writes)"
         )

@@ -45,6 +45,9 @@ class OperatorConfig:
     # How long a watch may take to deliver the operator's own write back before the
     # liveness probe calls the stream stuck.
     watch_echo_deadline_seconds: float = 150.0
+    # How often the operator lists what it watches, to catch what a broken watch missed
+    # (resync.py): three paged LISTs each time.
+    resync_seconds: float = 600.0
     # Prefix for kopf's finalizer and bookkeeping annotations.
     annotation_prefix: str = GROUP
     liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
@@ -86,6 +89,7 @@ class OperatorConfig:
                 form = {
                     int: "a whole number",
                     _positive_int: "a whole number of at least 1",
+                    _positive_float: "a number above 0",
                     _flag: "true or false",
                 }.get(parse, "a number")
                 raise ValueError(
@@ -119,6 +123,7 @@ class OperatorConfig:
             api_connect_timeout=get("API_CONNECT_TIMEOUT_SECONDS", "5", float),
             api_read_timeout=get("API_READ_TIMEOUT_SECONDS", "30", float),
             watch_echo_deadline_seconds=get("WATCH_ECHO_DEADLINE_SECONDS", "150", float),
+            resync_seconds=get("RESYNC_SECONDS", "600", _positive_float),
             annotation_prefix=get("ANNOTATION_PREFIX", GROUP),
             liveness_endpoint=liveness,
             metrics_host=get("OPERATOR_METRICS_HOST", "0.0.0.0"),
@@ -142,6 +147,13 @@ def _flag(text: str) -> bool:
     if value not in ("true", "false", ""):
         raise ValueError(text)
     return value == "true"
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise ValueError(text)
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -9,9 +9,8 @@ repeat starts a new Event object.
 
 Events are best effort: a lost one must never stop a reconcile. So they are posted by one
 thread of their own, from a bounded queue (as client-go's broadcaster does): a reconcile
-never waits for an Event; while a burst of new FineTuneJobs is being given its Jobs
-(``hold``), Events wait for it to end (for ``max_hold`` seconds at most); and when the API
-server cannot keep up the oldest Events waiting are dropped and counted.
+never waits for an Event, and when the API server cannot keep up the oldest Events
+waiting are dropped and counted.
 """
 
 from __future__ import annotations
@@ -80,13 +79,14 @@ class EventRecorder:
         window: float = 600.0,
         remember: int = 4096,
         backlog: int = 10_000,
-        hold: Callable[[], float] | None = None,
-        max_hold: float = 10.0,
+        posted: Callable[[str, str], None] | None = None,
+        dropped: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.sink = sink
-        self.hold = hold
-        self.max_hold = max_hold
+        # Told of each Event the API server took (its type and reason), and of each dropped.
+        self.on_posted = posted
+        self.on_dropped = dropped
         self.window = window
         self.remember = remember
         self.backlog = backlog
@@ -94,7 +94,6 @@ class EventRecorder:
         self._clock = clock
         self._cond = threading.Condition()
         self._waiting: deque[tuple[Obj, str, str, str, str]] = deque()
-        self._since: deque[float] = deque()  # when each waiting Event was recorded
         self._posted: OrderedDict[tuple[str, str, str], _Posted] = OrderedDict()
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -105,10 +104,10 @@ class EventRecorder:
         with self._cond:
             if len(self._waiting) >= self.backlog:
                 self._waiting.popleft()
-                self._since.popleft()
                 self.dropped += 1
+                if self.on_dropped is not None:
+                    self.on_dropped()
             self._waiting.append((body, kind, reason, safe_text(message, EVENT_MESSAGE_LIMIT), now))
-            self._since.append(self._clock())
             self._cond.notify()
 
     def start(self) -> None:
@@ -127,18 +126,12 @@ class EventRecorder:
 
     def _run(self) -> None:
         while True:
-            pause = self.hold() if self.hold is not None else 0.0
             with self._cond:
                 while not self._waiting and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
                     return
-                waited = self._clock() - self._since[0]
-                if pause > 0 and waited < self.max_hold:
-                    self._cond.wait(min(pause, self.max_hold - waited))
-                    continue
                 item = self._waiting.popleft()
-                self._since.popleft()
                 self._busy = True
             try:
                 self._post(*item)
@@ -157,7 +150,6 @@ class EventRecorder:
                     if not self._waiting:
                         return
                     item = self._waiting.popleft()
-                    self._since.popleft()
                 self._post(*item)
         with self._cond:
             while self._waiting or self._busy:
@@ -175,11 +167,17 @@ class EventRecorder:
             patch = {"count": count, "lastTimestamp": now, "message": message}
             if self.sink.patch_event(meta["namespace"], earlier.name, patch):
                 self._remember(key, _Posted(earlier.name, count, self._clock()))
+                self._posted_one(kind, reason)
                 return
             # The Event is gone (expired by the API server's TTL): start a new one.
         name = self.sink.create_event(meta["namespace"], _event(body, kind, reason, message, now))
         if name is not None:
             self._remember(key, _Posted(name, 1, self._clock()))
+            self._posted_one(kind, reason)
+
+    def _posted_one(self, kind: str, reason: str) -> None:
+        if self.on_posted is not None:
+            self.on_posted(kind, reason)
 
     def _remember(self, key: tuple[str, str, str], posted: _Posted) -> None:
         with self._cond:
@@ -193,10 +191,6 @@ class EventRecorder:
         with self._cond:
             for key in [k for k in self._posted if k[0] == uid]:
                 del self._posted[key]
-            kept = [
-                (item, since)
-                for item, since in zip(self._waiting, self._since, strict=True)
-                if item[0]["metadata"]["uid"] != uid
-            ]
-            self._waiting = deque(item for item, _ in kept)
-            self._since = deque(since for _, since in kept)
+            self._waiting = deque(
+                item for item in self._waiting if item[0]["metadata"]["uid"] != uid
+            )

@@ -8,7 +8,8 @@
   or pod by its owner label). They are async and make no API call, so no event waits
   behind a slow one.
 - The work queue's threads reconcile; the progress poller reads trainers' metrics in the
-  event loop; the liveness probe reports both (health.py).
+  event loop; a slow periodic listing catches what a broken watch missed (resync.py); the
+  liveness probe reports on them (health.py).
 
 None of them keeps state in the FineTuneJob beyond ``status``: no finalizer (children go
 with their owner through garbage collection) and no spec edits, so GitOps tools see no
@@ -98,6 +99,7 @@ def register(registry: kopf.OperatorRegistry, runtime: OperatorRuntime) -> None:
         runtime.events.start()
         queue.start()
         tasks.append(asyncio.create_task(runtime.poller.run(), name="progress-poller"))
+        tasks.append(asyncio.create_task(runtime.resync.run(), name="resync"))
 
     @kopf.on.cleanup(id="stop-workers", registry=registry)
     async def stop_workers(**_: Any) -> None:
@@ -127,8 +129,7 @@ def register(registry: kopf.OperatorRegistry, runtime: OperatorRuntime) -> None:
         key = (meta["namespace"], meta["name"])
         if type == "DELETED":
             cache.remove(body)
-            runtime.reconciler.forget(meta["namespace"], meta["name"], meta.get("uid"))
-            queue.forget(key)
+            runtime.forget(meta["namespace"], meta["name"], meta.get("uid"))
             return
         cache.upsert(body)
         # One that has no Job yet goes ahead of the status updates of the others.

@@ -154,26 +154,53 @@ class Kube:
     def list_children(self, namespace: str | None) -> Iterator[Obj]:
         """Every Job and pod labelled as a FineTuneJob's child, in ``namespace`` (None: all
         namespaces), a page at a time, each with its kind (list items carry none)."""
-        for kind, namespaced, everywhere in (
-            ("Job", self.batch.list_namespaced_job, self.batch.list_job_for_all_namespaces),
-            ("Pod", self.core.list_namespaced_pod, self.core.list_pod_for_all_namespaces),
-        ):
-            token = None
-            while True:
-                query: dict[str, Any] = {
-                    "label_selector": CHILD_SELECTOR,
-                    "limit": _PAGE,
-                    "_preload_content": False,
-                    "_request_timeout": self.timeout,
-                }
-                if token:
-                    query["_continue"] = token
-                page = _data(namespaced(namespace, **query) if namespace else everywhere(**query))
-                for item in page.get("items", []):
-                    yield {**item, "kind": kind}
-                token = (page.get("metadata") or {}).get("continue")
-                if not token:
-                    break
+        for kind in ("Job", "Pod"):
+            for items, _version in self.list_pages(kind, namespace):
+                yield from items
+
+    def list_pages(self, kind: str, namespace: str | None) -> Iterator[tuple[list[Obj], str]]:
+        """Every FineTuneJob, or every labelled Job or pod (``kind``), in ``namespace``
+        (None: all namespaces), a page at a time: the page's objects, each with its kind,
+        and the resourceVersion of the listing (every page is of the same snapshot; an
+        empty listing is one empty page)."""
+        lists = {
+            "FineTuneJob": (self._list_finetunejobs, self._list_all_finetunejobs, None),
+            "Job": (
+                self.batch.list_namespaced_job,
+                self.batch.list_job_for_all_namespaces,
+                CHILD_SELECTOR,
+            ),
+            "Pod": (
+                self.core.list_namespaced_pod,
+                self.core.list_pod_for_all_namespaces,
+                CHILD_SELECTOR,
+            ),
+        }
+        namespaced, everywhere, selector = lists[kind]
+        token, snapshot = None, ""
+        while True:
+            query: dict[str, Any] = {
+                "limit": _PAGE,
+                "_preload_content": False,
+                "_request_timeout": self.timeout,
+            }
+            if selector:
+                query["label_selector"] = selector
+            if token:
+                query["_continue"] = token
+            page = _data(namespaced(namespace, **query) if namespace else everywhere(**query))
+            listing = page.get("metadata") or {}
+            snapshot = snapshot or str(listing.get("resourceVersion") or "")
+            yield [{**item, "kind": kind} for item in page.get("items") or []], snapshot
+            token = listing.get("continue")
+            if not token:
+                break
+
+    def _list_finetunejobs(self, namespace: str, **query: Any) -> Any:
+        return self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **query)
+
+    def _list_all_finetunejobs(self, **query: Any) -> Any:
+        return self.custom.list_cluster_custom_object(GROUP, VERSION, PLURAL, **query)
 
     # --- the FineTuneJob ----------------------------------------------------------------
     def patch_status(self, body: Obj, status: Obj) -> Obj | None:

@@ -4,7 +4,8 @@ finetune_operator_reconciles_total{result}        ok | conflict | error
 finetune_operator_reconcile_duration_seconds      histogram
 finetune_operator_status_writes_total
 finetune_operator_jobs_created_total
-finetune_operator_events_total{type, reason}
+finetune_operator_events_total{type, reason}     Events posted
+finetune_operator_events_dropped_total            Events dropped: the API server fell behind
 finetune_operator_finetunejobs{phase}             FineTuneJobs by phase, as their status says
 finetune_operator_scrapes_total{result}           trainer metrics reads: ok | failed | skipped
 finetune_operator_poll_round_seconds              histogram of one progress-poll round
@@ -53,6 +54,11 @@ class OperatorMetrics:
             "finetune_operator_events",
             "Kubernetes Events posted on FineTuneJobs.",
             ["type", "reason"],
+            registry=self.registry,
+        )
+        self.events_dropped = Counter(
+            "finetune_operator_events_dropped",
+            "Events never posted: more waited than the poster's backlog holds.",
             registry=self.registry,
         )
         self.scrapes = Counter(

@@ -4,6 +4,7 @@ cache     what the watches delivered (filled by the kopf handlers)
 queue     FineTuneJobs to reconcile, worked by ``config.workers`` threads
 reconciler  one FineTuneJob's convergence, reading the cache and writing via kube
 poller    trainers' metrics, into the progress board, queueing what changed
+resync    a slow listing that corrects what broken watches missed
 health    the liveness probe's verdict on all of the above
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 from kubernetes import client
 
-from .cache import ClusterCache
+from .cache import ClusterCache, Key, Obj
 from .config import OperatorConfig
 from .events import EventRecorder
 from .health import Health
@@ -21,18 +22,18 @@ from .kube import Kube
 from .metrics import OperatorMetrics
 from .poller import ProgressPoller
 from .progress import ProgressBoard
+from .reasons import metric_reason
 from .reconciler import Reconciler
+from .resync import Resync
 from .workqueue import WorkQueue
 
 # A FineTuneJob just reconciled waits this long before the next reconcile, so the changes
 # that arrive in a burst (its Job created, its pod created, the pod found unschedulable)
 # make one status write.
 SETTLE_SECONDS = 0.5
-# While new FineTuneJobs keep arriving (one within BURST_QUIET_SECONDS), status updates and
-# Events wait, up to MAX_HOLD_SECONDS: the Jobs come first, and the writes that report on
-# them come right after the burst instead of competing with it for the API server.
-BURST_QUIET_SECONDS = 1.0
-MAX_HOLD_SECONDS = 10.0
+# The most API calls one reconcile makes: a Job create, a read of the Job in its way, a
+# status patch and its fallback.
+_CALLS_PER_RECONCILE = 4
 
 
 @dataclass
@@ -45,6 +46,7 @@ class OperatorRuntime:
     reconciler: Reconciler
     queue: WorkQueue
     poller: ProgressPoller
+    resync: Resync
     health: Health
 
     def prime_cache(self) -> None:
@@ -52,6 +54,11 @@ class OperatorRuntime:
         for namespace in self.config.namespaces or (None,):
             for child in self.kube.list_children(namespace):
                 self.cache.upsert(child)
+
+    def forget(self, namespace: str, name: str, uid: str | None) -> None:
+        """Drop everything kept about a deleted FineTuneJob (the cache already has)."""
+        self.reconciler.forget(namespace, name, uid)
+        self.queue.forget((namespace, name))
 
     @classmethod
     def build(
@@ -64,7 +71,11 @@ class OperatorRuntime:
         kube = Kube(api_client, timeout=(config.api_connect_timeout, config.api_read_timeout))
         cache = ClusterCache(echo_deadline=config.watch_echo_deadline_seconds)
         board = ProgressBoard()
-        events = EventRecorder(kube)
+        events = EventRecorder(
+            kube,
+            posted=lambda kind, reason: metrics.events.labels(kind, metric_reason(reason)).inc(),
+            dropped=metrics.events_dropped.inc,
+        )
         reconciler = Reconciler(kube, cache, config, progress=board, metrics=metrics, events=events)
         queue = WorkQueue(reconciler.reconcile, workers=config.workers, settle=SETTLE_SECONDS)
         poller = ProgressPoller(
@@ -77,5 +88,38 @@ class OperatorRuntime:
             concurrency=config.scrape_concurrency,
         )
         metrics.watch(cache.phases, cache.sizes, queue.depth)
-        health = Health(queue, poller, cache, poll_limit=max(120.0, 6 * poller.budget))
-        return cls(config, kube, cache, metrics, events, reconciler, queue, poller, health)
+
+        def deleted(body: Obj) -> None:
+            meta = body["metadata"]
+            runtime.forget(meta["namespace"], meta["name"], meta.get("uid"))
+
+        def changed(key: Key) -> None:
+            queue.add(key)
+
+        resync = Resync(
+            kube,
+            cache,
+            config.namespaces,
+            interval=config.resync_seconds,
+            changed=changed,
+            deleted=deleted,
+        )
+        health = Health(
+            queue,
+            poller,
+            cache,
+            reconcile_limit=reconcile_limit(config),
+            poll_limit=max(120.0, 6 * poller.budget),
+        )
+        runtime = cls(
+            config, kube, cache, metrics, events, reconciler, queue, poller, resync, health
+        )
+        return runtime
+
+
+def reconcile_limit(config: OperatorConfig) -> float:
+    """How long one reconcile may take before a worker counts as hung: twice what its API
+    calls could take at their full timeouts (the client retries a connect once:
+    runner.load_api_client)."""
+    per_call = 2 * config.api_connect_timeout + config.api_read_timeout
+    return max(60.0, 2 * _CALLS_PER_RECONCILE * per_call)

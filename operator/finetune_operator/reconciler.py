@@ -43,10 +43,8 @@ from .metrics import OperatorMetrics
 from .observe import observe
 from .policy import policy_problems
 from .progress import ProgressBoard
-from .reasons import metric_reason
 from .safe_text import LOG_LIMIT, safe_text
 from .status_update import (
-    Event,
     StatusUpdate,
     failed_status,
     invalid_spec_status,
@@ -138,8 +136,11 @@ class Reconciler:
         later = Outcome(retry_after=step.retry_after, backoff=step.backoff)
         update = step.update
         if step.created:
-            message = f"created Job {step.created}"
-            update.events.insert(0, Event("Normal", "JobCreated", message))
+            # Said now, whatever becomes of the status write: the next reconcile finds the
+            # Job in place and would not say it.
+            self.events.record(
+                body, "Normal", "JobCreated", f"created Job {step.created}", rfc3339(self.clock())
+            )
         if not update.changed_from(previous):
             self.metrics.reconciles.labels("ok").inc()
             return later
@@ -180,7 +181,6 @@ class Reconciler:
         now = rfc3339(self.clock())
         for event in update.events:
             self.events.record(body, event.type, event.reason, event.message, now)
-            self.metrics.events.labels(event.type, metric_reason(event.reason)).inc()
         log.info(
             "%s/%s: %s (%s)",
             namespace,

@@ -533,3 +533,38 @@ def test_operator_writes_no_spec_and_no_finalizer(ftjs: FineTuneJobs) -> None:
         if manager != "kubectl-client-side-apply" and entry.get("subresource") != "status":
             fields = json.dumps(entry.get("fieldsV1", {}))
             assert '"f:spec"' not in fields, f"{manager} wrote spec"
+
+
+def test_what_a_broken_watch_missed_is_caught_by_the_resync(
+    ftjs: FineTuneJobs, operator: OperatorHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A watch that reconnects lists again, and a listing carries no deletions: here the
+    cache is made to miss a Job's and a FineTuneJob's DELETED events, as it would during
+    an outage; the periodic listing finds both gone."""
+    assert operator.running is not None
+    runtime = operator.running.runtime
+    ftjs.apply("lost-job", SUSPENDED)
+    ftjs.apply("lost-ftj", SUSPENDED)
+    job_name = ftjs.wait_phase("lost-job", "Suspended")["jobName"]
+    ftjs.wait_phase("lost-ftj", "Suspended")
+    lost: list[str] = []
+    with monkeypatch.context() as outage:
+        outage.setattr(runtime.cache, "remove", lambda body: lost.append(body["metadata"]["name"]))
+        ftjs.kubectl("delete", "job", job_name, "--wait=true")
+        ftjs.kubectl("delete", "finetunejob", "lost-ftj", "--wait=true")
+        wait_for(
+            lambda: {job_name, "lost-ftj"} <= set(lost),
+            timeout=30,
+            message="the DELETED events to arrive (and be lost)",
+        )
+    assert runtime.cache.job(ftjs.namespace, job_name) is not None
+    assert runtime.cache.finetunejob(ftjs.namespace, "lost-ftj") is not None
+
+    found = runtime.resync.once()
+
+    assert found["Job"] >= 1 and found["FineTuneJob"] >= 1
+    assert runtime.cache.job(ftjs.namespace, job_name) is None
+    assert runtime.cache.finetunejob(ftjs.namespace, "lost-ftj") is None
+    # The FineTuneJob whose Job went is told, as the DELETED event would have told it.
+    status = ftjs.wait_phase("lost-job", "Failed")
+    assert status["reason"] == "JobDeleted"

@@ -3,6 +3,7 @@ writes that no watch brings back are noticed."""
 
 from __future__ import annotations
 
+import copy
 import threading
 
 from finetune_operator.cache import ClusterCache
@@ -86,7 +87,7 @@ def test_a_write_the_watch_never_brings_back_is_a_stuck_watch() -> None:
     now[0] = 100.0
     assert cache.stuck_watch() is None
     now[0] = 200.0
-    assert "ml/run for 200s" in (cache.stuck_watch() or "")
+    assert "for 200s (1 such writes)" in (cache.stuck_watch() or "")
     echoed = finetunejob("run", phase="Running")
     echoed["metadata"]["resourceVersion"] = "30"
     cache.upsert(echoed)
@@ -134,3 +135,54 @@ def test_concurrent_readers_and_writers() -> None:
         thread.join()
     assert errors == []
     assert cache.sizes() == {"finetunejobs": 900, "jobs": 0, "pods": 0}
+
+
+def test_a_write_whose_event_came_first_is_not_waited_for() -> None:
+    """Under load the watch can deliver a write's event before the write's own response
+    returns; the write must not then count as never echoed."""
+    now = [0.0]
+    cache = ClusterCache(echo_deadline=10, clock=lambda: now[0])
+    written = finetunejob("run", phase="Running")
+    written["metadata"]["resourceVersion"] = "30"
+    cache.upsert(written)  # the event
+    cache.record_write(written, "status")  # then the response
+    now[0] = 11.0
+    assert cache.stuck_watch() is None
+
+
+def test_a_relabelled_pod_moves_to_its_new_owner() -> None:
+    cache = ClusterCache()
+    first, second = finetunejob("first"), finetunejob("second")
+    pod = pod_of(first, "10.0.0.1")
+    cache.upsert(pod)
+    moved = copy.deepcopy(pod)
+    moved["metadata"]["resourceVersion"] = "13"
+    moved["metadata"]["labels"][LABEL_OWNER_UID] = second["metadata"]["uid"]
+    cache.upsert(moved)
+    assert cache.trainer_pods("ftj-first") == []
+    assert [p["metadata"]["uid"] for p in cache.trainer_pods("ftj-second")] == ["pod-first"]
+    cache.remove(moved)
+    assert cache.trainer_pods("ftj-second") == [] and cache._pods_by_owner == {}
+
+
+def test_a_listing_corrects_what_the_watches_missed() -> None:
+    cache = ClusterCache()
+    kept, changed, deleted = finetunejob("kept"), finetunejob("changed"), finetunejob("gone")
+    late = finetunejob("late")  # created after the listing's snapshot
+    late["metadata"]["resourceVersion"] = "60"
+    for body in (kept, changed, deleted, late):
+        cache.upsert(body)
+    newer = finetunejob("changed", phase="Running")
+    newer["metadata"]["resourceVersion"] = "40"
+    assert cache.relisted(kept) is False  # nothing new
+    assert cache.relisted(newer) is True
+    gone = cache.unlisted("FineTuneJob", "ml", {"ftj-kept", "ftj-changed"}, "50")
+    assert [g["metadata"]["name"] for g in gone] == ["gone"]
+    assert sorted(key[1] for key in cache.keys()) == ["changed", "kept", "late"]  # noqa: SIM118
+    assert cache.finetunejob("ml", "changed")["status"]["phase"] == "Running"  # type: ignore[index]
+    # Another namespace's objects are not judged by this namespace's listing.
+    cache.upsert(finetunejob("elsewhere", namespace="other"))
+    assert cache.unlisted("FineTuneJob", "ml", set(), "50") != []
+    assert cache.finetunejob("other", "elsewhere") is not None
+    # A deleted object stays deleted, whatever a listing from before the deletion says.
+    assert cache.relisted(deleted) is False and cache.finetunejob("ml", "gone") is None

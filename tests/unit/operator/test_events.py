@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from finetune_operator.events import EventRecorder
@@ -77,14 +76,23 @@ def test_what_it_remembers_is_bounded_and_messages_are_safe() -> None:
 
 def test_a_thread_posts_them_and_a_full_backlog_drops_the_oldest() -> None:
     sink = Sink()
-    recorder = EventRecorder(sink, backlog=3)
+    posted: list[tuple[str, str]] = []
+    dropped: list[None] = []
+    recorder = EventRecorder(
+        sink,
+        backlog=3,
+        posted=lambda kind, reason: posted.append((kind, reason)),
+        dropped=lambda: dropped.append(None),
+    )
     for index in range(5):
         recorder.record(body(), "Normal", f"Reason{index}", "m", "T")
-    assert recorder.dropped == 2
+    assert recorder.dropped == 2 and len(dropped) == 2
+    assert posted == []  # queued is not posted
     recorder.start()
     recorder.flush()
     recorder.stop()
     assert [e["reason"] for e in sink.created] == ["Reason2", "Reason3", "Reason4"]
+    assert posted == [("Normal", "Reason2"), ("Normal", "Reason3"), ("Normal", "Reason4")]
 
 
 def test_a_deleted_finetunejobs_waiting_events_are_not_posted() -> None:
@@ -94,24 +102,3 @@ def test_a_deleted_finetunejobs_waiting_events_are_not_posted() -> None:
     recorder.forget(body()["metadata"]["uid"])
     recorder.flush()
     assert sink.created == []
-
-
-def test_events_wait_for_a_burst_to_end_but_not_longer_than_the_hold() -> None:
-    sink, now, burst = Sink(), [0.0], [True]
-    recorder = EventRecorder(
-        sink, hold=lambda: 0.05 if burst[0] else 0.0, max_hold=2.0, clock=lambda: now[0]
-    )
-    recorder.start()
-    recorder.record(body(), "Normal", "JobCreated", "created Job x", "T")
-    time.sleep(0.3)
-    assert sink.created == []  # held while new FineTuneJobs are being given their Jobs
-    now[0] = 2.5  # held its longest
-    recorder.flush()
-    assert [e["reason"] for e in sink.created] == ["JobCreated"]
-    recorder.record(body(), "Warning", "Unschedulable", "no node", "T")
-    time.sleep(0.2)
-    assert len(sink.created) == 1
-    burst[0] = False
-    recorder.flush()
-    recorder.stop()
-    assert [e["reason"] for e in sink.created] == ["JobCreated", "Unschedulable"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from finetune_operator.cache import ClusterCache
 from finetune_operator.health import Health
 from finetune_operator.metrics import OperatorMetrics
@@ -37,7 +39,9 @@ def test_healthy_reports_what_it_holds() -> None:
     }
 
 
-def test_each_stall_is_named() -> None:
+def test_each_stall_is_named_in_the_log_but_no_finetunejob_in_the_answer(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     now = [0.0]
     health = parts(now)
     health.poller._started = 0.0
@@ -49,6 +53,9 @@ def test_each_stall_is_named() -> None:
     now[0] = 400.0
     problems = health.problems()
     assert len(problems) == 3
-    assert "reconciling ml/stuck has taken 400s" in problems[0]
+    assert problems[0] == "reconcile: a reconcile has taken 400s"
     assert "progress poller" in problems[1]
-    assert "the status of FineTuneJob ml/run" in problems[2]
+    assert problems[2].startswith("a watch has not delivered the operator's own writes")
+    assert not any("ml/" in problem for problem in problems)
+    assert "reconciling ml/stuck has taken 400s" in caplog.text
+    assert "the status of FineTuneJob ml/run" in caplog.text

@@ -687,3 +687,19 @@ def test_a_replaced_trainer_is_one_restart(old_pod_stays_listed: bool) -> None:
     status = kube.ftj["status"]
     assert (status["restarts"], status["podName"]) == (1, "b")
     assert [e for e in kube.events if e[1] == "Restarted"] == [("Warning", "Restarted")]
+
+
+def test_the_job_created_event_survives_a_status_conflict() -> None:
+    """The status write after the Job's creation meets a newer FineTuneJob (someone edited
+    it meanwhile): the next reconcile finds the Job in place, so the Event saying it was
+    created is posted at once, not with a status that was never written."""
+    kube = MemoryKube(body())
+    operator = Operator(kube)
+    operator.deliver()
+    kube.ftj["metadata"]["resourceVersion"] = "150"  # written by someone else since
+    operator.outcome = operator.reconciler.reconcile(operator.KEY)
+    operator.reconciler.events.flush()
+    assert kube.patches == [] and len(kube.jobs) == 1
+    assert operator.outcome.retry_after is not None
+    assert operator.reconcile() == "Pending"
+    assert [reason for _, reason in kube.events].count("JobCreated") == 1

@@ -105,7 +105,7 @@ def test_a_hung_reconcile_is_reported() -> None:
     now[0] = 100.0
     assert queue.stuck(limit=300) is None
     now[0] = 400.0
-    assert "reconciling a has taken 400s" in (queue.stuck(limit=300) or "")
+    assert queue.stuck(limit=300) == "reconcile: a reconcile has taken 400s"
     release.set()
     queue.stop()
 
@@ -173,6 +173,33 @@ def test_keys_added_first_go_ahead_of_the_others() -> None:
     assert calls == ["busy", "new", "update-1", "update-2"]
 
 
+def test_a_key_worked_before_does_not_go_first() -> None:
+    """Going first is for FineTuneJobs the queue has not met: one just worked, failed or
+    not, waits out its settle time however it is added."""
+    now = [0.0]
+    calls: list[Hashable] = []
+
+    def handler(key: Hashable) -> Outcome:
+        calls.append(key)
+        return Outcome(backoff=key == "failing")
+
+    queue = WorkQueue(handler, workers=1, settle=5.0, base_delay=60.0, clock=lambda: now[0])
+    queue.start()
+    queue.add("failing", first=True)
+    queue.add("settling", first=True)
+    wait_until(lambda: queue.processed == 2)
+    queue.add("failing", first=True)
+    queue.add("settling", first=True)
+    time.sleep(0.2)
+    assert calls == ["failing", "settling"]
+    with queue._cond:
+        now[0] = 6.0  # past the settle time
+        queue._cond.notify_all()
+    wait_until(lambda: queue.processed == 4)
+    queue.stop()
+    assert calls == ["failing", "settling", "failing", "settling"]
+
+
 def test_a_key_whose_object_is_gone_leaves_nothing() -> None:
     queue = WorkQueue(lambda key: GONE if key == "deleted" else DONE, workers=1, settle=5.0)
     queue.start()
@@ -181,40 +208,3 @@ def test_a_key_whose_object_is_gone_leaves_nothing() -> None:
     wait_until(lambda: queue.processed == 2)
     queue.stop()
     assert list(queue._worked) == ["kept"]
-
-
-def test_others_wait_while_first_keys_arrive_but_not_longer_than_the_hold() -> None:
-    now = [0.0]
-    calls: list[tuple[Hashable, float]] = []
-    queue = WorkQueue(
-        lambda key: calls.append((key, now[0])) or DONE,
-        workers=1,
-        burst_quiet=1.0,
-        max_hold=3.0,
-        clock=lambda: now[0],
-    )
-    queue.start()
-
-    def tick(to: float) -> None:
-        now[0] = to
-        with queue._cond:
-            queue._cond.notify_all()
-        time.sleep(0.05)
-
-    for moment in (0.0, 0.5, 1.0, 1.5, 2.0, 2.5):  # new FineTuneJobs every half second
-        tick(moment)
-        queue.add(f"new-{moment}", first=True)
-        time.sleep(0.05)
-        if moment == 0.0:
-            queue.add("status")  # an update of an earlier one
-    assert all(key.startswith("new") for key, _ in calls)  # type: ignore[union-attr]
-    tick(3.0)  # held its longest, though new ones still arrive
-    wait_until(lambda: ("status", 3.0) in calls)
-    queue.add("later")
-    tick(3.2)
-    time.sleep(0.1)
-    assert "later" not in [k for k, _ in calls]  # still inside the burst's quiet time
-    tick(3.6)  # a second after the last new one: the burst is over
-    wait_until(lambda: "later" in [k for k, _ in calls])
-    assert queue.bursting() == 0.0
-    queue.stop()
