@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from finetune_trainer.contract import ExitCode, TerminationMessage
+from finetune_trainer.contract import TERMINATION_MESSAGE_LIMIT, ExitCode, TerminationMessage
 
 from .naming import TRAINER_CONTAINER
+from .scrape import bounded_number
 
 WAITING_FOR_POD = "waiting for the trainer pod to be created and scheduled"
 
@@ -66,6 +67,37 @@ def _newest_terminated(pods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     if not finished:
         return None
     return max(finished, key=lambda p: (_terminated(p) or {}).get("finishedAt") or "")
+
+
+# The termination message's numbers, and what each is.
+_NUMBERS: dict[str, type[int] | type[float]] = {
+    "step": int,
+    "total_steps": int,
+    "loss": float,
+    "resumed_from_step": int,
+}
+
+
+def _summary(text: str) -> TerminationMessage | None:
+    """The trainer's termination message, when ``text`` is one. Whatever the image runs
+    writes it, so each number in it is held to the rule of the trainer's metrics (scrape.py):
+    NaN, an infinity or a number beyond any run's is dropped, never written to a status
+    (the API server would refuse the whole status). Text longer than the kubelet keeps is
+    not the kubelet's, and is not parsed."""
+    if len(text.encode(errors="replace")) > TERMINATION_MESSAGE_LIMIT:
+        return None
+    summary = TerminationMessage.decode(text)
+    if summary is None:
+        return None
+    numbers: dict[str, object] = {
+        name: bounded_number(value, kind)
+        for name, kind in _NUMBERS.items()
+        if (value := getattr(summary, name)) is not None
+    }
+    checkpoint = summary.checkpoint
+    if checkpoint is not None and bounded_number(checkpoint.step, int) is None:
+        numbers["checkpoint"] = None
+    return summary.model_copy(update=numbers)
 
 
 def _failure_text(terminated: dict[str, Any]) -> str:
@@ -166,7 +198,7 @@ def observe(
     last_pod = _newest_terminated(pods)
     newest = _terminated(last_pod) if last_pod else None
     text = (newest or {}).get("message")
-    summary = TerminationMessage.decode(text) if text else None
+    summary = _summary(text) if text else None
     last_failure = _failure_text(newest) if newest and newest.get("exitCode") else None
     seen = Observation(
         phase="Pending",

@@ -21,7 +21,7 @@ from finetune_trainer.contract import Metric, TrainerProgress
 # Real expositions are under 2 KiB; room for more gauges, never for a flood.
 MAX_BODY_BYTES = 16 * 1024
 
-_FIELDS: dict[str, tuple[str, type]] = {
+_FIELDS: dict[str, tuple[str, type[int] | type[float]]] = {
     Metric.STEP: ("step", int),
     Metric.TOTAL_STEPS: ("total_steps", int),
     Metric.EPOCH: ("epoch", float),
@@ -35,6 +35,19 @@ _FIELDS: dict[str, tuple[str, type]] = {
 # misbehaving endpoint must not become a status the API server refuses (int64) or a
 # printer column nobody can read.
 _LIMITS: dict[type, float] = {int: 2**53, float: 1e30}
+
+
+def bounded_number(value: float, kind: type[int] | type[float]) -> int | float | None:
+    """``value`` as a ``kind``, or None when it is no training run's number: NaN (in a
+    status, JSON the API server refuses), an infinity, or beyond _LIMITS. The one rule for
+    every number a trainer reports, by its metrics or its termination message."""
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond any float
+        return None
+    if not math.isfinite(number) or abs(number) > _LIMITS[kind]:
+        return None
+    return int(number) if kind is int else number
 
 
 def metrics_url(pod_ip: str, port: int = contract.METRICS_PORT) -> str:
@@ -57,10 +70,9 @@ def parse_progress(text: str) -> TrainerProgress:
                 if field is None or sample.labels:
                     continue
                 name, kind = field
-                value = float(sample.value)
-                if not math.isfinite(value) or abs(value) > _LIMITS[kind]:
-                    continue
-                values[name] = int(value) if kind is int else value
+                value = bounded_number(float(sample.value), kind)
+                if value is not None:
+                    values[name] = value
     except (ValueError, TypeError, IndexError, KeyError):
         pass  # a malformed exposition: keep what came before the bad line
     return TrainerProgress(**values)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import typing
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from finetune_operator.observe import observe
-from finetune_trainer.contract import CheckpointRef, TerminationMessage
+from finetune_operator.observe import _NUMBERS, observe
+from finetune_operator.status_update import next_status
+from finetune_trainer.config import OutputSpec
+from finetune_trainer.contract import TERMINATION_MESSAGE_LIMIT, CheckpointRef, TerminationMessage
 
 from .conftest import JOB_UID, pod, terminated
 
@@ -299,3 +304,96 @@ class TestOnlyTheJobsOwnPods:
         seen = observe(job(conditions=[cond("Complete")]), [own])
         assert seen.termination is not None
         assert seen.termination.adapter_uri == "pvc://o/p/final_model"
+
+
+class TestATerminationMessageFromAnyImage:
+    """The image writes its termination message; no number in it may make the status one
+    the API server refuses (NaN is no JSON, a step past int64 no integer it stores)."""
+
+    @staticmethod
+    def finished(text: str) -> Any:
+        return observe(
+            job([cond("Complete")], completionTime="T8"),
+            [pod("Succeeded", state=terminated(0, text, reason="Completed"))],
+        )
+
+    @staticmethod
+    def status_of(seen: Any) -> dict[str, Any]:
+        output = OutputSpec.model_validate({"pvc": {"claimName": "outs"}})
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        update = next_status(
+            {}, observation=seen, progress=None, output=output, job_name="j", generation=1, now=now
+        )
+        return update.status
+
+    @pytest.mark.parametrize(
+        "numbers",
+        [
+            '"step": NaN, "totalSteps": Infinity, "loss": NaN',
+            '"step": 5, "totalSteps": 10, "loss": -Infinity',
+            '"step": 99999999999999999999999999, "totalSteps": -99999999999999999999999999',
+            '"step": 9223372036854775808, "loss": 1e300',
+            '"step": 5, "loss": 1e400',
+            '"resumedFromStep": 1e300, "step": 5',
+            '"step": 5, "checkpoint": {"step": 99999999999999999999, "uri": "s3://b/c"}',
+            '"step": 5, "checkpoint": {"step": NaN, "uri": "s3://b/c"}',
+        ],
+    )
+    def test_no_number_past_what_a_run_reports_reaches_the_status(self, numbers: str) -> None:
+        text = '{"status": "succeeded", "reason": "Completed", "message": "done", ' + numbers
+        seen = self.finished(text + "}")
+        if seen.termination is not None:
+            assert seen.termination.message == "done"  # the rest of the message is kept
+            for name in _NUMBERS:
+                value = getattr(seen.termination, name)
+                assert value is None or abs(value) <= 2**53
+            checkpoint = seen.termination.checkpoint
+            assert checkpoint is None or checkpoint.step <= 2**53
+        status = self.status_of(seen)
+        text_of_status = json.dumps(status, allow_nan=False)  # no NaN, no infinity
+
+        def integers(value: Any) -> list[int]:
+            if isinstance(value, dict):
+                return [n for v in value.values() for n in integers(v)]
+            if isinstance(value, list):
+                return [n for v in value for n in integers(v)]
+            return [value] if isinstance(value, int) and not isinstance(value, bool) else []
+
+        assert all(-(2**63) <= n < 2**63 for n in integers(status)), text_of_status
+
+    def test_sane_numbers_are_kept(self) -> None:
+        text = (
+            '{"status": "succeeded", "reason": "Completed", "step": 20, "totalSteps": 20, '
+            '"loss": -0.5, "resumedFromStep": 10, "checkpoint": {"step": 20, "uri": "s3://b/c"}}'
+        )
+        summary = self.finished(text).termination
+        assert summary is not None
+        assert (summary.step, summary.total_steps, summary.loss) == (20, 20, -0.5)
+        assert summary.resumed_from_step == 10
+        assert summary.checkpoint == CheckpointRef(step=20, uri="s3://b/c")
+
+    def test_every_number_of_the_message_is_bounded(self) -> None:
+        def numeric(annotation: Any) -> bool:
+            return bool({int, float} & set(typing.get_args(annotation) or (annotation,)))
+
+        fields = TerminationMessage.model_fields
+        assert {name for name, f in fields.items() if numeric(f.annotation)} == set(_NUMBERS)
+        # The checkpoint's step is bounded on its own (a checkpoint without one is dropped).
+        assert {
+            name for name, f in CheckpointRef.model_fields.items() if numeric(f.annotation)
+        } == {"step"}
+
+    @pytest.mark.parametrize(
+        "text",
+        [
+            '{"status": "failed", "reason": "X", "message": ' + "[" * 2000 + "]" * 2000 + "}",
+            '{"status": "failed", "reason": "X", "message": "'
+            + "x" * TERMINATION_MESSAGE_LIMIT
+            + '"}',
+        ],
+        ids=["deep", "longer than the kubelet keeps"],
+    )
+    def test_deep_or_huge_json_is_only_text(self, text: str) -> None:
+        seen = observe(job(), [pod("Failed", state=terminated(1, text))])
+        assert seen.termination is None
+        assert seen.termination_text == text  # reported as text, bounded where it is written

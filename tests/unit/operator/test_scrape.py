@@ -8,7 +8,7 @@ import time
 
 import aiohttp
 
-from finetune_operator.scrape import MAX_BODY_BYTES, parse_progress, scrape
+from finetune_operator.scrape import MAX_BODY_BYTES, bounded_number, parse_progress, scrape
 
 from .metrics_servers import flood, free_port, healthy, redirect, serving, slow_drip, slow_loris
 
@@ -92,3 +92,14 @@ def test_garbage_keeps_what_came_before_it() -> None:
     assert parse_progress("finetune_step 3\n{{{ not prometheus\n").step == 3
     assert parse_progress("\x00\x01" * 100).step is None
     assert parse_progress("x" * MAX_BODY_BYTES).step is None
+
+
+def test_one_rule_for_every_number_a_trainer_reports() -> None:
+    assert bounded_number(12.0, int) == 12 and isinstance(bounded_number(12.0, int), int)
+    assert bounded_number(-0.5, float) == -0.5
+    for nothing in (float("nan"), float("inf"), -float("inf")):
+        assert bounded_number(nothing, float) is None and bounded_number(nothing, int) is None
+    assert bounded_number(2**53, int) == 2**53
+    assert bounded_number(2**63, int) is None  # past int64: a status the API server refuses
+    assert bounded_number(10**400, int) is None  # past any float
+    assert bounded_number(1e31, float) is None
