@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -371,8 +371,8 @@ def test_the_operators_token_creates_only_trainer_jobs(
         owner = Owner(name="run", namespace=namespace, uid="0f0e0d0c-0000-4000-8000-000000000001")
         spec = FineTuneJobSpec.model_validate({"output": {"s3": S3}})
         config = OperatorConfig(trainer_image="ghcr.io/finetune-operator/trainer:0.1.0")
+        # Admission cannot see whether the owner exists (dry runs reach no garbage collector).
         trainer_job = build_job(spec, owner, config)
-        trainer_job["metadata"].pop("ownerReferences")  # no such FineTuneJob here
         wait_for(
             lambda: _job_as_operator(cluster, _in(trainer_job, "kube-system")).returncode != 0,
             timeout=30,
@@ -400,6 +400,87 @@ def test_the_operators_token_creates_only_trainer_jobs(
         assert (
             "trainer image evil/miner:1 is not allowed" in _job_as_operator(cluster, image).stderr
         )
+
+        def refused_as_operator(change: Callable[[dict[str, Any]], object], why: str) -> None:
+            job = json.loads(json.dumps(trainer_job))
+            change(job)
+            result = _job_as_operator(cluster, job)
+            assert result.returncode != 0, f"admitted: {job}"
+            assert why in result.stderr, result.stderr
+
+        def pod(job: dict[str, Any]) -> dict[str, Any]:
+            return cast(dict[str, Any], job["spec"]["template"]["spec"])
+
+        def context(job: dict[str, Any]) -> dict[str, Any]:
+            return cast(dict[str, Any], pod(job)["containers"][0]["securityContext"])
+
+        unowned = "the operator creates only Jobs that a FineTuneJob controls"
+        refused_as_operator(lambda job: job["metadata"].pop("ownerReferences"), unowned)
+        refused_as_operator(
+            lambda job: job["metadata"]["ownerReferences"][0].update(controller=False), unowned
+        )
+        refused_as_operator(
+            lambda job: job["metadata"]["ownerReferences"][0].update(
+                apiVersion="apps/v1", kind="Deployment"
+            ),
+            unowned,
+        )
+        refused_as_operator(
+            lambda job: job["metadata"]["ownerReferences"][0].update(apiVersion="evil.dev/v1"),
+            unowned,
+        )
+        placed = "that the scheduler places (no spec.nodeName)"
+        refused_as_operator(lambda job: pod(job).update(nodeName="control-plane-1"), placed)
+        refused_as_operator(lambda job: pod(job)["securityContext"].update(runAsUser=0), placed)
+        refused_as_operator(
+            lambda job: pod(job)["securityContext"].update(seccompProfile={"type": "Unconfined"}),
+            placed,
+        )
+        container = "container trainer does not"
+        for change in (
+            {"runAsNonRoot": False},
+            {"runAsUser": 0},
+            {"seccompProfile": {"type": "Unconfined"}},
+            {"appArmorProfile": {"type": "Unconfined"}},
+        ):
+            refused_as_operator(lambda job, change=change: context(job).update(change), container)
+
+        def unmasked(job: dict[str, Any]) -> None:
+            pod(job)["hostUsers"] = False  # the API server takes Unmasked only with it
+            context(job)["procMount"] = "Unmasked"
+
+        refused_as_operator(unmasked, container)
+        # Already refused for the trainer container by the older check.
+        refused_as_operator(
+            lambda job: context(job).pop("allowPrivilegeEscalation"),
+            "without an API token, host namespaces or privileges",
+        )
+        for change in (
+            {"privileged": True, "allowPrivilegeEscalation": True},
+            {"capabilities": {"drop": ["ALL"], "add": ["NET_RAW"]}},
+        ):
+            refused_as_operator(
+                lambda job, change=change: context(job).update(change),
+                "without an API token, host namespaces or privileges",
+            )
+        refused_as_operator(
+            lambda job: pod(job)["containers"][0]["ports"][0].update(hostPort=9400), container
+        )
+        refused_as_operator(
+            lambda job: pod(job)["containers"][0].update(securityContext={}),
+            "without an API token, host namespaces or privileges",
+        )
+        # An init container (refused as such, and for its privileges, whichever reports).
+        init = {"name": "setup", "image": "ghcr.io/finetune-operator/trainer:0.1.0"}
+        refused_as_operator(
+            lambda job: pod(job).update(initContainers=[{**init, "securityContext": {}}]),
+            "run the trainer",
+        )
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            refused_as_operator(
+                lambda job, flag=flag: pod(job).update({flag: True}), "host namespaces"
+            )
+
         # Anyone else's Jobs are not the operator policy's business.
         plain = cluster.kubectl(
             ["create", "--dry-run=server", "-f", "-"], input=json.dumps(shell), check=False
