@@ -71,6 +71,9 @@ class OperatorConfig:
     allowed_priority_classes: tuple[str, ...] = ()
     # Whether a toleration without a key (it tolerates every taint) is allowed.
     allow_wildcard_tolerations: bool = False
+    # Taint keys FineTuneJobs may tolerate although Kubernetes reserves them
+    # (node-role.kubernetes.io/*, node.kubernetes.io/*, CriticalAddonsOnly: policy.py).
+    allowed_toleration_keys: tuple[str, ...] = ()
 
     @property
     def finalizer(self) -> str:
@@ -139,6 +142,7 @@ class OperatorConfig:
             allowed_s3_endpoints=listed(get("ALLOWED_S3_ENDPOINTS", "")),
             allowed_priority_classes=listed(get("ALLOWED_PRIORITY_CLASSES", "")),
             allow_wildcard_tolerations=get("ALLOW_WILDCARD_TOLERATIONS", "false", _flag),
+            allowed_toleration_keys=listed(get("ALLOWED_TOLERATION_KEYS", "")),
         )
 
 

@@ -6,13 +6,22 @@ that right is as strong as creating pods in the namespace, and stronger in one w
 operator, not the user, talks to the endpoints. So some choices are refused by default and
 the rest can be narrowed (chart ``trainer.allowed*``, ``FTO_ALLOWED_*``):
 
-- S3 endpoints on loopback, link-local addresses (cloud metadata services live there), the
-  unspecified address, and the Kubernetes API server's own names are refused unless listed;
-  with a list, only listed endpoints pass.
+- S3 endpoints on loopback, link-local and cloud metadata addresses (in every form a
+  resolver accepts, IPv4 inside IPv6 included), the unspecified address, and the
+  Kubernetes API server's names and the address this operator reaches it at, are refused
+  unless listed; with a list, only listed endpoints pass. A host that is neither a DNS name
+  nor an IP address (``evil.com\\.minio.svc``: some URL parsers end the host at the
+  backslash) is refused, listed or not.
 - Priority classes named ``system-*`` (node- and cluster-critical) are refused unless
   listed; with a list, only listed classes pass.
 - A toleration without a key (it tolerates every taint, control-plane nodes included) is
-  refused unless allowed.
+  refused unless allowed, and so is one of a taint Kubernetes reserves: the control
+  plane's (``node-role.kubernetes.io/*``), cordoned and unhealthy nodes'
+  (``node.kubernetes.io/*``, which lets a pod onto a cordoned node), uninitialised nodes'
+  (``node.cloudprovider.kubernetes.io/*``) and ``CriticalAddonsOnly``, unless the key is
+  listed. ``node.kubernetes.io/not-ready`` and ``unreachable`` pass as Kubernetes adds
+  them to every pod, with effect NoExecute and a tolerationSeconds: that only sets how
+  long the pod stays on a failed node.
 - Images and ServiceAccounts pass when unlisted lists are empty; with a list, only listed
   ones (and the operator's own defaults) pass.
 
@@ -24,12 +33,14 @@ FineTuneJobs created before it was installed.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from urllib.parse import urlsplit
 
-from .api.spec import FineTuneJobSpec
+from .api.spec import FineTuneJobSpec, Toleration
 from .config import OperatorConfig
+from .safe_text import safe_text
 
 # Cloud metadata services by name; their addresses are link-local and refused as such.
 _METADATA_NAMES = frozenset(
@@ -51,8 +62,38 @@ _API_SERVER_NAMES = frozenset(
         "kubernetes.default.svc.cluster.local",
     }
 )
-# AWS's IPv6 metadata address is a unique-local one, not link-local.
-_AWS_METADATA_V6 = ipaddress.ip_address("fd00:ec2::254")
+# Cloud metadata addresses that are not link-local: AWS's IPv6 one (unique-local),
+# Alibaba Cloud's and Oracle Cloud Classic's.
+_METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a) for a in ("fd00:ec2::254", "100.100.100.200", "192.0.0.192")
+)
+# Deprecated ways of writing an IPv4 address as IPv6 (IPv4-compatible ::a.b.c.d and
+# IPv4-translated ::ffff:0:a.b.c.d; IPv4-mapped ::ffff:a.b.c.d is ipv4_mapped): refused
+# outright, as the admission policy's IP library does not read them either.
+_IPV4_IN_IPV6 = (ipaddress.ip_network("::/96"), ipaddress.ip_network("::ffff:0:0:0/96"))
+# NAT64's well-known prefix: 64:ff9b::a9fe:a9fe is 169.254.169.254 through the gateway.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# What a host may be when it is not an IP address: a DNS name. Anything else is read
+# differently by different URL parsers (urllib3 ends the host at a backslash, Python's
+# urlsplit does not), so an allowed suffix could pass a host that goes elsewhere.
+_HOST_NAME = re.compile(r"^[a-z0-9._-]+$")
+# Taints Kubernetes puts on nodes ordinary workloads stay off: the control plane's role
+# (node-role.kubernetes.io/control-plane, the older .../master), cordoned, unhealthy and
+# out-of-service nodes (node.kubernetes.io/unschedulable lets a pod onto a cordoned node),
+# nodes the cloud provider has not initialised, and nodes kept for critical add-ons.
+_RESERVED_TAINT_PREFIXES = (
+    "node-role.kubernetes.io/",
+    "node.kubernetes.io/",
+    "node.cloudprovider.kubernetes.io/",
+)
+_RESERVED_TAINT_KEYS = frozenset({"CriticalAddonsOnly"})
+# Kubernetes gives every pod these, NoExecute for 300 seconds (DefaultTolerationSeconds):
+# another tolerationSeconds only changes how long the pod stays on a failed node. Any other
+# form (NoSchedule, or no tolerationSeconds) would schedule onto, or stay forever on,
+# nodes that are not ready.
+_EVICTION_DELAY_KEYS = frozenset({"node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"})
+# How much of a user's string a refusal quotes.
+_QUOTE_LIMIT = 256
 # Forms of IPv4 address that name resolvers accept beyond the dotted quad (2852039166,
 # 0xa9fea9fe, 0251.0376.0251.0376, 169.254.43518): they must be read as the address.
 _LEGACY_IPV4 = re.compile(r"^(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}$")
@@ -101,15 +142,46 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return None
 
 
-def _refused_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return (
-        address.is_loopback
-        or address.is_link_local
-        or address.is_unspecified
-        or address == _AWS_METADATA_V6
-    )
+def _ipv4_inside(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address in _NAT64 or any(address in network for network in _IPV4_IN_IPV6):
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def _api_server_address() -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address this operator reaches the API server at (the ``kubernetes`` Service's
+    ClusterIP, in a pod), which trainer pods reach it at too."""
+    try:
+        return ipaddress.ip_address(os.environ.get("KUBERNETES_SERVICE_HOST", "").strip())
+    except ValueError:
+        return None
+
+
+def _address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    inside = _ipv4_inside(address) if isinstance(address, ipaddress.IPv6Address) else None
+    for candidate in (address, inside):
+        if candidate is None:
+            continue
+        if (
+            candidate.is_loopback
+            or candidate.is_link_local
+            or candidate.is_unspecified
+            or candidate in _METADATA_ADDRESSES
+        ):
+            return (
+                "is a loopback, link-local, cloud metadata or unspecified address, which "
+                "FineTuneJobs may not reach"
+            )
+        if candidate == _api_server_address():
+            return "is the Kubernetes API server, not an S3 endpoint"
+    if inside is not None and address not in _NAT64:
+        return (
+            "is an IPv4 address written as IPv6 (IPv4-mapped, -compatible or -translated), "
+            "which is not allowed in this cluster; write the IPv4 address itself"
+        )
+    return None
 
 
 def _split_entry(entry: str) -> tuple[str, int | None]:
@@ -145,20 +217,58 @@ def endpoint_problem(endpoint: str, allowed: tuple[str, ...]) -> str | None:
     except ValueError:
         return "is not a valid URL"
     host = (parts.hostname or "").rstrip(".")
+    address = _address(host)
+    if address is None and not _HOST_NAME.match(host):
+        return (
+            "does not name its host as a DNS name (letters, digits, '-', '.' and '_') or an "
+            "IP address, so URL parsers may disagree on where it goes"
+        )
     if allowed:
         if _endpoint_listed(host, port, allowed):
             return None
         return f"is not one of the S3 endpoints allowed in this cluster: {', '.join(allowed)}"
-    address = _address(host)
-    if address is not None and _refused_address(address):
-        return (
-            "is a loopback, link-local or unspecified address (cloud metadata services "
-            "live there), which FineTuneJobs may not reach"
-        )
+    if address is not None:
+        return _address_problem(address)
     if host == "localhost" or host.endswith(".localhost") or host in _METADATA_NAMES:
         return "names this machine or a cloud metadata service, which FineTuneJobs may not reach"
     if host in _API_SERVER_NAMES:
         return "is the Kubernetes API server, not an S3 endpoint"
+    return None
+
+
+def _quote(value: str) -> str:
+    return safe_text(value, _QUOTE_LIMIT)
+
+
+def toleration_problem(
+    toleration: Toleration, allowed_keys: tuple[str, ...], allow_wildcard: bool
+) -> str | None:
+    """Why a FineTuneJob may not carry ``toleration``, and what to do instead, or None."""
+    key = toleration.key
+    if not key:
+        if allow_wildcard:
+            return None
+        return (
+            "a toleration without a key tolerates every taint (control-plane and reserved "
+            "nodes included) and is not allowed in this cluster; name the taint's key"
+        )
+    if key in allowed_keys:
+        return None
+    if key in _EVICTION_DELAY_KEYS:
+        if toleration.effect == "NoExecute" and toleration.toleration_seconds is not None:
+            return None
+        return (
+            f"{key} may be tolerated only with effect NoExecute and a tolerationSeconds (how "
+            "long the pod stays on a node that is not ready or unreachable); set both, or "
+            "remove the toleration"
+        )
+    if key in _RESERVED_TAINT_KEYS or key.startswith(_RESERVED_TAINT_PREFIXES):
+        return (
+            f"{_quote(key)} is a taint Kubernetes reserves for control-plane, cordoned, "
+            "unhealthy or add-on nodes, and tolerating it is not allowed in this cluster; "
+            "remove the toleration, or ask an administrator to allow the key "
+            "(trainer.allowedTolerationKeys)"
+        )
     return None
 
 
@@ -193,7 +303,7 @@ def policy_problems(spec: FineTuneJobSpec, config: OperatorConfig) -> list[str]:
     for field, endpoint in _endpoints(spec):
         problem = endpoint_problem(endpoint, config.allowed_s3_endpoints)
         if problem:
-            problems.append(f"{field}: {endpoint} {problem}")
+            problems.append(f"{field}: {_quote(endpoint)} {problem}")
     priority = spec.scheduling.priority_class_name
     if priority:
         listed = config.allowed_priority_classes
@@ -208,12 +318,10 @@ def policy_problems(spec: FineTuneJobSpec, config: OperatorConfig) -> list[str]:
                 "cluster's own components; leave it unset or use one of the cluster's "
                 "priority classes for workloads"
             )
-    if not config.allow_wildcard_tolerations:
-        for index, toleration in enumerate(spec.scheduling.tolerations or []):
-            if not toleration.key:
-                problems.append(
-                    f"spec.scheduling.tolerations[{index}]: a toleration without a key "
-                    "tolerates every taint (control-plane and reserved nodes included) and "
-                    "is not allowed in this cluster; name the taint's key"
-                )
+    for index, toleration in enumerate(spec.scheduling.tolerations or []):
+        problem = toleration_problem(
+            toleration, config.allowed_toleration_keys, config.allow_wildcard_tolerations
+        )
+        if problem:
+            problems.append(f"spec.scheduling.tolerations[{index}]: {problem}")
     return problems

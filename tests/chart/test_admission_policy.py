@@ -4,10 +4,11 @@ token can create nothing but trainer Jobs outside the system namespaces."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -18,7 +19,7 @@ from finetune_operator.api.spec import FineTuneJobSpec
 from finetune_operator.builders import Owner, build_job
 from finetune_operator.config import OperatorConfig
 
-from .helm import REPO, of_kind, render
+from .helm import REPO, container_env, of_kind, render
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +30,7 @@ DIGEST = "sha256:" + "a" * 64
 S3 = {"uri": "s3://bucket/runs"}
 
 
-def _values(namespace: str) -> dict[str, Any]:
+def _values(namespace: str, **trainer: Any) -> dict[str, Any]:
     return {
         "admissionPolicy": {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
@@ -38,6 +39,7 @@ def _values(namespace: str) -> dict[str, Any]:
             "allowedImages": ["registry.example/ml/", "ghcr.io/org/trainer", "r/pinned:1.0"],
             "allowedServiceAccounts": ["trainer"],
             "allowedPriorityClasses": ["batch-low"],
+            **trainer,
         },
     }
 
@@ -51,12 +53,11 @@ def crd(cluster: LocalCluster) -> None:
     )
 
 
-@pytest.fixture
-def policies(
-    cluster: LocalCluster, helm: Any, namespace: str, crd: None
+@contextlib.contextmanager
+def _installed(
+    cluster: LocalCluster, helm: Any, values: dict[str, Any]
 ) -> Iterator[list[dict[str, Any]]]:
-    """The chart's policies and bindings, installed for this test's namespace."""
-    objects = render(helm, _values(namespace), release=RELEASE, namespace=RELEASE_NAMESPACE)
+    objects = render(helm, values, release=RELEASE, namespace=RELEASE_NAMESPACE)
     chosen = of_kind(objects, "ValidatingAdmissionPolicy") + of_kind(
         objects, "ValidatingAdmissionPolicyBinding"
     )
@@ -67,6 +68,15 @@ def policies(
         yield chosen
     finally:
         cluster.kubectl(["delete", "--ignore-not-found", "-f", "-"], input=text)
+
+
+@pytest.fixture
+def policies(
+    cluster: LocalCluster, helm: Any, namespace: str, crd: None
+) -> Iterator[list[dict[str, Any]]]:
+    """The chart's policies and bindings, installed for this test's namespace."""
+    with _installed(cluster, helm, _values(namespace)) as chosen:
+        yield chosen
 
 
 @pytest.fixture
@@ -200,10 +210,31 @@ def test_the_clusters_policy_holds_at_admission(
         "http://localhost:9000",
         "https://kubernetes.default.svc",
         "http://metadata.google.internal.",
+        "http://100.100.100.200",  # Alibaba Cloud's metadata service
+        "http://192.0.0.192",
+        "http://[64:ff9b::a9fe:a9fe]",  # NAT64 of 169.254.169.254
+        "http://[64:ff9b::7f00:1]:9000",  # NAT64 of 127.0.0.1
+        "http://[::a9fe:a9fe]",  # IPv4-compatible
+        "http://[::ffff:0:a9fe:a9fe]",  # IPv4-translated
+        "http://[::ffff:169.254.1.1]",
+        "http://evil.com!.minio.svc",  # no DNS name
     ):
         message = _refused(cluster, namespace, {"output": {"s3": {**S3, "endpoint": endpoint}}})
         assert f"S3 endpoint {endpoint} is not allowed" in message
-    _admitted(cluster, namespace, {"output": {"s3": {**S3, "endpoint": "https://minio.example"}}})
+    # A backslash ends the host for some URL parsers (urllib3 reads evil.com); the API
+    # server's does not take it in a host at all.
+    message = _refused(
+        cluster, namespace, {"output": {"s3": {**S3, "endpoint": "http://evil.com\\.minio.svc"}}}
+    )
+    assert "S3 endpoint http://evil.com\\.minio.svc is not allowed" in message
+    for endpoint in (
+        "https://minio.example",
+        "http://minio_1.minio.svc:9000",
+        "http://[64:ff9b::a00:5]",  # NAT64 of 10.0.0.5
+        "http://[2001:db8::5]:9000",
+        "http://100.100.100.201",
+    ):
+        _admitted(cluster, namespace, {"output": {"s3": {**S3, "endpoint": endpoint}}})
 
     assert "system-node-critical is not allowed" in _refused(
         cluster, namespace, {"scheduling": {"priorityClassName": "system-node-critical"}}
@@ -214,6 +245,36 @@ def test_the_clusters_policy_holds_at_admission(
     )
     _admitted(
         cluster, namespace, {"scheduling": {"tolerations": [{"key": "gpu", "operator": "Exists"}]}}
+    )
+    for key in (
+        "node-role.kubernetes.io/control-plane",
+        "node-role.kubernetes.io/master",
+        "node.kubernetes.io/unschedulable",
+        "node.cloudprovider.kubernetes.io/uninitialized",
+        "CriticalAddonsOnly",
+    ):
+        toleration = {"key": key, "operator": "Exists"}
+        message = _refused(cluster, namespace, {"scheduling": {"tolerations": [toleration]}})
+        assert f"spec.scheduling.tolerations: {key} is a taint Kubernetes reserves" in message
+        assert "trainer.allowedTolerationKeys" in message
+    # Kubernetes' own form of not-ready and unreachable passes; any other does not.
+    delayed = [
+        {"key": f"node.kubernetes.io/{condition}", "operator": "Exists", "effect": "NoExecute"}
+        for condition in ("not-ready", "unreachable")
+    ]
+    assert "node.kubernetes.io/not-ready (and 1 more) is a taint" in _refused(
+        cluster, namespace, {"scheduling": {"tolerations": delayed}}
+    )
+    for toleration in delayed:
+        toleration["tolerationSeconds"] = 60
+    _admitted(cluster, namespace, {"scheduling": {"tolerations": delayed}})
+    scheduled = {
+        "key": "node.kubernetes.io/not-ready",
+        "operator": "Exists",
+        "effect": "NoSchedule",
+    }
+    assert "node.kubernetes.io/not-ready is a taint" in _refused(
+        cluster, namespace, {"scheduling": {"tolerations": [scheduled]}}
     )
 
     for image in (
@@ -238,6 +299,37 @@ def test_the_clusters_policy_holds_at_admission(
         cluster, namespace, {"serviceAccountName": "admin-bot"}
     )
     _admitted(cluster, namespace, {"serviceAccountName": "trainer"})
+
+
+def test_the_clusters_lists_hold_at_admission(
+    cluster: LocalCluster, helm: Any, namespace: str, crd: None, tenant: str
+) -> None:
+    values = _values(
+        namespace,
+        allowedS3Endpoints=["*.minio.svc"],
+        allowedTolerationKeys=["CriticalAddonsOnly", "node.kubernetes.io/not-ready"],
+    )
+    # The operator applies the same lists (policy.py) from its environment.
+    (deployment,) = of_kind(
+        render(helm, values, release=RELEASE, namespace=RELEASE_NAMESPACE), "Deployment"
+    )
+    env = container_env(deployment)
+    assert env["FTO_ALLOWED_S3_ENDPOINTS"] == "*.minio.svc"
+    assert env["FTO_ALLOWED_TOLERATION_KEYS"] == "CriticalAddonsOnly,node.kubernetes.io/not-ready"
+    with _installed(cluster, helm, values):
+        _in_force(cluster, namespace)
+        _admitted(cluster, namespace, {"output": {"s3": {**S3, "endpoint": "http://s3.minio.svc"}}})
+        # Hosts that end in the allowed suffix only for a parser that reads past the name.
+        for endpoint in ("http://evil.com!.minio.svc", "http://evil.com\\.minio.svc"):
+            message = _refused(cluster, namespace, {"output": {"s3": {**S3, "endpoint": endpoint}}})
+            assert f"S3 endpoint {endpoint} is not allowed" in message
+        for key in ("CriticalAddonsOnly", "node.kubernetes.io/not-ready"):
+            listed = {"scheduling": {"tolerations": [{"key": key, "operator": "Exists"}]}}
+            _admitted(cluster, namespace, listed)
+        unlisted = {"key": "node.kubernetes.io/unschedulable", "operator": "Exists"}
+        assert "node.kubernetes.io/unschedulable is a taint" in _refused(
+            cluster, namespace, {"scheduling": {"tolerations": [unlisted]}}
+        )
 
 
 def _job_as_operator(
@@ -279,8 +371,8 @@ def test_the_operators_token_creates_only_trainer_jobs(
         owner = Owner(name="run", namespace=namespace, uid="0f0e0d0c-0000-4000-8000-000000000001")
         spec = FineTuneJobSpec.model_validate({"output": {"s3": S3}})
         config = OperatorConfig(trainer_image="ghcr.io/finetune-operator/trainer:0.1.0")
+        # Admission cannot see whether the owner exists (dry runs reach no garbage collector).
         trainer_job = build_job(spec, owner, config)
-        trainer_job["metadata"].pop("ownerReferences")  # no such FineTuneJob here
         wait_for(
             lambda: _job_as_operator(cluster, _in(trainer_job, "kube-system")).returncode != 0,
             timeout=30,
@@ -308,6 +400,87 @@ def test_the_operators_token_creates_only_trainer_jobs(
         assert (
             "trainer image evil/miner:1 is not allowed" in _job_as_operator(cluster, image).stderr
         )
+
+        def refused_as_operator(change: Callable[[dict[str, Any]], object], why: str) -> None:
+            job = json.loads(json.dumps(trainer_job))
+            change(job)
+            result = _job_as_operator(cluster, job)
+            assert result.returncode != 0, f"admitted: {job}"
+            assert why in result.stderr, result.stderr
+
+        def pod(job: dict[str, Any]) -> dict[str, Any]:
+            return cast(dict[str, Any], job["spec"]["template"]["spec"])
+
+        def context(job: dict[str, Any]) -> dict[str, Any]:
+            return cast(dict[str, Any], pod(job)["containers"][0]["securityContext"])
+
+        unowned = "the operator creates only Jobs that a FineTuneJob controls"
+        refused_as_operator(lambda job: job["metadata"].pop("ownerReferences"), unowned)
+        refused_as_operator(
+            lambda job: job["metadata"]["ownerReferences"][0].update(controller=False), unowned
+        )
+        refused_as_operator(
+            lambda job: job["metadata"]["ownerReferences"][0].update(
+                apiVersion="apps/v1", kind="Deployment"
+            ),
+            unowned,
+        )
+        refused_as_operator(
+            lambda job: job["metadata"]["ownerReferences"][0].update(apiVersion="evil.dev/v1"),
+            unowned,
+        )
+        placed = "that the scheduler places (no spec.nodeName)"
+        refused_as_operator(lambda job: pod(job).update(nodeName="control-plane-1"), placed)
+        refused_as_operator(lambda job: pod(job)["securityContext"].update(runAsUser=0), placed)
+        refused_as_operator(
+            lambda job: pod(job)["securityContext"].update(seccompProfile={"type": "Unconfined"}),
+            placed,
+        )
+        container = "container trainer does not"
+        for change in (
+            {"runAsNonRoot": False},
+            {"runAsUser": 0},
+            {"seccompProfile": {"type": "Unconfined"}},
+            {"appArmorProfile": {"type": "Unconfined"}},
+        ):
+            refused_as_operator(lambda job, change=change: context(job).update(change), container)
+
+        def unmasked(job: dict[str, Any]) -> None:
+            pod(job)["hostUsers"] = False  # the API server takes Unmasked only with it
+            context(job)["procMount"] = "Unmasked"
+
+        refused_as_operator(unmasked, container)
+        # Already refused for the trainer container by the older check.
+        refused_as_operator(
+            lambda job: context(job).pop("allowPrivilegeEscalation"),
+            "without an API token, host namespaces or privileges",
+        )
+        for change in (
+            {"privileged": True, "allowPrivilegeEscalation": True},
+            {"capabilities": {"drop": ["ALL"], "add": ["NET_RAW"]}},
+        ):
+            refused_as_operator(
+                lambda job, change=change: context(job).update(change),
+                "without an API token, host namespaces or privileges",
+            )
+        refused_as_operator(
+            lambda job: pod(job)["containers"][0]["ports"][0].update(hostPort=9400), container
+        )
+        refused_as_operator(
+            lambda job: pod(job)["containers"][0].update(securityContext={}),
+            "without an API token, host namespaces or privileges",
+        )
+        # An init container (refused as such, and for its privileges, whichever reports).
+        init = {"name": "setup", "image": "ghcr.io/finetune-operator/trainer:0.1.0"}
+        refused_as_operator(
+            lambda job: pod(job).update(initContainers=[{**init, "securityContext": {}}]),
+            "run the trainer",
+        )
+        for flag in ("hostNetwork", "hostPID", "hostIPC"):
+            refused_as_operator(
+                lambda job, flag=flag: pod(job).update({flag: True}), "host namespaces"
+            )
+
         # Anyone else's Jobs are not the operator policy's business.
         plain = cluster.kubectl(
             ["create", "--dry-run=server", "-f", "-"], input=json.dumps(shell), check=False

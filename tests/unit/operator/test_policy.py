@@ -118,6 +118,20 @@ def s3_output(endpoint: str) -> FineTuneJobSpec:
         "http://metadata.google.internal",
         "https://kubernetes.default.svc",
         "http://LOCALHOST.",
+        "http://100.100.100.200",  # Alibaba Cloud's metadata service
+        "http://1684301000",  # the same, as one number
+        "http://192.0.0.192",  # Oracle Cloud Classic's
+        "http://[64:ff9b::a9fe:a9fe]",  # NAT64 of 169.254.169.254
+        "http://[64:ff9b::169.254.169.254]",
+        "http://[64:ff9b::7f00:1]:9000",  # NAT64 of 127.0.0.1
+        "http://[::a9fe:a9fe]",  # IPv4-compatible
+        "http://[::169.254.169.254]",
+        "http://[::ffff:0:a9fe:a9fe]",  # IPv4-translated
+        "http://[::ffff:169.254.1.1]",
+        "http://[::ffff:a9fe:a9fe]",
+        "http://evil.com\\.minio.svc",  # urllib3 reads the host as evil.com
+        "http://evil.com!.minio.svc",
+        "http://:9000",
     ],
 )
 def test_loopback_metadata_and_the_api_server_are_refused_by_default(endpoint: str) -> None:
@@ -126,7 +140,16 @@ def test_loopback_metadata_and_the_api_server_are_refused_by_default(endpoint: s
 
 
 @pytest.mark.parametrize(
-    "endpoint", ["https://minio.example:9000", "http://10.0.0.5:9000", "http://minio.minio.svc"]
+    "endpoint",
+    [
+        "https://minio.example:9000",
+        "http://10.0.0.5:9000",
+        "http://minio.minio.svc",
+        "http://minio_1.minio.svc",
+        "http://[2001:db8::5]:9000",
+        "http://[64:ff9b::a00:5]",  # NAT64 of 10.0.0.5
+        "http://100.100.100.201",
+    ],
 )
 def test_other_endpoints_pass_by_default(endpoint: str) -> None:
     assert policy_problems(s3_output(endpoint), OperatorConfig()) == []
@@ -143,6 +166,47 @@ def test_with_a_list_only_listed_endpoints_pass() -> None:
     (problem,) = policy_problems(s3_output("http://minio.minio.svc:9001"), config)
     assert "is not one of the S3 endpoints allowed in this cluster" in problem
     assert policy_problems(s3_output("https://attacker.example"), config) != []
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["http://evil.com\\.minio.svc", "http://evil.com!.minio.svc", "http://evil.com%5c.minio.svc"],
+)
+def test_a_host_that_is_no_dns_name_does_not_pass_as_a_listed_suffix(endpoint: str) -> None:
+    config = OperatorConfig(allowed_s3_endpoints=("*.minio.svc",))
+    (problem,) = policy_problems(s3_output(endpoint), config)
+    assert problem.startswith(f"spec.output.s3.endpoint: {endpoint} does not name its host as")
+
+
+def test_ipv4_written_as_ipv6_is_refused_unless_nat64() -> None:
+    (problem,) = policy_problems(s3_output("http://[::ffff:10.0.0.5]"), OperatorConfig())
+    assert "is an IPv4 address written as IPv6" in problem
+    assert "write the IPv4 address itself" in problem
+    (problem,) = policy_problems(s3_output("http://[::10.0.0.5]"), OperatorConfig())
+    assert "is an IPv4 address written as IPv6" in problem
+
+
+def test_the_api_servers_address_as_the_operator_sees_it_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    for endpoint in ("https://10.96.0.1", "http://10.96.0.1:9000", "http://[64:ff9b::a60:1]"):
+        (problem,) = policy_problems(s3_output(endpoint), OperatorConfig())
+        assert problem.endswith("is the Kubernetes API server, not an S3 endpoint"), problem
+    assert policy_problems(s3_output("http://10.96.0.2"), OperatorConfig()) == []
+    # An administrator's list decides alone.
+    listed = OperatorConfig(allowed_s3_endpoints=("10.96.0.1",))
+    assert policy_problems(s3_output("https://10.96.0.1"), listed) == []
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "fd00:10:96::1")
+    assert policy_problems(s3_output("https://[fd00:10:96::1]"), OperatorConfig()) != []
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+    assert policy_problems(s3_output("https://10.96.0.1"), OperatorConfig()) == []
+
+
+def test_a_long_endpoint_is_quoted_bounded() -> None:
+    endpoint = "http://" + "a" * 1500 + "\\.minio.svc"
+    (problem,) = policy_problems(s3_output(endpoint), OperatorConfig())
+    assert len(problem) < 600 and "[truncated" in problem
 
 
 def test_system_priority_classes_and_wildcard_tolerations_are_refused() -> None:
@@ -170,16 +234,76 @@ def test_system_priority_classes_and_wildcard_tolerations_are_refused() -> None:
     ]
 
 
+def tolerating(*tolerations: dict[str, object]) -> FineTuneJobSpec:
+    return spec_of({"scheduling": {"tolerations": list(tolerations)}})
+
+
+@pytest.mark.parametrize(
+    "toleration",
+    [
+        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"},
+        {"key": "node-role.kubernetes.io/master", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "node.kubernetes.io/unschedulable", "operator": "Exists"},
+        {"key": "node.kubernetes.io/disk-pressure", "operator": "Exists"},
+        {"key": "node.kubernetes.io/out-of-service", "operator": "Equal", "value": "x"},
+        {"key": "node.cloudprovider.kubernetes.io/uninitialized", "operator": "Exists"},
+        {"key": "CriticalAddonsOnly", "operator": "Exists"},
+    ],
+)
+def test_tolerations_of_reserved_taints_are_refused(toleration: dict[str, object]) -> None:
+    (problem,) = policy_problems(tolerating(toleration), OperatorConfig())
+    assert problem == (
+        f"spec.scheduling.tolerations[0]: {toleration['key']} is a taint Kubernetes reserves "
+        "for control-plane, cordoned, unhealthy or add-on nodes, and tolerating it is not "
+        "allowed in this cluster; remove the toleration, or ask an administrator to allow "
+        "the key (trainer.allowedTolerationKeys)"
+    )
+    # Allowing wildcards is not allowing these; listing the key is.
+    assert policy_problems(tolerating(toleration), OperatorConfig(allow_wildcard_tolerations=True))
+    listed = OperatorConfig(allowed_toleration_keys=(str(toleration["key"]),))
+    assert policy_problems(tolerating(toleration), listed) == []
+
+
+def test_not_ready_and_unreachable_pass_only_as_kubernetes_adds_them() -> None:
+    for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
+        delayed = {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 60}
+        assert policy_problems(tolerating(delayed), OperatorConfig()) == []
+        forever = {"key": key, "operator": "Exists", "effect": "NoExecute"}
+        scheduled = {"key": key, "operator": "Exists", "effect": "NoSchedule"}
+        every = {"key": key, "operator": "Exists"}
+        problems = policy_problems(tolerating(forever, scheduled, every), OperatorConfig())
+        assert [p.split(":")[0] for p in problems] == [
+            "spec.scheduling.tolerations[0]",
+            "spec.scheduling.tolerations[1]",
+            "spec.scheduling.tolerations[2]",
+        ]
+        expected = f"{key} may be tolerated only with effect NoExecute and a tolerationSeconds"
+        assert expected in problems[0]
+        listed = OperatorConfig(allowed_toleration_keys=(key,))
+        assert policy_problems(tolerating(forever, scheduled, every), listed) == []
+
+
+def test_other_taints_may_be_tolerated() -> None:
+    spec = tolerating(
+        {"key": "nvidia.com/gpu", "operator": "Exists"},
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"},
+        {"key": "example.com/node.kubernetes.io", "operator": "Exists"},
+    )
+    assert policy_problems(spec, OperatorConfig()) == []
+
+
 def test_the_new_lists_come_from_the_environment() -> None:
     config = OperatorConfig.from_env(
         {
             "FTO_ALLOWED_S3_ENDPOINTS": "a.example:9000,*.b.example",
             "FTO_ALLOWED_PRIORITY_CLASSES": "low",
             "FTO_ALLOW_WILDCARD_TOLERATIONS": "true",
+            "FTO_ALLOWED_TOLERATION_KEYS": "CriticalAddonsOnly, node-role.kubernetes.io/gpu",
         }
     )
     assert config.allowed_s3_endpoints == ("a.example:9000", "*.b.example")
     assert config.allowed_priority_classes == ("low",)
     assert config.allow_wildcard_tolerations is True
+    assert config.allowed_toleration_keys == ("CriticalAddonsOnly", "node-role.kubernetes.io/gpu")
     with pytest.raises(ValueError, match="FTO_ALLOW_WILDCARD_TOLERATIONS must be true or false"):
         OperatorConfig.from_env({"FTO_ALLOW_WILDCARD_TOLERATIONS": "yes"})
