@@ -247,7 +247,10 @@ def test_network_policies_are_on_by_default_and_match_the_pods(helm: Path) -> No
         peer for rule in trainer_policy["spec"]["egress"][1:] for peer in rule["to"]
     ]
     assert in_cluster == {"namespaceSelector": {}}
-    assert v4["ipBlock"] == {"cidr": "0.0.0.0/0", "except": ["169.254.0.0/16"]}
+    assert v4["ipBlock"] == {
+        "cidr": "0.0.0.0/0",
+        "except": ["169.254.0.0/16", "100.100.100.200/32", "192.0.0.192/32"],
+    }
     assert v6["ipBlock"] == {"cidr": "::/0", "except": ["fe80::/10", "fd00:ec2::254/128"]}
     assert (
         trainer_policy["spec"]["podSelector"]["matchLabels"].items() <= trainer_pod_labels.items()
