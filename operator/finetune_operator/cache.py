@@ -214,9 +214,8 @@ class ClusterCache:
             if len(self._echoes) < _MAX_PENDING_ECHOES:
                 self._echoes[uid] = (str(version), self._clock(), what)
 
-    def _store(self, body: Obj, *, from_watch: bool) -> bool:
-        """Keep ``body`` unless the cache has a newer version of it; True when it is new
-        to the cache or newer than what the cache had."""
+    def _store(self, body: Obj, *, from_watch: bool) -> None:
+        """Keep ``body`` unless the cache has a newer version of it."""
         kind = body.get("kind")
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid") or "")
@@ -231,7 +230,7 @@ class ClusterCache:
             trimmed = trim_pod(body)
             old = self._pods.get(uid)
             if not _newer_or_same(old, trimmed):
-                return False
+                return
             # Labels can be edited: a pod relabelled to another owner leaves the first.
             self._drop_pod(uid)
             owner = trimmed["metadata"]["labels"].get(LABEL_OWNER_UID)
@@ -242,7 +241,7 @@ class ClusterCache:
             trimmed = trim_job(body)
             old = self._jobs.get(key)
             if not _newer_or_same(old, trimmed):
-                return False
+                return
             if old is not None:  # a Job of the same name may be a new one
                 self._job_keys.pop(old["metadata"].get("uid"), None)
             self._jobs[key] = trimmed
@@ -251,20 +250,10 @@ class ClusterCache:
             trimmed = trim_finetunejob(body)
             old = self._finetunejobs.get(key)
             if not _newer_or_same(old, trimmed):
-                return False
+                return
             self._finetunejobs[key] = trimmed
-        else:
-            return False
-        return old is None or not _newer_or_same(trimmed, old)
 
-    # --- fed by the periodic listing (resync.py) --------------------------------------------
-    def relisted(self, body: Obj) -> bool:
-        """An object as a listing returned it; True when the cache learnt something."""
-        with self._lock:
-            if str((body.get("metadata") or {}).get("uid") or "") in self._deleted:
-                return False
-            return self._store(body, from_watch=True)
-
+    # --- fed by the periodic listing (resync.py) ---------------------------------------------
     def unlisted(
         self, kind: str, namespace: str | None, listed: set[str], snapshot: str
     ) -> list[Obj]:

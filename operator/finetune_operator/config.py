@@ -45,8 +45,8 @@ class OperatorConfig:
     # How long a watch may take to deliver the operator's own write back before the
     # liveness probe calls the stream stuck.
     watch_echo_deadline_seconds: float = 150.0
-    # How often the operator lists what it watches, to catch what a broken watch missed
-    # (resync.py): three paged LISTs each time.
+    # How often the operator lists what it watches, to catch deletions a broken watch
+    # missed (resync.py): a metadata-only LIST per kind and watched namespace.
     resync_seconds: float = 600.0
     # Prefix for kopf's finalizer and bookkeeping annotations.
     annotation_prefix: str = GROUP

@@ -69,8 +69,9 @@ def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
     settings.networking.request_timeout = 60
     settings.watching.inactivity_timeout = 90
     # The initial listing a page at a time: thousands of pods at once would be one
-    # response of tens of megabytes, held whole while it is parsed.
-    settings.watching.chunk_size = 500
+    # response of tens of megabytes (more, if tenants fill their pods' annotations), held
+    # whole while it is parsed.
+    settings.watching.chunk_size = 100
     # One replica with a Recreate strategy: no peering objects (and no RBAC for them).
     settings.peering.standalone = True
     settings.peering.mandatory = False

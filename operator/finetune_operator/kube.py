@@ -48,8 +48,11 @@ class StatusRejected(Exception):
 _REJECTED = (400, 403, 422)
 # ResourceQuota admission's refusals, which a later create may not meet.
 _QUOTA_MESSAGES = ("exceeded quota", "status unknown for quota")
-# Objects per page when listing children, so a list never holds the whole cluster at once.
-_PAGE = 500
+# Objects per page when listing, so a list never holds the whole cluster at once (nor
+# much of what tenants can make large: a pod's annotations alone may hold 256 KiB).
+_PAGE = 100
+# The API server's metadata-only form of a list (what kubectl get uses for its tables).
+_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
 
 def _api_message(exc: ApiException) -> str:
@@ -158,11 +161,17 @@ class Kube:
             for items, _version in self.list_pages(kind, namespace):
                 yield from items
 
-    def list_pages(self, kind: str, namespace: str | None) -> Iterator[tuple[list[Obj], str]]:
+    def list_pages(
+        self, kind: str, namespace: str | None, *, metadata_only: bool = False
+    ) -> Iterator[tuple[list[Obj], str]]:
         """Every FineTuneJob, or every labelled Job or pod (``kind``), in ``namespace``
         (None: all namespaces), a page at a time: the page's objects, each with its kind,
         and the resourceVersion of the listing (every page is of the same snapshot; an
-        empty listing is one empty page)."""
+        empty listing is one empty page).
+
+        ``metadata_only``: each object's metadata alone, from the API server's watch cache
+        (resourceVersion 0: not from etcd, and a few hundred bytes an object, however
+        large a tenant made its pods)."""
         lists = {
             "FineTuneJob": (self._list_finetunejobs, self._list_all_finetunejobs, None),
             "Job": (
@@ -184,6 +193,10 @@ class Kube:
                 "_preload_content": False,
                 "_request_timeout": self.timeout,
             }
+            if metadata_only:
+                query["_headers"] = {"Accept": _METADATA_LIST}
+                if not token:
+                    query["resource_version"] = "0"
             if selector:
                 query["label_selector"] = selector
             if token:

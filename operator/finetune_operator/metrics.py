@@ -11,6 +11,7 @@ finetune_operator_scrapes_total{result}           trainer metrics reads: ok | fa
 finetune_operator_poll_round_seconds              histogram of one progress-poll round
 finetune_operator_workqueue_depth                 FineTuneJobs waiting to be reconciled
 finetune_operator_cached_objects{kind}            objects in the watch cache
+finetune_operator_resync_failures_total           periodic listings that failed (resync.py)
 
 Every label value comes from a fixed set (reasons.py), whatever the tenants' trainers say.
 """
@@ -72,6 +73,11 @@ class OperatorMetrics:
         self.poll_round_seconds = Histogram(
             "finetune_operator_poll_round_seconds",
             "Time one progress-poll round took.",
+            registry=self.registry,
+        )
+        self.resync_failures = Counter(
+            "finetune_operator_resync_failures",
+            "Periodic listings of FineTuneJobs, Jobs or pods (resync.py) that failed.",
             registry=self.registry,
         )
         self._state = _StateCollector()

@@ -103,6 +103,7 @@ class OperatorRuntime:
             interval=config.resync_seconds,
             changed=changed,
             deleted=deleted,
+            metrics=metrics,
         )
         health = Health(
             queue,

@@ -18,10 +18,11 @@ the rest can be narrowed (chart ``trainer.allowed*``, ``FTO_ALLOWED_*``):
   refused unless allowed, and so is one of a taint Kubernetes reserves: the control
   plane's (``node-role.kubernetes.io/*``), cordoned and unhealthy nodes'
   (``node.kubernetes.io/*``, which lets a pod onto a cordoned node), uninitialised nodes'
-  (``node.cloudprovider.kubernetes.io/*``) and ``CriticalAddonsOnly``, unless the key is
-  listed. ``node.kubernetes.io/not-ready`` and ``unreachable`` pass as Kubernetes adds
-  them to every pod, with effect NoExecute and a tolerationSeconds: that only sets how
-  long the pod stays on a failed node.
+  (``node.cloudprovider.kubernetes.io/*``), ``CriticalAddonsOnly``, and the cluster
+  autoscaler's marks on nodes it is removing, unless the key is listed.
+  ``node.kubernetes.io/not-ready`` and ``unreachable`` pass as Kubernetes adds them to
+  every pod, with effect NoExecute and a tolerationSeconds: that only sets how long the
+  pod stays on a failed node.
 - Images and ServiceAccounts pass when unlisted lists are empty; with a list, only listed
   ones (and the operator's own defaults) pass.
 
@@ -80,13 +81,20 @@ _HOST_NAME = re.compile(r"^[a-z0-9._-]+$")
 # Taints Kubernetes puts on nodes ordinary workloads stay off: the control plane's role
 # (node-role.kubernetes.io/control-plane, the older .../master), cordoned, unhealthy and
 # out-of-service nodes (node.kubernetes.io/unschedulable lets a pod onto a cordoned node),
-# nodes the cloud provider has not initialised, and nodes kept for critical add-ons.
+# nodes the cloud provider has not initialised, nodes kept for critical add-ons, and nodes
+# the cluster autoscaler is about to remove (a pod there would be killed within minutes).
 _RESERVED_TAINT_PREFIXES = (
     "node-role.kubernetes.io/",
     "node.kubernetes.io/",
     "node.cloudprovider.kubernetes.io/",
 )
-_RESERVED_TAINT_KEYS = frozenset({"CriticalAddonsOnly"})
+_RESERVED_TAINT_KEYS = frozenset(
+    {
+        "CriticalAddonsOnly",
+        "ToBeDeletedByClusterAutoscaler",
+        "DeletionCandidateOfClusterAutoscaler",
+    }
+)
 # Kubernetes gives every pod these, NoExecute for 300 seconds (DefaultTolerationSeconds):
 # another tolerationSeconds only changes how long the pod stays on a failed node. Any other
 # form (NoSchedule, or no tolerationSeconds) would schedule onto, or stay forever on,

@@ -10,6 +10,7 @@ harm, and a FineTuneJob that nothing happens to costs no API request.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 # A status write that met a newer version comes back when the watch delivers that
 # version; this is the fallback should the event be lost.
 _CONFLICT_RETRY_SECONDS = 5.0
+# Jobs created by this process that are remembered as its own: far more than are created
+# between a Job's creation and the status write that records it.
+_MADE_REMEMBERED = 10_000
 
 
 def parse_spec(body: Obj) -> tuple[FineTuneJobSpec | None, list[str]]:
@@ -104,6 +108,8 @@ class Reconciler:
         self.progress = progress if progress is not None else ProgressBoard()
         self.metrics = metrics if metrics is not None else OperatorMetrics()
         self.events = events if events is not None else EventRecorder(kube)
+        # Uids of the Jobs this process created, newest last.
+        self._made: OrderedDict[str, None] = OrderedDict()
 
     def reconcile(self, key: Hashable) -> Outcome:
         """Converge one FineTuneJob, keyed (namespace, name)."""
@@ -262,12 +268,18 @@ class Reconciler:
                     backoff=True,
                 )
         else:
-            if not previous.get("jobName"):
+            if not previous.get("jobName") and job["metadata"].get("uid") not in self._made:
                 # The first time this FineTuneJob meets its Job without having made it in
                 # this process (the operator restarted between creating it and recording
                 # it, or someone else made it): adopt it only if it is what the operator
-                # would have made.
-                problem = adoption_problem(build_job(spec, owner, self.config), job, owner.uid)
+                # would have made, judged on the whole Job (the cache keeps only the parts
+                # the operator reads; a planted selector or managedBy is not among them).
+                whole = self.kube.get_job(owner.namespace, owner.child_name)
+                if whole is None:  # deleted meanwhile: its watch event follows
+                    return Convergence(
+                        StatusUpdate(dict(previous)), retry_after=_CONFLICT_RETRY_SECONDS
+                    )
+                problem = adoption_problem(build_job(spec, owner, self.config), whole, owner.uid)
                 if problem:
                     message = conflict_message("Job", owner.namespace, owner.child_name, problem)
                     return Convergence(
@@ -312,6 +324,12 @@ class Reconciler:
         job, created = self.kube.ensure(build_job(spec, owner, self.config), owner.uid)
         self.cache.record_write(job, f"Job {owner.namespace}/{owner.child_name}")
         if created:
+            # Made here, as built: never judged for adoption, even once Kueue has added its
+            # flavor's nodeSelector and tolerations and the status write that records it
+            # failed.
+            self._made[str(job["metadata"].get("uid"))] = None
+            while len(self._made) > _MADE_REMEMBERED:
+                self._made.popitem(last=False)
             self.metrics.jobs_created.inc()
             log.info("%s/%s: created Job %s", owner.namespace, owner.name, owner.child_name)
         return job, created

@@ -3,21 +3,20 @@
 A watch that breaks and reconnects lists its objects again, and a listing says nothing of
 the objects deleted in between: no DELETED event ever comes for them. client-go's
 informers compare the new listing with their store; kopf, which runs the operator's
-watches, does not. Left alone, the cache would keep such objects forever: a Job deleted
-during an outage would look present (so never recreated), a deleted pod's address would
-stay on the poller's list, and a deleted FineTuneJob would stay in memory.
+watches, does not (it delivers the listed objects, so changes are caught, deletions not).
+Left alone, the cache would keep such objects forever: a Job deleted during an outage
+would look present (so never recreated), a deleted pod's address would stay on the
+poller's list, and a deleted FineTuneJob would stay in memory.
 
-So every ``interval`` seconds the operator lists FineTuneJobs, then its Jobs and pods,
-a page at a time, and:
+So every ``interval`` seconds the operator lists the metadata of its FineTuneJobs, Jobs
+and pods from the API server's watch cache, and removes what the listing lacks though the
+cache has seen nothing of it after the listing's resourceVersion (deleted meanwhile):
+the owner of a Job or pod is queued and a FineTuneJob forgotten, as the DELETED event
+would have done.
 
-- takes any version newer than the cache's (a change a broken watch missed), queueing the
-  FineTuneJob it concerns;
-- removes what the listing lacks though the cache has seen nothing of it after the
-  listing's resourceVersion (deleted meanwhile), queueing the owner of a Job or pod and
-  forgetting a FineTuneJob, as the DELETED event would have.
-
-It costs the API server three paged LISTs per interval (default ten minutes), whatever
-the number of FineTuneJobs, and makes no write unless something really changed.
+Each round is three LISTs per watched namespace (one per kind, cluster-wide: three in
+all), served from the API server's memory rather than etcd, of metadata only (a few
+hundred bytes an object); one that fails is logged and counted, and the others go on.
 """
 
 from __future__ import annotations
@@ -26,10 +25,10 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from .cache import ClusterCache, Key, Obj, owner_key
 from .kube import Kube
+from .metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +41,13 @@ class Resync:
     cache: ClusterCache
     namespaces: tuple[str, ...]
     interval: float
-    # A FineTuneJob whose object or children changed behind the watches' back.
+    # A FineTuneJob whose Job or pod was deleted behind the watches' back.
     changed: Callable[[Key], None]
     # A FineTuneJob deleted behind the watches' back (its trimmed body).
     deleted: Callable[[Obj], None]
+    metrics: OperatorMetrics | None = None
     rounds: int = 0
+    failures: int = 0  # listings that failed
 
     async def run(self) -> None:
         """Resync every ``interval`` seconds until cancelled (the first after one interval:
@@ -61,37 +62,34 @@ class Resync:
 
     def once(self) -> dict[str, int]:
         """One resync of every kind in every watched namespace (blocking); how many
-        objects it found changed or gone, by kind."""
+        deleted objects it found, by kind."""
         found: dict[str, int] = {}
         for kind in KINDS:
             for namespace in self.namespaces or (None,):
-                found[kind] = found.get(kind, 0) + self._kind(kind, namespace)
+                try:
+                    gone = self._kind(kind, namespace)
+                except Exception:  # an expired page, a refusal: the next round tries again
+                    log.exception("resyncing %ss in %s failed", kind, namespace or "all")
+                    self.failures += 1
+                    if self.metrics is not None:
+                        self.metrics.resync_failures.inc()
+                    continue
+                found[kind] = found.get(kind, 0) + gone
         self.rounds += 1
         if any(found.values()):
-            log.info("resync: the watches had missed %s", found)
+            log.info("resync: the watches had missed the deletion of %s", found)
         return found
 
     def _kind(self, kind: str, namespace: str | None) -> int:
         listed: set[str] = set()
         snapshot = ""
-        touched = 0
-        for items, version in self.kube.list_pages(kind, namespace):
+        for items, version in self.kube.list_pages(kind, namespace, metadata_only=True):
             snapshot = version
-            for item in items:
-                listed.add(str(item["metadata"].get("uid")))
-                if self.cache.relisted(item):
-                    touched += 1
-                    self._queue(kind, item)
-        for gone in self.cache.unlisted(kind, namespace, listed, snapshot):
-            touched += 1
+            listed.update(str(item["metadata"].get("uid")) for item in items)
+        gone = self.cache.unlisted(kind, namespace, listed, snapshot)
+        for body in gone:
             if kind == "FineTuneJob":
-                self.deleted(gone)
-            else:
-                self._queue(kind, gone)
-        return touched
-
-    def _queue(self, kind: str, body: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        key = (meta["namespace"], meta["name"]) if kind == "FineTuneJob" else owner_key(body)
-        if key is not None:
-            self.changed(key)
+                self.deleted(body)
+            elif (key := owner_key(body)) is not None:
+                self.changed(key)
+        return len(gone)

@@ -11,7 +11,9 @@ It follows client-go's work queue, which every Kubernetes controller uses:
   with a delay that doubles up to a limit, and goes back to no delay once it succeeds.
 - A key added ``first`` (a FineTuneJob not yet given its Job), if the queue knows
   nothing of it yet, is worked before the others: in a burst of new FineTuneJobs, the
-  Jobs come before the status updates of the FineTuneJobs already given theirs.
+  Jobs come before the status updates of the FineTuneJobs already given theirs (but one
+  of the others is worked after every ``FIRST_RUN`` first keys, so no stream of new ones
+  holds them back for good).
 - A key that was just worked waits ``settle`` seconds before it is worked again: the
   changes that follow one another within a moment (a pod created, then marked
   unschedulable by the scheduler a few milliseconds later) make one status write, not one
@@ -33,6 +35,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
+
+# At most this many first keys in a row while other keys wait.
+FIRST_RUN = 8
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class WorkQueue:
         self._cond = threading.Condition()
         self._queue: deque[Hashable] = deque()
         self._first: deque[Hashable] = deque()  # served before _queue
+        self._first_run = 0  # first keys served in a row
         self._queued: set[Hashable] = set()
         self._active: dict[Hashable, float] = {}  # key -> when its work started
         self._again: set[Hashable] = set()  # came back while being worked
@@ -167,7 +173,13 @@ class WorkQueue:
                         del self._due[later]
                         self._add(later)
                 if self._first or self._queue:
-                    chosen = self._first.popleft() if self._first else self._queue.popleft()
+                    # First keys go first, but every FIRST_RUN-th turn goes to the others,
+                    # so a tenant creating FineTuneJobs without end cannot starve them.
+                    take_first = bool(self._first) and (
+                        not self._queue or self._first_run < FIRST_RUN
+                    )
+                    self._first_run = self._first_run + 1 if take_first else 0
+                    chosen = self._first.popleft() if take_first else self._queue.popleft()
                     self._queued.discard(chosen)
                     self._active[chosen] = now
                     return chosen

@@ -252,6 +252,7 @@ def test_the_clusters_policy_holds_at_admission(
         "node.kubernetes.io/unschedulable",
         "node.cloudprovider.kubernetes.io/uninitialized",
         "CriticalAddonsOnly",
+        "ToBeDeletedByClusterAutoscaler",
     ):
         toleration = {"key": key, "operator": "Exists"}
         message = _refused(cluster, namespace, {"scheduling": {"tolerations": [toleration]}})
@@ -436,12 +437,21 @@ def test_the_operators_token_creates_only_trainer_jobs(
             lambda job: pod(job)["securityContext"].update(seccompProfile={"type": "Unconfined"}),
             placed,
         )
+        for change in (
+            {"seLinuxOptions": {"type": "spc_t"}},
+            {"sysctls": [{"name": "kernel.shm_rmid_forced", "value": "0"}]},
+        ):
+            refused_as_operator(
+                lambda job, change=change: pod(job)["securityContext"].update(change), placed
+            )
+        refused_as_operator(lambda job: pod(job).update(runtimeClassName="unsandboxed"), placed)
         container = "container trainer does not"
         for change in (
             {"runAsNonRoot": False},
             {"runAsUser": 0},
             {"seccompProfile": {"type": "Unconfined"}},
             {"appArmorProfile": {"type": "Unconfined"}},
+            {"seLinuxOptions": {"type": "spc_t"}},
         ):
             refused_as_operator(lambda job, change=change: context(job).update(change), container)
 

@@ -165,24 +165,25 @@ def test_a_relabelled_pod_moves_to_its_new_owner() -> None:
     assert cache.trainer_pods("ftj-second") == [] and cache._pods_by_owner == {}
 
 
-def test_a_listing_corrects_what_the_watches_missed() -> None:
+def test_a_listing_finds_what_was_deleted_while_a_watch_was_down() -> None:
     cache = ClusterCache()
-    kept, changed, deleted = finetunejob("kept"), finetunejob("changed"), finetunejob("gone")
+    kept, deleted = finetunejob("kept"), finetunejob("gone")
     late = finetunejob("late")  # created after the listing's snapshot
     late["metadata"]["resourceVersion"] = "60"
-    for body in (kept, changed, deleted, late):
+    for body in (kept, deleted, late):
         cache.upsert(body)
-    newer = finetunejob("changed", phase="Running")
-    newer["metadata"]["resourceVersion"] = "40"
-    assert cache.relisted(kept) is False  # nothing new
-    assert cache.relisted(newer) is True
-    gone = cache.unlisted("FineTuneJob", "ml", {"ftj-kept", "ftj-changed"}, "50")
+    gone = cache.unlisted("FineTuneJob", "ml", {"ftj-kept"}, "50")
     assert [g["metadata"]["name"] for g in gone] == ["gone"]
-    assert sorted(key[1] for key in cache.keys()) == ["changed", "kept", "late"]  # noqa: SIM118
-    assert cache.finetunejob("ml", "changed")["status"]["phase"] == "Running"  # type: ignore[index]
+    assert sorted(key[1] for key in cache.keys()) == ["kept", "late"]  # noqa: SIM118
+    # A write that returns after the deletion cannot bring it back.
+    cache.record_write(deleted, "status")
+    assert cache.finetunejob("ml", "gone") is None
     # Another namespace's objects are not judged by this namespace's listing.
     cache.upsert(finetunejob("elsewhere", namespace="other"))
-    assert cache.unlisted("FineTuneJob", "ml", set(), "50") != []
+    assert [g["metadata"]["name"] for g in cache.unlisted("FineTuneJob", "ml", set(), "70")] == [
+        "kept",
+        "late",
+    ]
     assert cache.finetunejob("other", "elsewhere") is not None
-    # A deleted object stays deleted, whatever a listing from before the deletion says.
-    assert cache.relisted(deleted) is False and cache.finetunejob("ml", "gone") is None
+    # A listing without a resourceVersion to judge by removes nothing.
+    assert cache.unlisted("FineTuneJob", None, set(), "") == []

@@ -248,6 +248,8 @@ def tolerating(*tolerations: dict[str, object]) -> FineTuneJobSpec:
         {"key": "node.kubernetes.io/out-of-service", "operator": "Equal", "value": "x"},
         {"key": "node.cloudprovider.kubernetes.io/uninitialized", "operator": "Exists"},
         {"key": "CriticalAddonsOnly", "operator": "Exists"},
+        {"key": "ToBeDeletedByClusterAutoscaler", "operator": "Exists"},
+        {"key": "DeletionCandidateOfClusterAutoscaler", "operator": "Exists"},
     ],
 )
 def test_tolerations_of_reserved_taints_are_refused(toleration: dict[str, object]) -> None:

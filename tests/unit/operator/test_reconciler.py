@@ -396,6 +396,25 @@ class TestAJobItDidNotMake:
         assert status["reason"] == "ChildConflict"
         assert "spec.template.spec.containers[0].env has other entries" in status["message"]
 
+    @pytest.mark.parametrize(
+        "field, value",
+        [
+            ("managedBy", "tenant.example/controller"),
+            ("manualSelector", True),
+            ("completionMode", "Indexed"),
+        ],
+    )
+    def test_job_level_fields_the_cache_does_not_keep_are_judged_too(
+        self, field: str, value: Any
+    ) -> None:
+        """The watch cache keeps only what the operator reads of a Job; adoption reads the
+        whole Job from the API server."""
+        kube = self.planted(lambda job: job["spec"].__setitem__(field, value))
+        assert reconciler(kube).reconcile() == "Failed"
+        status = kube.ftj["status"]
+        assert status["reason"] == "ChildConflict"
+        assert field in status["message"]
+
     def test_its_own_job_is_adopted_after_a_lost_status_write(self) -> None:
         # The operator made the Job; its status write failed before it recorded jobName.
         kube = self.planted(lambda job: None)
@@ -687,6 +706,21 @@ def test_a_replaced_trainer_is_one_restart(old_pod_stays_listed: bool) -> None:
     status = kube.ftj["status"]
     assert (status["restarts"], status["podName"]) == (1, "b")
     assert [e for e in kube.events if e[1] == "Restarted"] == [("Warning", "Restarted")]
+
+
+def test_a_job_it_made_is_its_own_though_kueue_changed_it_before_the_status_said_so() -> None:
+    """The status write after the create meets a conflict; meanwhile Kueue admits the Job
+    and adds its flavor's nodeSelector. The Job is the operator's own all the same."""
+    kube = MemoryKube(body({"scheduling": {"queueName": "gpus"}}))
+    operator = Operator(kube)
+    operator.deliver()
+    kube.ftj["metadata"]["resourceVersion"] = "150"  # written by someone else since
+    operator.reconciler.reconcile(operator.KEY)
+    (job,) = kube.jobs.values()
+    job["spec"]["template"]["spec"]["nodeSelector"] = {"cloud.example/flavor": "h100"}
+    job["metadata"]["resourceVersion"] = kube._next_version()
+    assert operator.reconcile() != "Failed"
+    assert kube.ftj["status"]["jobName"] == job["metadata"]["name"]
 
 
 def test_the_job_created_event_survives_a_status_conflict() -> None:

@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Hashable
 
-from finetune_operator.workqueue import DONE, GONE, Outcome, WorkQueue
+from finetune_operator.workqueue import DONE, FIRST_RUN, GONE, Outcome, WorkQueue
 
 
 def wait_until(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
@@ -171,6 +171,29 @@ def test_keys_added_first_go_ahead_of_the_others() -> None:
     wait_until(lambda: len(calls) == 4)
     queue.stop()
     assert calls == ["busy", "new", "update-1", "update-2"]
+
+
+def test_a_stream_of_first_keys_does_not_starve_the_others() -> None:
+    release = threading.Event()
+    calls: list[Hashable] = []
+
+    def handler(key: Hashable) -> Outcome:
+        if key == "busy":
+            release.wait(5)
+        calls.append(key)
+        return DONE
+
+    queue = WorkQueue(handler, workers=1)
+    queue.start()
+    queue.add("busy")
+    wait_until(lambda: queue._active)
+    queue.add("update")
+    for index in range(3 * FIRST_RUN):
+        queue.add(f"new-{index}", first=True)
+    release.set()
+    wait_until(lambda: len(calls) == 3 * FIRST_RUN + 2)
+    queue.stop()
+    assert calls.index("update") == FIRST_RUN + 1  # after "busy" and one run of new keys
 
 
 def test_a_key_worked_before_does_not_go_first() -> None:
