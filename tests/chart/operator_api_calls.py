@@ -29,7 +29,7 @@ _TYPED = re.compile(
     r"^(?P<verb>[a-z]+)_(namespaced_(?P<kind>[a-z_]+?)(?P<status>_status)?"
     r"|(?P<everywhere>[a-z_]+?)_for_all_namespaces)$"
 )
-_CUSTOM = re.compile(r"^(?P<verb>[a-z]+)_namespaced_custom_object(?P<status>_status)?$")
+_CUSTOM = re.compile(r"^(?P<verb>[a-z]+)_(namespaced|cluster)_custom_object(?P<status>_status)?$")
 
 
 def _add(rules: Rules, group: str, resource: str, verb: str) -> None:
