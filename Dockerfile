@@ -13,6 +13,7 @@ COPY requirements/build.txt requirements/build.txt
 RUN pip install --no-cache-dir --disable-pip-version-check --require-hashes \
         -r requirements/build.txt
 COPY pyproject.toml README.md ./
+COPY api/ api/
 COPY operator/ operator/
 COPY trainer/finetune_trainer/ trainer/finetune_trainer/
 RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation \

@@ -31,7 +31,7 @@ demo: venv binaries ## Local control plane + operator + a real (tiny, CPU) train
 	$(PY) -m finetune_localcluster.demo
 
 crds: venv ## Regenerate crds/finetunejobs.yaml (and the chart's copy) from the typed schema
-	$(PY) -m finetune_operator.api.crd > crds/finetunejobs.yaml
+	$(PY) -m finetune_api.crd > crds/finetunejobs.yaml
 	$(PY) hack/chart/generate.py
 
 lint: venv ## ruff
