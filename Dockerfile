@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1.7
-# The finetune-operator image: the kopf operator and nothing of the trainer's stack (no
-# torch). Built by `make build`; what it installs is proven without Docker by
-# tests/images/test_operator_lock.py, which installs the same lock file into a fresh venv.
+# The finetune-operator image: the kopf operator and the shared API (finetune_api), and
+# nothing of the trainer, neither its code nor its stack (no torch). Built by `make build`;
+# what it installs is proven without Docker by tests/images/test_operator_lock.py, which
+# installs the same lock file into a fresh venv.
 
 # Debian 13 slim with CPython 3.12, pinned to an exact release.
 ARG PYTHON_IMAGE=python:3.12.12-slim-trixie
@@ -13,8 +14,8 @@ COPY requirements/build.txt requirements/build.txt
 RUN pip install --no-cache-dir --disable-pip-version-check --require-hashes \
         -r requirements/build.txt
 COPY pyproject.toml README.md ./
+COPY api/ api/
 COPY operator/ operator/
-COPY trainer/finetune_trainer/ trainer/finetune_trainer/
 RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation \
         --wheel-dir /wheels .
 

@@ -31,12 +31,13 @@ demo: venv binaries ## Local control plane + operator + a real (tiny, CPU) train
 	$(PY) -m finetune_localcluster.demo
 
 crds: venv ## Regenerate crds/finetunejobs.yaml (and the chart's copy) from the typed schema
-	$(PY) -m finetune_operator.api.crd > crds/finetunejobs.yaml
+	$(PY) -m finetune_api.crd > crds/finetunejobs.yaml
 	$(PY) hack/chart/generate.py
 
-lint: venv ## ruff
+lint: venv ## ruff, and the package boundaries (import-linter, pyproject's [tool.importlinter])
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: venv ## mypy on the operator and the shared schema
 	$(VENV)/bin/mypy
@@ -54,7 +55,7 @@ test-e2e: venv binaries ## End-to-end tests on the local control plane
 	FTO_REQUIRE_CLUSTER=1 $(VENV)/bin/pytest tests/e2e
 
 clean: ## Remove the virtualenv and caches (not the binary cache)
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 
 include mk/images.mk
 include mk/chart.mk

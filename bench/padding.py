@@ -22,7 +22,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    from finetune_trainer.config import TrainerConfig
+    from finetune_api.config import TrainerConfig
     from finetune_trainer.data import load_rows, padding_report, prepare_dataset
     from finetune_trainer.fixtures import write_tiny_dataset
     from finetune_trainer.fixtures.tiny_tokenizer import build_tiny_tokenizer

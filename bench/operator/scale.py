@@ -46,11 +46,11 @@ import yaml
 from kubernetes import client
 from kubernetes.watch.watch import iter_resp_lines
 
+from finetune_api.spec import FineTuneJobSpec
 from finetune_localcluster.binaries import find_binaries
 from finetune_localcluster.controlplane import ControlPlane
 from finetune_localcluster.kubeapi import api_client_for
 from finetune_localcluster.ports import free_port
-from finetune_operator.api.spec import FineTuneJobSpec
 from finetune_operator.builders import Owner, build_job
 from finetune_operator.config import OperatorConfig
 from finetune_operator.naming import ANNOTATION_TRAINER_CONFIG

@@ -18,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from .api.status import Condition
+from finetune_api.status import Condition
+
 from .safe_text import safe_text
 
 READY = "Ready"

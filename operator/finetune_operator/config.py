@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import GROUP
-from .api.spec import Toleration
+from finetune_api import GROUP
+from finetune_api.spec import Toleration
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 

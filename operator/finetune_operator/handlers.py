@@ -24,7 +24,8 @@ from typing import Any
 
 import kopf
 
-from .api import GROUP, PLURAL, VERSION
+from finetune_api import GROUP, PLURAL, VERSION
+
 from .cache import owner_key
 from .config import OperatorConfig
 from .naming import CHILD_SELECTOR, LABEL_MANAGED_BY, LABEL_OWNER, MANAGED_BY

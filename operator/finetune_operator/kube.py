@@ -16,8 +16,9 @@ import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api import GROUP, PLURAL, VERSION
+
 from .adoption import adoption_problem
-from .api import GROUP, PLURAL, VERSION
 from .naming import CHILD_SELECTOR
 
 log = logging.getLogger(__name__)

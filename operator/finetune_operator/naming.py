@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .api import GROUP
+from finetune_api import GROUP
 
 MANAGED_BY = "finetune-operator"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

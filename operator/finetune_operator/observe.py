@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from finetune_trainer.contract import TERMINATION_MESSAGE_LIMIT, ExitCode, TerminationMessage
+from finetune_api.contract import TERMINATION_MESSAGE_LIMIT, ExitCode, TerminationMessage
 
 from .naming import TRAINER_CONTAINER
 from .scrape import bounded_number

@@ -39,7 +39,8 @@ import re
 import socket
 from urllib.parse import urlsplit
 
-from .api.spec import FineTuneJobSpec, Toleration
+from finetune_api.spec import FineTuneJobSpec, Toleration
+
 from .config import OperatorConfig
 from .safe_text import safe_text
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from finetune_trainer.contract import TrainerProgress
+from finetune_api.contract import TrainerProgress
 
 from .cache import ClusterCache, Key, Trainer
 from .metrics import OperatorMetrics

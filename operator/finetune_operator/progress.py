@@ -7,7 +7,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from finetune_trainer.contract import TrainerProgress
+from finetune_api.contract import TrainerProgress
 
 from .timeutil import parse_time, rfc3339
 

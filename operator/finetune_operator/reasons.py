@@ -9,7 +9,7 @@ against the set below, and anything else is counted under ``Other``.
 
 from __future__ import annotations
 
-from finetune_trainer import contract
+from finetune_api import contract
 
 # Reasons the operator decides itself.
 OPERATOR_REASONS = frozenset(

@@ -17,11 +17,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from finetune_trainer.config import describe_errors
+from finetune_api.config import describe_errors
+from finetune_api.spec import FineTuneJobSpec, output_problems
+from finetune_api.status import TERMINAL_PHASES
 
 from .adoption import adoption_problem, controlled_by
-from .api.spec import FineTuneJobSpec, output_problems
-from .api.status import TERMINAL_PHASES
 from .builders import (
     Owner,
     build_job,

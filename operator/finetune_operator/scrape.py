@@ -15,8 +15,8 @@ import math
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from finetune_trainer import contract
-from finetune_trainer.contract import Metric, TrainerProgress
+from finetune_api import contract
+from finetune_api.contract import Metric, TrainerProgress
 
 # Real expositions are under 2 KiB; room for more gauges, never for a flood.
 MAX_BODY_BYTES = 16 * 1024

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from finetune_trainer.config import OutputSpec
-from finetune_trainer.contract import TrainerProgress
+from finetune_api.config import OutputSpec
+from finetune_api.contract import TrainerProgress
+from finetune_api.status import MAX_SHORT, MAX_URI, TERMINAL_PHASES
 
-from .api.status import MAX_SHORT, MAX_URI, TERMINAL_PHASES
 from .conditions import conditions_for_phase
 from .observe import Observation
 from .progress import progress_status

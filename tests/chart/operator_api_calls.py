@@ -7,10 +7,11 @@ import ast
 import re
 from pathlib import Path
 
-from finetune_operator import api
+import finetune_api as api
+import finetune_operator
 from finetune_operator.builders.owner import Owner
 
-OPERATOR = Path(api.__file__).resolve().parents[1]
+OPERATOR = Path(finetune_operator.__file__).resolve().parent
 Rules = dict[tuple[str, str], set[str]]  # (apiGroup, resource) -> verbs
 
 # The client's API attribute in Kube -> its API group (custom objects carry their own).

@@ -13,9 +13,9 @@ from typing import Any, cast
 import pytest
 import yaml
 
+from finetune_api.spec import FineTuneJobSpec
 from finetune_localcluster.cluster import LocalCluster
 from finetune_localcluster.waiting import wait_for
-from finetune_operator.api.spec import FineTuneJobSpec
 from finetune_operator.builders import Owner, build_job
 from finetune_operator.config import OperatorConfig
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import yaml
 
+from finetune_api import contract
 from finetune_operator import config as operator_config
 from finetune_operator.naming import child_labels
-from finetune_trainer import contract
 
 from .helm import CHART, REPO, container_env, of_kind, only, render
 

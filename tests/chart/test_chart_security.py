@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.api.spec import FineTuneJobSpec
+from finetune_api.spec import FineTuneJobSpec
 from finetune_operator.builders import build_job
 from finetune_operator.builders.owner import Owner
 from finetune_operator.config import OperatorConfig

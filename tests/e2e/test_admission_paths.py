@@ -1,7 +1,7 @@
 """Admission on a real API server refuses what the trainer must never be handed: a NUL in
 a path, URI or name, and a relative model.path or dataset.path (relative, in the trainer
 pod, to an empty scratch directory). The pydantic side of the same rules is in
-tests/unit/schema."""
+tests/unit/api."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from finetune_api.spec import relative_path_message
 from finetune_localcluster.cluster import LocalCluster
-from finetune_operator.api.spec import relative_path_message
 
 from .ftj import FineTuneJobs
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
+from finetune_api.spec import FineTuneJobSpec
 from finetune_localcluster.cluster import LocalCluster
 from finetune_localcluster.ports import free_port
 from finetune_localcluster.waiting import wait_for
-from finetune_operator.api.spec import FineTuneJobSpec
 from finetune_operator.builders import Owner, build_job
 
 from .conftest import OperatorHandle

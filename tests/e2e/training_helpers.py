@@ -15,9 +15,9 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
+from finetune_api import GROUP, PLURAL, VERSION
 from finetune_localcluster.cluster import LocalCluster
 from finetune_localcluster.waiting import wait_for
-from finetune_operator.api import GROUP, PLURAL, VERSION
 
 INPUT_CLAIM = "inputs"
 OUTPUT_CLAIM = "outputs"

@@ -1,6 +1,7 @@
-"""The project wheel both images install, built from exactly what their wheel stage copies
-(no Docker engine here): it holds the operator and the trainer with their entry points,
-and not the local control plane, which is test infrastructure."""
+"""The project wheel each image installs, built from exactly what its wheel stage copies
+(no Docker engine here): the shared API and that image's own program with its entry point;
+the operator image holds nothing of the trainer and the trainer image nothing of the
+operator, and neither holds the local control plane, which is test infrastructure."""
 
 from __future__ import annotations
 
@@ -30,13 +31,19 @@ def wheel_stage_copies(dockerfile: Path) -> list[str]:
     return sources
 
 
-@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.trainer"])
+@pytest.mark.parametrize(
+    "dockerfile, program, entry_point",
+    [
+        ("Dockerfile", "finetune_operator", "finetune-operator = finetune_operator.runner:main"),
+        ("Dockerfile.trainer", "finetune_trainer", "finetune-train = finetune_trainer.cli:main"),
+    ],
+)
 def test_the_image_wheel_holds_the_product_and_not_the_test_harness(
-    dockerfile: str, tmp_path: Path
+    dockerfile: str, program: str, entry_point: str, tmp_path: Path
 ) -> None:
     context = tmp_path / "context"
     sources = wheel_stage_copies(REPO / dockerfile)
-    assert "pyproject.toml" in sources and "operator/" in sources, sources
+    assert "pyproject.toml" in sources and "api/" in sources, sources
     for source in sources:
         origin, target = REPO / source, context / source
         if origin.is_dir():
@@ -60,7 +67,6 @@ def test_the_image_wheel_holds_the_product_and_not_the_test_harness(
             archive.read(n).decode() for n in names if n.endswith("entry_points.txt")
         )
     packages = {name.split("/", 1)[0] for name in names if "/" in name}
-    assert {"finetune_operator", "finetune_trainer"} <= packages
-    assert not any(p.startswith("finetune_localcluster") for p in packages), packages
-    assert "finetune-operator = finetune_operator.runner:main" in entry_points
-    assert "finetune-train = finetune_trainer.cli:main" in entry_points
+    code = {p for p in packages if not p.endswith(".dist-info")}
+    assert code == {"finetune_api", program}, packages
+    assert entry_point in entry_points

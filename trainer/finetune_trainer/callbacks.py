@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from finetune_api.contract import CheckpointRef
+
 from . import PROCESS_START
-from .contract import CheckpointRef
 from .metrics import METRICS_FILE, MetricsLog, MetricsServer, gpu_memory, gpu_peak_memory
 from .progress import RunProgress
 from .signals import StopRequest

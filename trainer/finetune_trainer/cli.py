@@ -21,8 +21,9 @@ from typing import NoReturn
 
 from pydantic import ValidationError
 
-from .config import OutputSpec, TrainerConfig, describe_errors
-from .contract import CONFIG_PATH, Env, ExitCode, TerminationMessage, TrainerReason
+from finetune_api.config import OutputSpec, TrainerConfig, describe_errors
+from finetune_api.contract import CONFIG_PATH, Env, ExitCode, TerminationMessage, TrainerReason
+
 from .errors import InvalidConfig, InvalidInput
 from .remote_errors import TRACEBACK_LIMIT, bounded, failure_summary
 from .runtime import RuntimeOptions

@@ -7,7 +7,7 @@ import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .contract import TrainerReason
+from finetune_api.contract import TrainerReason
 
 # What an I/O call fails with when the trainer's user may not do it: the same on every
 # attempt, so retrying only spends the Job's backoff limit.

@@ -10,7 +10,8 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from .config import LoraSpec, TrainerConfig, TrainingSpec
+from finetune_api.config import LoraSpec, TrainerConfig, TrainingSpec
+
 from .errors import InvalidConfig
 
 # Names a user may give for the MoE experts' fused projections. gpt-oss stores each layer's

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import TrainerConfig
+    from finetune_api.config import TrainerConfig
 
 GIB = 1024**3
 # Rows of logits Unsloth's fused loss computes at a time (unsloth_zoo's fused linear

@@ -37,7 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import TrainerConfig, TrainingSpec
+from finetune_api.config import TrainerConfig, TrainingSpec
+
 from .errors import InvalidConfig
 from .memory import GIB, ModelShape, estimate_for, smallest_footprint
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from .contract import METRICS_PORT, Env, Metric
+from finetune_api.contract import METRICS_PORT, Env, Metric
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from .config import ModelSpec
+from finetune_api.config import ModelSpec
+
 from .errors import InvalidInput, InvalidModel, exception_chain
 from .remote_errors import RemoteFailure, bounded, hub_problem, is_remote, local_detail
 from .sources import ModelSource

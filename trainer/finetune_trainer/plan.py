@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import TrainerConfig, TrainingSpec
-from .contract import TerminationMessage, TrainerReason
+from finetune_api.config import TrainerConfig, TrainingSpec
+from finetune_api.contract import TerminationMessage, TrainerReason
+
 from .errors import InvalidInput
 from .memory import GIB, MemoryEstimate, ModelShape, estimate_for
 from .runtime import RuntimeOptions

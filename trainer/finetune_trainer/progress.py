@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .contract import CheckpointRef, TerminationMessage, TerminationStatus, TrainerReason
+from finetune_api.contract import (
+    CheckpointRef,
+    TerminationMessage,
+    TerminationStatus,
+    TrainerReason,
+)
 
 
 @dataclass

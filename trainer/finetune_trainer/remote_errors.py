@@ -337,7 +337,7 @@ def s3_problem(
     """The message for ``exc``, raised by the S3 request described by ``what`` (such as
     'write of s3://bucket/key') to the ``role`` location (model, dataset, output) at
     ``endpoint``."""
-    from .contract import Env
+    from finetune_api.contract import Env
 
     loc = f"{role}.s3" if role else "s3"
     answer = s3_answer(exc)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .contract import SCRATCH_DIR, Env
+from finetune_api.contract import SCRATCH_DIR, Env
+
 from .memory_plan import DEFAULT_MEMORY_FRACTION, memory_fraction
 from .metrics import metrics_bind_host, metrics_port_from_env
 from .termination import termination_path

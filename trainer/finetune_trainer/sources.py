@@ -18,8 +18,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigMapKey, DatasetSpec, ModelSpec, OutputSpec, PvcPath, S3Location
-from .contract import CONFIGMAP_MOUNT_ROOT, PVC_MOUNT_ROOT, Env
+from finetune_api.config import (
+    ConfigMapKey,
+    DatasetSpec,
+    ModelSpec,
+    OutputSpec,
+    PvcPath,
+    S3Location,
+)
+from finetune_api.contract import CONFIGMAP_MOUNT_ROOT, PVC_MOUNT_ROOT, Env
+
 from .errors import InvalidDataset, InvalidInput, InvalidModel
 
 log = logging.getLogger(__name__)

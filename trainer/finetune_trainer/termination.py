@@ -7,7 +7,7 @@ import logging
 import os
 from pathlib import Path
 
-from .contract import (
+from finetune_api.contract import (
     TERMINATION_MESSAGE_PATH,
     TRAINER_REASONS,
     Env,

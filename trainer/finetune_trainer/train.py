@@ -20,8 +20,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import TrainerConfig
-from .contract import TerminationMessage, TrainerReason
+from finetune_api.config import TrainerConfig
+from finetune_api.contract import TerminationMessage, TrainerReason
+
 from .errors import IncompatibleCheckpoint, InvalidInput
 from .memory_plan import MemoryPlan, estimate_fits, plan_memory
 from .metrics import (
@@ -456,7 +457,7 @@ class TrainingRun:
 
 
 def _ref(step: int, uri: str) -> Any:
-    from .contract import CheckpointRef
+    from finetune_api.contract import CheckpointRef
 
     return CheckpointRef(step=step, uri=uri)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from finetune_trainer import contract
-from finetune_trainer.config import S3Location, TrainerConfig
+from finetune_api import contract
+from finetune_api.config import S3Location, TrainerConfig
 
 # Caches go to the writable scratch volume; the root filesystem is read-only.
 _SCRATCH_ENV = {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from finetune_trainer import contract
-from finetune_trainer.contract import ExitCode
+from finetune_api import contract
+from finetune_api.contract import ExitCode
+from finetune_api.spec import FineTuneJobSpec, LifecycleSpec
 
-from ..api.spec import FineTuneJobSpec, LifecycleSpec
 from ..config import OperatorConfig
 from ..naming import (
     ANNOTATION_CONFIG_HASH,

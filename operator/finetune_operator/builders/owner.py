@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..api import API_VERSION, KIND
+from finetune_api import API_VERSION, KIND
+
 from ..naming import child_labels, child_name
 
 

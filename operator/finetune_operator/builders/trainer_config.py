@@ -12,9 +12,9 @@ import hashlib
 
 import yaml
 
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
+from finetune_api.spec import FineTuneJobSpec
 
-from ..api.spec import FineTuneJobSpec
 from ..naming import default_output_path
 from .owner import Owner
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from finetune_trainer import contract
-from finetune_trainer.config import TrainerConfig
+from finetune_api import contract
+from finetune_api.config import TrainerConfig
+from finetune_api.spec import FineTuneJobSpec
 
-from ..api.spec import FineTuneJobSpec
 from ..naming import ANNOTATION_TRAINER_CONFIG
 
 

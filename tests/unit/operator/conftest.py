@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from finetune_operator.api.spec import FineTuneJobSpec
+from finetune_api.spec import FineTuneJobSpec
 from finetune_operator.builders import Owner
 from finetune_operator.config import OperatorConfig
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from finetune_api.spec import LifecycleSpec
 from finetune_operator.adoption import (
     FOLLOWS_LIFECYCLE,
     SERVER_DEFAULTS,
@@ -15,7 +16,6 @@ from finetune_operator.adoption import (
     difference,
     generated_selector,
 )
-from finetune_operator.api.spec import LifecycleSpec
 from finetune_operator.builders import build_job
 from finetune_operator.builders.job import lifecycle_patch
 

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 import yaml
 
+from finetune_api import contract
+from finetune_api.config import TrainerConfig
 from finetune_operator.builders import Owner, build_job, lifecycle_patch
 from finetune_operator.builders.trainer_config import (
     config_file_text,
@@ -21,8 +23,6 @@ from finetune_operator.naming import (
     LABEL_OWNER_UID,
     child_name,
 )
-from finetune_trainer import contract
-from finetune_trainer.config import TrainerConfig
 
 from .conftest import UID, spec_of
 

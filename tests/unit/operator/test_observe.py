@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from finetune_api.config import OutputSpec
+from finetune_api.contract import TERMINATION_MESSAGE_LIMIT, CheckpointRef, TerminationMessage
 from finetune_operator.observe import _NUMBERS, observe
 from finetune_operator.status_update import next_status
-from finetune_trainer.config import OutputSpec
-from finetune_trainer.contract import TERMINATION_MESSAGE_LIMIT, CheckpointRef, TerminationMessage
 
 from .conftest import JOB_UID, pod, terminated
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_operator.api.spec import FineTuneJobSpec
+from finetune_api.spec import FineTuneJobSpec
 from finetune_operator.config import OperatorConfig
 from finetune_operator.policy import image_allowed, policy_problems, split_image
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from finetune_api.contract import TrainerProgress
 from finetune_operator.progress import progress_status
-from finetune_trainer.contract import TrainerProgress
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

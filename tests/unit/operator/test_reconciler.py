@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from finetune_operator.api.spec import DURABLE_OUTPUT_MESSAGE, RECREATE_FOR_OUTPUT, FineTuneJobSpec
-from finetune_operator.api.status import MAX_URI, FineTuneJobStatus
+from finetune_api.contract import TrainerProgress
+from finetune_api.spec import DURABLE_OUTPUT_MESSAGE, RECREATE_FOR_OUTPUT, FineTuneJobSpec
+from finetune_api.status import MAX_URI, FineTuneJobStatus
 from finetune_operator.builders import Owner, build_job
 from finetune_operator.cache import ClusterCache
 from finetune_operator.config import OperatorConfig
@@ -30,7 +31,6 @@ from finetune_operator.naming import LABEL_OWNER, LABEL_OWNER_UID
 from finetune_operator.progress import ProgressBoard
 from finetune_operator.reconciler import Reconciler
 from finetune_operator.workqueue import Outcome
-from finetune_trainer.contract import TrainerProgress
 
 from .conftest import JOB_UID, UID, body, pod, terminated
 

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from finetune_operator.api.spec import (
+from finetune_api.config import TrainerConfig
+from finetune_api.spec import (
     DURABLE_OUTPUT_MESSAGE,
     RECREATE_FOR_OUTPUT,
     FineTuneJobSpec,
@@ -16,7 +17,6 @@ from finetune_operator.api.spec import (
 )
 from finetune_operator.config import OperatorConfig
 from finetune_operator.reconciler import parse_spec
-from finetune_trainer.config import TrainerConfig
 
 from .conftest import spec_of
 

@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from finetune_api.config import OutputSpec
+from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerProgress
 from finetune_operator.observe import Observation
 from finetune_operator.status_update import (
     failed_status,
@@ -15,8 +17,6 @@ from finetune_operator.status_update import (
     next_status,
     status_rejected_status,
 )
-from finetune_trainer.config import OutputSpec
-from finetune_trainer.contract import CheckpointRef, TerminationMessage, TrainerProgress
 
 NOW = datetime(2026, 1, 1, 12, tzinfo=UTC)
 OUTPUT = OutputSpec.model_validate({"pvc": {"claimName": "outs", "path": "ml/run"}})

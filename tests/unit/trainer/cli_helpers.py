@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from finetune_trainer.contract import TerminationMessage
+from finetune_api.contract import TerminationMessage
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from finetune_api.config import TrainerConfig
 from finetune_trainer.backends import select_backend
 from finetune_trainer.backends.transformers_backend import (
     TransformersBackend,
     expert_parameter_paths,
 )
-from finetune_trainer.config import TrainerConfig
 from finetune_trainer.errors import InvalidConfig
 
 

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from finetune_api.config import TrainerConfig
+from finetune_api.contract import ExitCode
 from finetune_trainer import cli
 from finetune_trainer.cli import apply_overrides, load_config
-from finetune_trainer.config import TrainerConfig
-from finetune_trainer.contract import ExitCode
 from finetune_trainer.errors import InvalidConfig
 from finetune_trainer.signals import Interrupted
 from finetune_trainer.storage.s3 import S3Store

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_trainer.config import DatasetSpec
+from finetune_api.config import DatasetSpec
 from finetune_trainer.data import load_rows
 from finetune_trainer.errors import InvalidDataset
 from finetune_trainer.fixtures import generate_rows, write_tiny_dataset
@@ -164,7 +164,7 @@ def test_hub_dataset_without_hub_access_says_what_to_do(tmp_path: Path) -> None:
     script = textwrap.dedent(
         """
         import sys
-        from finetune_trainer.config import DatasetSpec
+        from finetune_api.config import DatasetSpec
         from finetune_trainer.data import load_rows
         from finetune_trainer.errors import InvalidDataset
         try:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
 from finetune_trainer.data import load_rows, prepare_dataset
 from finetune_trainer.errors import InvalidDataset
 from finetune_trainer.fixtures import generate_rows, write_custom_text_dataset

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
 from finetune_trainer.data import prepare_dataset
 from finetune_trainer.data.harmony import CHANNEL, END, MESSAGE, RETURN, START
 from finetune_trainer.data.special_tokens import SpecialTokens

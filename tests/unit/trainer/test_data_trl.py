@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
 from finetune_trainer.data import prepare_dataset
 from finetune_trainer.fixtures import generate_rows
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from finetune_trainer.config import TrainerConfig
-from finetune_trainer.contract import ExitCode
+from finetune_api.config import TrainerConfig
+from finetune_api.contract import ExitCode
 from finetune_trainer.data import load_rows
 from finetune_trainer.data.json_depth import MAX_JSON_DEPTH, JsonTooDeep, check_json_depth
 from finetune_trainer.errors import InvalidDataset

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_trainer.config import LoraSpec, TrainerConfig, TrainingSpec
+from finetune_api.config import LoraSpec, TrainerConfig, TrainingSpec
 from finetune_trainer.lora import (
     peft_lora_kwargs,
     sft_config_kwargs,

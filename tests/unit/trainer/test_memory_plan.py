@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
 from finetune_trainer.errors import InvalidConfig
 from finetune_trainer.fixtures.presets import GPT_OSS_20B
 from finetune_trainer.memory_plan import (

@@ -17,7 +17,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from finetune_trainer.config import ModelSpec
+from finetune_api.config import ModelSpec
 from finetune_trainer.errors import InvalidConfig, InvalidModel
 from finetune_trainer.model_errors import invalid_model, load_tokenizer, model_errors
 from finetune_trainer.remote_errors import RemoteFailure

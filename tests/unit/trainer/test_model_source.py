@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_trainer.config import ModelSpec
+from finetune_api.config import ModelSpec
 from finetune_trainer.errors import InvalidInput
 from finetune_trainer.sources import resolve_model
 

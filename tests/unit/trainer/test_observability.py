@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from finetune_api.contract import Metric, TerminationMessage
 from finetune_operator.scrape import parse_progress
-from finetune_trainer.contract import Metric, TerminationMessage
 from finetune_trainer.metrics import MetricsLog, MetricsServer, metrics_bind_host, plot_loss
 from finetune_trainer.termination import termination_path, write_termination_message
 

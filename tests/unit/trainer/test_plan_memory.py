@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
 from finetune_trainer.memory import GIB, MemoryEstimate, ModelShape, estimate_memory
 from finetune_trainer.plan import plan_steps
 

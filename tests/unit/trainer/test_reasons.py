@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from finetune_api.contract import TRAINER_REASONS, TerminationMessage, TrainerReason
 from finetune_trainer import errors
-from finetune_trainer.contract import TRAINER_REASONS, TerminationMessage, TrainerReason
 from finetune_trainer.termination import write_termination_message
 
 PACKAGE = Path(errors.__file__).resolve().parent

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.config import TrainerConfig
-from finetune_trainer.contract import ExitCode
+from finetune_api.config import TrainerConfig
+from finetune_api.contract import ExitCode
 from finetune_trainer.errors import InvalidConfig, InvalidInput
 from finetune_trainer.remote_errors import (
     DETAILS_LIMIT,
@@ -434,7 +434,7 @@ def test_the_cli_against_an_http_service_tells_only_the_trainer_s_words(
 _HUB_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    from finetune_trainer.config import DatasetSpec, ModelSpec
+    from finetune_api.config import DatasetSpec, ModelSpec
     from finetune_trainer.data import load_rows
     from finetune_trainer.errors import InvalidInput
     from finetune_trainer.model_errors import load_tokenizer

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
 from finetune_trainer.errors import IncompatibleCheckpoint, InvalidConfig, InvalidInput
 from finetune_trainer.resume import CheckpointUnreadable, find_resume_point
 from finetune_trainer.storage.manifest import Manifest

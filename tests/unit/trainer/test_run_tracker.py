@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from finetune_api.contract import Metric
 from finetune_trainer.callbacks import RunTracker
-from finetune_trainer.contract import Metric
 from finetune_trainer.metrics import MetricsLog, MetricsServer
 from finetune_trainer.progress import RunProgress
 from finetune_trainer.signals import StopRequest

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.config import S3Location
+from finetune_api.config import S3Location
 from finetune_trainer.errors import InvalidConfig
 from finetune_trainer.progress import RunProgress
 from finetune_trainer.resume import find_resume_point
@@ -287,7 +287,7 @@ def test_credentials_come_from_the_location_variables(
 def test_training_to_s3_and_resuming_from_s3_in_a_fresh_pod(
     s3_server: Any, bucket: str, tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path
 ) -> None:
-    from finetune_trainer.contract import TerminationMessage
+    from finetune_api.contract import TerminationMessage
 
     from .cli_helpers import cli_env, json_records
     from .train_helpers import finish, start_cli, tiny_config

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from finetune_api.config import S3Location
 from finetune_localcluster.s3server import REGION, S3Server
-from finetune_trainer.config import S3Location
 from finetune_trainer.errors import InvalidConfig
 from finetune_trainer.storage.s3 import S3Store, is_fatal
 from finetune_trainer.storage.targets import S3Target

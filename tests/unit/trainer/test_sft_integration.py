@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.config import TrainerConfig
+from finetune_api.config import TrainerConfig
 from finetune_trainer.runtime import RuntimeOptions
 from finetune_trainer.sources import resolve_model
 from finetune_trainer.train import TrainingRun, make_target

@@ -48,7 +48,7 @@ def test_sigterm_while_preparing_data_stays_an_interruption(
     with invalidRowPolicy skip it must not silently drop a row either."""
     import datasets
 
-    from finetune_trainer.config import TrainerConfig
+    from finetune_api.config import TrainerConfig
     from finetune_trainer.data import prepare_dataset
     from finetune_trainer.fixtures import generate_rows
 

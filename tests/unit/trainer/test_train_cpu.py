@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.contract import ExitCode, Metric, TerminationMessage
+from finetune_api.contract import ExitCode, Metric, TerminationMessage
 from finetune_trainer.storage.manifest import verify_dir
 
 from .cli_helpers import cli_env, json_records, run_cli, termination, write_config

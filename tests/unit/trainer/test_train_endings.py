@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 
-from finetune_trainer.config import TrainerConfig
-from finetune_trainer.contract import CheckpointRef, ExitCode
+from finetune_api.config import TrainerConfig
+from finetune_api.contract import CheckpointRef, ExitCode
 from finetune_trainer.memory_plan import MemoryPlan
 from finetune_trainer.runtime import OUTPUT_STAGING, RuntimeOptions
 from finetune_trainer.storage.checkpoints import LocalArtifacts

@@ -10,8 +10,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from finetune_api.contract import TrainerProgress
 from finetune_operator.scrape import parse_progress
-from finetune_trainer.contract import TrainerProgress
 
 from .cli_helpers import REPO, cli_command, write_config
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainerConfig
+from finetune_api.config import TrainerConfig
+
 from ..memory_plan import MemoryPlan
 from ..sources import ModelSource
 

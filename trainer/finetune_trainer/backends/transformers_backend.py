@@ -15,7 +15,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainerConfig
+from finetune_api.config import TrainerConfig
+
 from ..lora import check_module_targets, peft_lora_kwargs
 from ..memory_plan import MemoryPlan
 from ..sources import ModelSource

@@ -17,7 +17,8 @@ from typing import Any
 
 import unsloth  # noqa: F401  (first: it patches transformers, TRL and PEFT on import)
 
-from ..config import TrainerConfig
+from finetune_api.config import TrainerConfig
+
 from ..lora import check_module_targets, unsloth_load_kwargs, unsloth_peft_kwargs
 from ..memory_plan import MemoryPlan
 from ..sources import ModelSource

@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import DatasetSpec
+from finetune_api.config import DatasetSpec
+
 from ..errors import InvalidDataset
 from ..remote_errors import RemoteFailure, bounded, hub_problem, is_remote
 from .json_check import json_problem

@@ -9,7 +9,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..config import TrainerConfig
+from finetune_api.config import TrainerConfig
+
 from ..errors import InvalidDataset, InvalidModel
 from .encode import Encoded, encode_escaped, refusal, special_token_in_text
 from .harmony import HarmonyIds

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..config import S3Location
-from ..contract import Env, TrainerReason
+from finetune_api.config import S3Location
+from finetune_api.contract import Env, TrainerReason
+
 from ..errors import InvalidConfig
 from ..remote_errors import (
     REFUSED_CODES,

@@ -104,7 +104,7 @@ RelativePath = Annotated[
     ),
 ]
 # A local filesystem path, absolute or relative to the working directory. (A FineTuneJob
-# takes absolute ones only: see finetune_operator.api.spec.)
+# takes absolute ones only: see finetune_api.spec.)
 LocalPath = Annotated[
     str,
     StringConstraints(min_length=1, max_length=MAX_LOCAL_PATH),

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
-from finetune_trainer.config.base import (
+from .config.base import (
     MAX_K8S_NAME,
     MAX_LOCAL_PATH,
     MAX_RELATIVE_PATH,

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from finetune_operator.api.crd import build_crd
-from finetune_operator.api.spec import FineTuneJobSpec, relative_path_message
-from finetune_trainer.config import TrainerConfig, describe_errors
+from finetune_api.config import TrainerConfig, describe_errors
+from finetune_api.crd import build_crd
+from finetune_api.spec import FineTuneJobSpec, relative_path_message
 
 OUTPUT = {"output": {"pvc": {"claimName": "outputs"}}}
 

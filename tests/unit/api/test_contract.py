@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from finetune_trainer.contract import (
+from finetune_api.contract import (
     GENERIC_REASONS,
     TERMINATION_MESSAGE_LIMIT,
     TRAINER_REASONS,

@@ -9,14 +9,14 @@ from typing import Any
 import pytest
 import yaml
 
-from finetune_operator.api.crd import build_crd, render
-from finetune_operator.api.spec import DURABLE_OUTPUT_MESSAGE
-from finetune_trainer.config.base import (
+from finetune_api.config.base import (
     MAX_K8S_NAME,
     MAX_LOCAL_PATH,
     MAX_RELATIVE_PATH,
     MAX_S3_URI,
 )
+from finetune_api.crd import build_crd, render
+from finetune_api.spec import DURABLE_OUTPUT_MESSAGE
 
 CRD_PATH = Path(__file__).resolve().parents[3] / "crds" / "finetunejobs.yaml"
 

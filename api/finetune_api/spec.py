@@ -17,8 +17,8 @@ from pydantic import (
     model_validator,
 )
 
-from finetune_trainer.config import DatasetSpec, ModelSpec, OutputSpec, TrainerConfig
-from finetune_trainer.config.base import K8sName, SpecModel, cel, no_nul, nul_rule
+from .config import DatasetSpec, ModelSpec, OutputSpec, TrainerConfig
+from .config.base import K8sName, SpecModel, cel, no_nul, nul_rule
 
 # resource.Quantity as Kubernetes parses it (500m, 4, 16Gi, 1.5G, 1e3), never negative: a
 # value the API server would refuse fails here, naming the field, not at Job creation.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from finetune_trainer.config import TrainerConfig, describe_errors
+from finetune_api.config import TrainerConfig, describe_errors
 
 
 def errors_of(data: dict) -> list[str]:
