@@ -176,9 +176,11 @@ def test_pvc_output_reports_progress_and_writes_a_loadable_adapter(
     assert status["phase"] == "Succeeded", status
     check_run_times(status)
     assert history.phases() == ["Pending", "Running", "Succeeded"]
-    # The operator read these from the live metrics endpoint while the trainer ran.
+    # The operator read these from the live metrics endpoint while the trainer ran. After
+    # its first steps the tiny model trains the rest in a second or two, so how many
+    # 1-second polls fall inside the run varies: two readings or more, in order.
     steps = history.running_steps()
-    assert len(steps) >= 3 and steps == sorted(steps), steps
+    assert len(steps) >= 2 and steps == sorted(steps), steps
     progress = status["progress"]
     assert (progress["step"], progress["totalSteps"]) == (MAX_STEPS, MAX_STEPS)
     assert progress["summary"] == f"{MAX_STEPS}/{MAX_STEPS}" and progress["loss"] > 0
