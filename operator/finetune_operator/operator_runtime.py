@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from kubernetes import client
 
-from .cache import ClusterCache, Key, Obj
+from .cache import ClusterCache, Obj
 from .config import OperatorConfig
 from .events import EventRecorder
 from .health import Health
@@ -93,15 +93,12 @@ class OperatorRuntime:
             meta = body["metadata"]
             runtime.forget(meta["namespace"], meta["name"], meta.get("uid"))
 
-        def changed(key: Key) -> None:
-            queue.add(key)
-
         resync = Resync(
             kube,
             cache,
             config.namespaces,
             interval=config.resync_seconds,
-            changed=changed,
+            changed=queue.add,
             deleted=deleted,
             metrics=metrics,
         )

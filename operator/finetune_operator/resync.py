@@ -45,9 +45,7 @@ class Resync:
     changed: Callable[[Key], None]
     # A FineTuneJob deleted behind the watches' back (its trimmed body).
     deleted: Callable[[Obj], None]
-    metrics: OperatorMetrics | None = None
-    rounds: int = 0
-    failures: int = 0  # listings that failed
+    metrics: OperatorMetrics
 
     async def run(self) -> None:
         """Resync every ``interval`` seconds until cancelled (the first after one interval:
@@ -57,7 +55,7 @@ class Resync:
             await asyncio.sleep(self.interval)
             try:
                 await loop.run_in_executor(None, self.once)
-            except Exception:  # an unreachable API server: the next round tries again
+            except Exception:  # a bug here must not end the resyncs
                 log.exception("resyncing the watch cache failed")
 
     def once(self) -> dict[str, int]:
@@ -70,12 +68,9 @@ class Resync:
                     gone = self._kind(kind, namespace)
                 except Exception:  # an expired page, a refusal: the next round tries again
                     log.exception("resyncing %ss in %s failed", kind, namespace or "all")
-                    self.failures += 1
-                    if self.metrics is not None:
-                        self.metrics.resync_failures.inc()
+                    self.metrics.resync_failures.inc()
                     continue
                 found[kind] = found.get(kind, 0) + gone
-        self.rounds += 1
         if any(found.values()):
             log.info("resync: the watches had missed the deletion of %s", found)
         return found

@@ -149,7 +149,9 @@ def test_a_key_held_for_its_settle_time_wakes_an_idle_worker() -> None:
     queue.stop()
 
 
-def test_keys_added_first_go_ahead_of_the_others() -> None:
+def busy_queue() -> tuple[WorkQueue, threading.Event, list[Hashable]]:
+    """A one-worker queue busy with the key "busy" until the event is set; the keys it
+    works, in order."""
     release = threading.Event()
     calls: list[Hashable] = []
 
@@ -163,6 +165,11 @@ def test_keys_added_first_go_ahead_of_the_others() -> None:
     queue.start()
     queue.add("busy")
     wait_until(lambda: queue._active)
+    return queue, release, calls
+
+
+def test_keys_added_first_go_ahead_of_the_others() -> None:
+    queue, release, calls = busy_queue()
     for key in ("update-1", "update-2"):
         queue.add(key)
     queue.add("new", first=True)
@@ -174,19 +181,7 @@ def test_keys_added_first_go_ahead_of_the_others() -> None:
 
 
 def test_a_stream_of_first_keys_does_not_starve_the_others() -> None:
-    release = threading.Event()
-    calls: list[Hashable] = []
-
-    def handler(key: Hashable) -> Outcome:
-        if key == "busy":
-            release.wait(5)
-        calls.append(key)
-        return DONE
-
-    queue = WorkQueue(handler, workers=1)
-    queue.start()
-    queue.add("busy")
-    wait_until(lambda: queue._active)
+    queue, release, calls = busy_queue()
     queue.add("update")
     for index in range(3 * FIRST_RUN):
         queue.add(f"new-{index}", first=True)
