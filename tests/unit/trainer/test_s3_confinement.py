@@ -190,7 +190,7 @@ def test_a_pointer_moved_by_another_writer_is_decided_again(
     target = make_target(s3_server, bucket, tmp_path / "staging-2")
     if not conditional:
         target.store.conditional = ConditionalWrites(if_none_match=False, if_match=False)
-    real_read: Callable[[], Any] = target._read_latest
+    real_read: Callable[[], Any] = target.latest.read
     reads: list[Any] = []
 
     def read_latest() -> Any:
@@ -200,7 +200,7 @@ def test_a_pointer_moved_by_another_writer_is_decided_again(
             put(s3_server, bucket, f"{PREFIX}/{LATEST_POINTER}", _pointer(40, bucket))
         return found
 
-    target._read_latest = read_latest  # type: ignore[method-assign]
+    target.latest.read = read_latest  # type: ignore[method-assign]
     publish_checkpoint(target, 30)
     target.flush()
     assert reads == [10, 10, 40]  # before the upload; the stale decision; the new one
