@@ -22,7 +22,8 @@ from finetune_trainer.progress import RunProgress
 from finetune_trainer.resume import find_resume_point
 from finetune_trainer.storage.manifest import MANIFEST_NAME, parse_manifest
 from finetune_trainer.storage.retry import RetryPolicy
-from finetune_trainer.storage.s3 import S3Store, credentials_from_env
+from finetune_trainer.storage.s3 import S3Store
+from finetune_trainer.storage.s3_client import credentials_from_env
 from finetune_trainer.storage.targets import LATEST_POINTER, S3Target, UploadFailed
 
 from .test_checkpoints import write_fake_checkpoint
