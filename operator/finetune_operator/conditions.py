@@ -18,9 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from finetune_api.safe_text import safe_text
 from finetune_api.status import Condition
-
-from .safe_text import safe_text
 
 READY = "Ready"
 RECONCILING = "Reconciling"

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_api.config import describe_errors
+from finetune_api.safe_text import LOG_LIMIT, safe_text
 from finetune_api.spec import FineTuneJobSpec, output_problems
 from finetune_api.status import TERMINAL_PHASES
 
@@ -44,7 +45,6 @@ from .metrics import OperatorMetrics
 from .observe import observe
 from .policy import policy_problems
 from .progress import ProgressBoard
-from .safe_text import LOG_LIMIT, safe_text
 from .status_update import (
     StatusUpdate,
     failed_status,

@@ -9,12 +9,12 @@ from typing import Any
 
 from finetune_api.config import OutputSpec
 from finetune_api.contract import TrainerProgress
+from finetune_api.safe_text import MESSAGE_LIMIT, safe_text
 from finetune_api.status import MAX_SHORT, MAX_URI, TERMINAL_PHASES
 
 from .conditions import conditions_for_phase
 from .observe import Observation
 from .progress import progress_status
-from .safe_text import MESSAGE_LIMIT, safe_text
 from .timeutil import rfc3339
 
 
