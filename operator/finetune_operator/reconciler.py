@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from finetune_api.config import describe_errors
 from finetune_api.safe_text import LOG_LIMIT, safe_text
 from finetune_api.spec import FineTuneJobSpec, output_problems
-from finetune_api.status import TERMINAL_PHASES
+from finetune_api.status import TERMINAL_PHASES, Reason
 
 from .adoption import adoption_problem, controlled_by
 from .builders import (
@@ -51,7 +51,9 @@ from .status_update import (
     invalid_spec_status,
     kept_outcome,
     next_status,
+    readable_status,
     status_rejected_status,
+    unchanged,
     waiting_status,
 )
 from .timeutil import Clock, rfc3339, utcnow
@@ -137,21 +139,27 @@ class Reconciler:
         if body["metadata"].get("deletionTimestamp"):
             self.progress.forget((namespace, name))
             return DONE
-        previous = body.get("status") or {}
-        step = self._converge(body)
+        stored = body.get("status")
+        stored = stored if isinstance(stored, dict) else {}
+        previous = readable_status(stored)
+        step = self._converge(body, previous)
         later = Outcome(retry_after=step.retry_after, backoff=step.backoff)
         update = step.update
         if step.created:
             # Said now, whatever becomes of the status write: the next reconcile finds the
             # Job in place and would not say it.
             self.events.record(
-                body, "Normal", "JobCreated", f"created Job {step.created}", rfc3339(self.clock())
+                body,
+                "Normal",
+                Reason.JOB_CREATED,
+                f"created Job {step.created}",
+                rfc3339(self.clock()),
             )
-        if not update.changed_from(previous):
+        if not update.changed_from(stored):
             self.metrics.reconciles.labels("ok").inc()
             return later
         try:
-            stored = self.kube.patch_status(body, update.status)
+            written = self.kube.patch_status(body, update.patch)
         except StatusRejected as exc:
             # Retrying the same status would fail the same way on every trigger and leave
             # the FineTuneJob frozen: say so on the status instead.
@@ -164,10 +172,10 @@ class Reconciler:
             update = status_rejected_status(
                 previous, str(exc), body["metadata"].get("generation"), self.clock()
             )
-            if not update.changed_from(previous):
+            if not update.changed_from(stored):
                 return later
             try:
-                stored = self.kube.patch_status(body, update.status)
+                written = self.kube.patch_status(body, update.patch)
             except StatusRejected as again:
                 log.error(
                     "%s/%s: even the fallback status was rejected: %s",
@@ -176,12 +184,12 @@ class Reconciler:
                     safe_text(again, LOG_LIMIT),
                 )
                 return later
-        if stored is None:
+        if written is None:
             # Someone wrote the FineTuneJob after the version in the cache: the watch brings
             # the newer one, which queues it again; the retry is a fallback.
             self.metrics.reconciles.labels("conflict").inc()
             return Outcome(retry_after=_CONFLICT_RETRY_SECONDS)
-        self.cache.record_write(stored, f"the status of FineTuneJob {namespace}/{name}")
+        self.cache.record_write(written, f"the status of FineTuneJob {namespace}/{name}")
         self.metrics.reconciles.labels("ok").inc()
         self.metrics.status_writes.inc()
         now = rfc3339(self.clock())
@@ -191,13 +199,12 @@ class Reconciler:
             "%s/%s: %s (%s)",
             namespace,
             name,
-            update.status.get("phase"),
-            safe_text(update.status.get("reason"), LOG_LIMIT),
+            update.status.phase,
+            safe_text(update.status.reason, LOG_LIMIT),
         )
         return later
 
-    def _converge(self, body: Obj) -> Convergence:
-        previous: dict[str, Any] = body.get("status") or {}
+    def _converge(self, body: Obj, previous: dict[str, Any]) -> Convergence:
         generation = body["metadata"].get("generation")
         now = self.clock()
         spec, problems = parse_spec(body)
@@ -213,7 +220,9 @@ class Reconciler:
             message = conflict_message(
                 "Job", owner.namespace, owner.child_name, "it is not controlled by this FineTuneJob"
             )
-            return Convergence(failed_status(previous, "ChildConflict", message, generation, now))
+            return Convergence(
+                failed_status(previous, Reason.CHILD_CONFLICT, message, generation, now)
+            )
         going = job is None or bool(job["metadata"].get("deletionTimestamp"))
         if going and previous.get("phase") in TERMINAL_PHASES:
             # The finished Job is cleaned up (ttlSecondsAfterFinished deletes it in the
@@ -227,7 +236,7 @@ class Reconciler:
             return Convergence(
                 failed_status(
                     previous,
-                    "JobDeleted",
+                    Reason.JOB_DELETED,
                     f"the Job {previous['jobName']} was deleted before it finished; delete "
                     "and re-create the FineTuneJob to train again (with the same output "
                     "location, an output.pvc.path or output.s3 prefix, it resumes from the "
@@ -247,24 +256,26 @@ class Reconciler:
             not_allowed = policy_problems(spec, self.config)
             if not_allowed:
                 return Convergence(
-                    failed_status(previous, "NotAllowed", "; ".join(not_allowed), generation, now)
+                    failed_status(
+                        previous, Reason.NOT_ALLOWED, "; ".join(not_allowed), generation, now
+                    )
                 )
             try:
                 job, created = self._create_children(spec, owner)
             except ChildConflict as exc:
                 # Not the spec's fault: another object holds the child's name.
                 return Convergence(
-                    failed_status(previous, "ChildConflict", str(exc), generation, now)
+                    failed_status(previous, Reason.CHILD_CONFLICT, str(exc), generation, now)
                 )
             except ChildRejected as exc:
                 return Convergence(
-                    failed_status(previous, "JobRejected", str(exc), generation, now)
+                    failed_status(previous, Reason.JOB_REJECTED, str(exc), generation, now)
                 )
             except ChildDeferred as exc:
                 # Pending, tried again after a growing delay, until the quota allows it.
                 message = f"{exc}; the Job is created once the quota allows it"
                 return Convergence(
-                    waiting_status(previous, "QuotaExceeded", message, generation, now),
+                    waiting_status(previous, Reason.QUOTA_EXCEEDED, message, generation, now),
                     backoff=True,
                 )
         else:
@@ -276,14 +287,12 @@ class Reconciler:
                 # the operator reads; a planted selector or managedBy is not among them).
                 whole = self.kube.get_job(owner.namespace, owner.child_name)
                 if whole is None:  # deleted meanwhile: its watch event follows
-                    return Convergence(
-                        StatusUpdate(dict(previous)), retry_after=_CONFLICT_RETRY_SECONDS
-                    )
+                    return Convergence(unchanged(), retry_after=_CONFLICT_RETRY_SECONDS)
                 problem = adoption_problem(build_job(spec, owner, self.config), whole, owner.uid)
                 if problem:
                     message = conflict_message("Job", owner.namespace, owner.child_name, problem)
                     return Convergence(
-                        failed_status(previous, "ChildConflict", message, generation, now)
+                        failed_status(previous, Reason.CHILD_CONFLICT, message, generation, now)
                     )
             self._sync_lifecycle(
                 job, spec, queued, outcome_recorded=previous.get("phase") in TERMINAL_PHASES
@@ -292,11 +301,11 @@ class Reconciler:
         pods = self.cache.trainer_pods(owner.uid)
         observation = observe(job, pods, queued=queued)
         waiting_outside = False
-        if observation.reason == "ContainerCreating":
+        if observation.reason == Reason.CONTAINER_CREATING:
             missing = self._missing_dataset_config_map(spec, owner.namespace)
             if missing:
                 observation = replace(
-                    observation, reason="DatasetConfigMapMissing", message=missing
+                    observation, reason=Reason.DATASET_CONFIG_MAP_MISSING, message=missing
                 )
                 # ConfigMaps are not watched (a watch would stream every ConfigMap of the
                 # cluster to the operator): look again after a growing delay, so a
