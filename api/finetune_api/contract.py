@@ -186,6 +186,13 @@ class TerminationMessage(_Wire):
             return TrainerReason(self.reason)
         return GENERIC_REASONS[self.status]
 
+    @property
+    def progress(self) -> TrainerProgress:
+        """The progress this message reports (its step, total steps and last loss), as the
+        metrics endpoint would: the fields the two share, under the same names."""
+        shared = TrainerProgress.model_fields.keys() & type(self).model_fields.keys()
+        return TrainerProgress.model_validate(self.model_dump(include=shared))
+
     def encode(self) -> str:
         """JSON that fits the kubelet's 4 KiB limit, shortening the message if needed."""
         text = self.model_dump_json(by_alias=True, exclude_none=True)

@@ -1,14 +1,18 @@
 """The FineTuneJob status, written only by the operator.
 
-Typed so the CRD documents it (``kubectl explain finetunejob.status``) and so the operator
-cannot write a shape the API server would prune.
+Typed so the CRD documents it (``kubectl explain finetunejob.status``), so the operator
+cannot write a shape the API server would prune, and so every status the operator writes
+is built through these models: each string is bounded and made safe (safe_text.py) as the
+model takes it, and :meth:`to_wire` is the one way a status becomes the JSON merge patch
+the operator sends.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from .config.base import (
@@ -17,28 +21,111 @@ from .config.base import (
     MAX_RELATIVE_PATH,
     MAX_S3_URI,
 )
+from .safe_text import MESSAGE_LIMIT, safe_text
 
-Phase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
-TERMINAL_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
+
+# Where a FineTuneJob's run stands (status.phase). A comment, not a docstring: the CRD
+# takes the field's description, and an enum's docstring would come first in its schema.
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUSPENDED = "Suspended"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
+TERMINAL_PHASES: frozenset[Phase] = frozenset({Phase.SUCCEEDED, Phase.FAILED})
+
+
+class Reason(enum.StrEnum):
+    """The reasons the operator puts in a status or an Event: its own, and those it takes
+    over from Kubernetes. The trainer's own are :class:`finetune_api.contract.TrainerReason`.
+    A Job condition's reason outside this set is still reported as the Job says it."""
+
+    # The operator's own: on the way to a running trainer.
+    CREATING_JOB = "CreatingJob"
+    WAITING_FOR_POD = "WaitingForPod"
+    CONTAINER_CREATING = "ContainerCreating"
+    RUNNING = "Running"
+    COMPLETING = "Completing"
+    RESTARTING = "Restarting"
+    SUSPENDED = "Suspended"
+    WAITING_FOR_QUEUE = "WaitingForQueue"
+    SUCCEEDED = "Succeeded"
+    # The operator's own: what it found wrong.
+    INVALID_SPEC = "InvalidSpec"
+    NOT_ALLOWED = "NotAllowed"
+    CHILD_CONFLICT = "ChildConflict"
+    JOB_REJECTED = "JobRejected"
+    JOB_DELETED = "JobDeleted"
+    QUOTA_EXCEEDED = "QuotaExceeded"
+    DATASET_CONFIG_MAP_MISSING = "DatasetConfigMapMissing"
+    STATUS_REJECTED = "StatusRejected"
+    # The operator's own: Events only.
+    RESTARTED = "Restarted"
+    CHECKPOINT = "Checkpoint"
+    JOB_CREATED = "JobCreated"
+    # From the Job controller's conditions.
+    BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    POD_FAILURE_POLICY = "PodFailurePolicy"
+    FAILED_INDEXES = "FailedIndexes"
+    MAX_FAILED_INDEXES_EXCEEDED = "MaxFailedIndexesExceeded"
+    SUCCESS_POLICY = "SuccessPolicy"
+    JOB_FAILED = "JobFailed"
+    # From the scheduler's and the kubelet's pod states.
+    UNSCHEDULABLE = "Unschedulable"
+    SCHEDULER_ERROR = "SchedulerError"
+    ERR_IMAGE_PULL = "ErrImagePull"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    INVALID_IMAGE_NAME = "InvalidImageName"
+    CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+    CREATE_CONTAINER_ERROR = "CreateContainerError"
+    CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
+
 
 MAX_TEXT = 32768
 MAX_SHORT = 1024
-Text = Annotated[str, Field(max_length=MAX_TEXT)]
-Short = Annotated[str, Field(max_length=MAX_SHORT)]
 # A location under the spec's output (pvc://claim/path/..., s3://bucket/prefix/..., or a
 # local path) plus what the trainer appends (/checkpoint-N, /final_model, ...). Longer than
 # any location the spec accepts, so a status that reports one is never refused.
 MAX_URI = (
     max(MAX_LOCAL_PATH, MAX_S3_URI, len("pvc://") + MAX_K8S_NAME + 1 + MAX_RELATIVE_PATH) + 256
 )
-Uri = Annotated[str, Field(max_length=MAX_URI)]
+
+
+def _made_safe(limit: int) -> BeforeValidator:
+    """Bound a string and escape its control characters before it is checked: text from
+    outside the operator (a trainer's message, an API server's refusal) shortens, never
+    fails the status."""
+
+    def safe(value: object) -> object:
+        return safe_text(value, limit) if isinstance(value, str) else value
+
+    return BeforeValidator(safe)
+
+
+# The CRD accepts messages of MAX_TEXT; the operator writes at most MESSAGE_LIMIT, so a
+# status that carries several of them is still far below what the API server accepts.
+Text = Annotated[str, _made_safe(MESSAGE_LIMIT), Field(max_length=MAX_TEXT)]
+Short = Annotated[str, _made_safe(MAX_SHORT), Field(max_length=MAX_SHORT)]
+Uri = Annotated[str, _made_safe(MAX_URI), Field(max_length=MAX_URI)]
 
 
 class _Status(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+    # validate_assignment: a field set after construction is made safe as well.
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        validate_assignment=True,
+    )
 
     def to_wire(self) -> dict[str, object]:
-        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+        """The fields that were set, as the API spells them: the JSON merge patch of a
+        status write. A field set to None stays, as null, which removes it from the stored
+        status; a field never set is left out, and the stored value stays."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
 
 
 class Condition(_Status):

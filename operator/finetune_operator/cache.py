@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_api.status import Phase
+
 from .naming import ANNOTATION_CONFIG_HASH, LABEL_OWNER, LABEL_OWNER_UID, TRAINER_CONTAINER
 
 log = logging.getLogger(__name__)
@@ -326,7 +328,7 @@ class ClusterCache:
         """FineTuneJobs by the phase their status records (for the operator's gauge)."""
         with self._lock:
             return Counter(
-                (ftj.get("status") or {}).get("phase") or "Pending"
+                (ftj.get("status") or {}).get("phase") or Phase.PENDING
                 for ftj in self._finetunejobs.values()
             )
 

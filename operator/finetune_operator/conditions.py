@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from finetune_api.status import Condition
+from pydantic import ValidationError
 
-from .safe_text import safe_text
+from finetune_api.status import Condition, Phase
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -34,7 +34,7 @@ def _truth(flag: bool) -> Literal["True", "False"]:
 
 
 def conditions_for_phase(
-    phase: str,
+    phase: Phase,
     reason: str,
     message: str,
     generation: int | None,
@@ -42,35 +42,45 @@ def conditions_for_phase(
     now: str,
     *,
     stalled: bool = False,
-) -> list[dict[str, Any]]:
+) -> list[Condition]:
     """The full condition list for a phase, carrying lastTransitionTime over from
-    ``previous`` when a condition's status did not change. ``stalled`` marks a FineTuneJob
-    stuck for a reason other than its phase (Stalled, and no longer Reconciling)."""
-    stalled = stalled or phase == "Failed"
-    # Bounded before the typed model sees it: an over-long message must shorten, not raise.
-    message = safe_text(message)
+    ``previous`` (the stored conditions) when a condition's status did not change.
+    ``stalled`` marks a FineTuneJob stuck for a reason other than its phase (Stalled, and
+    no longer Reconciling)."""
+    stalled = stalled or phase == Phase.FAILED
     wanted = {
-        READY: phase == "Succeeded",
-        RECONCILING: phase in ("Pending", "Running") and not stalled,
+        READY: phase == Phase.SUCCEEDED,
+        RECONCILING: phase in (Phase.PENDING, Phase.RUNNING) and not stalled,
         STALLED: stalled,
-        SUSPENDED: phase == "Suspended",
+        SUSPENDED: phase == Phase.SUSPENDED,
     }
     before = {c.get("type"): c for c in previous or []}
     out = []
     for kind in CONDITION_TYPES:
         status = _truth(wanted[kind])
         old = before.get(kind)
-        since = old["lastTransitionTime"] if old and old.get("status") == status else now
-        out.append(
-            Condition(
-                type=kind,
-                status=status,
-                reason=reason,
-                message=message,
-                observed_generation=generation,
-                last_transition_time=since,
-            ).to_wire()
-        )
+        kept = old.get("lastTransitionTime") if old and old.get("status") == status else None
+        fields: dict[str, Any] = {
+            "type": kind,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "last_transition_time": kept or now,
+        }
+        if generation is not None:  # left out when unknown, as metav1.Condition does
+            fields["observed_generation"] = generation
+        out.append(Condition(**fields))
     # Keep conditions other writers may have added (none today), after ours.
-    out += [c for c in previous or [] if c.get("type") not in CONDITION_TYPES]
+    for other in previous or []:
+        if other.get("type") not in CONDITION_TYPES and (kept_other := _foreign(other)):
+            out.append(kept_other)
     return out
+
+
+def _foreign(condition: dict[str, Any]) -> Condition | None:
+    """Another writer's condition as stored, or None when it is not one (the API server
+    accepts only conditions of the schema's shape, so nothing it stored is dropped)."""
+    try:
+        return Condition.model_validate(condition)
+    except ValidationError:
+        return None

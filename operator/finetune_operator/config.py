@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_api import GROUP
 from finetune_api.spec import Toleration
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
@@ -48,8 +47,6 @@ class OperatorConfig:
     # How often the operator lists what it watches, to catch deletions a broken watch
     # missed (resync.py): a metadata-only LIST per kind and watched namespace.
     resync_seconds: float = 600.0
-    # Prefix for kopf's finalizer and bookkeeping annotations.
-    annotation_prefix: str = GROUP
     liveness_endpoint: str | None = "http://0.0.0.0:8080/healthz"
     # The operator's own Prometheus endpoint; 0 disables it.
     metrics_host: str = "0.0.0.0"
@@ -74,10 +71,6 @@ class OperatorConfig:
     # Taint keys FineTuneJobs may tolerate although Kubernetes reserves them
     # (node-role.kubernetes.io/*, node.kubernetes.io/*, CriticalAddonsOnly: policy.py).
     allowed_toleration_keys: tuple[str, ...] = ()
-
-    @property
-    def finalizer(self) -> str:
-        return f"{self.annotation_prefix}/finalizer"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -127,7 +120,6 @@ class OperatorConfig:
             api_read_timeout=get("API_READ_TIMEOUT_SECONDS", "30", float),
             watch_echo_deadline_seconds=get("WATCH_ECHO_DEADLINE_SECONDS", "150", float),
             resync_seconds=get("RESYNC_SECONDS", "600", _positive_float),
-            annotation_prefix=get("ANNOTATION_PREFIX", GROUP),
             liveness_endpoint=liveness,
             metrics_host=get("OPERATOR_METRICS_HOST", "0.0.0.0"),
             metrics_port=get("OPERATOR_METRICS_PORT", "8081", int),

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .safe_text import EVENT_MESSAGE_LIMIT, safe_text
+from finetune_api.safe_text import EVENT_MESSAGE_LIMIT, safe_text
 
 log = logging.getLogger(__name__)
 

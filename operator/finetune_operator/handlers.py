@@ -56,9 +56,11 @@ class NoDiffBase(kopf.DiffBaseStorage):
 
 def configure_kopf(settings: kopf.OperatorSettings, config: OperatorConfig) -> None:
     """Settings for one operator process, from OperatorConfig."""
-    prefix = config.annotation_prefix
-    settings.persistence.finalizer = config.finalizer
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    # Only event handlers are registered, and kopf adds a finalizer or progress annotations
+    # for none of them; should a kopf version write either, it is named under the API's
+    # group rather than kopf's.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = NoDiffBase()
     # Our own Events say what happened; kopf's per-handler log events would be noise.
     settings.posting.enabled = False

@@ -26,9 +26,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from finetune_api.status import Phase
+
 log = logging.getLogger(__name__)
 
-PHASES = ("Pending", "Running", "Suspended", "Succeeded", "Failed")
+PHASES = tuple(Phase)
 
 
 class OperatorMetrics:
@@ -132,7 +134,7 @@ class _StateCollector(Collector):
             sizes = self.sources[1]()
             waiting = self.sources[2]()
         for phase in PHASES:
-            phases.add_metric([phase], counts.get(phase, 0))
+            phases.add_metric([str(phase)], counts.get(phase, 0))
         for kind, size in sorted(sizes.items()):
             cached.add_metric([kind], size)
         depth.add_metric([], waiting)

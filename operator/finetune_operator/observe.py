@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from finetune_api.contract import TERMINATION_MESSAGE_LIMIT, ExitCode, TerminationMessage
+from finetune_api.status import Phase, Reason
 
 from .naming import TRAINER_CONTAINER
 from .scrape import bounded_number
@@ -16,19 +17,22 @@ WAITING_FOR_POD = "waiting for the trainer pod to be created and scheduled"
 
 # Container waiting reasons worth surfacing while the pod is Pending.
 _WAITING_REASONS = {
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "CrashLoopBackOff",
+    Reason.ERR_IMAGE_PULL,
+    Reason.IMAGE_PULL_BACK_OFF,
+    Reason.INVALID_IMAGE_NAME,
+    Reason.CREATE_CONTAINER_CONFIG_ERROR,
+    Reason.CREATE_CONTAINER_ERROR,
+    Reason.CRASH_LOOP_BACK_OFF,
 }
 
 
 @dataclass(frozen=True)
 class Observation:
-    phase: str
-    reason: str
+    """What the Job and its pods say about the run: the phase and reason the status takes,
+    and the facts it records."""
+
+    phase: Phase
+    reason: str  # a Reason, a TrainerReason, or a Job condition's own
     message: str
     start_time: str | None = None
     completion_time: str | None = None
@@ -114,15 +118,15 @@ def _pending_reason(pod: dict[str, Any]) -> tuple[str, str]:
         if cond.get("type") == "PodScheduled":
             scheduled = cond
     if scheduled and scheduled.get("status") == "False":
-        return scheduled.get("reason") or "Unschedulable", scheduled.get("message") or ""
+        return scheduled.get("reason") or Reason.UNSCHEDULABLE, scheduled.get("message") or ""
     waiting = (_trainer_status(pod).get("state") or {}).get("waiting") or {}
     if waiting.get("reason") in _WAITING_REASONS:
         return waiting["reason"], waiting.get("message") or ""
     if scheduled is None:
         # Not yet seen by the scheduler: to the user the same wait as for the pod itself,
         # so the status does not change (and is not written) in between.
-        return "WaitingForPod", WAITING_FOR_POD
-    return "ContainerCreating", "the trainer container is starting"
+        return Reason.WAITING_FOR_POD, WAITING_FOR_POD
+    return Reason.CONTAINER_CREATING, "the trainer container is starting"
 
 
 def _is_live(pod: dict[str, Any]) -> bool:
@@ -191,7 +195,7 @@ def observe(
     queued: bool = False,
 ) -> Observation:
     if job is None:
-        return Observation("Pending", "CreatingJob", "creating the trainer Job")
+        return Observation(Phase.PENDING, Reason.CREATING_JOB, "creating the trainer Job")
     pods = [p for p in pods if _controlled_by(p, job)]
     status = job.get("status") or {}
     restarts = _restarts(job, pods)
@@ -201,7 +205,7 @@ def observe(
     summary = _summary(text) if text else None
     last_failure = _failure_text(newest) if newest and newest.get("exitCode") else None
     seen = Observation(
-        phase="Pending",
+        phase=Phase.PENDING,
         reason="",
         message="",
         start_time=status.get("startTime"),
@@ -217,8 +221,8 @@ def observe(
         where = summary.adapter_uri if summary and summary.adapter_uri else "the output location"
         return replace(
             seen,
-            phase="Succeeded",
-            reason="Succeeded",
+            phase=Phase.SUCCEEDED,
+            reason=Reason.SUCCEEDED,
             message=f"training finished; adapter written to {where}",
             completion_time=status.get("completionTime") or complete.get("lastTransitionTime"),
         )
@@ -230,7 +234,7 @@ def observe(
         reason, message = _failure(failed, summary, text, last_failure)
         return replace(
             seen,
-            phase="Failed",
+            phase=Phase.FAILED,
             reason=reason,
             message=message,
             completion_time=failed.get("lastTransitionTime"),
@@ -242,7 +246,7 @@ def observe(
         reason, message = _trainer_outcome(summary)
         return replace(
             seen,
-            phase="Failed",
+            phase=Phase.FAILED,
             reason=reason,
             message=message,
             completion_time=newest.get("finishedAt"),
@@ -251,8 +255,8 @@ def observe(
         if queued and not seen.start_time:
             return replace(
                 seen,
-                phase="Suspended",
-                reason="WaitingForQueue",
+                phase=Phase.SUSPENDED,
+                reason=Reason.WAITING_FOR_QUEUE,
                 message="waiting for Kueue to admit the Job",
             )
         # Suspending deletes the pod at once; its trainer is still saving a checkpoint
@@ -263,7 +267,7 @@ def observe(
             else "suspended; set spec.lifecycle.suspend to false to resume from the newest "
             "checkpoint"
         )
-        return replace(seen, phase="Suspended", reason="Suspended", message=message)
+        return replace(seen, phase=Phase.SUSPENDED, reason=Reason.SUSPENDED, message=message)
     if active:
         pod = active[-1]
         running = (_trainer_status(pod).get("state") or {}).get("running")
@@ -273,8 +277,8 @@ def observe(
                 message += f" (attempt {restarts + 1}, after {last_failure or 'a restart'})"
             return replace(
                 seen,
-                phase="Running",
-                reason="Running",
+                phase=Phase.RUNNING,
+                reason=Reason.RUNNING,
                 message=message,
                 running_pod_uid=pod["metadata"].get("uid"),
             )
@@ -284,18 +288,18 @@ def observe(
         # The trainer exited 0; the Job controller has not marked the Job Complete yet.
         return replace(
             seen,
-            phase="Running",
-            reason="Completing",
+            phase=Phase.RUNNING,
+            reason=Reason.COMPLETING,
             message="the trainer finished; waiting for the Job to complete",
         )
     if last_failure or restarts:
         return replace(
             seen,
-            reason="Restarting",
+            reason=Reason.RESTARTING,
             message=f"the trainer stopped ({last_failure or 'restart'}); the Job retries from "
             "the newest checkpoint while spec.lifecycle.backoffLimit allows",
         )
-    return replace(seen, reason="WaitingForPod", message=WAITING_FOR_POD)
+    return replace(seen, reason=Reason.WAITING_FOR_POD, message=WAITING_FOR_POD)
 
 
 def _failure(
@@ -304,17 +308,17 @@ def _failure(
     text: str | None,
     last_failure: str | None,
 ) -> tuple[str, str]:
-    job_reason = failed.get("reason") or "JobFailed"
+    job_reason = failed.get("reason") or Reason.JOB_FAILED
     if summary is not None and summary.status == "invalid_input":
         return _trainer_outcome(summary)
     detail = summary.message if summary and summary.message else (text or "").strip()
-    if job_reason == "DeadlineExceeded":
-        return "DeadlineExceeded", (
+    if job_reason == Reason.DEADLINE_EXCEEDED:
+        return Reason.DEADLINE_EXCEEDED, (
             "spec.lifecycle.activeDeadlineSeconds passed before training finished"
             + (f"; last trainer message: {detail}" if detail else "")
         )
-    if job_reason == "BackoffLimitExceeded":
-        return "BackoffLimitExceeded", (
+    if job_reason == Reason.BACKOFF_LIMIT_EXCEEDED:
+        return Reason.BACKOFF_LIMIT_EXCEEDED, (
             "the trainer failed more often than spec.lifecycle.backoffLimit allows"
             + (f"; last failure: {last_failure}" if last_failure else "")
             + (f"; {detail}" if detail else "")

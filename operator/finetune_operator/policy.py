@@ -39,10 +39,10 @@ import re
 import socket
 from urllib.parse import urlsplit
 
+from finetune_api.safe_text import safe_text
 from finetune_api.spec import FineTuneJobSpec, Toleration
 
 from .config import OperatorConfig
-from .safe_text import safe_text
 
 # Cloud metadata services by name; their addresses are link-local and refused as such.
 _METADATA_NAMES = frozenset(

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from finetune_api.contract import TrainerProgress
+from finetune_api.status import ProgressStatus
 
 from .timeutil import parse_time, rfc3339
 
@@ -69,14 +70,14 @@ def progress_status(
     current: TrainerProgress,
     previous: dict[str, Any] | None,
     now: datetime,
-) -> dict[str, Any] | None:
+) -> ProgressStatus | None:
     """The new status.progress, or None when nothing the user sees has changed (so the
-    operator does not write status on every poll). The ETA comes from the time the last
-    steps took."""
+    operator does not write status on every poll). ``previous`` is the stored one. The ETA
+    comes from the time the last steps took."""
     if current.step is None:
         return None
     previous = previous or {}
-    fresh: dict[str, Any] = {
+    shown = {
         "step": current.step,
         "totalSteps": current.total_steps,
         "epoch": current.epoch,
@@ -84,7 +85,7 @@ def progress_status(
         "learningRate": current.learning_rate,
         "tokensPerSecond": current.tokens_per_second,
     }
-    fresh = {k: v for k, v in fresh.items() if v is not None}
+    fresh: dict[str, Any] = {k: v for k, v in shown.items() if v is not None}
     # Only what this reading has is compared: the trainer's exit summary carries no epoch,
     # learning rate or speed, and the merge patch keeps the live values it last wrote.
     # Comparing those too would find a change on every reconcile after a run stopped.
@@ -96,7 +97,7 @@ def progress_status(
     if eta is not None:
         fresh["etaSeconds"] = eta
     fresh["updatedAt"] = rfc3339(now)
-    return fresh
+    return ProgressStatus.model_validate(fresh)
 
 
 def _eta(current: TrainerProgress, previous: dict[str, Any], now: datetime) -> int | None:

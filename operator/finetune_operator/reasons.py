@@ -10,53 +10,31 @@ against the set below, and anything else is counted under ``Other``.
 from __future__ import annotations
 
 from finetune_api import contract
+from finetune_api.status import Reason
 
-# Reasons the operator decides itself.
-OPERATOR_REASONS = frozenset(
-    {
-        "CreatingJob",
-        "WaitingForPod",
-        "ContainerCreating",
-        "Running",
-        "Completing",
-        "Restarting",
-        "Suspended",
-        "WaitingForQueue",
-        "Succeeded",
-        "InvalidSpec",
-        "NotAllowed",
-        "ChildConflict",
-        "JobRejected",
-        "JobDeleted",
-        "QuotaExceeded",
-        "DatasetConfigMapMissing",
-        "StatusRejected",
-        "Restarted",
-        "Checkpoint",
-        "JobCreated",
-    }
-)
 # Reasons taken over from Kubernetes: the Job controller's conditions, the scheduler's and
 # the kubelet's pod states.
-KUBERNETES_REASONS = frozenset(
+KUBERNETES_REASONS: frozenset[str] = frozenset(
     {
-        "BackoffLimitExceeded",
-        "DeadlineExceeded",
-        "PodFailurePolicy",
-        "FailedIndexes",
-        "MaxFailedIndexesExceeded",
-        "SuccessPolicy",
-        "JobFailed",
-        "Unschedulable",
-        "SchedulerError",
-        "ErrImagePull",
-        "ImagePullBackOff",
-        "InvalidImageName",
-        "CreateContainerConfigError",
-        "CreateContainerError",
-        "CrashLoopBackOff",
+        Reason.BACKOFF_LIMIT_EXCEEDED,
+        Reason.DEADLINE_EXCEEDED,
+        Reason.POD_FAILURE_POLICY,
+        Reason.FAILED_INDEXES,
+        Reason.MAX_FAILED_INDEXES_EXCEEDED,
+        Reason.SUCCESS_POLICY,
+        Reason.JOB_FAILED,
+        Reason.UNSCHEDULABLE,
+        Reason.SCHEDULER_ERROR,
+        Reason.ERR_IMAGE_PULL,
+        Reason.IMAGE_PULL_BACK_OFF,
+        Reason.INVALID_IMAGE_NAME,
+        Reason.CREATE_CONTAINER_CONFIG_ERROR,
+        Reason.CREATE_CONTAINER_ERROR,
+        Reason.CRASH_LOOP_BACK_OFF,
     }
 )
+# Reasons the operator decides itself: every other Reason.
+OPERATOR_REASONS: frozenset[str] = frozenset(Reason) - KUBERNETES_REASONS
 # Reasons the trainer reports in its termination message (the contract's fixed set).
 TRAINER_REASONS = contract.TRAINER_REASONS
 KNOWN_REASONS = OPERATOR_REASONS | KUBERNETES_REASONS | TRAINER_REASONS
@@ -65,4 +43,4 @@ OTHER = "Other"
 
 def metric_reason(reason: str) -> str:
     """``reason`` if it is one of the known reasons, else ``Other``."""
-    return reason if reason in KNOWN_REASONS else OTHER
+    return str(reason) if reason in KNOWN_REASONS else OTHER

@@ -13,13 +13,15 @@ import logging
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from finetune_api.config import describe_errors
+from finetune_api.safe_text import LOG_LIMIT, safe_text
 from finetune_api.spec import FineTuneJobSpec, output_problems
-from finetune_api.status import TERMINAL_PHASES
+from finetune_api.status import TERMINAL_PHASES, Reason
 
 from .adoption import adoption_problem, controlled_by
 from .builders import (
@@ -41,17 +43,18 @@ from .kube import (
     conflict_message,
 )
 from .metrics import OperatorMetrics
-from .observe import observe
+from .observe import Observation, observe
 from .policy import policy_problems
 from .progress import ProgressBoard
-from .safe_text import LOG_LIMIT, safe_text
 from .status_update import (
     StatusUpdate,
     failed_status,
     invalid_spec_status,
     kept_outcome,
     next_status,
+    readable_status,
     status_rejected_status,
+    unchanged,
     waiting_status,
 )
 from .timeutil import Clock, rfc3339, utcnow
@@ -84,6 +87,18 @@ class Convergence:
     retry_after: float | None = None
     backoff: bool = False  # come back after the work queue's growing delay
     created: str | None = None  # the Job this pass created
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What one pass over a FineTuneJob knows before it decides anything."""
+
+    previous: dict[str, Any]  # the stored status, as readable_status reads it
+    generation: int | None
+    now: datetime
+
+    def failed(self, reason: Reason, message: str) -> Convergence:
+        return Convergence(failed_status(self.previous, reason, message, self.generation, self.now))
 
 
 class Reconciler:
@@ -137,21 +152,27 @@ class Reconciler:
         if body["metadata"].get("deletionTimestamp"):
             self.progress.forget((namespace, name))
             return DONE
-        previous = body.get("status") or {}
-        step = self._converge(body)
+        stored = body.get("status")
+        stored = stored if isinstance(stored, dict) else {}
+        previous = readable_status(stored)
+        step = self._converge(body, previous)
         later = Outcome(retry_after=step.retry_after, backoff=step.backoff)
         update = step.update
         if step.created:
             # Said now, whatever becomes of the status write: the next reconcile finds the
             # Job in place and would not say it.
             self.events.record(
-                body, "Normal", "JobCreated", f"created Job {step.created}", rfc3339(self.clock())
+                body,
+                "Normal",
+                Reason.JOB_CREATED,
+                f"created Job {step.created}",
+                rfc3339(self.clock()),
             )
-        if not update.changed_from(previous):
+        if not update.changed_from(stored):
             self.metrics.reconciles.labels("ok").inc()
             return later
         try:
-            stored = self.kube.patch_status(body, update.status)
+            written = self.kube.patch_status(body, update.patch)
         except StatusRejected as exc:
             # Retrying the same status would fail the same way on every trigger and leave
             # the FineTuneJob frozen: say so on the status instead.
@@ -164,10 +185,10 @@ class Reconciler:
             update = status_rejected_status(
                 previous, str(exc), body["metadata"].get("generation"), self.clock()
             )
-            if not update.changed_from(previous):
+            if not update.changed_from(stored):
                 return later
             try:
-                stored = self.kube.patch_status(body, update.status)
+                written = self.kube.patch_status(body, update.patch)
             except StatusRejected as again:
                 log.error(
                     "%s/%s: even the fallback status was rejected: %s",
@@ -176,12 +197,12 @@ class Reconciler:
                     safe_text(again, LOG_LIMIT),
                 )
                 return later
-        if stored is None:
+        if written is None:
             # Someone wrote the FineTuneJob after the version in the cache: the watch brings
             # the newer one, which queues it again; the retry is a fallback.
             self.metrics.reconciles.labels("conflict").inc()
             return Outcome(retry_after=_CONFLICT_RETRY_SECONDS)
-        self.cache.record_write(stored, f"the status of FineTuneJob {namespace}/{name}")
+        self.cache.record_write(written, f"the status of FineTuneJob {namespace}/{name}")
         self.metrics.reconciles.labels("ok").inc()
         self.metrics.status_writes.inc()
         now = rfc3339(self.clock())
@@ -191,134 +212,136 @@ class Reconciler:
             "%s/%s: %s (%s)",
             namespace,
             name,
-            update.status.get("phase"),
-            safe_text(update.status.get("reason"), LOG_LIMIT),
+            update.status.phase,
+            safe_text(update.status.reason, LOG_LIMIT),
         )
         return later
 
-    def _converge(self, body: Obj) -> Convergence:
-        previous: dict[str, Any] = body.get("status") or {}
-        generation = body["metadata"].get("generation")
-        now = self.clock()
+    # --- one pass, step by step: a step that settles the status ends the pass ------------
+
+    def _converge(self, body: Obj, previous: dict[str, Any]) -> Convergence:
+        """Decide the status of one FineTuneJob, creating or adjusting its Job on the way:
+        the spec must parse; a Job of another owner, or one gone, settles the status; a
+        missing Job is admitted and created, an existing one adopted (or refused) and its
+        lifecycle kept in step with the spec; then the Job and its pods are observed."""
+        run = _Pass(previous, body["metadata"].get("generation"), self.clock())
         spec, problems = parse_spec(body)
         if spec is None:
-            return Convergence(invalid_spec_status(previous, problems, generation, now))
+            return Convergence(invalid_spec_status(previous, problems, run.generation, run.now))
         owner = Owner.from_body(body)
-        queued = bool(spec.scheduling.queue_name)
-
         job = self.cache.job(owner.namespace, owner.child_name)
-        if job is not None and not controlled_by(job, owner.uid):
-            # The child's name hashes this FineTuneJob's uid: a Job of that name that it
-            # does not control was made by someone else, and is never taken as its own.
-            message = conflict_message(
-                "Job", owner.namespace, owner.child_name, "it is not controlled by this FineTuneJob"
-            )
-            return Convergence(failed_status(previous, "ChildConflict", message, generation, now))
-        going = job is None or bool(job["metadata"].get("deletionTimestamp"))
-        if going and previous.get("phase") in TERMINAL_PHASES:
-            # The finished Job is cleaned up (ttlSecondsAfterFinished deletes it in the
-            # foreground: pods first, so the trainer's message is gone before the Job).
-            return Convergence(kept_outcome(previous, generation))
-        if job is None and previous.get("jobName"):
-            # The Job existed and is gone before its outcome was recorded (deleted by hand,
-            # or cleaned up while the operator was down). Creating it again could start a
-            # second trainer on the same output while the first is still stopping, or
-            # retrain a run that had already used up its retries.
-            return Convergence(
-                failed_status(
-                    previous,
-                    "JobDeleted",
-                    f"the Job {previous['jobName']} was deleted before it finished; delete "
-                    "and re-create the FineTuneJob to train again (with the same output "
-                    "location, an output.pvc.path or output.s3 prefix, it resumes from the "
-                    "newest checkpoint there)",
-                    generation,
-                    now,
-                )
-            )
+        settled = _job_of_another_owner(job, owner, run) or _job_gone(job, run)
+        if settled is not None:
+            return settled
         created = False
         if job is None:
-            # Only a Job still to be created needs durable output: a FineTuneJob admitted
-            # before the API server required it may already have its Job, and that run is
-            # reported on as usual.
-            problems = output_problems(spec)
-            if problems:
-                return Convergence(invalid_spec_status(previous, problems, generation, now))
-            not_allowed = policy_problems(spec, self.config)
-            if not_allowed:
-                return Convergence(
-                    failed_status(previous, "NotAllowed", "; ".join(not_allowed), generation, now)
-                )
-            try:
-                job, created = self._create_children(spec, owner)
-            except ChildConflict as exc:
-                # Not the spec's fault: another object holds the child's name.
-                return Convergence(
-                    failed_status(previous, "ChildConflict", str(exc), generation, now)
-                )
-            except ChildRejected as exc:
-                return Convergence(
-                    failed_status(previous, "JobRejected", str(exc), generation, now)
-                )
-            except ChildDeferred as exc:
-                # Pending, tried again after a growing delay, until the quota allows it.
-                message = f"{exc}; the Job is created once the quota allows it"
-                return Convergence(
-                    waiting_status(previous, "QuotaExceeded", message, generation, now),
-                    backoff=True,
-                )
+            made = self._admit_and_create(spec, owner, run)
+            if isinstance(made, Convergence):
+                return made
+            job, created = made
         else:
-            if not previous.get("jobName") and job["metadata"].get("uid") not in self._made:
-                # The first time this FineTuneJob meets its Job without having made it in
-                # this process (the operator restarted between creating it and recording
-                # it, or someone else made it): adopt it only if it is what the operator
-                # would have made, judged on the whole Job (the cache keeps only the parts
-                # the operator reads; a planted selector or managedBy is not among them).
-                whole = self.kube.get_job(owner.namespace, owner.child_name)
-                if whole is None:  # deleted meanwhile: its watch event follows
-                    return Convergence(
-                        StatusUpdate(dict(previous)), retry_after=_CONFLICT_RETRY_SECONDS
-                    )
-                problem = adoption_problem(build_job(spec, owner, self.config), whole, owner.uid)
-                if problem:
-                    message = conflict_message("Job", owner.namespace, owner.child_name, problem)
-                    return Convergence(
-                        failed_status(previous, "ChildConflict", message, generation, now)
-                    )
+            settled = self._refuse_unadoptable(job, spec, owner, run)
+            if settled is not None:
+                return settled
             self._sync_lifecycle(
-                job, spec, queued, outcome_recorded=previous.get("phase") in TERMINAL_PHASES
+                job,
+                spec,
+                bool(spec.scheduling.queue_name),
+                outcome_recorded=previous.get("phase") in TERMINAL_PHASES,
+            )
+        return self._observed_status(job, spec, owner, run, created=created)
+
+    def _admit_and_create(
+        self, spec: FineTuneJobSpec, owner: Owner, run: _Pass
+    ) -> tuple[Obj, bool] | Convergence:
+        """Create the Job of a spec the API server's rules and the operator's policy admit:
+        the Job and whether this pass made it, or the status that says why there is none."""
+        # Only a Job still to be created needs durable output: a FineTuneJob admitted
+        # before the API server required it may already have its Job, and that run is
+        # reported on as usual.
+        problems = output_problems(spec)
+        if problems:
+            return Convergence(invalid_spec_status(run.previous, problems, run.generation, run.now))
+        not_allowed = policy_problems(spec, self.config)
+        if not_allowed:
+            return run.failed(Reason.NOT_ALLOWED, "; ".join(not_allowed))
+        try:
+            return self._create_children(spec, owner)
+        except ChildConflict as exc:
+            # Not the spec's fault: another object holds the child's name.
+            return run.failed(Reason.CHILD_CONFLICT, str(exc))
+        except ChildRejected as exc:
+            return run.failed(Reason.JOB_REJECTED, str(exc))
+        except ChildDeferred as exc:
+            # Pending, tried again after a growing delay, until the quota allows it.
+            message = f"{exc}; the Job is created once the quota allows it"
+            return Convergence(
+                waiting_status(
+                    run.previous, Reason.QUOTA_EXCEEDED, message, run.generation, run.now
+                ),
+                backoff=True,
             )
 
-        pods = self.cache.trainer_pods(owner.uid)
-        observation = observe(job, pods, queued=queued)
-        waiting_outside = False
-        if observation.reason == "ContainerCreating":
-            missing = self._missing_dataset_config_map(spec, owner.namespace)
-            if missing:
-                observation = replace(
-                    observation, reason="DatasetConfigMapMissing", message=missing
-                )
-                # ConfigMaps are not watched (a watch would stream every ConfigMap of the
-                # cluster to the operator): look again after a growing delay, so a
-                # message about a ConfigMap that now exists does not stay.
-                waiting_outside = True
+    def _refuse_unadoptable(
+        self, job: Obj, spec: FineTuneJobSpec, owner: Owner, run: _Pass
+    ) -> Convergence | None:
+        """None when the Job is this FineTuneJob's own to report on; else the status that
+        refuses it. The first time a FineTuneJob meets its Job without having made it in
+        this process (the operator restarted between creating it and recording it, or
+        someone else made it), it adopts it only if it is what the operator would have
+        made, judged on the whole Job (the cache keeps only the parts the operator reads; a
+        planted selector or managedBy is not among them)."""
+        if run.previous.get("jobName") or job["metadata"].get("uid") in self._made:
+            return None
+        whole = self.kube.get_job(owner.namespace, owner.child_name)
+        if whole is None:  # deleted meanwhile: its watch event follows
+            return Convergence(unchanged(), retry_after=_CONFLICT_RETRY_SECONDS)
+        problem = adoption_problem(build_job(spec, owner, self.config), whole, owner.uid)
+        if problem:
+            message = conflict_message("Job", owner.namespace, owner.child_name, problem)
+            return run.failed(Reason.CHILD_CONFLICT, message)
+        return None
+
+    def _observed_status(
+        self, job: Obj, spec: FineTuneJobSpec, owner: Owner, run: _Pass, *, created: bool
+    ) -> Convergence:
+        """The status that the Job, its pods and the trainer's metrics imply."""
+        observation, waiting_outside = self._observe(job, spec, owner)
         key = (owner.namespace, owner.name)
         if observation.running_pod_uid is None:
             self.progress.forget(key)
         progress = self.progress.reading(key, observation.running_pod_uid)
         return Convergence(
             next_status(
-                previous,
+                run.previous,
                 observation=observation,
                 progress=progress,
                 output=resolved_trainer_config(spec, owner).output,
                 job_name=owner.child_name,
-                generation=generation,
-                now=now,
+                generation=run.generation,
+                now=run.now,
             ),
             backoff=waiting_outside,
             created=owner.child_name if created else None,
         )
+
+    def _observe(self, job: Obj, spec: FineTuneJobSpec, owner: Owner) -> tuple[Observation, bool]:
+        """What the Job and its pods say, and whether the run waits on something outside
+        the cluster's watches (then the status is looked at again after a growing delay)."""
+        queued = bool(spec.scheduling.queue_name)
+        observation = observe(job, self.cache.trainer_pods(owner.uid), queued=queued)
+        if observation.reason != Reason.CONTAINER_CREATING:
+            return observation, False
+        missing = self._missing_dataset_config_map(spec, owner.namespace)
+        if not missing:
+            return observation, False
+        # ConfigMaps are not watched (a watch would stream every ConfigMap of the cluster
+        # to the operator): look again after a growing delay, so a message about a
+        # ConfigMap that now exists does not stay.
+        missing_map = replace(
+            observation, reason=Reason.DATASET_CONFIG_MAP_MISSING, message=missing
+        )
+        return missing_map, True
 
     def _create_children(self, spec: FineTuneJobSpec, owner: Owner) -> tuple[Obj, bool]:
         job, created = self.kube.ensure(build_job(spec, owner, self.config), owner.uid)
@@ -371,6 +394,43 @@ class Reconciler:
             self.cache.record_write(stored, f"Job {meta['namespace']}/{meta['name']}")
             job["spec"] = {**current, **{k: v for k, v in patch.items() if v is not None}}
             log.info("%s: Job lifecycle updated: %s", meta["name"], patch)
+
+
+def _job_of_another_owner(job: Obj | None, owner: Owner, run: _Pass) -> Convergence | None:
+    """Failed with ChildConflict when a Job holds the child's name but is not controlled
+    by this FineTuneJob. The name hashes this FineTuneJob's uid: such a Job was made by
+    someone else, and is never taken as its own."""
+    if job is None or controlled_by(job, owner.uid):
+        return None
+    message = conflict_message(
+        "Job", owner.namespace, owner.child_name, "it is not controlled by this FineTuneJob"
+    )
+    return run.failed(Reason.CHILD_CONFLICT, message)
+
+
+def _job_gone(job: Obj | None, run: _Pass) -> Convergence | None:
+    """The status when the Job is gone or going: a recorded outcome stays, a Job deleted
+    before its outcome was recorded fails the FineTuneJob; None while it is there (or was
+    never made)."""
+    previous = run.previous
+    going = job is None or bool(job["metadata"].get("deletionTimestamp"))
+    if going and previous.get("phase") in TERMINAL_PHASES:
+        # The finished Job is cleaned up (ttlSecondsAfterFinished deletes it in the
+        # foreground: pods first, so the trainer's message is gone before the Job).
+        return Convergence(kept_outcome(previous, run.generation))
+    if job is None and previous.get("jobName"):
+        # The Job existed and is gone before its outcome was recorded (deleted by hand, or
+        # cleaned up while the operator was down). Creating it again could start a second
+        # trainer on the same output while the first is still stopping, or retrain a run
+        # that had already used up its retries.
+        return run.failed(
+            Reason.JOB_DELETED,
+            f"the Job {previous['jobName']} was deleted before it finished; delete and "
+            "re-create the FineTuneJob to train again (with the same output location, an "
+            "output.pvc.path or output.s3 prefix, it resumes from the newest checkpoint "
+            "there)",
+        )
+    return None
 
 
 def _finished(job: Obj) -> bool:

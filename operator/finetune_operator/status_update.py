@@ -7,14 +7,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from finetune_api.config import OutputSpec
-from finetune_api.contract import TrainerProgress
-from finetune_api.status import MAX_SHORT, MAX_URI, TERMINAL_PHASES
+from finetune_api.contract import TerminationMessage, TrainerProgress
+from finetune_api.safe_text import safe_text
+from finetune_api.status import (
+    TERMINAL_PHASES,
+    CheckpointStatus,
+    FineTuneJobStatus,
+    OutputStatus,
+    Phase,
+    Reason,
+)
 
 from .conditions import conditions_for_phase
 from .observe import Observation
 from .progress import progress_status
-from .safe_text import MESSAGE_LIMIT, safe_text
 from .timeutil import rfc3339
 
 
@@ -27,21 +36,25 @@ class Event:
 
 @dataclass
 class StatusUpdate:
-    """A status to write, with the Events that announce it. Every string in it is made safe
-    here, in the one place every status passes through (safe_text.py): whatever a trainer,
-    a ConfigMap's keys or an API server's refusal put in a message, the status stays within
-    the CRD's limits and free of terminal escapes."""
+    """A status to write, with the Events that announce it. The status is the typed model,
+    so every string in it was made safe as the model took it (safe_text.py): whatever a
+    trainer, a ConfigMap's keys or an API server's refusal put in a message, the status
+    stays within the CRD's limits and free of terminal escapes."""
 
-    status: dict[str, Any]
+    status: FineTuneJobStatus
     events: list[Event] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.status = _bounded(self.status)
+    @property
+    def patch(self) -> dict[str, Any]:
+        """The JSON merge patch that writes this status: the fields set, a None among them
+        written as null (it removes the stored value)."""
+        return self.status.to_wire()
 
     def changed_from(self, previous: dict[str, Any]) -> bool:
-        """Whether the status is worth a write: something other than the fields that
-        ride along (written with the next change, not on their own) differs."""
-        return any(previous.get(k) != v for k, v in self.status.items() if k not in _RIDE_ALONG)
+        """Whether the status is worth a write over ``previous`` (the stored status):
+        something other than the fields that ride along (written with the next change, not
+        on their own) differs."""
+        return any(previous.get(k) != v for k, v in self.patch.items() if k not in _RIDE_ALONG)
 
 
 # Facts every run gains within seconds of its Job's creation (the Job controller's start
@@ -51,28 +64,34 @@ class StatusUpdate:
 _RIDE_ALONG = frozenset({"startTime", "podName"})
 
 
-def _limit(key: str) -> int:
-    if key == "message":
-        return MESSAGE_LIMIT
-    if key.endswith("Uri") or key == "uri":
-        return MAX_URI
-    return MAX_SHORT
-
-
-def _bounded(value: Any, key: str = "") -> Any:
-    if isinstance(value, str):
-        return safe_text(value, _limit(key))
-    if isinstance(value, dict):
-        return {k: _bounded(v, k) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_bounded(v, key) for v in value]
-    return value
+def readable_status(stored: object) -> dict[str, Any]:
+    """The stored status as the operator reads it: as stored, less each field (or
+    condition) the status model would refuse, so that a shape no operator wrote is replaced
+    by the next status instead of failing every reconcile."""
+    if not isinstance(stored, dict):
+        return {}
+    status = dict(stored)
+    while True:
+        try:
+            FineTuneJobStatus.model_validate(status)
+            return status
+        except ValidationError as exc:
+            refused = [error["loc"] for error in exc.errors()]
+        if any(not loc for loc in refused):
+            return {}
+        items = {loc[1] for loc in refused if loc[0] == "conditions" and len(loc) > 1}
+        fields = {loc[0] for loc in refused if loc[0] != "conditions" or len(loc) == 1}
+        if not fields & status.keys() and not items:
+            return {}  # nothing left to take out: read it as no status at all
+        status = {k: v for k, v in status.items() if k not in fields}
+        if items and "conditions" in status:
+            status["conditions"] = [c for i, c in enumerate(status["conditions"]) if i not in items]
 
 
 def _found_status(
     previous: dict[str, Any],
-    phase: str,
-    reason: str,
+    phase: Phase,
+    reason: Reason,
     message: str,
     generation: int | None,
     now: datetime,
@@ -83,12 +102,12 @@ def _found_status(
     """A status the operator sets for a reason it found itself (not the Job's outcome):
     Stalled unless it clears by itself, with one Warning Event the first time that reason
     appears."""
-    status = {
-        "phase": phase,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": generation,
-        "conditions": conditions_for_phase(
+    status = FineTuneJobStatus(
+        phase=phase,
+        reason=reason,
+        message=message,
+        observed_generation=generation,
+        conditions=conditions_for_phase(
             phase,
             reason,
             message,
@@ -97,8 +116,8 @@ def _found_status(
             rfc3339(now),
             stalled=stalled,
         ),
-        "completionTime": completion_time,
-    }
+        completion_time=completion_time,
+    )
     events = []
     if previous.get("reason") != reason:
         events.append(Event("Warning", reason, message))
@@ -107,19 +126,19 @@ def _found_status(
 
 def failed_status(
     previous: dict[str, Any],
-    reason: str,
+    reason: Reason,
     message: str,
     generation: int | None,
     now: datetime,
 ) -> StatusUpdate:
     """Failed for a reason the operator found itself, with a Warning Event."""
     completion = previous.get("completionTime") or rfc3339(now)
-    return _found_status(previous, "Failed", reason, message, generation, now, completion)
+    return _found_status(previous, Phase.FAILED, reason, message, generation, now, completion)
 
 
 def waiting_status(
     previous: dict[str, Any],
-    reason: str,
+    reason: Reason,
     message: str,
     generation: int | None,
     now: datetime,
@@ -127,7 +146,9 @@ def waiting_status(
     """Pending for a reason the operator found itself and that clears by itself (a quota
     that is used up): still Reconciling, as while a pod waits for a GPU, so GitOps tools
     show it progressing rather than failed; a Warning Event, and no outcome."""
-    return _found_status(previous, "Pending", reason, message, generation, now, None, stalled=False)
+    return _found_status(
+        previous, Phase.PENDING, reason, message, generation, now, None, stalled=False
+    )
 
 
 def invalid_spec_status(
@@ -135,7 +156,7 @@ def invalid_spec_status(
 ) -> StatusUpdate:
     """A spec the schema rejects: Failed, with every problem named, and no Job created."""
     return failed_status(
-        previous, "InvalidSpec", "invalid spec: " + "; ".join(problems), generation, now
+        previous, Reason.INVALID_SPEC, "invalid spec: " + "; ".join(problems), generation, now
     )
 
 
@@ -158,22 +179,30 @@ def status_rejected_status(
         "report on it until a status is accepted"
         + (f" (see Job {job} for how the run goes)" if job else "")
     )
-    phase = previous.get("phase") or "Pending"
+    phase = Phase(previous.get("phase") or Phase.PENDING)
     # Only an outcome already recorded has a completion time.
     completion = previous.get("completionTime") if phase in TERMINAL_PHASES else None
-    return _found_status(previous, phase, "StatusRejected", message, generation, now, completion)
+    return _found_status(
+        previous, phase, Reason.STATUS_REJECTED, message, generation, now, completion
+    )
 
 
 def kept_outcome(previous: dict[str, Any], generation: int | None) -> StatusUpdate:
     """A finished FineTuneJob whose Job is gone (ttlSecondsAfterFinished): the outcome stays
     as it was, and a later spec edit is acknowledged so GitOps tools see it observed."""
-    status = dict(previous)
-    status["observedGeneration"] = generation
-    status["conditions"] = [
+    conditions = [
         {**condition, "observedGeneration": generation}
         for condition in previous.get("conditions") or []
     ]
+    status = FineTuneJobStatus.model_validate(
+        {**previous, "observedGeneration": generation, "conditions": conditions}
+    )
     return StatusUpdate(status)
+
+
+def unchanged() -> StatusUpdate:
+    """Nothing to write: the stored status stays as it is."""
+    return StatusUpdate(FineTuneJobStatus())
 
 
 def next_status(
@@ -186,11 +215,13 @@ def next_status(
     generation: int | None,
     now: datetime,
 ) -> StatusUpdate:
+    """The status that the Job, its pods and the trainer's progress imply, over
+    ``previous`` (the stored status)."""
     obs = observation
     recorded = (
         previous.get("phase") in TERMINAL_PHASES
         and obs.phase == previous.get("phase")
-        and previous.get("reason") != "StatusRejected"  # not an outcome: replace it
+        and previous.get("reason") != Reason.STATUS_REJECTED  # not an outcome: replace it
     )
     if recorded and not obs.termination_text:
         # The outcome is recorded and the Job is still finished, but the trainer's pods are
@@ -198,53 +229,47 @@ def next_status(
         # only the Job's own, vaguer reason. What the trainer said stays on record.
         return kept_outcome(previous, generation)
     stamp = rfc3339(now)
-    status: dict[str, Any] = {
-        "phase": obs.phase,
-        "reason": obs.reason,
-        "message": obs.message,
-        "observedGeneration": generation,
-        "jobName": job_name,
-        "restarts": _restarts(previous, obs),
-        "conditions": conditions_for_phase(
+    status = FineTuneJobStatus(
+        phase=obs.phase,
+        reason=obs.reason,
+        message=obs.message,
+        observed_generation=generation,
+        job_name=job_name,
+        restarts=_restarts(previous, obs),
+        conditions=conditions_for_phase(
             obs.phase, obs.reason, obs.message, generation, previous.get("conditions"), stamp
         ),
-    }
-    if obs.phase == "Suspended":
+    )
+    if obs.phase == Phase.SUSPENDED:
         # Resuming starts a new pod, which is no restart (null removes the name).
-        status["podName"] = None
+        status.pod_name = None
     elif obs.pod:
-        status["podName"] = obs.pod
+        status.pod_name = obs.pod
     if obs.start_time:
-        status["startTime"] = obs.start_time
+        status.start_time = obs.start_time
     if obs.phase not in TERMINAL_PHASES:
         # A run that is not over has no completion time, even if an earlier status said
         # otherwise (null removes it in the merge patch).
-        status["completionTime"] = None
+        status.completion_time = None
     elif obs.completion_time:
-        status["completionTime"] = obs.completion_time
+        status.completion_time = obs.completion_time
 
     live = progress_status(progress, previous.get("progress"), now) if progress else None
     summary = obs.termination
-    if summary is not None and obs.phase in ("Succeeded", "Failed", "Pending", "Suspended"):
-        final = TrainerProgress(
-            step=summary.step, total_steps=summary.total_steps, loss=summary.loss
-        )
-        live = progress_status(final, previous.get("progress"), now) or live
+    if summary is not None and obs.phase != Phase.RUNNING:
+        # The last trainer's own word on its progress; while one runs, its metrics are newer.
+        live = progress_status(summary.progress, previous.get("progress"), now) or live
     if live is not None:
-        if obs.phase == "Succeeded":
-            live["etaSeconds"] = 0
-        status["progress"] = live
+        if obs.phase == Phase.SUCCEEDED:
+            live.eta_seconds = 0
+        status.progress = live
 
     checkpoint = _checkpoint(summary, progress, output, previous.get("checkpoint"))
     if checkpoint is not None:
-        status["checkpoint"] = checkpoint
+        status.checkpoint = checkpoint
     if summary is not None and (summary.adapter_uri or summary.merged_uri):
-        status["output"] = {
-            k: v
-            for k, v in {"adapterUri": summary.adapter_uri, "mergedUri": summary.merged_uri}.items()
-            if v
-        }
-    return StatusUpdate(status, _events(previous, status))
+        status.output = _output(summary)
+    return StatusUpdate(status, _events(previous, status, obs.message))
 
 
 def _restarts(previous: dict[str, Any], obs: Observation) -> int:
@@ -258,50 +283,61 @@ def _restarts(previous: dict[str, Any], obs: Observation) -> int:
 
 
 def _checkpoint(
-    summary: Any, progress: TrainerProgress | None, output: OutputSpec, previous: Any
-) -> dict[str, Any] | None:
+    summary: TerminationMessage | None,
+    progress: TrainerProgress | None,
+    output: OutputSpec,
+    previous: dict[str, Any] | None,
+) -> CheckpointStatus | None:
+    """The newest checkpoint known: the recorded one, the trainer's last word, or the one
+    its metrics report."""
     candidates = []
     if previous:
-        candidates.append(previous)
+        candidates.append(CheckpointStatus.model_validate(previous))
     if summary is not None and summary.checkpoint is not None:
-        candidates.append({"step": summary.checkpoint.step, "uri": summary.checkpoint.uri})
+        candidates.append(
+            CheckpointStatus(step=summary.checkpoint.step, uri=summary.checkpoint.uri)
+        )
     if progress is not None and progress.checkpoint_step:
         step = progress.checkpoint_step
-        candidates.append({"step": step, "uri": output.uri(f"checkpoint-{step}")})
-    return max(candidates, key=lambda c: int(c["step"])) if candidates else None
+        candidates.append(CheckpointStatus(step=step, uri=output.uri(f"checkpoint-{step}")))
+    return max(candidates, key=lambda c: c.step) if candidates else None
 
 
-def _events(previous: dict[str, Any], status: dict[str, Any]) -> list[Event]:
+def _output(summary: TerminationMessage) -> OutputStatus:
+    """The artifacts the trainer reports having written (a location it left empty is not
+    written at all)."""
+    written = {"adapterUri": summary.adapter_uri, "mergedUri": summary.merged_uri}
+    return OutputStatus.model_validate({k: v for k, v in written.items() if v})
+
+
+def _events(previous: dict[str, Any], status: FineTuneJobStatus, message: str) -> list[Event]:
+    """The Events that announce ``status`` over ``previous``; ``message`` is the phase's
+    (the Event's own limit bounds it)."""
     events = []
-    phase, reason = status["phase"], status["reason"]
+    phase, reason = status.phase, status.reason
     changed = (previous.get("phase"), previous.get("reason")) != (phase, reason)
     if changed and reason not in _PASSING_REASONS:
-        kind = "Warning" if phase == "Failed" or reason not in _NORMAL_REASONS else "Normal"
-        events.append(Event(kind, reason, f"{phase}: {status['message']}"))
-    if status.get("restarts", 0) > int(previous.get("restarts") or 0):
-        events.append(
-            Event("Warning", "Restarted", f"trainer restarted (restart {status['restarts']})")
-        )
+        kind = "Warning" if phase == Phase.FAILED or reason not in _NORMAL_REASONS else "Normal"
+        events.append(Event(kind, str(reason), f"{phase}: {message}"))
+    restarts = status.restarts or 0
+    if restarts > int(previous.get("restarts") or 0):
+        events.append(Event("Warning", Reason.RESTARTED, f"trainer restarted (restart {restarts})"))
     old_ckpt = (previous.get("checkpoint") or {}).get("step")
-    new_ckpt = (status.get("checkpoint") or {}).get("step")
-    if new_ckpt is not None and new_ckpt != old_ckpt:
+    new = status.checkpoint
+    if new is not None and new.step != old_ckpt:
         events.append(
-            Event(
-                "Normal",
-                "Checkpoint",
-                f"checkpoint at step {new_ckpt}: {status['checkpoint']['uri']}",
-            )
+            Event("Normal", Reason.CHECKPOINT, f"checkpoint at step {new.step}: {new.uri}")
         )
     return events
 
 
 # Milestones worth an Event when the run reaches them.
-_NORMAL_REASONS = {"Running", "Suspended", "WaitingForQueue", "Succeeded"}
+_NORMAL_REASONS = {Reason.RUNNING, Reason.SUSPENDED, Reason.WAITING_FOR_QUEUE, Reason.SUCCEEDED}
 # Steps every run passes through within seconds: the status says them, an Event each would
 # only add objects (and API writes) nobody reads.
 _PASSING_REASONS = {
-    "CreatingJob",
-    "WaitingForPod",
-    "ContainerCreating",
-    "Completing",
+    Reason.CREATING_JOB,
+    Reason.WAITING_FOR_POD,
+    Reason.CONTAINER_CREATING,
+    Reason.COMPLETING,
 }

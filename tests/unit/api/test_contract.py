@@ -16,6 +16,7 @@ from finetune_api.contract import (
     ExitCode,
     TerminationMessage,
     TerminationStatus,
+    TrainerProgress,
 )
 
 
@@ -81,3 +82,19 @@ def test_a_reason_outside_the_set_reads_as_the_generic_one(
     assert decoded is not None  # still decoded: a foreign reason is not a foreign message
     assert decoded.reason == reason
     assert decoded.known_reason == expected
+
+
+def test_a_termination_message_carries_the_progress_the_metrics_would_report() -> None:
+    message = TerminationMessage(
+        status="interrupted",
+        reason="Interrupted",
+        step=12,
+        total_steps=20,
+        loss=1.7,
+        checkpoint=CheckpointRef(step=10, uri="pvc://out/a/checkpoint-10"),
+        resumed_from_step=4,
+    )
+    assert message.progress == TrainerProgress(step=12, total_steps=20, loss=1.7)
+    assert TerminationMessage(status="failed", reason="TrainingFailed").progress == (
+        TrainerProgress()
+    )

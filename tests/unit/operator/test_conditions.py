@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_operator.conditions import conditions_for_phase
+from finetune_operator import conditions as conditions_module
+
+
+def conditions_for_phase(*args, **kwargs) -> list[dict]:
+    """The conditions as written (the merge patch's form)."""
+    return [c.to_wire() for c in conditions_module.conditions_for_phase(*args, **kwargs)]
 
 
 def by_type(conditions: list[dict]) -> dict[str, dict]:

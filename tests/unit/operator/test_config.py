@@ -11,7 +11,6 @@ def test_defaults() -> None:
     config = OperatorConfig.from_env({})
     assert config.namespaces == ()
     assert config.trainer_image == DEFAULT_TRAINER_IMAGE
-    assert config.finalizer == "finetune.dev/finalizer"
     assert config.liveness_endpoint == "http://0.0.0.0:8080/healthz"
 
 
@@ -23,7 +22,6 @@ def test_everything_from_the_environment() -> None:
             "FTO_PROGRESS_POLL_SECONDS": "2.5",
             "FTO_LOG_FORMAT": "json",
             "FTO_LIVENESS_ENDPOINT": "",
-            "FTO_ANNOTATION_PREFIX": "ft.example.com",
             "FTO_DEFAULT_NODE_SELECTOR": "pool=gpu,tier=a",
             "FTO_DEFAULT_TOLERATIONS": '[{"key": "gpu", "operator": "Exists"}]',
         }
@@ -33,7 +31,6 @@ def test_everything_from_the_environment() -> None:
     assert config.progress_poll_seconds == 2.5
     assert config.log_format == "json"
     assert config.liveness_endpoint is None
-    assert config.finalizer == "ft.example.com/finalizer"
     assert config.default_node_selector == {"pool": "gpu", "tier": "a"}
     assert config.default_tolerations == ({"key": "gpu", "operator": "Exists"},)
 

@@ -324,7 +324,7 @@ class TestATerminationMessageFromAnyImage:
         update = next_status(
             {}, observation=seen, progress=None, output=output, job_name="j", generation=1, now=now
         )
-        return update.status
+        return update.patch
 
     @pytest.mark.parametrize(
         "numbers",

@@ -5,7 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from finetune_api.contract import TrainerProgress
-from finetune_operator.progress import progress_status
+from finetune_operator import progress
+
+
+def progress_status(*args) -> dict | None:
+    """status.progress as written (the merge patch's form), or None."""
+    out = progress.progress_status(*args)
+    return out.to_wire() if out is not None else None
+
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

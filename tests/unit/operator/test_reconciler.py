@@ -737,3 +737,25 @@ def test_the_job_created_event_survives_a_status_conflict() -> None:
     assert operator.outcome.retry_after is not None
     assert operator.reconcile() == "Pending"
     assert [reason for _, reason in kube.events].count("JobCreated") == 1
+
+
+def test_a_malformed_stored_status_is_replaced_not_a_failed_reconcile() -> None:
+    # Shapes no operator writes (the API server's schema keeps them out, but a reconcile
+    # must not depend on it): each is read as absent, and the next status replaces it.
+    kube = MemoryKube(body())
+    operator = reconciler(kube)
+    operator.reconcile()  # creates the Job
+    kube.pods = [running_pod()]
+    foreign = {"type": "QuotaReserved", "status": "True", "reason": "x", "lastTransitionTime": "T0"}
+    kube.ftj["status"] = {
+        **kube.ftj["status"],
+        "phase": ["Running"],
+        "restarts": "many",
+        "checkpoint": "checkpoint-10",
+        "progress": {"step": "twelve", "updatedAt": 7},
+        "conditions": [foreign, "Ready", {"type": "Stalled"}],
+    }
+    assert operator.reconcile() == "Running"
+    status = kube.ftj["status"]
+    assert status["restarts"] == 0 and "checkpoint" not in kube.patches[-1]
+    assert [c["type"] for c in status["conditions"]][-1:] == ["QuotaReserved"]

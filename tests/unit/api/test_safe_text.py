@@ -7,7 +7,7 @@ import unicodedata
 
 import pytest
 
-from finetune_operator.safe_text import safe_text
+from finetune_api.safe_text import safe_text
 
 
 def test_control_characters_are_escaped_lines_kept() -> None:

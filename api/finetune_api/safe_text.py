@@ -1,5 +1,6 @@
 """One rule for text that came from outside the operator before it reaches a status, an
-Event, a metric label or a log line.
+Event, a metric label or a log line. Pure Python: the status model (status.py) bounds
+every string it holds with it, and the operator its Events and log lines.
 
 Much of what the operator reports is written by others: the trainer's termination message
 (any image can write any 4 KiB there), the API server's refusals quoting a spec, the keys
