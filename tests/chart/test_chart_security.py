@@ -94,18 +94,16 @@ def test_the_trainer_pod_is_restricted_and_carries_the_chart_defaults(helm: Path
 
 
 def test_the_chart_sets_every_operator_setting() -> None:
-    """Each FTO_* variable config.py reads is a chart value (or deliberately not one)."""
+    """Each FTO_* variable config.py reads is a chart value ."""
     import re
 
     from finetune_operator import config as config_module
 
     source = Path(config_module.__file__).read_text()
     read = {f"FTO_{name}" for name in re.findall(r'get\("([A-Z0-9_]+)"', source)}
-    # Internal: only two operators sharing FineTuneJobs would need another prefix.
-    not_exposed = {"FTO_ANNOTATION_PREFIX"}
     deployment_env = REPO / "charts" / "finetune-operator" / "templates" / "deployment.yaml"
     set_by_chart = set(re.findall(r"name: (FTO_[A-Z0-9_]+)", deployment_env.read_text()))
-    assert read - not_exposed <= set_by_chart
+    assert read <= set_by_chart
     # And nothing the chart passes goes unread.
     assert set_by_chart <= read
 
