@@ -30,6 +30,15 @@ def say(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
+def shown(path: Path) -> str:
+    """A path as the demo prints it: inside the repository relative to its root (as the
+    README names files, and where `make demo` runs), anything else relative to the working
+    directory; never an absolute path, which would only be true of one machine."""
+    if path.is_relative_to(REPO):
+        return str(path.relative_to(REPO))
+    return os.path.relpath(path)
+
+
 def _columns(body: dict[str, Any]) -> tuple[str, ...]:
     status = body.get("status") or {}
     progress = status.get("progress") or {}
@@ -74,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
     # Each demo starts from scratch: a cluster, volumes and logs of its own.
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
-    say(f"starting the local control plane and node agent (state in {state})")
+    say(f"starting the local control plane and node agent (state in {shown(state)})")
     with LocalCluster(state / "cluster", nodes=gpu_nodes(1, 1)) as cluster:
-        say(f"export KUBECONFIG={cluster.kubeconfig}")
+        say(f"export KUBECONFIG={shown(cluster.kubeconfig)}")
         cluster.kubectl(["apply", "--server-side", "-f", str(CRD)])
         cluster.kubectl(["wait", "--for=condition=Established", "crd/finetunejobs.finetune.dev"])
         cluster.create_namespace(NAMESPACE, {"pod-security.kubernetes.io/enforce": "restricted"})
@@ -90,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         write_tiny_model(claims["demo-inputs"] / "tiny-gpt-oss")
         write_tiny_dataset(claims["demo-inputs"] / "multilingual-thinking-tiny.jsonl", rows=64)
         operator_log = state / "operator.log"
-        say(f"starting the operator (log: {operator_log})")
+        say(f"starting the operator (log: {shown(operator_log)})")
         env = {
             **os.environ,
             "FTO_PROGRESS_POLL_SECONDS": "2",
@@ -107,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         )
         operator.start()
         try:
-            say(f"kubectl apply -f {EXAMPLE.relative_to(REPO)}")
+            say(f"kubectl apply -f {shown(EXAMPLE)}")
             cluster.kubectl(["apply", "-f", str(EXAMPLE)])
             body = follow(cluster, args.timeout)
         finally:
@@ -124,7 +133,7 @@ def report(cluster: LocalCluster, body: dict[str, Any], claims: dict[str, Path])
     adapter = host_path(adapter_uri, claims)
     manifest = json.loads((adapter / "manifest.json").read_text())
     say(f"adapter: {adapter_uri}")
-    say(f"on this machine: {adapter}")
+    say(f"on this machine: {shown(adapter)}")
     checkpoint = status.get("checkpoint") or {}
     say(f"newest checkpoint: step {checkpoint.get('step')} at {checkpoint.get('uri')}")
     files = manifest.get("files") or []

@@ -14,20 +14,28 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from finetune_localcluster.pki import CertPair
-
-if TYPE_CHECKING:
-    from finetune_localcluster.nodeagent import NodeAgent
 
 log = logging.getLogger(__name__)
 FOLLOW_POLL_SECONDS = 0.2
 
 
+class ContainerLogs(Protocol):
+    """What the endpoint reads from the node agent: a container's log file and whether
+    its pod still runs (a follow ends when it stops)."""
+
+    def pod_log_path(
+        self, namespace: str, pod_name: str, container: str | None = None, previous: bool = False
+    ) -> Path | None: ...
+
+    def pod_active(self, namespace: str, pod_name: str) -> bool: ...
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    agent: NodeAgent
+    agent: ContainerLogs
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -98,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
 class KubeletServer:
     """The HTTPS endpoint on 127.0.0.1 (a free port) published in Node status."""
 
-    def __init__(self, agent: NodeAgent, serving: CertPair, ca_cert: Path) -> None:
+    def __init__(self, agent: ContainerLogs, serving: CertPair, ca_cert: Path) -> None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(serving.cert), str(serving.key))
         context.load_verify_locations(str(ca_cert))

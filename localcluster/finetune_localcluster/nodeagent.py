@@ -38,19 +38,17 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from finetune_localcluster import podstatus
+from finetune_localcluster.container import ContainerRun
+from finetune_localcluster.controlplane import ControlPlane
 from finetune_localcluster.images import LocalImages
 from finetune_localcluster.ippool import LoopbackAddressPool
 from finetune_localcluster.kubeapi import ApiError, KubeAPI, WatchStream
 from finetune_localcluster.kubeletserver import KubeletServer
 from finetune_localcluster.podrunner import PodWorker
 from finetune_localcluster.processes import register_stop_hook, unregister_stop_hook
-
-if TYPE_CHECKING:
-    from finetune_localcluster.container import ContainerRun
-    from finetune_localcluster.controlplane import ControlPlane
 
 log = logging.getLogger(__name__)
 

@@ -12,17 +12,15 @@ import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from finetune_localcluster import podstatus
 from finetune_localcluster.container import ContainerRun
-from finetune_localcluster.images import simulated_pull_error
+from finetune_localcluster.images import LocalImages, simulated_pull_error
+from finetune_localcluster.ippool import LoopbackAddressPool
 from finetune_localcluster.kubeapi import ApiError, KubeAPI
 from finetune_localcluster.podenv import ContainerConfigError, EnvResolver, expand
 from finetune_localcluster.volumes import VolumeBuilder, VolumeSetupError
-
-if TYPE_CHECKING:
-    from finetune_localcluster.nodeagent import NodeAgent
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +47,45 @@ def _hosts_file(pod_ip: str, hostname: str) -> str:
     )
 
 
+class PodHost(Protocol):
+    """What a pod worker needs from the node agent that runs it: where pods keep their
+    files, the pod addresses and local images, the node's capacity and base environment,
+    and where to report Events and the worker's end."""
+
+    @property
+    def pods_dir(self) -> Path: ...
+
+    @property
+    def memory_dir(self) -> Path: ...
+
+    @property
+    def addresses(self) -> LoopbackAddressPool: ...
+
+    @property
+    def images(self) -> LocalImages: ...
+
+    def allocatable(self, node_name: str) -> dict[str, str]: ...
+
+    def base_env(self, hostname: str, image: str = "") -> dict[str, str]: ...
+
+    def record_event(
+        self,
+        worker: PodWorker,
+        reason: str,
+        message: str,
+        *,
+        warning: bool = False,
+        container: ContainerRun | None = None,
+    ) -> None: ...
+
+    def worker_finished(self, worker: PodWorker) -> None: ...
+
+
 class PodWorker(threading.Thread):
     """Runs one pod bound to `node_name` until it is terminal or deleted."""
 
     def __init__(
-        self, agent: NodeAgent, node_name: str, api: KubeAPI, pod: Mapping[str, Any]
+        self, agent: PodHost, node_name: str, api: KubeAPI, pod: Mapping[str, Any]
     ) -> None:
         meta = pod["metadata"]
         super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)

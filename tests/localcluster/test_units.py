@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
+import finetune_localcluster
 from finetune_localcluster import podstatus
 from finetune_localcluster.images import registry_host, simulated_pull_error
 from finetune_localcluster.podenv import ContainerConfigError, expand, field_value
@@ -104,3 +107,20 @@ def test_condition_transition_time_moves_only_on_flip(monkeypatch: pytest.Monkey
     ready = tracker.as_list()[0]
     assert ready["lastTransitionTime"] == "T2"
     assert ready["message"] is None  # cleared, not left stale by the merge patch
+
+
+@pytest.mark.parametrize("module", ["podrunner", "kubeletserver"])
+def test_pod_parts_know_the_agent_only_through_protocols(module: str) -> None:
+    """The pod worker and the kubelet endpoint name what they use of the node agent in
+    their own Protocols; neither imports the agent, which builds both."""
+    package = Path(finetune_localcluster.__file__).parent
+    tree = ast.parse((package / f"{module}.py").read_text())
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    } | {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert "finetune_localcluster.nodeagent" not in imported
