@@ -39,7 +39,7 @@ lint: venv ## ruff, and the package boundaries (import-linter, pyproject's [tool
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
-typecheck: venv ## mypy on the operator and the shared schema
+typecheck: venv ## mypy on all four packages (api, operator, trainer, localcluster)
 	$(VENV)/bin/mypy
 
 # The binaries are a prerequisite here, so an end-to-end test that cannot find them is a
