@@ -57,7 +57,6 @@ GIB = 1024**3
 # cross-entropy): the buffer does not grow with the batch.
 LOSS_CHUNK_ROWS = 512
 
-_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 _GATE_UP_NAMES = ("gate_up_proj", "gate_proj", "up_proj")
 
 
