@@ -21,7 +21,7 @@ from finetune_api.contract import CheckpointRef
 
 from . import PROCESS_START
 from .metrics import METRICS_FILE, MetricsLog, MetricsServer, gpu_memory, gpu_peak_memory
-from .progress import RunProgress
+from .run_progress import RunProgress
 from .signals import StopRequest
 from .storage.checkpoints import checkpoint_name
 from .storage.manifest import Manifest, utc_now
@@ -107,9 +107,15 @@ class RunTracker:
         self._report_lock = threading.Lock()
 
     def train_begin(self, state: Any) -> None:
-        self.progress.total_steps = int(state.max_steps)
-        self.progress.step = int(state.global_step)
-        self.metrics.update(total_steps=state.max_steps, step=state.global_step, epoch=state.epoch)
+        planned = self.progress.report.total_steps
+        if planned is not None and planned != int(state.max_steps):
+            log.warning(
+                "the training loop counts %d optimizer steps, the plan %d; reporting the plan's",
+                state.max_steps,
+                planned,
+            )
+        self.progress.report.step = int(state.global_step)
+        self.metrics.update(step=state.global_step, epoch=state.epoch)
         self._window_start = self._last_step_end = self.clock()
 
     def step_end(self, state: Any, control: Any) -> None:
@@ -121,7 +127,7 @@ class RunTracker:
             tokens, digests = self.accounting.take(self.micro_batches_per_step)
             self._window_tokens += tokens
             self._window_digests.extend(digests)
-        self.progress.step = int(state.global_step)
+        self.progress.report.step = int(state.global_step)
         self.metrics.update(step=state.global_step, epoch=state.epoch, **gpu_memory())
         if self._stop_here(state, control, "checkpointing first"):
             control.should_save = True
@@ -145,7 +151,7 @@ class RunTracker:
         self.metrics_log.emit(
             {
                 "step": int(state.global_step),
-                "total_steps": int(state.max_steps),
+                "total_steps": self.progress.report.total_steps,
                 "epoch": round(float(state.epoch or 0.0), 4),
                 "loss": loss,
                 "learning_rate": learning_rate,
@@ -160,7 +166,7 @@ class RunTracker:
                 **gpu_peak_memory(),
             }
         )
-        self.progress.loss = loss
+        self.progress.report.loss = loss
         self.metrics.update(
             loss=loss,
             learning_rate=learning_rate,

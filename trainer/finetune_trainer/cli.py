@@ -181,7 +181,7 @@ def run(argv: Sequence[str] | None = None) -> TerminationMessage:
 
 
 def _dry_run(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessage:
-    from .plan import dry_run
+    from .dry_run import dry_run
 
     try:
         return dry_run(config, runtime)

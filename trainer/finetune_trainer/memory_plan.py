@@ -35,12 +35,22 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from finetune_api.config import TrainerConfig, TrainingSpec
 
 from .errors import InvalidConfig
-from .memory import GIB, ModelShape, estimate_for, smallest_footprint
+from .memory_estimate import (
+    GIB,
+    ModelShape,
+    estimate_for,
+    read_model_config,
+    smallest_footprint,
+)
+
+if TYPE_CHECKING:
+    from .backends import Backend
+    from .sources import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +175,7 @@ def memory_fraction() -> float:
 
 
 def estimate_fits(config: TrainerConfig, model_config: dict[str, Any], budget: float) -> Fits:
-    """``Fits`` from memory.py's estimate for this model and config against ``budget``
+    """``Fits`` from memory_estimate.py's estimate for this model and config against ``budget``
     bytes: weights, activations, logits, LoRA gradients and optimizer state, overhead."""
     shape = ModelShape.from_config(model_config)
 
@@ -190,3 +200,40 @@ def estimate_fits(config: TrainerConfig, model_config: dict[str, Any], budget: f
         return need <= budget
 
     return fits
+
+
+def plan_for_backend(
+    config: TrainerConfig,
+    backend: Backend,
+    model: ModelSource,
+    token: str | None,
+    gpu_memory_fraction: float,
+) -> MemoryPlan:
+    """The plan for the GPU ``backend`` trains on (``gpu_memory_fraction`` of its memory),
+    estimated from ``model``'s config.json before its weights load; logged."""
+    budget = backend.memory_budget(gpu_memory_fraction)
+    fits, unsized = None, "no GPU to size it on"
+    if budget is not None:
+        unsized = "no memory estimate for this model's config.json"
+        model_config = read_model_config(model, token)
+        try:
+            fits = estimate_fits(config, model_config, budget) if model_config else None
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("no memory estimate from this model's config.json (%r)", exc)
+    if config.model.offload_embedding and not backend.offloads_embedding:
+        log.warning(
+            "model.offloadEmbedding is ignored: %s keeps it with the model", backend.description
+        )
+    plan = plan_memory(
+        config, fits, can_offload_embedding=backend.offloads_embedding, unsized=unsized
+    )
+    embedding = "in host memory" if plan.offload_embedding else "on the GPU"
+    log.info(
+        "micro-batch %d x %d accumulation, gradient checkpointing %s, embedding %s: %s",
+        plan.per_device,
+        plan.accumulation,
+        plan.gradient_checkpointing,
+        embedding if budget is not None else "with the model",
+        plan.reason,
+    )
+    return plan

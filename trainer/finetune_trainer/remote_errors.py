@@ -113,29 +113,6 @@ def is_remote(exc: BaseException) -> bool:
     )
 
 
-def _is_connection_error(error: BaseException) -> bool:
-    """One error that says the request got no (usable) answer."""
-    if isinstance(error, _CONNECTION_TYPES) or _module_root(error) in _TRANSPORT_MODULES:
-        return True
-    names = _class_names(error)
-    root = _module_root(error)
-    if root == "botocore":
-        # Every botocore error but an answer (ClientError) and missing credentials is about
-        # the transport or an answer that does not parse as S3's (ResponseParserError).
-        return "ClientError" not in names and not names & _BOTOCORE_CREDENTIAL_ERRORS
-    if root == "requests":
-        return "HTTPError" not in names
-    if root == "httpx":
-        return "TransportError" in names or "DecodingError" in names
-    return False
-
-
-def is_connection_failure(exc: BaseException) -> bool:
-    """Whether the chain of ``exc`` holds an error of the transport (refused, reset, timed
-    out, DNS, TLS, proxy, a malformed answer)."""
-    return any(_is_connection_error(error) for error in exception_chain(exc))
-
-
 def http_status(exc: BaseException) -> int | None:
     """The HTTP status of the first error in the chain that carries an HTTP response
     (the Hub's errors, requests' and httpx's); None when there is none."""

@@ -1,7 +1,7 @@
 """Run-time options that are not part of the training config: where to bind the metrics
-endpoint, where the termination message and scratch files go, which backend to use. They
-come from command-line flags and the contract's environment variables, so the same config
-file runs unchanged on a laptop and in a pod."""
+endpoint, where scratch files go, which backend to use, the share of GPU memory to plan
+for. They come from command-line flags and the contract's environment variables, so the
+same config file runs unchanged on a laptop and in a pod."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from finetune_api.contract import SCRATCH_DIR, Env
 
 from .memory_plan import DEFAULT_MEMORY_FRACTION, memory_fraction
 from .metrics import metrics_bind_host, metrics_port_from_env
-from .termination import termination_path
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,6 @@ BackendChoice = Literal["auto", "unsloth", "transformers"]
 class RuntimeOptions:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0
-    termination_path: Path | None = None
     scratch_dir: Path | None = None
     backend: BackendChoice = "auto"
     gpu_memory_fraction: float = DEFAULT_MEMORY_FRACTION
@@ -54,7 +52,6 @@ class RuntimeOptions:
         return cls(
             metrics_host=metrics_host or metrics_bind_host(),
             metrics_port=metrics_port if metrics_port is not None else metrics_port_from_env(),
-            termination_path=termination_path(),
             scratch_dir=Path(scratch) if scratch else None,
             backend=backend,
             gpu_memory_fraction=memory_fraction(),

@@ -26,6 +26,7 @@ from finetune_api.config import (
     PvcPath,
     S3Location,
 )
+from finetune_api.config.output import pvc_uri
 from finetune_api.contract import CONFIGMAP_MOUNT_ROOT, PVC_MOUNT_ROOT, Env
 
 from .errors import InvalidDataset, InvalidInput, InvalidModel
@@ -45,12 +46,6 @@ def pvc_local_path(ref: PvcPath) -> Path:
     """Where the operator mounts ``ref`` inside the pod."""
     base = pvc_root() / ref.claim_name
     return base / ref.path if ref.path else base
-
-
-def pvc_uri(ref: PvcPath, *names: str) -> str:
-    """``pvc://<claim>/<path>/<names...>``: how status and logs name a file on a PVC."""
-    parts = [ref.claim_name, *(p.strip("/") for p in (ref.path, *names) if p)]
-    return "pvc://" + "/".join(parts)
 
 
 def configmap_local_path(ref: ConfigMapKey) -> Path:

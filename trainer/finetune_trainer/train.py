@@ -1,12 +1,17 @@
 """The training run: ``main(config, runtime) -> TerminationMessage``.
 
-Order matters and is deliberate:
-1. outputs prepared, an already finished run recognised, the resume point found -- cheap,
-   and a wrong output location fails before any GPU time is spent;
+``TrainingRun._train`` runs the stages in order, and the order is deliberate:
+1. outputs: prepared, an already finished run recognised, the resume point found -- cheap,
+   and a wrong output location fails before any GPU time is spent (run_outputs.py,
+   resume.py);
 2. the backend chosen (Unsloth must be imported before transformers, TRL and PEFT);
-3. tokenizer and data prepared and checked -- bad data fails before the model loads;
-4. the model loaded with LoRA, and TRL's SFTTrainer run with our callbacks;
-5. the final adapter (and optionally a merged export) committed and published.
+3. inputs: tokenizer and data prepared and checked, the steps counted -- bad data fails
+   before the model loads (input_pipeline.py);
+4. memory planned for the GPU, from the model's config.json (memory_plan.py);
+5. the model loaded with LoRA, and TRL's SFTTrainer built and run with our callbacks
+   (sft_trainer.py);
+6. the final adapter (and optionally a merged export) committed and published
+   (run_outputs.py).
 Every exit, expected or not, becomes a TerminationMessage; the CLI writes it and exits with
 the matching code.
 """
@@ -14,122 +19,30 @@ the matching code.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 import traceback
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from finetune_api.config import TrainerConfig
-from finetune_api.contract import TerminationMessage, TrainerReason
+from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerReason
 
-from .errors import IncompatibleCheckpoint, InvalidInput
-from .memory_plan import MemoryPlan, estimate_fits, plan_memory
-from .metrics import (
-    LOSS_PLOT_FILE,
-    METRICS_FILE,
-    MetricsLog,
-    MetricsServer,
-    log_gpu_memory_after_load,
-    plot_loss,
-)
-from .model_errors import load_tokenizer, model_errors
-from .progress import RunProgress
+from .backends import Backend
+from .errors import InvalidInput
+from .input_pipeline import TrainingInputs, prepare_inputs
+from .memory_plan import MemoryPlan, plan_for_backend
+from .metrics import METRICS_FILE, MetricsLog, MetricsServer, log_gpu_memory_after_load
+from .model_errors import model_errors
+from .out_of_memory import Stage, is_out_of_memory, out_of_memory_message
 from .remote_errors import TRACEBACK_LIMIT, bounded, details, failure_summary
-from .resume import ResumePoint, find_resume_point, incompatible
-from .runtime import OUTPUT_STAGING, RuntimeOptions
+from .resume import ResumePoint, find_resume_point
+from .run_outputs import make_target, report_finished, write_final_outputs
+from .run_progress import RunProgress
+from .runtime import RuntimeOptions
 from .signals import Interrupted, StopRequest
-from .sources import pvc_local_path, pvc_uri, resolve_dataset, resolve_model
-from .storage.checkpoints import FINAL_MODEL_DIR, MERGED_16BIT_DIR, checkpoint_name
-from .storage.manifest import ArtifactKind, utc_now
-from .storage.targets import LocalTarget, OutputTarget, S3Target
+from .sources import ModelSource, resolve_model
+from .storage.targets import OutputTarget
 
 log = logging.getLogger(__name__)
-
-Stage = Literal["preparing", "loading", "training", "finishing"]
-MEMORY_GUIDANCE = '"Memory guidance" in trainer/README.md'
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """A CUDA allocation that failed (torch is only looked up, never imported, here)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
-
-
-def out_of_memory_message(
-    config: TrainerConfig, stage: Stage, plan: MemoryPlan | None, exc: BaseException
-) -> str:
-    """What ran out of GPU memory and which settings to change. The same settings on the
-    same GPU run out the same way, so this is reported as invalid input, not retried."""
-    # torch's message goes on about allocator internals; its first sentences say enough.
-    detail = ". ".join(str(exc).split(". ")[:3])[:300]
-    model, training = config.model, config.training
-    if stage == "finishing" and config.output.merged_export == "merged_16bit":
-        return (
-            f"GPU out of memory while exporting the merged 16-bit model ({detail}); set "
-            "output.mergedExport to none and merge the adapter elsewhere, or use a GPU with "
-            f"more memory; see {MEMORY_GUIDANCE}"
-        )
-    if stage == "loading":
-        fix = (
-            "set model.loadIn4bit to true"
-            if not model.load_in_4bit
-            else "use a smaller model or a GPU with more memory"
-        )
-        return (
-            f"GPU out of memory while loading the model ({detail}); the model does not fit "
-            f"this GPU: {fix}; see {MEMORY_GUIDANCE}"
-        )
-    asked = training.per_device_train_batch_size
-    changes = [f"lower model.maxSeqLength (now {model.max_seq_length})"]
-    if plan is not None and plan.per_device > asked:
-        changes.insert(
-            0,
-            f"set training.autoMicroBatch to false (the automatic micro-batch ran "
-            f"{plan.per_device} sequences at once, not the {asked} configured)",
-        )
-    planned = plan.gradient_checkpointing if plan else training.gradient_checkpointing
-    if planned == "off" and training.gradient_checkpointing == "auto":
-        changes.insert(
-            0,
-            "set training.gradientCheckpointing to unsloth (auto turned it off, estimating "
-            "that this micro-batch fits without it)",
-        )
-    if plan is not None and not plan.offload_embedding and model.offload_embedding is None:
-        changes.append(
-            "set model.offloadEmbedding to true (the plan kept the input embedding on the GPU)"
-        )
-    if asked > 1:
-        changes.append(
-            f"lower training.perDeviceTrainBatchSize (now {asked}) and raise "
-            f"training.gradientAccumulationSteps (now {training.gradient_accumulation_steps}) "
-            "to keep the effective batch"
-        )
-    if training.gradient_checkpointing == "off":
-        changes.append("turn training.gradientCheckpointing back on")
-    if not model.load_in_4bit:
-        changes.append("set model.loadIn4bit to true")
-    return (
-        f"GPU out of memory while training ({detail}); these settings do not fit this GPU "
-        f"and would fail the same way again. Change them: {'; or '.join(changes)}. "
-        f"See {MEMORY_GUIDANCE}"
-    )
-
-
-def make_target(config: TrainerConfig, scratch: Path) -> OutputTarget:
-    """The output location of ``config.output``; S3 is staged under ``scratch``."""
-    output = config.output
-    limit = config.training.save_total_limit
-    if output.s3 is not None:
-        from .storage.s3 import S3Store
-
-        store = S3Store.for_location(output.s3, "output")
-        staging = scratch / OUTPUT_STAGING / output.s3.bucket / (output.s3.prefix or "_root")
-        return S3Target(store, output.s3.prefix, staging, limit)
-    if output.pvc is not None:
-        return LocalTarget(pvc_local_path(output.pvc), pvc_uri(output.pvc), limit)
-    root = Path(output.path or "outputs").expanduser().resolve()
-    return LocalTarget(root, str(root), limit)
 
 
 class TrainingRun:
@@ -148,7 +61,7 @@ class TrainingRun:
         self.stage: Stage = "preparing"
         self.memory_plan: MemoryPlan | None = None
 
-    # --- the run ---------------------------------------------------------------------------
+    # --- every exit becomes a message --------------------------------------------------------
     def execute(self) -> TerminationMessage:
         message = self._attempt()
         # Closing waits for pending uploads, which may make a newer checkpoint durable; the
@@ -205,267 +118,147 @@ class TrainingRun:
             finally:
                 self.stop.uninstall()
 
+    # --- the stages, in order ----------------------------------------------------------------
     def _train(self) -> TerminationMessage:
-        config = self.config
-        scratch = self.runtime.scratch()
-        self.target = target = make_target(config, scratch)
-        log.info("output: %s (config fingerprint %s)", target.describe(), self.fingerprint)
-        target.prepare()
-
-        done = self._already_finished(target)
-        if done is not None:
-            return done
-        resume = find_resume_point(target, self.fingerprint, self.accepted_fingerprints)
-        if resume is not None:
-            self.progress.resumed_from_step = resume.step
-            self.progress.checkpoint = _ref(resume.step, resume.uri)
-            self.metrics.update(resumed_from_step=resume.step, checkpoint_step=resume.step)
-            self.metrics_log.restore(resume.path / METRICS_FILE, resume.step)
+        self.target = target = self._open_output()
+        finished = report_finished(
+            target, self.config, self.fingerprint, self.accepted_fingerprints, self.progress
+        )
+        if finished is not None:
+            return finished
+        resume = self._find_resume_point(target)
 
         from .backends import select_backend
 
-        backend = select_backend(self.runtime.backend, scratch)
+        backend = select_backend(self.runtime.backend, self.runtime.scratch())
         log.info("backend: %s", backend.description)
+        model_source = resolve_model(self.config.model, self.runtime.scratch())
+        inputs = self._prepare_inputs(model_source)
 
-        from .data import load_rows, prepare_dataset
-        from .plan import plan_steps
-
-        model_source = resolve_model(config.model, scratch)
-        token = self.runtime.hf_token
-        tokenizer = load_tokenizer(config.model, model_source, token)
-        rows = load_rows(
-            config.dataset,
-            resolve_dataset(config.dataset, scratch),
-            token=token,
-            cache_dir=scratch / "datasets-cache",
-        )
-        prepared = prepare_dataset(rows, tokenizer, config)
-        log.info("data: %s", prepared.stats.to_dict())
-        steps = plan_steps(len(prepared.dataset), config.training)
-        self.progress.total_steps = steps.total_steps
-        self.metrics.update(total_steps=steps.total_steps)
-        log.info(
-            "plan: %d optimizer steps (%.2f epochs) of %d rows each",
-            steps.total_steps,
-            steps.epochs,
-            steps.effective_batch,
-        )
-
-        self.memory_plan = plan = self._plan_memory(backend, model_source, token)
-        started = time.monotonic()
+        self.memory_plan = plan = self._plan_memory(backend, model_source, self.runtime.hf_token)
         self.stage = "loading"
-        with model_errors(config.model, model_source, stage="model", token=token):
-            model, tokenizer = backend.load(config, model_source, token, plan)
-        log.info("model loaded in %.1fs", time.monotonic() - started)
-        log_gpu_memory_after_load()
+        model, tokenizer = self._load_model(backend, model_source, plan)
 
         self.stage = "training"
-        trainer = self._build_trainer(backend, plan, model, tokenizer, prepared.dataset, target)
-        with self.stop.during("training"):
-            trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
-        self.progress.step = int(trainer.state.global_step)
-
+        trainer = self._build_trainer(backend, plan, model, tokenizer, inputs.data.dataset, target)
+        self._run_trainer(trainer, resume)
         if self.progress.interrupted:
-            with self.stop.during("finishing"):
-                target.flush()
-            checkpoint = self.progress.checkpoint
-            where = f"checkpoint-{checkpoint.step} at {checkpoint.uri}" if checkpoint else "none"
-            return self.progress.message(
-                "interrupted",
-                TrainerReason.INTERRUPTED,
-                f"stopped by {self.stop.signal_name} after step {self.progress.step}; "
-                f"checkpoint: {where}",
-            )
+            return self._interrupted(target)
+
         self.stage = "finishing"
         with self.stop.during("finishing"):
-            self._finish(backend, trainer, model, tokenizer, target)
+            write_final_outputs(
+                self.config,
+                self.fingerprint,
+                backend,
+                trainer,
+                model,
+                tokenizer,
+                target,
+                self.metrics_log,
+                self.progress,
+            )
+        report = self.progress.report
         return self.progress.message(
             "succeeded",
             TrainerReason.COMPLETED,
-            f"trained {self.progress.step} steps; adapter at {self.progress.adapter_uri}",
+            f"trained {report.step} steps; adapter at {report.adapter_uri}",
         )
 
-    # --- pieces ----------------------------------------------------------------------------
-    def _already_finished(self, target: OutputTarget) -> TerminationMessage | None:
-        """A previous attempt already wrote the final adapter (e.g. the pod died right
-        after): report it again rather than train twice."""
-        final = target.artifact_manifest(FINAL_MODEL_DIR)
-        if final is None:
-            return None
-        if final.fingerprint not in self.accepted_fingerprints:
-            raise incompatible(
-                "final_model", target.uri(FINAL_MODEL_DIR), final.fingerprint, self.fingerprint
-            )
-        merged_wanted = self.config.output.merged_export == "merged_16bit"
-        if merged_wanted and target.artifact_manifest(MERGED_16BIT_DIR) is None:
-            return None
-        log.info("%s is already complete (step %d); nothing to do", FINAL_MODEL_DIR, final.step)
-        self.progress.step = self.progress.total_steps = final.step
-        self.progress.adapter_uri = target.uri(FINAL_MODEL_DIR)
-        if merged_wanted:
-            self.progress.merged_uri = target.uri(MERGED_16BIT_DIR)
-        # The newest complete checkpoint: a newer directory may be one whose save or upload
-        # never finished.
-        newest = next(
-            (
-                candidate
-                for candidate in target.resume_candidates()
-                if target.artifact_manifest(checkpoint_name(candidate.step)) is not None
-            ),
-            None,
-        )
-        if newest is not None:
-            self.progress.checkpoint = _ref(newest.step, newest.uri)
-        return self.progress.message(
-            "succeeded",
-            TrainerReason.ALREADY_COMPLETED,
-            f"the adapter at {self.progress.adapter_uri} exists",
-        )
+    def _open_output(self) -> OutputTarget:
+        target = make_target(self.config, self.runtime.scratch())
+        log.info("output: %s (config fingerprint %s)", target.describe(), self.fingerprint)
+        target.prepare()
+        return target
 
-    def _plan_memory(self, backend: Any, model_source: Any, token: str | None) -> MemoryPlan:
+    def _find_resume_point(self, target: OutputTarget) -> ResumePoint | None:
+        """The checkpoint to go on from (resume.py), reported and its step records
+        restored; None for a fresh start."""
+        resume = find_resume_point(target, self.fingerprint, self.accepted_fingerprints)
+        if resume is not None:
+            self.progress.report.resumed_from_step = resume.step
+            self.progress.checkpoint = CheckpointRef(step=resume.step, uri=resume.uri)
+            self.metrics.update(resumed_from_step=resume.step, checkpoint_step=resume.step)
+            self.metrics_log.restore(resume.path / METRICS_FILE, resume.step)
+        return resume
+
+    def _prepare_inputs(self, model_source: ModelSource) -> TrainingInputs:
+        """Tokenizer, prepared rows and the step count (input_pipeline.py): the step plan's
+        total is the run's, reported from here on."""
+        inputs = prepare_inputs(
+            self.config, model_source, self.runtime.scratch(), self.runtime.hf_token
+        )
+        self.progress.report.total_steps = inputs.steps.total_steps
+        self.metrics.update(total_steps=inputs.steps.total_steps)
+        return inputs
+
+    def _plan_memory(
+        self, backend: Backend, model_source: ModelSource, token: str | None
+    ) -> MemoryPlan:
         """The micro-batch, gradient checkpointing and embedding placement for this GPU
         (memory_plan.py), from the model's config.json before its weights load."""
-        from .plan import read_model_config
+        return plan_for_backend(
+            self.config, backend, model_source, token, self.runtime.gpu_memory_fraction
+        )
 
-        config = self.config
-        budget = backend.memory_budget(self.runtime.gpu_memory_fraction)
-        fits, unsized = None, "no GPU to size it on"
-        if budget is not None:
-            unsized = "no memory estimate for this model's config.json"
-            model_config = read_model_config(model_source, token)
-            try:
-                fits = estimate_fits(config, model_config, budget) if model_config else None
-            except (KeyError, TypeError, ValueError) as exc:
-                log.warning("no memory estimate from this model's config.json (%r)", exc)
-        if config.model.offload_embedding and not backend.offloads_embedding:
-            log.warning(
-                "model.offloadEmbedding is ignored: %s keeps it with the model", backend.description
-            )
-        plan = plan_memory(
-            config, fits, can_offload_embedding=backend.offloads_embedding, unsized=unsized
-        )
-        embedding = "in host memory" if plan.offload_embedding else "on the GPU"
-        log.info(
-            "micro-batch %d x %d accumulation, gradient checkpointing %s, embedding %s: %s",
-            plan.per_device,
-            plan.accumulation,
-            plan.gradient_checkpointing,
-            embedding if budget is not None else "with the model",
-            plan.reason,
-        )
-        return plan
+    def _load_model(
+        self, backend: Backend, model_source: ModelSource, plan: MemoryPlan
+    ) -> tuple[Any, Any]:
+        started = time.monotonic()
+        token = self.runtime.hf_token
+        with model_errors(self.config.model, model_source, stage="model", token=token):
+            model, tokenizer = backend.load(self.config, model_source, token, plan)
+        log.info("model loaded in %.1fs", time.monotonic() - started)
+        log_gpu_memory_after_load()
+        return model, tokenizer
 
     def _build_trainer(
         self,
-        backend: Any,
+        backend: Backend,
         plan: MemoryPlan,
         model: Any,
         tokenizer: Any,
         dataset: Any,
         target: OutputTarget,
     ) -> Any:
-        from .callbacks import BatchAccounting, RunTracker, make_callbacks
-        from .lora import sft_config_kwargs
+        from .sft_trainer import build_sft_trainer
 
-        config = self.config
-        precision = backend.precision(config)
-        kwargs = sft_config_kwargs(
-            config.training,
-            output_dir=target.artifacts.work_dir,
-            max_length=config.model.max_seq_length,
-            optimizer=backend.optimizer(config.training.optimizer),
-            gradient_checkpointing=backend.trainer_gradient_checkpointing(
-                plan.gradient_checkpointing
-            ),
-            bf16=precision.bf16,
-            fp16=precision.fp16,
-            use_cpu=backend.use_cpu,
-            per_device_batch=plan.per_device,
-            gradient_accumulation=plan.accumulation,
-        )
-        if kwargs["gradient_checkpointing"]:
-            kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
-        args = backend.sft_config_class()(**kwargs)
-        trainer = backend.sft_trainer_class()(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer
-        )
-        accounting = BatchAccounting(trainer.data_collator)
-        trainer.data_collator = accounting
-        tracker = RunTracker(
-            target=target,
+        return build_sft_trainer(
+            self.config,
+            backend,
+            plan,
+            model,
+            tokenizer,
+            dataset,
+            target,
             fingerprint=self.fingerprint,
             progress=self.progress,
             metrics=self.metrics,
             metrics_log=self.metrics_log,
             stop=self.stop,
-            accounting=accounting,
-            micro_batches_per_step=args.gradient_accumulation_steps,
         )
-        from transformers.trainer_callback import ProgressCallback
 
-        trainer.remove_callback(ProgressCallback)
-        for callback in make_callbacks(tracker):
-            trainer.add_callback(callback)
-        log.info(
-            "SFTTrainer: %s precision, optimizer %s, micro-batch %d x %d accumulation",
-            precision.label,
-            getattr(args.optim, "value", args.optim),
-            args.per_device_train_batch_size,
-            args.gradient_accumulation_steps,
+    def _run_trainer(self, trainer: Any, resume: ResumePoint | None) -> None:
+        with self.stop.during("training"):
+            trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+        self.progress.report.step = int(trainer.state.global_step)
+
+    def _interrupted(self, target: OutputTarget) -> TerminationMessage:
+        """Training stopped early on a stop signal: the checkpoint it asked for is made
+        durable, and the message says where the next attempt goes on from."""
+        with self.stop.during("finishing"):
+            target.flush()
+        checkpoint = self.progress.checkpoint
+        where = f"checkpoint-{checkpoint.step} at {checkpoint.uri}" if checkpoint else "none"
+        return self.progress.message(
+            "interrupted",
+            TrainerReason.INTERRUPTED,
+            f"stopped by {self.stop.signal_name} after step {self.progress.report.step}; "
+            f"checkpoint: {where}",
         )
-        return trainer
-
-    def _finish(
-        self, backend: Any, trainer: Any, model: Any, tokenizer: Any, target: OutputTarget
-    ) -> None:
-        step = int(trainer.state.global_step)
-        work = target.artifacts.work_dir
-        final_dir = work / FINAL_MODEL_DIR
-        started = utc_now()
-        trainer.save_model(str(final_dir))
-        tokenizer.save_pretrained(str(final_dir))
-        self.metrics_log.write_jsonl(final_dir / METRICS_FILE)
-        model_name = self.config.model.name or self.config.model.source_kind
-        title = f"{model_name} LoRA r={self.config.lora.rank}"
-        plot_loss(self.metrics_log.records, final_dir / LOSS_PLOT_FILE, title)
-        self._commit(target, final_dir, FINAL_MODEL_DIR, "final_model", step, started)
-        self.progress.adapter_uri = target.uri(FINAL_MODEL_DIR)
-        if self.config.output.merged_export == "merged_16bit":
-            merged_dir = work / MERGED_16BIT_DIR
-            started = utc_now()
-            log.info("exporting the merged 16-bit model (%s)", backend.description)
-            backend.save_merged(model, tokenizer, merged_dir)
-            self._commit(target, merged_dir, MERGED_16BIT_DIR, "merged_16bit", step, started)
-            self.progress.merged_uri = target.uri(MERGED_16BIT_DIR)
-        target.artifacts.clear_work_dir()
-        target.flush()
-
-    def _commit(
-        self,
-        target: OutputTarget,
-        written: Path,
-        name: str,
-        kind: ArtifactKind,
-        step: int,
-        started: str,
-    ) -> None:
-        manifest = target.artifacts.commit(
-            written, name, kind=kind, step=step, fingerprint=self.fingerprint, started_at=started
-        )
-        target.published(name, manifest)
-        log.info("%s complete: %d files -> %s", name, len(manifest.files), target.uri(name))
-
-
-def _ref(step: int, uri: str) -> Any:
-    from finetune_api.contract import CheckpointRef
-
-    return CheckpointRef(step=step, uri=uri)
 
 
 def main(config: TrainerConfig, runtime: RuntimeOptions) -> TerminationMessage:
     """Train as configured; always returns the termination message (never raises for a
     training failure: the message says what happened, the CLI maps it to the exit code)."""
     return TrainingRun(config, runtime).execute()
-
-
-__all__ = ["IncompatibleCheckpoint", "ResumePoint", "main", "make_target"]

@@ -11,7 +11,7 @@ import struct
 from pathlib import Path
 
 from .errors import InvalidModel
-from .lora import check_target_names
+from .lora_args import check_target_names
 from .sources import ModelSource
 
 log = logging.getLogger(__name__)

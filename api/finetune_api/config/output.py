@@ -12,6 +12,13 @@ from .sources import PvcPath, S3Location
 DEFAULT_OUTPUT_DIR = "outputs"
 
 
+def pvc_uri(ref: PvcPath, *names: str) -> str:
+    """``pvc://<claim>/<path>/<names...>``: how status and logs name a file or directory
+    on a PVC, the same on both sides (the operator's status, the trainer's outputs)."""
+    segments = (part.strip("/") for part in (ref.path or "", *names))
+    return "pvc://" + "/".join([ref.claim_name, *(s for s in segments if s)])
+
+
 class OutputSpec(SpecModel):
     """Where checkpoints (checkpoint-N/) and the final adapter (final_model/) are written:
     a local directory (path), a PVC, or an S3 prefix. With S3, a local staging copy is kept
@@ -59,10 +66,10 @@ class OutputSpec(SpecModel):
     def uri(self, *parts: str) -> str:
         """A user-facing address of a file or directory under the output location, the same
         on both sides: pvc://claim/path/..., s3://bucket/prefix/..., or the local path."""
-        tail = "/".join(p.strip("/") for p in parts if p)
         if self.pvc is not None:
-            base = f"pvc://{self.pvc.claim_name}/{(self.pvc.path or '').strip('/')}".rstrip("/")
-        elif self.s3 is not None:
+            return pvc_uri(self.pvc, *parts)
+        tail = "/".join(p.strip("/") for p in parts if p)
+        if self.s3 is not None:
             base = self.s3.uri.rstrip("/")
         else:
             base = (self.path or DEFAULT_OUTPUT_DIR).rstrip("/") or "/"

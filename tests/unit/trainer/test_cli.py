@@ -209,12 +209,12 @@ def test_help_still_exits_0(in_process: Path, capsys: pytest.CaptureFixture[str]
 def test_a_dry_run_that_fails_unexpectedly_still_writes_its_message(
     in_process: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from finetune_trainer import plan
+    from finetune_trainer import dry_run
 
     def broken(*_: object) -> None:
         raise RuntimeError("the plan broke")
 
-    monkeypatch.setattr(plan, "dry_run", broken)
+    monkeypatch.setattr(dry_run, "dry_run", broken)
     config = write_config(in_process / "c.yaml", {"model": {"path": str(in_process)}})
     assert cli.main(["--config", str(config), "--dry-run"]) == ExitCode.FAILED
     message = termination(in_process)

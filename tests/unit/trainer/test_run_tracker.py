@@ -14,7 +14,7 @@ import pytest
 from finetune_api.contract import Metric
 from finetune_trainer.callbacks import RunTracker
 from finetune_trainer.metrics import MetricsLog, MetricsServer
-from finetune_trainer.progress import RunProgress
+from finetune_trainer.run_progress import RunProgress
 from finetune_trainer.signals import StopRequest
 from finetune_trainer.storage.targets import LocalTarget, OutputTarget
 

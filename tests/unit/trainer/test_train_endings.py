@@ -17,11 +17,12 @@ import torch
 from finetune_api.config import TrainerConfig
 from finetune_api.contract import CheckpointRef, ExitCode
 from finetune_trainer.memory_plan import MemoryPlan
+from finetune_trainer.out_of_memory import out_of_memory_message
 from finetune_trainer.runtime import OUTPUT_STAGING, RuntimeOptions
 from finetune_trainer.storage.checkpoints import LocalArtifacts
 from finetune_trainer.storage.manifest import ArtifactKind
 from finetune_trainer.termination import exit_code_for
-from finetune_trainer.train import TrainingRun, out_of_memory_message
+from finetune_trainer.train import TrainingRun
 
 from .test_checkpoints import write_fake_checkpoint
 from .test_run_tracker import make_tracker, save

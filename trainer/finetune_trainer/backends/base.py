@@ -28,7 +28,6 @@ class Precision:
 class Backend(ABC):
     """One way of loading and adapting the model."""
 
-    name: str
     description: str
     # Whether load() can keep the input embedding in host memory (model.offloadEmbedding).
     offloads_embedding = False

@@ -17,7 +17,7 @@ from typing import Any
 
 from finetune_api.config import TrainerConfig
 
-from ..lora import check_module_targets, peft_lora_kwargs
+from ..lora_args import check_module_targets, peft_lora_kwargs
 from ..memory_plan import MemoryPlan
 from ..sources import ModelSource
 from .base import Backend, Precision
@@ -46,8 +46,6 @@ def _bitsandbytes_usable(cuda: bool) -> bool:
 
 
 class TransformersBackend(Backend):
-    name = "transformers"
-
     def __init__(self, *, cuda: bool) -> None:
         self.cuda = cuda
         self.description = f"transformers + PEFT on {'CUDA' if cuda else 'CPU'}"

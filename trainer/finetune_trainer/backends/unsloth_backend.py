@@ -19,7 +19,7 @@ import unsloth  # noqa: F401  (first: it patches transformers, TRL and PEFT on i
 
 from finetune_api.config import TrainerConfig
 
-from ..lora import check_module_targets, unsloth_load_kwargs, unsloth_peft_kwargs
+from ..lora_args import check_module_targets, unsloth_load_kwargs, unsloth_peft_kwargs
 from ..memory_plan import MemoryPlan
 from ..sources import ModelSource
 from .base import Backend, Precision
@@ -30,7 +30,6 @@ _DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
 class UnslothBackend(Backend):
-    name = "unsloth"
     description = "Unsloth on CUDA"
     offloads_embedding = True
 

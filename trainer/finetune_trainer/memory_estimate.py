@@ -39,18 +39,24 @@ measurement at each micro-batch measured (1, 4 and 16 rows), as a plan should be
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from finetune_api.config import TrainerConfig
+
+    from .sources import ModelSource
+
+log = logging.getLogger(__name__)
 
 GIB = 1024**3
 # Rows of logits Unsloth's fused loss computes at a time (unsloth_zoo's fused linear
 # cross-entropy): the buffer does not grow with the batch.
 LOSS_CHUNK_ROWS = 512
 
-_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 _GATE_UP_NAMES = ("gate_up_proj", "gate_proj", "up_proj")
 
 
@@ -318,3 +324,31 @@ def smallest_footprint(config: TrainerConfig) -> tuple[str, bool]:
         "unsloth" if checkpointing == "auto" else checkpointing,
         True if offload is None else offload,
     )
+
+
+def read_model_config(source: ModelSource, token: str | None) -> dict[str, Any] | None:
+    """The model's ``config.json``, which the estimate reads the model's shape from: from
+    its directory, or fetched alone from the Hub (a few KB). None when it cannot be had (no
+    network, for example)."""
+    if source.is_local:
+        path = Path(source.name_or_path) / "config.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(
+            hf_hub_download(
+                source.name_or_path, "config.json", revision=source.revision, token=token
+            )
+        )
+        loaded: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return loaded
+    except Exception as exc:  # network, auth, or a gated repo: the estimate is optional
+        from .remote_errors import details
+
+        log.warning(
+            "could not read %s's config.json for the memory estimate: %s",
+            source.name_or_path,
+            details(exc),
+        )
+        return None

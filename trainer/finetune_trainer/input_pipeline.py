@@ -1,0 +1,56 @@
+"""The training inputs, prepared the same way for the run and for ``--dry-run``: the
+model's tokenizer, the dataset's rows rendered, tokenized and masked (``data/``), and the
+optimizer steps those rows make in batches (``step_plan.py``). Bad data fails here, before
+any model weight loads."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from finetune_api.config import TrainerConfig
+
+from .sources import ModelSource, resolve_dataset
+from .step_plan import StepPlan, plan_steps
+
+if TYPE_CHECKING:
+    from .data import PreparedDataset
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingInputs:
+    tokenizer: Any
+    data: PreparedDataset
+    steps: StepPlan
+
+
+def prepare_inputs(
+    config: TrainerConfig, model: ModelSource, scratch: Path, token: str | None
+) -> TrainingInputs:
+    """Load ``model``'s tokenizer and the configured rows (Hub datasets cached under
+    ``scratch``), prepare the rows for training and count the steps they make. Raises
+    InvalidInput (InvalidModel, InvalidDataset) naming what to fix."""
+    from .data import load_rows, prepare_dataset
+    from .model_errors import load_tokenizer
+
+    tokenizer = load_tokenizer(config.model, model, token)
+    rows = load_rows(
+        config.dataset,
+        resolve_dataset(config.dataset, scratch),
+        token=token,
+        cache_dir=scratch / "datasets-cache",
+    )
+    prepared = prepare_dataset(rows, tokenizer, config)
+    log.info("data: %s", prepared.stats.to_dict())
+    steps = plan_steps(len(prepared.dataset), config.training)
+    log.info(
+        "plan: %d optimizer steps (%.2f epochs) of %d rows each",
+        steps.total_steps,
+        steps.epochs,
+        steps.effective_batch,
+    )
+    return TrainingInputs(tokenizer=tokenizer, data=prepared, steps=steps)
