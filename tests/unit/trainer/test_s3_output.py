@@ -18,8 +18,8 @@ import pytest
 
 from finetune_api.config import S3Location
 from finetune_trainer.errors import InvalidConfig
-from finetune_trainer.progress import RunProgress
 from finetune_trainer.resume import find_resume_point
+from finetune_trainer.run_progress import RunProgress
 from finetune_trainer.storage.manifest import MANIFEST_NAME, parse_manifest
 from finetune_trainer.storage.retry import RetryPolicy
 from finetune_trainer.storage.s3 import S3Store
