@@ -85,6 +85,8 @@ class Reason(enum.StrEnum):
 
 
 MAX_TEXT = 32768
+# Ours are four; the rest is room for conditions other writers add.
+MAX_CONDITIONS = 16
 MAX_SHORT = 1024
 # A location under the spec's output (pvc://claim/path/..., s3://bucket/prefix/..., or a
 # local path) plus what the trainer appends (/checkpoint-N, /final_model, ...). Longer than
@@ -182,7 +184,7 @@ class FineTuneJobStatus(_Status):
     observed_generation: int | None = Field(
         None, description="The .metadata.generation the operator last acted on."
     )
-    conditions: Annotated[list[Condition], Field(max_length=16)] | None = Field(
+    conditions: Annotated[list[Condition], Field(max_length=MAX_CONDITIONS)] | None = Field(
         None, description="metav1-style conditions (kstatus: Ready, Reconciling, Stalled)."
     )
     job_name: Short | None = Field(None, description="Name of the batch/v1 Job.")

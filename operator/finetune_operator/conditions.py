@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from finetune_api.status import Condition, Phase
+from finetune_api.status import MAX_CONDITIONS, Condition, Phase
 
 READY = "Ready"
 RECONCILING = "Reconciling"
@@ -70,8 +70,11 @@ def conditions_for_phase(
         if generation is not None:  # left out when unknown, as metav1.Condition does
             fields["observed_generation"] = generation
         out.append(Condition(**fields))
-    # Keep conditions other writers may have added (none today), after ours.
+    # Keep conditions other writers may have added (none today), after ours, as many as the
+    # schema has room for: one more would make every status this operator writes invalid.
     for other in previous or []:
+        if len(out) == MAX_CONDITIONS:
+            break
         if other.get("type") not in CONDITION_TYPES and (kept_other := _foreign(other)):
             out.append(kept_other)
     return out

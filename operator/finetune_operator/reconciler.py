@@ -158,6 +158,8 @@ class Reconciler:
         step = self._converge(body, previous)
         later = Outcome(retry_after=step.retry_after, backoff=step.backoff)
         update = step.update
+        unreadable = {k: v for k, v in stored.items() if k not in previous}
+        update.unreadable = unreadable
         if step.created:
             # Said now, whatever becomes of the status write: the next reconcile finds the
             # Job in place and would not say it.
@@ -185,6 +187,7 @@ class Reconciler:
             update = status_rejected_status(
                 previous, str(exc), body["metadata"].get("generation"), self.clock()
             )
+            update.unreadable = unreadable
             if not update.changed_from(stored):
                 return later
             try:
@@ -224,23 +227,25 @@ class Reconciler:
         the spec must parse; a Job of another owner, or one gone, settles the status; a
         missing Job is admitted and created, an existing one adopted (or refused) and its
         lifecycle kept in step with the spec; then the Job and its pods are observed."""
-        run = _Pass(previous, body["metadata"].get("generation"), self.clock())
+        this_pass = _Pass(previous, body["metadata"].get("generation"), self.clock())
         spec, problems = parse_spec(body)
         if spec is None:
-            return Convergence(invalid_spec_status(previous, problems, run.generation, run.now))
+            return Convergence(
+                invalid_spec_status(previous, problems, this_pass.generation, this_pass.now)
+            )
         owner = Owner.from_body(body)
         job = self.cache.job(owner.namespace, owner.child_name)
-        settled = _job_of_another_owner(job, owner, run) or _job_gone(job, run)
+        settled = _job_of_another_owner(job, owner, this_pass) or _job_gone(job, this_pass)
         if settled is not None:
             return settled
         created = False
         if job is None:
-            made = self._admit_and_create(spec, owner, run)
+            made = self._admit_and_create(spec, owner, this_pass)
             if isinstance(made, Convergence):
                 return made
             job, created = made
         else:
-            settled = self._refuse_unadoptable(job, spec, owner, run)
+            settled = self._refuse_unadoptable(job, spec, owner, this_pass)
             if settled is not None:
                 return settled
             self._sync_lifecycle(
@@ -249,10 +254,10 @@ class Reconciler:
                 bool(spec.scheduling.queue_name),
                 outcome_recorded=previous.get("phase") in TERMINAL_PHASES,
             )
-        return self._observed_status(job, spec, owner, run, created=created)
+        return self._observed_status(job, spec, owner, this_pass, created=created)
 
     def _admit_and_create(
-        self, spec: FineTuneJobSpec, owner: Owner, run: _Pass
+        self, spec: FineTuneJobSpec, owner: Owner, this_pass: _Pass
     ) -> tuple[Obj, bool] | Convergence:
         """Create the Job of a spec the API server's rules and the operator's policy admit:
         the Job and whether this pass made it, or the status that says why there is none."""
@@ -261,29 +266,37 @@ class Reconciler:
         # reported on as usual.
         problems = output_problems(spec)
         if problems:
-            return Convergence(invalid_spec_status(run.previous, problems, run.generation, run.now))
+            return Convergence(
+                invalid_spec_status(
+                    this_pass.previous, problems, this_pass.generation, this_pass.now
+                )
+            )
         not_allowed = policy_problems(spec, self.config)
         if not_allowed:
-            return run.failed(Reason.NOT_ALLOWED, "; ".join(not_allowed))
+            return this_pass.failed(Reason.NOT_ALLOWED, "; ".join(not_allowed))
         try:
             return self._create_children(spec, owner)
         except ChildConflict as exc:
             # Not the spec's fault: another object holds the child's name.
-            return run.failed(Reason.CHILD_CONFLICT, str(exc))
+            return this_pass.failed(Reason.CHILD_CONFLICT, str(exc))
         except ChildRejected as exc:
-            return run.failed(Reason.JOB_REJECTED, str(exc))
+            return this_pass.failed(Reason.JOB_REJECTED, str(exc))
         except ChildDeferred as exc:
             # Pending, tried again after a growing delay, until the quota allows it.
             message = f"{exc}; the Job is created once the quota allows it"
             return Convergence(
                 waiting_status(
-                    run.previous, Reason.QUOTA_EXCEEDED, message, run.generation, run.now
+                    this_pass.previous,
+                    Reason.QUOTA_EXCEEDED,
+                    message,
+                    this_pass.generation,
+                    this_pass.now,
                 ),
                 backoff=True,
             )
 
     def _refuse_unadoptable(
-        self, job: Obj, spec: FineTuneJobSpec, owner: Owner, run: _Pass
+        self, job: Obj, spec: FineTuneJobSpec, owner: Owner, this_pass: _Pass
     ) -> Convergence | None:
         """None when the Job is this FineTuneJob's own to report on; else the status that
         refuses it. The first time a FineTuneJob meets its Job without having made it in
@@ -291,7 +304,7 @@ class Reconciler:
         someone else made it), it adopts it only if it is what the operator would have
         made, judged on the whole Job (the cache keeps only the parts the operator reads; a
         planted selector or managedBy is not among them)."""
-        if run.previous.get("jobName") or job["metadata"].get("uid") in self._made:
+        if this_pass.previous.get("jobName") or job["metadata"].get("uid") in self._made:
             return None
         whole = self.kube.get_job(owner.namespace, owner.child_name)
         if whole is None:  # deleted meanwhile: its watch event follows
@@ -299,11 +312,11 @@ class Reconciler:
         problem = adoption_problem(build_job(spec, owner, self.config), whole, owner.uid)
         if problem:
             message = conflict_message("Job", owner.namespace, owner.child_name, problem)
-            return run.failed(Reason.CHILD_CONFLICT, message)
+            return this_pass.failed(Reason.CHILD_CONFLICT, message)
         return None
 
     def _observed_status(
-        self, job: Obj, spec: FineTuneJobSpec, owner: Owner, run: _Pass, *, created: bool
+        self, job: Obj, spec: FineTuneJobSpec, owner: Owner, this_pass: _Pass, *, created: bool
     ) -> Convergence:
         """The status that the Job, its pods and the trainer's metrics imply."""
         observation, waiting_outside = self._observe(job, spec, owner)
@@ -313,13 +326,13 @@ class Reconciler:
         progress = self.progress.reading(key, observation.running_pod_uid)
         return Convergence(
             next_status(
-                run.previous,
+                this_pass.previous,
                 observation=observation,
                 progress=progress,
                 output=resolved_trainer_config(spec, owner).output,
                 job_name=owner.child_name,
-                generation=run.generation,
-                now=run.now,
+                generation=this_pass.generation,
+                now=this_pass.now,
             ),
             backoff=waiting_outside,
             created=owner.child_name if created else None,
@@ -396,7 +409,7 @@ class Reconciler:
             log.info("%s: Job lifecycle updated: %s", meta["name"], patch)
 
 
-def _job_of_another_owner(job: Obj | None, owner: Owner, run: _Pass) -> Convergence | None:
+def _job_of_another_owner(job: Obj | None, owner: Owner, this_pass: _Pass) -> Convergence | None:
     """Failed with ChildConflict when a Job holds the child's name but is not controlled
     by this FineTuneJob. The name hashes this FineTuneJob's uid: such a Job was made by
     someone else, and is never taken as its own."""
@@ -405,25 +418,25 @@ def _job_of_another_owner(job: Obj | None, owner: Owner, run: _Pass) -> Converge
     message = conflict_message(
         "Job", owner.namespace, owner.child_name, "it is not controlled by this FineTuneJob"
     )
-    return run.failed(Reason.CHILD_CONFLICT, message)
+    return this_pass.failed(Reason.CHILD_CONFLICT, message)
 
 
-def _job_gone(job: Obj | None, run: _Pass) -> Convergence | None:
+def _job_gone(job: Obj | None, this_pass: _Pass) -> Convergence | None:
     """The status when the Job is gone or going: a recorded outcome stays, a Job deleted
     before its outcome was recorded fails the FineTuneJob; None while it is there (or was
     never made)."""
-    previous = run.previous
+    previous = this_pass.previous
     going = job is None or bool(job["metadata"].get("deletionTimestamp"))
     if going and previous.get("phase") in TERMINAL_PHASES:
         # The finished Job is cleaned up (ttlSecondsAfterFinished deletes it in the
         # foreground: pods first, so the trainer's message is gone before the Job).
-        return Convergence(kept_outcome(previous, run.generation))
+        return Convergence(kept_outcome(previous, this_pass.generation))
     if job is None and previous.get("jobName"):
         # The Job existed and is gone before its outcome was recorded (deleted by hand, or
         # cleaned up while the operator was down). Creating it again could start a second
         # trainer on the same output while the first is still stopping, or retrain a run
         # that had already used up its retries.
-        return run.failed(
+        return this_pass.failed(
             Reason.JOB_DELETED,
             f"the Job {previous['jobName']} was deleted before it finished; delete and "
             "re-create the FineTuneJob to train again (with the same output location, an "

@@ -43,12 +43,24 @@ class StatusUpdate:
 
     status: FineTuneJobStatus
     events: list[Event] = field(default_factory=list)
+    # What the stored status held that readable_status left out (a shape no operator
+    # wrote): the patch removes it, or it would be read, left out and rewritten forever.
+    unreadable: dict[str, Any] = field(default_factory=dict)
 
     @property
     def patch(self) -> dict[str, Any]:
         """The JSON merge patch that writes this status: the fields set, a None among them
-        written as null (it removes the stored value)."""
-        return self.status.to_wire()
+        written as null (it removes the stored value). An unreadable stored field the status
+        does not set is removed; one it sets as an object gets null for each stored key it
+        does not set, since a merge patch would keep them."""
+        patch = self.status.to_wire()
+        for key, stored in self.unreadable.items():
+            written = patch.get(key)
+            if key not in patch:
+                patch[key] = None
+            elif isinstance(written, dict) and isinstance(stored, dict):
+                patch[key] = {**dict.fromkeys(stored), **written}
+        return patch
 
     def changed_from(self, previous: dict[str, Any]) -> bool:
         """Whether the status is worth a write over ``previous`` (the stored status):

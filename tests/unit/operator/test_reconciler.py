@@ -14,7 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from finetune_api.contract import TrainerProgress
 from finetune_api.spec import DURABLE_OUTPUT_MESSAGE, RECREATE_FOR_OUTPUT, FineTuneJobSpec
-from finetune_api.status import MAX_URI, FineTuneJobStatus
+from finetune_api.status import MAX_CONDITIONS, MAX_URI, FineTuneJobStatus
 from finetune_operator.builders import Owner, build_job
 from finetune_operator.cache import ClusterCache
 from finetune_operator.config import OperatorConfig
@@ -757,5 +757,27 @@ def test_a_malformed_stored_status_is_replaced_not_a_failed_reconcile() -> None:
     }
     assert operator.reconcile() == "Running"
     status = kube.ftj["status"]
-    assert status["restarts"] == 0 and "checkpoint" not in kube.patches[-1]
+    # What could not be read is removed, not left to be read and rewritten on every pass.
+    assert status["restarts"] == 0 and kube.patches[-1]["checkpoint"] is None
+    assert "checkpoint" not in status
+    assert "progress" not in status
     assert [c["type"] for c in status["conditions"]][-1:] == ["QuotaReserved"]
+    writes = len(kube.patches)
+    assert operator.reconcile() == "Running"
+    assert len(kube.patches) == writes
+
+
+def test_conditions_other_writers_add_are_kept_only_as_far_as_the_schema_has_room() -> None:
+    kube = MemoryKube(body())
+    operator = reconciler(kube)
+    operator.reconcile()  # creates the Job
+    kube.pods = [running_pod()]
+    foreign = [
+        {"type": f"Other{i}", "status": "True", "reason": "x", "lastTransitionTime": "T0"}
+        for i in range(MAX_CONDITIONS)
+    ]
+    kube.ftj["status"] = {**kube.ftj["status"], "conditions": foreign}
+    assert operator.reconcile() == "Running"
+    conditions = kube.ftj["status"]["conditions"]
+    assert len(conditions) == MAX_CONDITIONS
+    assert [c["type"] for c in conditions[:4]] == ["Ready", "Reconciling", "Stalled", "Suspended"]
