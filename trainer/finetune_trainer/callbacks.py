@@ -107,15 +107,19 @@ class RunTracker:
         self._report_lock = threading.Lock()
 
     def train_begin(self, state: Any) -> None:
-        planned = self.progress.report.total_steps
-        if planned is not None and planned != int(state.max_steps):
+        # The plan's count is reported until the loop starts; from then on the loop's own,
+        # since it is the one that decides when training stops (a backend that patches the
+        # loop may count differently, and progress must never read 25/20).
+        planned, looped = self.progress.report.total_steps, int(state.max_steps)
+        if planned is not None and planned != looped:
             log.warning(
-                "the training loop counts %d optimizer steps, the plan %d; reporting the plan's",
-                state.max_steps,
+                "the training loop counts %d optimizer steps, the plan %d; reporting the loop's",
+                looped,
                 planned,
             )
+        self.progress.report.total_steps = looped
         self.progress.report.step = int(state.global_step)
-        self.metrics.update(step=state.global_step, epoch=state.epoch)
+        self.metrics.update(total_steps=looped, step=state.global_step, epoch=state.epoch)
         self._window_start = self._last_step_end = self.clock()
 
     def step_end(self, state: Any, control: Any) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from finetune_api.config import TrainerConfig
 
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainingInputs:
-    tokenizer: Any
+    # No tokenizer: the run trains with the one its backend loads with the model (Unsloth
+    # patches its own); this one only prepares the rows.
     data: PreparedDataset
     steps: StepPlan
 
@@ -53,4 +54,4 @@ def prepare_inputs(
         steps.epochs,
         steps.effective_batch,
     )
-    return TrainingInputs(tokenizer=tokenizer, data=prepared, steps=steps)
+    return TrainingInputs(data=prepared, steps=steps)

@@ -24,8 +24,8 @@ class RunProgress:
 
     @property
     def checkpoint(self) -> CheckpointRef | None:
-        """The newest durable checkpoint. An attribute of its own because it changes from
-        the upload thread and is read by the exit path after uploads finish."""
+        """The newest durable checkpoint: set from the upload thread as each upload
+        finishes, and read by the exit path once uploads are done."""
         return self.report.checkpoint
 
     @checkpoint.setter

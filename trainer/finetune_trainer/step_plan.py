@@ -1,9 +1,10 @@
 """How many optimizer steps the run takes: the one place the trainer computes it. The dry
 run prints it, the run reports it (progress, the metrics endpoint, each step record, the
-termination message), and the training loop is checked against it when it starts.
+termination message) until the training loop starts; the loop's own count then takes over,
+with a warning if they differ.
 
-The arithmetic is the one transformers' Trainer uses, so the plan's step count is the
-run's."""
+The arithmetic is the one transformers' Trainer uses, so the two agree for the backends
+tested here."""
 
 from __future__ import annotations
 

@@ -172,3 +172,17 @@ def test_trainer_stops_at_the_save_during_which_the_stop_came(tmp_path: Path) ->
     assert trainer.state.global_step == 2
     assert tracker.progress.interrupted
     assert [c.step for c in target.artifacts.checkpoints()] == [2]
+
+
+def test_the_training_loop_step_count_is_reported_once_it_starts(
+    local: LocalTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The plan's count stands until the loop starts; a loop that counts differently (a
+    backend patching it) is what decides when training stops, so progress follows it."""
+    progress = RunProgress()
+    progress.report.total_steps = 20
+    tracker = make_tracker(local, progress)
+    tracker.train_begin(state(0, max_steps=25))
+    assert progress.report.total_steps == 25
+    assert tracker.metrics.registry.get_sample_value(Metric.TOTAL_STEPS) == 25
+    assert "the plan 20" in caplog.text
