@@ -144,6 +144,7 @@ def test_model_and_dataset_from_s3_train_to_a_loadable_adapter(
     # the S3 object's: its row count, read from the downloaded copy of that object.
     assert f"downloading {model_uri} into " in log, log
     assert f"downloading {dataset_uri} into " in log, log
+    assert f"loading model.s3 {model_uri} with transformers" in log, log
     (loaded,) = LOADED.findall(log)
     assert int(loaded[0]) == S3_ROWS, loaded
     assert loaded[1].endswith("/train.jsonl") and "/dataset/" in loaded[1], loaded
@@ -186,6 +187,7 @@ def test_dataset_from_a_configmap_trains(
     assert int(loaded[0]) == CONFIGMAP_ROWS, loaded
     # Where the operator mounts the ConfigMap (contract.CONFIGMAP_MOUNT_ROOT/<name>/<key>).
     assert loaded[1] == "/mnt/configmap/chats/train.jsonl", loaded
+    assert "loading model.pvc pvc://inputs/model with transformers" in log, log
     _check_adapter(status, spec, outputs, tiny_sources / "model")
 
 
