@@ -24,8 +24,12 @@ _RENAMES: dict[str, dict[str, str]] = {
 }
 
 
+def _looks_like_a_path(value: str) -> bool:
+    return value.startswith(("/", "./", "../", "~"))
+
+
 def _looks_local(value: str) -> bool:
-    return value.startswith(("/", "./", "../", "~")) or value.lower().endswith(_DATA_SUFFIXES)
+    return _looks_like_a_path(value) or value.lower().endswith(_DATA_SUFFIXES)
 
 
 def upgrade_legacy_keys(data: Any) -> Any:
@@ -45,6 +49,12 @@ def upgrade_legacy_keys(data: Any) -> Any:
     if isinstance(training, dict) and training.get("max_steps") == -1:
         del training["max_steps"]
         training.setdefault("num_epochs", 1)
+    # model_name was either a Hub id or a local directory; only the first is model.name.
+    model = out.get("model")
+    if isinstance(model, dict):
+        name = model.get("name")
+        if isinstance(name, str) and _looks_like_a_path(name) and "path" not in model:
+            model["path"] = model.pop("name")
     # dataset.path was either a Hub id or a local file.
     dataset = out.get("dataset")
     if isinstance(dataset, dict):

@@ -19,15 +19,15 @@ from .cli_helpers import cli_env, json_records, termination
 ROWS = 64
 STEPS = 20  # the example's max_steps, trained as it is
 
-# The example's config.yaml, key for key, with one line changed: model_name named the Hub
-# model unsloth/gpt-oss-20b (a 13 GB download, more than a CPU can train); it is replaced by
-# the tiny gpt-oss model in the working directory. model.model_name cannot name a local
-# directory (it must be a Hub id), so the local model is model.path. Nothing else needs
-# changing for the CPU: load_in_4bit is ignored and adamw_8bit becomes adamw_torch there,
-# each with a warning the test checks.
+# The example's config.yaml, key for key, with one value changed: model_name named the Hub
+# model unsloth/gpt-oss-20b (a 13 GB download, more than a CPU can train); it names the tiny
+# gpt-oss model in the working directory instead, as the example's loader allowed (a local
+# directory in model_name is read as model.path). Nothing else needs changing for the CPU:
+# load_in_4bit is ignored and adamw_8bit becomes adamw_torch there, each with a warning the
+# test checks.
 EXAMPLE_CONFIG = """\
 model:
-  path: ./tiny-gpt-oss
+  model_name: ./tiny-gpt-oss
   max_seq_length: 1024
   load_in_4bit: true
 dataset:
