@@ -66,3 +66,15 @@ def test_a_relative_path_is_refused(ftjs: FineTuneJobs, spec: dict[str, Any], pa
 def test_absolute_paths_are_admitted(ftjs: FineTuneJobs) -> None:
     result = dry_run(ftjs, {"dataset": {"path": "/data/train.jsonl"}, "model": {"path": "/m"}})
     assert result.returncode == 0, result.stderr
+
+
+def test_a_dataset_configmap_key_must_say_its_format(ftjs: FineTuneJobs) -> None:
+    """The trainer reads the key as a .jsonl or .json file: a key that names neither is
+    refused at admission instead of failing the run after its pod started."""
+    refused = dry_run(ftjs, {"dataset": {"configMap": {"name": "chats", "key": "train"}}})
+    assert refused.returncode != 0
+    assert "spec.dataset.configMap.key" in refused.stderr, refused.stderr
+    assert "must end in .jsonl or .json" in " ".join(refused.stderr.split()), refused.stderr
+    for key in ("train.jsonl", "train.json"):
+        admitted = dry_run(ftjs, {"dataset": {"configMap": {"name": "chats", "key": key}}})
+        assert admitted.returncode == 0, admitted.stderr

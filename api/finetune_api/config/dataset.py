@@ -61,7 +61,10 @@ class DatasetSpec(SpecModel):
         None, description="A data object, or a prefix of data objects, on S3."
     )
     config_map: ConfigMapKey | None = Field(
-        None, description="A JSON Lines dataset held in a ConfigMap key."
+        None,
+        description="A small dataset held in a ConfigMap key whose name ends in .jsonl or "
+        ".json (the reader is chosen by it); a ConfigMap holds at most 1 MiB, so larger "
+        "datasets belong on a PVC or S3.",
     )
     format: Literal["sharegpt", "custom"] = Field(
         "sharegpt",

@@ -8,9 +8,20 @@ operator mounts each referenced claim, so the trainer's config file is the spec 
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
 
-from .base import EndpointUrl, K8sKey, K8sName, RelativePath, S3Uri, ShortString, SpecModel
+from pydantic import AfterValidator, Field, WithJsonSchema
+
+from .base import (
+    EndpointUrl,
+    K8sKey,
+    K8sName,
+    RelativePath,
+    S3Uri,
+    ShortString,
+    SpecModel,
+    cel,
+)
 
 
 class SecretKeyRef(SpecModel):
@@ -75,8 +86,41 @@ class PvcPath(SpecModel):
     )
 
 
+_DATA_FILE_KEY_MESSAGE = (
+    "must end in .jsonl or .json: the trainer reads the key as the file of that format "
+    "(for example train.jsonl)"
+)
+
+
+def _data_file_key(key: str) -> str:
+    if not key.endswith((".jsonl", ".json")):
+        raise ValueError(_DATA_FILE_KEY_MESSAGE)
+    return key
+
+
+# A ConfigMap key the trainer reads as a data file: refused at admission when its name
+# does not say the format, rather than failing the run once its pod has started.
+DataFileKey = Annotated[
+    K8sKey,
+    AfterValidator(_data_file_key),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": 253,
+            "pattern": r"^[-._a-zA-Z0-9]+$",
+            "x-kubernetes-validations": [
+                cel("self.endsWith('.jsonl') || self.endsWith('.json')", _DATA_FILE_KEY_MESSAGE)
+            ],
+        }
+    ),
+]
+
+
 class ConfigMapKey(SpecModel):
     """A dataset held inline in a ConfigMap key (JSON Lines), for small datasets and tests."""
 
     name: K8sName = Field(description="Name of the ConfigMap.")
-    key: K8sKey = Field(description="Key holding the data, for example train.jsonl.")
+    key: DataFileKey = Field(
+        description="Key holding the data, named for its format: train.jsonl or train.json."
+    )

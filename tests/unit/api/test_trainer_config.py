@@ -375,6 +375,22 @@ class TestMarkedConfig:
         assert config.dataset.path == "./my_conversations.json"
         assert config.model.path == "m"
 
+    @pytest.mark.parametrize(
+        "model_name, field, value",
+        [
+            ("./merged", "path", "./merged"),
+            ("/models/gpt-oss", "path", "/models/gpt-oss"),
+            ("unsloth/gpt-oss-20b", "name", "unsloth/gpt-oss-20b"),
+        ],
+    )
+    def test_the_examples_model_name_is_a_hub_id_or_a_local_directory(
+        self, model_name: str, field: str, value: str
+    ) -> None:
+        """The original example's loader took either in model_name: a path is model.path,
+        not a Hub id refused for its form."""
+        config = TrainerConfig.from_mapping({"model": {"model_name": model_name}})
+        assert getattr(config.model, field) == value
+
 
 NUL_FIELDS = [
     ({"model": {"path": "/models/a\x00b"}}, "spec.model.path"),
@@ -398,3 +414,10 @@ NUL_FIELDS = [
 def test_a_nul_character_is_refused_naming_the_field(data: dict, field: str) -> None:
     lines = errors_of(data)
     assert f"{field}: must not contain a NUL character" in lines, lines
+
+
+@pytest.mark.parametrize("key", ["train", "train.txt", "train.jsonl.gz"])
+def test_a_dataset_configmap_key_must_say_its_format(key: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        TrainerConfig.from_mapping({"dataset": {"configMap": {"name": "chats", "key": key}}})
+    assert any("must end in .jsonl or .json" in line for line in describe_errors(info.value))
