@@ -47,7 +47,7 @@ from .observe import Observation, observe
 from .policy import policy_problems
 from .progress import ProgressBoard
 from .references import AFTER_JOB, dataset_config_map_problem, missing_reference
-from .startup import deadline, startup_failure_message, stuck_start
+from .startup import RECREATE, deadline, mount_wait, startup_failure_message, stuck_start
 from .status_update import (
     StatusUpdate,
     failed_status,
@@ -398,7 +398,12 @@ class Reconciler:
         if observation.phase != Phase.PENDING or observation.pod is None:
             return None
         pods = [p for p in self.cache.trainer_pods(owner.uid) if _named(p, observation.pod)]
-        stuck = stuck_start(pods[0] if pods else None)
+        pod = pods[0] if pods else None
+        if observation.reason == Reason.DATASET_CONFIG_MAP_MISSING:
+            # Bound to a node, its GPU held, while the kubelet retries the mount.
+            stuck = mount_wait(pod)
+        else:
+            stuck = stuck_start(pod)
         if stuck is None:
             return None
         since = stuck.since
@@ -411,7 +416,14 @@ class Reconciler:
             left = (due - this_pass.now) / timedelta(seconds=1)
             return left + _DEADLINE_MARGIN_SECONDS
         self._stuck_seen.pop(stuck.pod_uid, None)
-        message = startup_failure_message(spec, stuck, owner.namespace, self.config.trainer_image)
+        fix = None
+        if observation.reason == Reason.DATASET_CONFIG_MAP_MISSING:
+            fix = dataset_config_map_problem(spec, owner.namespace, self.kube, RECREATE)
+            if fix is None:  # created meanwhile: the mount goes through
+                return None
+        message = startup_failure_message(
+            spec, stuck, owner.namespace, self.config.trainer_image, fix=fix
+        )
         failed = this_pass.failed(Reason.STARTUP_FAILED, message)
         failed.delete_job = (owner.namespace, owner.child_name, str(job["metadata"]["uid"]))
         return failed

@@ -93,6 +93,20 @@ def stuck_start(pod: dict[str, Any] | None) -> StuckStart | None:
     )
 
 
+def mount_wait(pod: dict[str, Any] | None) -> StuckStart | None:
+    """A pod the kubelet cannot give a volume (the operator found the dataset ConfigMap
+    missing): the kubelet says so only in Events, its container stays ContainerCreating."""
+    if pod is None or pod["metadata"].get("deletionTimestamp"):
+        return None
+    return StuckStart(
+        pod_name=str(pod["metadata"].get("name") or ""),
+        pod_uid=str(pod["metadata"].get("uid") or ""),
+        reason=Reason.CONTAINER_CREATING,
+        detail="",
+        since=_since(pod),
+    )
+
+
 def deadline(since: datetime, spec: FineTuneJobSpec) -> datetime:
     return since + timedelta(seconds=spec.lifecycle.startup_deadline_seconds)
 
@@ -176,13 +190,19 @@ def _image_fix(spec: FineTuneJobSpec, default_image: str) -> str:
 
 
 def startup_failure_message(
-    spec: FineTuneJobSpec, stuck: StuckStart, namespace: str, default_image: str
+    spec: FineTuneJobSpec,
+    stuck: StuckStart,
+    namespace: str,
+    default_image: str,
+    *,
+    fix: str | None = None,
 ) -> str:
     """The status message of a FineTuneJob whose trainer could not start: what the spec
-    should say instead, then what the kubelet said (bounded)."""
-    if stuck.reason in _IMAGE_FAILURES:
+    should say instead (``fix``, when the operator found it itself), then what the kubelet
+    said (bounded)."""
+    if fix is None and stuck.reason in _IMAGE_FAILURES:
         fix = _image_fix(spec, default_image)
-    else:
+    elif fix is None:
         fix = _config_fix(spec, namespace, stuck.detail) or (
             "check the Secrets and keys the spec names (spec.model.tokenSecretRef, "
             "spec.model.s3, spec.dataset.s3 and spec.output.s3 credentialsSecretRef), "

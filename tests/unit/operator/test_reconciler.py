@@ -928,3 +928,23 @@ class TestStartupDeadline:
         kube.pods = [self.stuck_pod("2026-01-01T11:58:00Z")]
         assert operator.reconcile() == "Pending"
         assert kube.deleted_jobs == []
+
+    def test_a_pod_waiting_for_a_deleted_config_map_is_held_to_the_deadline(self) -> None:
+        spec = {**TestDatasetConfigMap.SPEC, "lifecycle": {"startupDeadlineSeconds": 60}}
+        kube = MemoryKube(body(spec))
+        kube.config_maps["chats"] = {"data": {"train.jsonl": "{}"}}
+        clock = [NOW]
+        operator = self.operator_at(kube, clock)
+        operator.reconcile()
+        del kube.config_maps["chats"]
+        kube.pods = [_starting_pod()]
+        assert operator.reconcile() == "Pending"
+        assert kube.ftj["status"]["reason"] == "DatasetConfigMapMissing"
+        clock[0] = NOW + timedelta(seconds=61)
+        assert operator.reconcile() == "Failed"
+        status = kube.ftj["status"]
+        assert status["reason"] == "StartupFailed"
+        assert status["message"].startswith(
+            "spec.dataset.configMap.name: ConfigMap chats does not exist in namespace ml"
+        )
+        assert len(kube.deleted_jobs) == 1
