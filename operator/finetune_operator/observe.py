@@ -14,6 +14,7 @@ from .naming import TRAINER_CONTAINER
 from .scrape import bounded_number
 
 WAITING_FOR_POD = "waiting for the trainer pod to be created and scheduled"
+TRAINING = "training"
 
 # Container waiting reasons worth surfacing while the pod is Pending.
 _WAITING_REASONS = {
@@ -104,7 +105,19 @@ def _summary(text: str) -> TerminationMessage | None:
     return summary.model_copy(update=numbers)
 
 
-def _failure_text(terminated: dict[str, Any]) -> str:
+def _disruption(pod: dict[str, Any]) -> str | None:
+    """Why the pod was disrupted (evicted, preempted, ...), if it was: the Job's
+    podFailurePolicy ignores such a failure, so it does not count against backoffLimit."""
+    cond = _condition(pod, "DisruptionTarget")
+    if cond is None:
+        return None
+    return str(cond.get("reason") or "DisruptionTarget")
+
+
+def _failure_text(pod: dict[str, Any], terminated: dict[str, Any]) -> str:
+    disrupted = _disruption(pod)
+    if disrupted is not None:
+        return f"a disruption ({disrupted}; not counted against spec.lifecycle.backoffLimit)"
     reason = terminated.get("reason") or "Error"
     if reason == "OOMKilled":
         return "OOMKilled (raise spec.resources.memory or lower the batch/sequence length)"
@@ -203,7 +216,8 @@ def observe(
     newest = _terminated(last_pod) if last_pod else None
     text = (newest or {}).get("message")
     summary = _summary(text) if text else None
-    last_failure = _failure_text(newest) if newest and newest.get("exitCode") else None
+    stopped = newest is not None and (newest.get("exitCode") or _disruption(last_pod or {}))
+    last_failure = _failure_text(last_pod, newest) if last_pod and newest and stopped else None
     seen = Observation(
         phase=Phase.PENDING,
         reason="",
@@ -272,14 +286,13 @@ def observe(
         pod = active[-1]
         running = (_trainer_status(pod).get("state") or {}).get("running")
         if running is not None and (pod.get("status") or {}).get("phase") == "Running":
-            message = "training"
-            if restarts:
-                message += f" (attempt {restarts + 1}, after {last_failure or 'a restart'})"
+            # The attempt is numbered by the status (status_update), which also counts
+            # replaced pods that left no trace.
             return replace(
                 seen,
                 phase=Phase.RUNNING,
                 reason=Reason.RUNNING,
-                message=message,
+                message=TRAINING,
                 running_pod_uid=pod["metadata"].get("uid"),
             )
         reason, message = _pending_reason(pod)
@@ -291,6 +304,14 @@ def observe(
             phase=Phase.RUNNING,
             reason=Reason.COMPLETING,
             message="the trainer finished; waiting for the Job to complete",
+        )
+    if last_pod is not None and _disruption(last_pod) is not None:
+        return replace(
+            seen,
+            reason=Reason.RESTARTING,
+            message=f"the trainer pod was disrupted ({_disruption(last_pod)}); the Job starts "
+            "another attempt from the newest checkpoint (disruptions do not count against "
+            "spec.lifecycle.backoffLimit)",
         )
     if last_failure or restarts:
         return replace(

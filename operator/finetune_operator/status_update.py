@@ -241,15 +241,19 @@ def next_status(
         # only the Job's own, vaguer reason. What the trainer said stays on record.
         return kept_outcome(previous, generation)
     stamp = rfc3339(now)
+    restarts = _restarts(previous, obs)
+    message = obs.message
+    if obs.reason == Reason.RUNNING and restarts:
+        message += f" (attempt {restarts + 1}, after {obs.last_failure or 'a restart'})"
     status = FineTuneJobStatus(
         phase=obs.phase,
         reason=obs.reason,
-        message=obs.message,
+        message=message,
         observed_generation=generation,
         job_name=job_name,
-        restarts=_restarts(previous, obs),
+        restarts=restarts,
         conditions=conditions_for_phase(
-            obs.phase, obs.reason, obs.message, generation, previous.get("conditions"), stamp
+            obs.phase, obs.reason, message, generation, previous.get("conditions"), stamp
         ),
     )
     if obs.phase == Phase.SUSPENDED:
@@ -281,7 +285,7 @@ def next_status(
         status.checkpoint = checkpoint
     if summary is not None and (summary.adapter_uri or summary.merged_uri):
         status.output = _output(summary)
-    return StatusUpdate(status, _events(previous, status, obs.message))
+    return StatusUpdate(status, _events(previous, status, message))
 
 
 def _restarts(previous: dict[str, Any], obs: Observation) -> int:
