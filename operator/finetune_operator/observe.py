@@ -7,7 +7,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from finetune_api.contract import TERMINATION_MESSAGE_LIMIT, ExitCode, TerminationMessage
+from finetune_api.contract import (
+    TERMINATION_MESSAGE_LIMIT,
+    CheckpointRef,
+    ExitCode,
+    TerminationMessage,
+)
 from finetune_api.status import Phase, Reason
 
 from .naming import TRAINER_CONTAINER
@@ -44,6 +49,8 @@ class Observation:
     termination: TerminationMessage | None = None
     termination_text: str | None = None
     last_failure: str | None = None  # e.g. "OOMKilled" or "exit code 1"
+    # The checkpoint a trainer pod that is gone wrote last (on suspend, on eviction).
+    departed_checkpoint: CheckpointRef | None = None
 
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -201,12 +208,25 @@ def _newest_pod(pods: Sequence[dict[str, Any]]) -> str | None:
     return str(max(pods, key=_created)["metadata"]["name"])
 
 
+def _departed_checkpoint(
+    job: dict[str, Any], departed: dict[str, Any] | None
+) -> CheckpointRef | None:
+    """The checkpoint a deleted trainer pod of this Job named in its termination message."""
+    if departed is None or not _controlled_by(departed, job):
+        return None
+    text = (_terminated(departed) or {}).get("message")
+    summary = _summary(text) if text else None
+    return summary.checkpoint if summary is not None else None
+
+
 def observe(
     job: dict[str, Any] | None,
     pods: Sequence[dict[str, Any]],
     *,
     queued: bool = False,
+    departed: dict[str, Any] | None = None,
 ) -> Observation:
+    """``departed``: the trainer pod deleted last after it terminated, for its last word."""
     if job is None:
         return Observation(Phase.PENDING, Reason.CREATING_JOB, "creating the trainer Job")
     pods = [p for p in pods if _controlled_by(p, job)]
@@ -228,6 +248,7 @@ def observe(
         termination=summary,
         termination_text=text,
         last_failure=last_failure,
+        departed_checkpoint=_departed_checkpoint(job, departed),
     )
 
     complete = _condition(job, "Complete")

@@ -432,7 +432,12 @@ class Reconciler:
         """What the Job and its pods say, and whether the run waits on something outside
         the cluster's watches (then the status is looked at again after a growing delay)."""
         queued = bool(spec.scheduling.queue_name)
-        observation = observe(job, self.cache.trainer_pods(owner.uid), queued=queued)
+        observation = observe(
+            job,
+            self.cache.trainer_pods(owner.uid),
+            queued=queued,
+            departed=self.cache.departed_trainer(owner.uid),
+        )
         if observation.reason != Reason.CONTAINER_CREATING:
             return observation, False
         missing = dataset_config_map_problem(spec, owner.namespace, self.kube, AFTER_JOB)

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_api.config import OutputSpec
-from finetune_api.contract import TerminationMessage, TrainerProgress
+from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerProgress
 from finetune_api.safe_text import safe_text
 from finetune_api.status import (
     TERMINAL_PHASES,
@@ -280,7 +280,9 @@ def next_status(
             live.eta_seconds = 0
         status.progress = live
 
-    checkpoint = _checkpoint(summary, progress, output, previous.get("checkpoint"))
+    checkpoint = _checkpoint(
+        summary, progress, output, previous.get("checkpoint"), obs.departed_checkpoint
+    )
     if checkpoint is not None:
         status.checkpoint = checkpoint
     if summary is not None and (summary.adapter_uri or summary.merged_uri):
@@ -303,12 +305,15 @@ def _checkpoint(
     progress: TrainerProgress | None,
     output: OutputSpec,
     previous: dict[str, Any] | None,
+    departed: CheckpointRef | None = None,
 ) -> CheckpointStatus | None:
-    """The newest checkpoint known: the recorded one, the trainer's last word, or the one
-    its metrics report."""
+    """The newest checkpoint known: the recorded one, the trainer's last word (of a pod
+    still there, or of one deleted since, as on suspend), or the one its metrics report."""
     candidates = []
     if previous:
         candidates.append(CheckpointStatus.model_validate(previous))
+    if departed is not None:
+        candidates.append(CheckpointStatus(step=departed.step, uri=departed.uri))
     if summary is not None and summary.checkpoint is not None:
         candidates.append(
             CheckpointStatus(step=summary.checkpoint.step, uri=summary.checkpoint.uri)

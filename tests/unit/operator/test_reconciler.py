@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from finetune_api.contract import TrainerProgress
+from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerProgress
 from finetune_api.spec import DURABLE_OUTPUT_MESSAGE, RECREATE_FOR_OUTPUT, FineTuneJobSpec
 from finetune_api.status import MAX_CONDITIONS, MAX_URI, FineTuneJobStatus
 from finetune_operator.builders import Owner, build_job
@@ -948,3 +948,41 @@ class TestStartupDeadline:
             "spec.dataset.configMap.name: ConfigMap chats does not exist in namespace ml"
         )
         assert len(kube.deleted_jobs) == 1
+
+
+class TestCheckpointOnStop:
+    """The trainer writes a checkpoint when its pod is deleted (suspend, eviction) and names
+    it in its termination message; the pod may be gone before any reconcile reads it."""
+
+    URI = "pvc://outputs/ml/gpt-oss-ml/checkpoint-40"
+
+    def stopped_pod(self, **kwargs: Any) -> dict[str, Any]:
+        message = TerminationMessage(
+            status="interrupted",
+            reason="Interrupted",
+            message="stopped on SIGTERM",
+            step=40,
+            checkpoint=CheckpointRef(step=40, uri=self.URI),
+        ).encode()
+        return pod("Failed", state=terminated(75, message), deleting=True, **kwargs)
+
+    def suspended_after(self, gone: dict[str, Any]) -> MemoryKube:
+        kube = MemoryKube(body())
+        operator = reconciler(kube)
+        operator.reconcile()  # creates the Job
+        kube.pods = [running_pod()]
+        operator.reconcile()
+        kube.ftj["spec"]["lifecycle"] = {"suspend": True}
+        kube.pods = [gone]
+        operator.deliver()  # the watch saw it terminate ...
+        kube.pods = []  # ... and be deleted, both before the next reconcile
+        assert operator.reconcile() == "Suspended"
+        return kube
+
+    def test_the_checkpoint_written_on_suspend_is_recorded(self) -> None:
+        kube = self.suspended_after(self.stopped_pod())
+        assert kube.ftj["status"]["checkpoint"] == {"step": 40, "uri": self.URI}
+
+    def test_a_pod_the_job_did_not_make_is_not_believed(self) -> None:
+        kube = self.suspended_after(self.stopped_pod(controller_uid="someone-else"))
+        assert "checkpoint" not in kube.ftj["status"]
