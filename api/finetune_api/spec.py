@@ -150,6 +150,13 @@ class SchedulingSpec(SpecModel):
     )
 
 
+# Long enough for a Secret created right after the FineTuneJob, or a registry's brief
+# hiccup; short enough that a typo does not hold a GPU for long.
+DEFAULT_STARTUP_DEADLINE_SECONDS = 300
+MIN_STARTUP_DEADLINE_SECONDS = 10
+MAX_STARTUP_DEADLINE_SECONDS = 86400
+
+
 class LifecycleSpec(SpecModel):
     """Run control; these fields may be changed while the FineTuneJob runs."""
 
@@ -170,6 +177,17 @@ class LifecycleSpec(SpecModel):
         None,
         description="Delete the finished Job (not the FineTuneJob, nor the outputs) this many "
         "seconds after the FineTuneJob recorded how it ended.",
+    )
+    startup_deadline_seconds: Annotated[
+        int, Field(ge=MIN_STARTUP_DEADLINE_SECONDS, le=MAX_STARTUP_DEADLINE_SECONDS)
+    ] = Field(
+        DEFAULT_STARTUP_DEADLINE_SECONDS,
+        description="How long the trainer container may wait in a state it cannot leave by "
+        "itself (CreateContainerConfigError, CreateContainerError, ErrImagePull, "
+        "ImagePullBackOff, InvalidImageName: a missing Secret or key, an image that cannot be "
+        "pulled) before the operator deletes its Job, freeing the GPU, and the FineTuneJob "
+        "fails with StartupFailed, naming the field to fix. Counted from when the pod was "
+        f"scheduled. Default: {DEFAULT_STARTUP_DEADLINE_SECONDS}.",
     )
 
 

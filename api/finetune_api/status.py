@@ -60,6 +60,8 @@ class Reason(enum.StrEnum):
     JOB_DELETED = "JobDeleted"
     QUOTA_EXCEEDED = "QuotaExceeded"
     DATASET_CONFIG_MAP_MISSING = "DatasetConfigMapMissing"
+    REFERENCE_NOT_FOUND = "ReferenceNotFound"
+    STARTUP_FAILED = "StartupFailed"
     STATUS_REJECTED = "StatusRejected"
     # The operator's own: Events only.
     RESTARTED = "Restarted"

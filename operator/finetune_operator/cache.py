@@ -10,7 +10,10 @@ they return, so the next reconcile does not act on the state from before them.
 Objects are trimmed to the fields the operator reads, so memory grows with the number of
 objects, not with their managed fields, pod specs or other owners' annotations. A deleted
 object leaves nothing behind but its uid, for a while, among the recently deleted (so a
-write that returns after the deletion cannot bring it back).
+write that returns after the deletion cannot bring it back), except a trainer pod's last
+word: a pod deleted on suspend or eviction writes its checkpoint into its termination
+message and may be gone before any reconcile reads it, so the newest such pod of each
+FineTuneJob is kept (``departed_trainer``).
 
 The cache also notices when a watch stops delivering: every write the operator makes is
 expected back through its watch; one that has not come back within ``echo_deadline``
@@ -111,6 +114,16 @@ def trim_pod(body: Obj) -> Obj:
     }
 
 
+def _finished_at(pod: Obj) -> str | None:
+    """When the pod's trainer container terminated (RFC 3339), if it did."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == TRAINER_CONTAINER:
+            terminated = (status.get("state") or {}).get("terminated")
+            if terminated:
+                return str(terminated.get("finishedAt") or "")
+    return None
+
+
 def _version(value: object) -> int | None:
     """A resourceVersion as a number (the API server's are etcd revisions), or None."""
     try:
@@ -164,6 +177,8 @@ class ClusterCache:
         self._pods: dict[str, Obj] = {}  # by uid
         self._pods_by_owner: dict[str, set[str]] = {}  # FineTuneJob uid -> pod uids
         self._deleted: OrderedDict[str, None] = OrderedDict()
+        # FineTuneJob uid -> its trainer pod deleted last after its container terminated.
+        self._departed: OrderedDict[str, Obj] = OrderedDict()
         # uid -> (resourceVersion written, when, what): writes not yet seen on a watch.
         self._echoes: dict[str, tuple[str, float, str]] = {}
         # uid -> the newest resourceVersion a watch delivered: a write whose event arrived
@@ -191,8 +206,11 @@ class ClusterCache:
             key = (meta.get("namespace"), meta.get("name"))
             kind = body.get("kind")
             if kind == "Pod":
+                self._keep_last_word(self._pods.get(uid))
                 self._drop_pod(uid)
                 return
+            if kind == "FineTuneJob":
+                self._departed.pop(uid, None)
             store = self._jobs if kind == "Job" else self._finetunejobs
             current = store.get(key)  # type: ignore[arg-type]
             # Only the object that was deleted: a new one of the same name may be cached.
@@ -288,6 +306,21 @@ class ClusterCache:
             gone.append(body)
         return gone
 
+    def _keep_last_word(self, pod: Obj | None) -> None:
+        """Keep a deleted trainer pod whose container terminated, if it ended after the
+        one kept for its FineTuneJob."""
+        finished = _finished_at(pod) if pod is not None else None
+        owner = pod["metadata"]["labels"].get(LABEL_OWNER_UID) if pod is not None else None
+        if pod is None or finished is None or not owner:
+            return
+        kept = self._departed.get(owner)
+        if kept is not None and (_finished_at(kept) or "") > finished:
+            return
+        self._departed[owner] = pod
+        self._departed.move_to_end(owner)
+        while len(self._departed) > _TOMBSTONES:
+            self._departed.popitem(last=False)
+
     def _drop_pod(self, uid: str | None) -> None:
         pod = self._pods.pop(uid or "", None)
         if pod is None:
@@ -319,6 +352,13 @@ class ClusterCache:
             found = (self._pods.get(uid) for uid in self._pods_by_owner.get(owner_uid, ()))
             pods = [pod for pod in found if pod is not None]
         return copy.deepcopy(pods)
+
+    def departed_trainer(self, owner_uid: str) -> Obj | None:
+        """The FineTuneJob's trainer pod deleted last after its container terminated (the
+        reconciler checks that its Job made it)."""
+        with self._lock:
+            found = self._departed.get(owner_uid)
+        return copy.deepcopy(found) if found is not None else None
 
     def keys(self) -> list[Key]:
         with self._lock:

@@ -147,6 +147,38 @@ class Kube:
                 return None
             raise
 
+    def get_persistent_volume_claim(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return _data(
+                self.core.read_namespaced_persistent_volume_claim(
+                    name, namespace, _preload_content=False, _request_timeout=self.timeout
+                )
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete the Job and, through the garbage collector, its pods: Background, so the
+        Job is gone at once and its pods (and the GPUs they hold) right after. The uid
+        precondition keeps a Job made since under the same name; a Job already gone is
+        fine."""
+        try:
+            self.batch.delete_namespaced_job(
+                name,
+                namespace,
+                body=client.V1DeleteOptions(
+                    propagation_policy="Background",
+                    preconditions=client.V1Preconditions(uid=uid),
+                ),
+                _preload_content=False,
+                _request_timeout=self.timeout,
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
     def patch_job(self, namespace: str, name: str, patch: Obj) -> Obj:
         """Merge-patch a Job; returns it as the API server stored it."""
         return _data(

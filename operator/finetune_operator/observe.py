@@ -7,13 +7,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from finetune_api.contract import TERMINATION_MESSAGE_LIMIT, ExitCode, TerminationMessage
+from finetune_api.contract import (
+    TERMINATION_MESSAGE_LIMIT,
+    CheckpointRef,
+    ExitCode,
+    TerminationMessage,
+)
 from finetune_api.status import Phase, Reason
 
 from .naming import TRAINER_CONTAINER
 from .scrape import bounded_number
 
 WAITING_FOR_POD = "waiting for the trainer pod to be created and scheduled"
+TRAINING = "training"
 
 # Container waiting reasons worth surfacing while the pod is Pending.
 _WAITING_REASONS = {
@@ -43,6 +49,8 @@ class Observation:
     termination: TerminationMessage | None = None
     termination_text: str | None = None
     last_failure: str | None = None  # e.g. "OOMKilled" or "exit code 1"
+    # The checkpoint a trainer pod that is gone wrote last (on suspend, on eviction).
+    departed_checkpoint: CheckpointRef | None = None
 
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -104,7 +112,19 @@ def _summary(text: str) -> TerminationMessage | None:
     return summary.model_copy(update=numbers)
 
 
-def _failure_text(terminated: dict[str, Any]) -> str:
+def _disruption(pod: dict[str, Any]) -> str | None:
+    """Why the pod was disrupted (evicted, preempted, ...), if it was: the Job's
+    podFailurePolicy ignores such a failure, so it does not count against backoffLimit."""
+    cond = _condition(pod, "DisruptionTarget")
+    if cond is None:
+        return None
+    return str(cond.get("reason") or "DisruptionTarget")
+
+
+def _failure_text(pod: dict[str, Any], terminated: dict[str, Any]) -> str:
+    disrupted = _disruption(pod)
+    if disrupted is not None:
+        return f"a disruption ({disrupted}; not counted against spec.lifecycle.backoffLimit)"
     reason = terminated.get("reason") or "Error"
     if reason == "OOMKilled":
         return "OOMKilled (raise spec.resources.memory or lower the batch/sequence length)"
@@ -188,12 +208,25 @@ def _newest_pod(pods: Sequence[dict[str, Any]]) -> str | None:
     return str(max(pods, key=_created)["metadata"]["name"])
 
 
+def _departed_checkpoint(
+    job: dict[str, Any], departed: dict[str, Any] | None
+) -> CheckpointRef | None:
+    """The checkpoint a deleted trainer pod of this Job named in its termination message."""
+    if departed is None or not _controlled_by(departed, job):
+        return None
+    text = (_terminated(departed) or {}).get("message")
+    summary = _summary(text) if text else None
+    return summary.checkpoint if summary is not None else None
+
+
 def observe(
     job: dict[str, Any] | None,
     pods: Sequence[dict[str, Any]],
     *,
     queued: bool = False,
+    departed: dict[str, Any] | None = None,
 ) -> Observation:
+    """``departed``: the trainer pod deleted last after it terminated, for its last word."""
     if job is None:
         return Observation(Phase.PENDING, Reason.CREATING_JOB, "creating the trainer Job")
     pods = [p for p in pods if _controlled_by(p, job)]
@@ -203,7 +236,8 @@ def observe(
     newest = _terminated(last_pod) if last_pod else None
     text = (newest or {}).get("message")
     summary = _summary(text) if text else None
-    last_failure = _failure_text(newest) if newest and newest.get("exitCode") else None
+    stopped = newest is not None and (newest.get("exitCode") or _disruption(last_pod or {}))
+    last_failure = _failure_text(last_pod, newest) if last_pod and newest and stopped else None
     seen = Observation(
         phase=Phase.PENDING,
         reason="",
@@ -214,6 +248,7 @@ def observe(
         termination=summary,
         termination_text=text,
         last_failure=last_failure,
+        departed_checkpoint=_departed_checkpoint(job, departed),
     )
 
     complete = _condition(job, "Complete")
@@ -272,14 +307,13 @@ def observe(
         pod = active[-1]
         running = (_trainer_status(pod).get("state") or {}).get("running")
         if running is not None and (pod.get("status") or {}).get("phase") == "Running":
-            message = "training"
-            if restarts:
-                message += f" (attempt {restarts + 1}, after {last_failure or 'a restart'})"
+            # The attempt is numbered by the status (status_update), which also counts
+            # replaced pods that left no trace.
             return replace(
                 seen,
                 phase=Phase.RUNNING,
                 reason=Reason.RUNNING,
-                message=message,
+                message=TRAINING,
                 running_pod_uid=pod["metadata"].get("uid"),
             )
         reason, message = _pending_reason(pod)
@@ -291,6 +325,14 @@ def observe(
             phase=Phase.RUNNING,
             reason=Reason.COMPLETING,
             message="the trainer finished; waiting for the Job to complete",
+        )
+    if last_pod is not None and _disruption(last_pod) is not None:
+        return replace(
+            seen,
+            reason=Reason.RESTARTING,
+            message=f"the trainer pod was disrupted ({_disruption(last_pod)}); the Job starts "
+            "another attempt from the newest checkpoint (disruptions do not count against "
+            "spec.lifecycle.backoffLimit)",
         )
     if last_failure or restarts:
         return replace(

@@ -13,7 +13,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from finetune_api.config import describe_errors
 from finetune_api.safe_text import LOG_LIMIT, safe_text
 from finetune_api.spec import FineTuneJobSpec, output_problems
-from finetune_api.status import TERMINAL_PHASES, Reason
+from finetune_api.status import TERMINAL_PHASES, Phase, Reason
 
 from .adoption import adoption_problem, controlled_by
 from .builders import (
@@ -46,6 +46,8 @@ from .metrics import OperatorMetrics
 from .observe import Observation, observe
 from .policy import policy_problems
 from .progress import ProgressBoard
+from .references import AFTER_JOB, dataset_config_map_problem, missing_reference
+from .startup import RECREATE, deadline, mount_wait, startup_failure_message, stuck_start
 from .status_update import (
     StatusUpdate,
     failed_status,
@@ -68,6 +70,12 @@ _CONFLICT_RETRY_SECONDS = 5.0
 # Jobs created by this process that are remembered as its own: far more than are created
 # between a Job's creation and the status write that records it.
 _MADE_REMEMBERED = 10_000
+# Pods whose stuck start was first seen here (only for a pod whose own timestamps do not
+# say when it was scheduled): far more than are stuck at once.
+_STUCK_REMEMBERED = 10_000
+# Past a startup deadline, the reconcile that acts on it comes this much later: the
+# timestamps are to the second.
+_DEADLINE_MARGIN_SECONDS = 1.0
 
 
 def parse_spec(body: Obj) -> tuple[FineTuneJobSpec | None, list[str]]:
@@ -87,6 +95,8 @@ class Convergence:
     retry_after: float | None = None
     backoff: bool = False  # come back after the work queue's growing delay
     created: str | None = None  # the Job this pass created
+    # The Job to delete (namespace, name, uid) once the status that says why is recorded.
+    delete_job: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,8 @@ class Reconciler:
         self.events = events if events is not None else EventRecorder(kube)
         # Uids of the Jobs this process created, newest last.
         self._made: OrderedDict[str, None] = OrderedDict()
+        # Pod uid -> when this process first saw its start stuck, oldest first.
+        self._stuck_seen: OrderedDict[str, datetime] = OrderedDict()
 
     def reconcile(self, key: Hashable) -> Outcome:
         """Converge one FineTuneJob, keyed (namespace, name)."""
@@ -172,6 +184,7 @@ class Reconciler:
             )
         if not update.changed_from(stored):
             self.metrics.reconciles.labels("ok").inc()
+            self._delete_job(step)
             return later
         try:
             written = self.kube.patch_status(body, update.patch)
@@ -206,6 +219,9 @@ class Reconciler:
             self.metrics.reconciles.labels("conflict").inc()
             return Outcome(retry_after=_CONFLICT_RETRY_SECONDS)
         self.cache.record_write(written, f"the status of FineTuneJob {namespace}/{name}")
+        # Only now: with the outcome recorded, the Job's disappearance is not mistaken
+        # for a Job deleted before it finished.
+        self._delete_job(step)
         self.metrics.reconciles.labels("ok").inc()
         self.metrics.status_writes.inc()
         now = rfc3339(self.clock())
@@ -219,6 +235,13 @@ class Reconciler:
             safe_text(update.status.reason, LOG_LIMIT),
         )
         return later
+
+    def _delete_job(self, step: Convergence) -> None:
+        if step.delete_job is None:
+            return
+        namespace, name, uid = step.delete_job
+        self.kube.delete_job(namespace, name, uid)
+        log.info("%s: deleted Job %s, whose trainer could not start", namespace, name)
 
     # --- one pass, step by step: a step that settles the status ends the pass ------------
 
@@ -235,7 +258,11 @@ class Reconciler:
             )
         owner = Owner.from_body(body)
         job = self.cache.job(owner.namespace, owner.child_name)
-        settled = _job_of_another_owner(job, owner, this_pass) or _job_gone(job, this_pass)
+        settled = (
+            _job_of_another_owner(job, owner, this_pass)
+            or _job_gone(job, this_pass)
+            or _startup_failure_recorded(job, this_pass)
+        )
         if settled is not None:
             return settled
         created = False
@@ -274,6 +301,21 @@ class Reconciler:
         not_allowed = policy_problems(spec, self.config)
         if not_allowed:
             return this_pass.failed(Reason.NOT_ALLOWED, "; ".join(not_allowed))
+        missing = missing_reference(spec, owner.namespace, self.kube)
+        if missing is not None:
+            # No Job: its pod would hold a GPU while it waits. ConfigMaps and claims are not
+            # watched (a watch would stream every one in the cluster to the operator): look
+            # again after a growing delay.
+            return Convergence(
+                waiting_status(
+                    this_pass.previous,
+                    missing.reason,
+                    missing.message,
+                    this_pass.generation,
+                    this_pass.now,
+                ),
+                backoff=True,
+            )
         try:
             return self._create_children(spec, owner)
         except ChildConflict as exc:
@@ -320,6 +362,9 @@ class Reconciler:
     ) -> Convergence:
         """The status that the Job, its pods and the trainer's metrics imply."""
         observation, waiting_outside = self._observe(job, spec, owner)
+        stuck = self._stuck_start(job, spec, owner, observation, this_pass)
+        if isinstance(stuck, Convergence):
+            return stuck
         key = (owner.namespace, owner.name)
         if observation.running_pod_uid is None:
             self.progress.forget(key)
@@ -334,23 +379,73 @@ class Reconciler:
                 generation=this_pass.generation,
                 now=this_pass.now,
             ),
+            retry_after=None if waiting_outside else stuck,
             backoff=waiting_outside,
             created=owner.child_name if created else None,
         )
+
+    def _stuck_start(
+        self,
+        job: Obj,
+        spec: FineTuneJobSpec,
+        owner: Owner,
+        observation: Observation,
+        this_pass: _Pass,
+    ) -> Convergence | float | None:
+        """For a trainer that cannot start: past spec.lifecycle.startupDeadlineSeconds, the
+        failed status (its Job to be deleted); before it, the seconds until then (the pod
+        may not change again, so nothing else would bring the FineTuneJob back)."""
+        if observation.phase != Phase.PENDING or observation.pod is None:
+            return None
+        pods = [p for p in self.cache.trainer_pods(owner.uid) if _named(p, observation.pod)]
+        pod = pods[0] if pods else None
+        if observation.reason == Reason.DATASET_CONFIG_MAP_MISSING:
+            # Bound to a node, its GPU held, while the kubelet retries the mount.
+            stuck = mount_wait(pod)
+        else:
+            stuck = stuck_start(pod)
+        if stuck is None:
+            return None
+        since = stuck.since
+        if since is None:
+            since = self._stuck_seen.setdefault(stuck.pod_uid, this_pass.now)
+            while len(self._stuck_seen) > _STUCK_REMEMBERED:
+                self._stuck_seen.popitem(last=False)
+        due = deadline(since, spec)
+        if this_pass.now < due:
+            left = (due - this_pass.now) / timedelta(seconds=1)
+            return left + _DEADLINE_MARGIN_SECONDS
+        self._stuck_seen.pop(stuck.pod_uid, None)
+        fix = None
+        if observation.reason == Reason.DATASET_CONFIG_MAP_MISSING:
+            fix = dataset_config_map_problem(spec, owner.namespace, self.kube, RECREATE)
+            if fix is None:  # created meanwhile: the mount goes through
+                return None
+        message = startup_failure_message(
+            spec, stuck, owner.namespace, self.config.trainer_image, fix=fix
+        )
+        failed = this_pass.failed(Reason.STARTUP_FAILED, message)
+        failed.delete_job = (owner.namespace, owner.child_name, str(job["metadata"]["uid"]))
+        return failed
 
     def _observe(self, job: Obj, spec: FineTuneJobSpec, owner: Owner) -> tuple[Observation, bool]:
         """What the Job and its pods say, and whether the run waits on something outside
         the cluster's watches (then the status is looked at again after a growing delay)."""
         queued = bool(spec.scheduling.queue_name)
-        observation = observe(job, self.cache.trainer_pods(owner.uid), queued=queued)
+        observation = observe(
+            job,
+            self.cache.trainer_pods(owner.uid),
+            queued=queued,
+            departed=self.cache.departed_trainer(owner.uid),
+        )
         if observation.reason != Reason.CONTAINER_CREATING:
             return observation, False
-        missing = self._missing_dataset_config_map(spec, owner.namespace)
+        missing = dataset_config_map_problem(spec, owner.namespace, self.kube, AFTER_JOB)
         if not missing:
             return observation, False
-        # ConfigMaps are not watched (a watch would stream every ConfigMap of the cluster
-        # to the operator): look again after a growing delay, so a message about a
-        # ConfigMap that now exists does not stay.
+        # Deleted after the Job was created (the kubelet retries the mount and says why
+        # only in an Event). ConfigMaps are not watched: look again after a growing delay,
+        # so a message about a ConfigMap that now exists does not stay.
         missing_map = replace(
             observation, reason=Reason.DATASET_CONFIG_MAP_MISSING, message=missing
         )
@@ -369,27 +464,6 @@ class Reconciler:
             self.metrics.jobs_created.inc()
             log.info("%s/%s: created Job %s", owner.namespace, owner.name, owner.child_name)
         return job, created
-
-    def _missing_dataset_config_map(self, spec: FineTuneJobSpec, namespace: str) -> str | None:
-        """Why the pod cannot mount dataset.configMap, when that is why it is not starting.
-        The kubelet retries the mount and reports it only as an Event, so without this the
-        FineTuneJob would say "starting" until someone creates the ConfigMap."""
-        source = spec.dataset.config_map
-        if source is None:
-            return None
-        found = self.kube.get_config_map(namespace, source.name)
-        if found is None:
-            return (
-                f"dataset.configMap: ConfigMap {source.name} does not exist in namespace "
-                f"{namespace}; create it (the trainer starts once it exists)"
-            )
-        keys = sorted({*(found.get("data") or {}), *(found.get("binaryData") or {})})
-        if source.key not in keys:
-            return (
-                f"dataset.configMap: ConfigMap {source.name} has no key {source.key} (its keys: "
-                f"{', '.join(keys) or 'none'}); add it (the trainer starts once it exists)"
-            )
-        return None
 
     def _sync_lifecycle(
         self, job: Obj, spec: FineTuneJobSpec, queued: bool, *, outcome_recorded: bool
@@ -444,6 +518,26 @@ def _job_gone(job: Obj | None, this_pass: _Pass) -> Convergence | None:
             "there)",
         )
     return None
+
+
+def _startup_failure_recorded(job: Obj | None, this_pass: _Pass) -> Convergence | None:
+    """A Job whose trainer could not start, kept after its outcome was recorded (the
+    deletion failed, or the watch has not brought it yet): delete it again, and the
+    outcome stays."""
+    previous = this_pass.previous
+    if job is None or job["metadata"].get("deletionTimestamp"):
+        return None
+    if (previous.get("phase"), previous.get("reason")) != (Phase.FAILED, Reason.STARTUP_FAILED):
+        return None
+    meta = job["metadata"]
+    return Convergence(
+        kept_outcome(previous, this_pass.generation),
+        delete_job=(meta["namespace"], meta["name"], str(meta["uid"])),
+    )
+
+
+def _named(pod: Obj, name: str) -> bool:
+    return bool(pod["metadata"].get("name") == name)
 
 
 def _finished(job: Obj) -> bool:

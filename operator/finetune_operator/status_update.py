@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_api.config import OutputSpec
-from finetune_api.contract import TerminationMessage, TrainerProgress
+from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerProgress
 from finetune_api.safe_text import safe_text
 from finetune_api.status import (
     TERMINAL_PHASES,
@@ -241,15 +241,19 @@ def next_status(
         # only the Job's own, vaguer reason. What the trainer said stays on record.
         return kept_outcome(previous, generation)
     stamp = rfc3339(now)
+    restarts = _restarts(previous, obs)
+    message = obs.message
+    if obs.reason == Reason.RUNNING and restarts:
+        message += f" (attempt {restarts + 1}, after {obs.last_failure or 'a restart'})"
     status = FineTuneJobStatus(
         phase=obs.phase,
         reason=obs.reason,
-        message=obs.message,
+        message=message,
         observed_generation=generation,
         job_name=job_name,
-        restarts=_restarts(previous, obs),
+        restarts=restarts,
         conditions=conditions_for_phase(
-            obs.phase, obs.reason, obs.message, generation, previous.get("conditions"), stamp
+            obs.phase, obs.reason, message, generation, previous.get("conditions"), stamp
         ),
     )
     if obs.phase == Phase.SUSPENDED:
@@ -276,12 +280,14 @@ def next_status(
             live.eta_seconds = 0
         status.progress = live
 
-    checkpoint = _checkpoint(summary, progress, output, previous.get("checkpoint"))
+    checkpoint = _checkpoint(
+        summary, progress, output, previous.get("checkpoint"), obs.departed_checkpoint
+    )
     if checkpoint is not None:
         status.checkpoint = checkpoint
     if summary is not None and (summary.adapter_uri or summary.merged_uri):
         status.output = _output(summary)
-    return StatusUpdate(status, _events(previous, status, obs.message))
+    return StatusUpdate(status, _events(previous, status, message))
 
 
 def _restarts(previous: dict[str, Any], obs: Observation) -> int:
@@ -299,12 +305,15 @@ def _checkpoint(
     progress: TrainerProgress | None,
     output: OutputSpec,
     previous: dict[str, Any] | None,
+    departed: CheckpointRef | None = None,
 ) -> CheckpointStatus | None:
-    """The newest checkpoint known: the recorded one, the trainer's last word, or the one
-    its metrics report."""
+    """The newest checkpoint known: the recorded one, the trainer's last word (of a pod
+    still there, or of one deleted since, as on suspend), or the one its metrics report."""
     candidates = []
     if previous:
         candidates.append(CheckpointStatus.model_validate(previous))
+    if departed is not None:
+        candidates.append(CheckpointStatus(step=departed.step, uri=departed.uri))
     if summary is not None and summary.checkpoint is not None:
         candidates.append(
             CheckpointStatus(step=summary.checkpoint.step, uri=summary.checkpoint.uri)

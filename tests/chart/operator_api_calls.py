@@ -25,7 +25,13 @@ _VERBS = {
     "replace": "update",
     "delete": "delete",
 }
-_PLURALS = {"job": "jobs", "config_map": "configmaps", "pod": "pods", "event": "events"}
+_PLURALS = {
+    "job": "jobs",
+    "config_map": "configmaps",
+    "persistent_volume_claim": "persistentvolumeclaims",
+    "pod": "pods",
+    "event": "events",
+}
 _TYPED = re.compile(
     r"^(?P<verb>[a-z]+)_(namespaced_(?P<kind>[a-z_]+?)(?P<status>_status)?"
     r"|(?P<everywhere>[a-z_]+?)_for_all_namespaces)$"

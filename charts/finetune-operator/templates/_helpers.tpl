@@ -105,15 +105,18 @@ ClusterRole and the per-namespace Roles.
 - apiGroups: ["finetune.dev"]
   resources: ["finetunejobs/finalizers"]
   verbs: ["update"]
-# The trainer Job: create it, watch it, carry spec.lifecycle edits (suspend, ...) over, and
-# read one that is in the way of creating it (to adopt it only if it is the operator's).
+# The trainer Job: create it, watch it, carry spec.lifecycle edits (suspend, ...) over,
+# read one that is in the way of creating it (to adopt it only if it is the operator's), and
+# delete one whose pod cannot start (a missing Secret, an unpullable image) so its GPU is
+# freed once spec.lifecycle.startupDeadlineSeconds has passed.
 - apiGroups: ["batch"]
   resources: ["jobs"]
-  verbs: ["create", "get", "list", "watch", "patch"]
-# A dataset ConfigMap a starting trainer pod waits for (the trainer's own config rides in
-# its Job's pod template: the operator creates no ConfigMap).
+  verbs: ["create", "get", "list", "watch", "patch", "delete"]
+# The dataset ConfigMap and the PersistentVolumeClaims a spec names, read one by one by
+# name before the Job is created (a missing one holds the Job back). Never listed or
+# watched; the operator creates neither, and reads no Secret at all.
 - apiGroups: [""]
-  resources: ["configmaps"]
+  resources: ["configmaps", "persistentvolumeclaims"]
   verbs: ["get"]
 # Trainer pods: phase, restarts, termination message and the IP of the metrics endpoint.
 - apiGroups: [""]

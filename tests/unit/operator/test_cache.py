@@ -187,3 +187,27 @@ def test_a_listing_finds_what_was_deleted_while_a_watch_was_down() -> None:
     assert cache.finetunejob("other", "elsewhere") is not None
     # A listing without a resourceVersion to judge by removes nothing.
     assert cache.unlisted("FineTuneJob", None, set(), "") == []
+
+
+def test_a_deleted_trainer_pod_leaves_its_last_word() -> None:
+    cache = ClusterCache()
+    owner = finetunejob("a")
+    uid = owner["metadata"]["uid"]
+    never_ran = pod_of(owner, "10.0.0.1", name="early")
+    cache.upsert(never_ran)
+    cache.remove(never_ran)
+    assert cache.departed_trainer(uid) is None  # it never terminated
+    running = pod_of(owner, "10.0.0.2")
+    cache.upsert(running)
+    stopped = copy.deepcopy(running)
+    stopped["metadata"]["resourceVersion"] = "13"
+    stopped["status"]["containerStatuses"] = [
+        {"name": "trainer", "state": {"terminated": {"exitCode": 75, "finishedAt": "T2"}}}
+    ]
+    cache.upsert(stopped)
+    cache.remove(stopped)
+    kept = cache.departed_trainer(uid)
+    assert kept is not None and kept["metadata"]["name"] == "a-pod"
+    assert cache.trainer_pods(uid) == []
+    cache.remove(owner)
+    assert cache.departed_trainer(uid) is None

@@ -245,7 +245,26 @@ class TestPending:
         new = pod("Running", name="new", created="T3", state={"running": {}}, ip="10.0.0.9")
         seen = observe(job(active=1, failed=1), [old, new])
         assert (seen.phase, seen.pod, seen.restarts) == ("Running", "new", 1)
-        assert "attempt 2" in seen.message
+        assert seen.last_failure == "exit code 1 (Error)"
+
+    def test_a_disruption_is_not_reported_as_a_failure_against_the_backoff_limit(self) -> None:
+        # An evicted trainer honours SIGTERM with exit 75; the Job ignores the failure.
+        evicted = pod(
+            "Failed",
+            state=terminated(75),
+            conditions=[cond("DisruptionTarget", "EvictionByEvictionAPI")],
+        )
+        seen = observe(job(), [evicted])
+        assert seen.reason == "Restarting"
+        assert seen.message == (
+            "the trainer pod was disrupted (EvictionByEvictionAPI); the Job starts another "
+            "attempt from the newest checkpoint (disruptions do not count against "
+            "spec.lifecycle.backoffLimit)"
+        )
+        assert "exit code 75" not in seen.message
+        assert seen.last_failure == (
+            "a disruption (EvictionByEvictionAPI; not counted against spec.lifecycle.backoffLimit)"
+        )
 
 
 class TestSuspend:

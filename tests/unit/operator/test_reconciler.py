@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from finetune_api.contract import TrainerProgress
+from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerProgress
 from finetune_api.spec import DURABLE_OUTPUT_MESSAGE, RECREATE_FOR_OUTPUT, FineTuneJobSpec
 from finetune_api.status import MAX_CONDITIONS, MAX_URI, FineTuneJobStatus
 from finetune_operator.builders import Owner, build_job
@@ -54,6 +54,8 @@ class MemoryKube:
         self.conflict_on_create = False
         self.quota_used_up = False
         self.config_maps: dict[str, dict[str, Any]] = {}
+        self.missing_claims: set[str] = set()  # every other claim exists
+        self.deleted_jobs: list[tuple[str, str]] = []  # (name, uid precondition)
         self.version = 100
 
     def _next_version(self) -> str:
@@ -86,6 +88,16 @@ class MemoryKube:
 
     def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         return copy.deepcopy(self.config_maps.get(name))
+
+    def get_persistent_volume_claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return None if name in self.missing_claims else {"metadata": {"name": name}}
+
+    def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        self.deleted_jobs.append((name, uid))
+        job = self.jobs.get(name)
+        if job is not None and job["metadata"]["uid"] == uid:
+            del self.jobs[name]
+            self.pods = []  # the garbage collector's part
 
     def patch_job(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         job = self.jobs[name]
@@ -781,3 +793,196 @@ def test_conditions_other_writers_add_are_kept_only_as_far_as_the_schema_has_roo
     conditions = kube.ftj["status"]["conditions"]
     assert len(conditions) == MAX_CONDITIONS
     assert [c["type"] for c in conditions[:4]] == ["Ready", "Reconciling", "Stalled", "Suspended"]
+
+
+class TestReferences:
+    """Objects the spec names that the operator can read are checked before the Job."""
+
+    def test_a_missing_claim_holds_the_job_back_until_it_exists(self) -> None:
+        kube = MemoryKube(body({"dataset": {"pvc": {"claimName": "data"}}}))
+        kube.missing_claims.add("data")
+        operator = reconciler(kube)
+        assert operator.reconcile() == "Pending"
+        status = kube.ftj["status"]
+        assert kube.jobs == {}
+        assert status["reason"] == "ReferenceNotFound"
+        assert status["message"].startswith(
+            "spec.dataset.pvc.claimName: PersistentVolumeClaim data does not exist in "
+            "namespace ml; create it"
+        )
+        assert condition(status, "Stalled") == "False"
+        assert operator.outcome == Outcome(backoff=True)
+        assert ("Warning", "ReferenceNotFound") in kube.events
+        kube.missing_claims.clear()
+        operator.reconcile()
+        assert list(kube.jobs) == [kube.ftj["status"]["jobName"]]
+
+    def test_a_missing_dataset_config_map_holds_the_job_back(self) -> None:
+        kube = MemoryKube(body(TestDatasetConfigMap.SPEC))
+        operator = reconciler(kube)
+        operator.reconcile()
+        assert kube.jobs == {}
+        assert kube.ftj["status"]["reason"] == "DatasetConfigMapMissing"
+        assert "the trainer Job is created once it exists" in kube.ftj["status"]["message"]
+        kube.config_maps["chats"] = {"data": {"train.jsonl": "{}"}}
+        operator.reconcile()
+        assert len(kube.jobs) == 1
+
+    def test_a_config_map_deleted_after_the_job_was_made_is_still_named(self) -> None:
+        kube = MemoryKube(body(TestDatasetConfigMap.SPEC))
+        kube.config_maps["chats"] = {"data": {"train.jsonl": "{}"}}
+        operator = reconciler(kube)
+        operator.reconcile()
+        assert len(kube.jobs) == 1
+        del kube.config_maps["chats"]
+        kube.pods = [_starting_pod()]
+        operator.reconcile()
+        assert kube.ftj["status"]["reason"] == "DatasetConfigMapMissing"
+        assert "the trainer starts once it exists" in kube.ftj["status"]["message"]
+
+
+class TestStartupDeadline:
+    SPEC = {
+        "output": {"s3": {"uri": "s3://bucket/run", "credentialsSecretRef": {"name": "creds"}}},
+        "lifecycle": {"startupDeadlineSeconds": 60},
+    }
+
+    @staticmethod
+    def stuck_pod(scheduled_at: str = "2026-01-01T11:59:30Z") -> dict[str, Any]:
+        scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": scheduled_at}
+        waiting = {"reason": "CreateContainerConfigError", "message": 'secret "creds" not found'}
+        return pod(
+            "Pending",
+            created="2026-01-01T11:50:00Z",
+            state={"waiting": waiting},
+            conditions=[scheduled],
+        )
+
+    def operator_at(self, kube: MemoryKube, clock: list[datetime]) -> Operator:
+        operator = reconciler(kube)
+        operator.reconciler.clock = lambda: clock[0]
+        return operator
+
+    def test_before_the_deadline_the_kubelets_state_shows_and_a_look_is_scheduled(self) -> None:
+        kube = MemoryKube(body(self.SPEC))
+        operator = reconciler(kube)  # NOW: 30s after the binding
+        operator.reconcile()
+        kube.pods = [self.stuck_pod()]
+        assert operator.reconcile() == "Pending"
+        assert kube.ftj["status"]["reason"] == "CreateContainerConfigError"
+        assert operator.outcome == Outcome(retry_after=31.0)
+        assert kube.deleted_jobs == []
+
+    def test_past_the_deadline_the_job_goes_and_the_outcome_names_the_field(self) -> None:
+        kube = MemoryKube(body(self.SPEC))
+        operator = reconciler(kube)
+        operator.reconcile()
+        job_name = next(iter(kube.jobs))
+        kube.pods = [self.stuck_pod("2026-01-01T11:58:59Z")]
+        assert operator.reconcile() == "Failed"
+        status = kube.ftj["status"]
+        assert status["reason"] == "StartupFailed"
+        assert status["message"].startswith(
+            "spec.output.s3.credentialsSecretRef.name: Secret creds does not exist in "
+            "namespace ml; create it"
+        )
+        assert "its Job was deleted to free the GPU" in status["message"]
+        assert status["jobName"] == job_name and status["completionTime"]
+        assert condition(status, "Stalled") == "True"
+        # Deleted after the outcome was written, and with its uid as a precondition.
+        assert kube.deleted_jobs == [(job_name, JOB_UID)] and kube.jobs == {}
+        assert ("Warning", "StartupFailed") in kube.events
+        # The Job's disappearance is not taken for a Job deleted before it finished.
+        assert operator.reconcile() == "Failed"
+        assert kube.ftj["status"]["reason"] == "StartupFailed"
+
+    def test_a_job_still_there_after_the_outcome_is_deleted_again(self) -> None:
+        kube = MemoryKube(body(self.SPEC))
+        operator = reconciler(kube)
+        operator.reconcile()
+        kube.pods = [self.stuck_pod("2026-01-01T11:00:00Z")]
+        kube.delete_job = lambda namespace, name, uid: kube.deleted_jobs.append((name, uid))  # type: ignore[method-assign]
+        operator.reconcile()
+        writes = len(kube.patches)
+        assert operator.reconcile() == "Failed"
+        assert len(kube.deleted_jobs) == 2 and len(kube.patches) == writes
+
+    def test_a_pod_without_timestamps_is_timed_from_when_it_was_first_seen(self) -> None:
+        kube = MemoryKube(body(self.SPEC))
+        clock = [NOW]
+        operator = self.operator_at(kube, clock)
+        operator.reconcile()
+        kube.pods = [pod("Pending", state={"waiting": {"reason": "ErrImagePull"}})]
+        assert operator.reconcile() == "Pending"
+        clock[0] = NOW + timedelta(seconds=59)
+        assert operator.reconcile() == "Pending"
+        clock[0] = NOW + timedelta(seconds=60)
+        assert operator.reconcile() == "Failed"
+        assert kube.ftj["status"]["message"].startswith("spec.image is unset")
+
+    def test_a_longer_deadline_set_while_waiting_is_honoured(self) -> None:
+        kube = MemoryKube(body(self.SPEC))
+        operator = reconciler(kube)
+        operator.reconcile()
+        kube.ftj["spec"]["lifecycle"]["startupDeadlineSeconds"] = 600
+        kube.pods = [self.stuck_pod("2026-01-01T11:58:00Z")]
+        assert operator.reconcile() == "Pending"
+        assert kube.deleted_jobs == []
+
+    def test_a_pod_waiting_for_a_deleted_config_map_is_held_to_the_deadline(self) -> None:
+        spec = {**TestDatasetConfigMap.SPEC, "lifecycle": {"startupDeadlineSeconds": 60}}
+        kube = MemoryKube(body(spec))
+        kube.config_maps["chats"] = {"data": {"train.jsonl": "{}"}}
+        clock = [NOW]
+        operator = self.operator_at(kube, clock)
+        operator.reconcile()
+        del kube.config_maps["chats"]
+        kube.pods = [_starting_pod()]
+        assert operator.reconcile() == "Pending"
+        assert kube.ftj["status"]["reason"] == "DatasetConfigMapMissing"
+        clock[0] = NOW + timedelta(seconds=61)
+        assert operator.reconcile() == "Failed"
+        status = kube.ftj["status"]
+        assert status["reason"] == "StartupFailed"
+        assert status["message"].startswith(
+            "spec.dataset.configMap.name: ConfigMap chats does not exist in namespace ml"
+        )
+        assert len(kube.deleted_jobs) == 1
+
+
+class TestCheckpointOnStop:
+    """The trainer writes a checkpoint when its pod is deleted (suspend, eviction) and names
+    it in its termination message; the pod may be gone before any reconcile reads it."""
+
+    URI = "pvc://outputs/ml/gpt-oss-ml/checkpoint-40"
+
+    def stopped_pod(self, **kwargs: Any) -> dict[str, Any]:
+        message = TerminationMessage(
+            status="interrupted",
+            reason="Interrupted",
+            message="stopped on SIGTERM",
+            step=40,
+            checkpoint=CheckpointRef(step=40, uri=self.URI),
+        ).encode()
+        return pod("Failed", state=terminated(75, message), deleting=True, **kwargs)
+
+    def suspended_after(self, gone: dict[str, Any]) -> MemoryKube:
+        kube = MemoryKube(body())
+        operator = reconciler(kube)
+        operator.reconcile()  # creates the Job
+        kube.pods = [running_pod()]
+        operator.reconcile()
+        kube.ftj["spec"]["lifecycle"] = {"suspend": True}
+        kube.pods = [gone]
+        operator.deliver()  # the watch saw it terminate ...
+        kube.pods = []  # ... and be deleted, both before the next reconcile
+        assert operator.reconcile() == "Suspended"
+        return kube
+
+    def test_the_checkpoint_written_on_suspend_is_recorded(self) -> None:
+        kube = self.suspended_after(self.stopped_pod())
+        assert kube.ftj["status"]["checkpoint"] == {"step": 40, "uri": self.URI}
+
+    def test_a_pod_the_job_did_not_make_is_not_believed(self) -> None:
+        kube = self.suspended_after(self.stopped_pod(controller_uid="someone-else"))
+        assert "checkpoint" not in kube.ftj["status"]

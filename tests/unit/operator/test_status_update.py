@@ -263,3 +263,17 @@ def test_the_patch_bounds_every_string_and_keeps_the_nulls_that_clear_a_field() 
     assert {len(c["message"]) for c in patch["conditions"]} == {4096}
     assert patch["podName"] is None and patch["completionTime"] is None
     assert "progress" not in patch and "checkpoint" not in patch
+
+
+def test_the_attempt_is_numbered_by_the_restarts_the_status_counts() -> None:
+    # Two evictions whose pods were gone before any reconcile: the pods show no failure,
+    # the status counts each replaced pod, and the message numbers the third pod's attempt.
+    first = update({}, running_on("ftj-a")).patch
+    second = update(first, running_on("ftj-b")).patch
+    third = update(second, running_on("ftj-c")).patch
+    assert third["restarts"] == 2
+    assert third["message"] == "training (attempt 3, after a restart)"
+    failed_before = replace(running_on("ftj-d", restarts=1), last_failure="exit code 1 (Error)")
+    fourth = update(third, failed_before).patch
+    assert fourth["message"] == "training (attempt 4, after exit code 1 (Error))"
+    assert update({}, running_on("ftj-a")).patch["message"] == "training"
