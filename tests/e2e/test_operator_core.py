@@ -19,9 +19,10 @@ from .ftj import FineTuneJobs
 
 pytestmark = pytest.mark.e2e
 
-# Every FineTuneJob names output storage that outlives its pod. This claim is never
-# created, so a pod that mounts it is never scheduled and nothing trains.
-UNBOUND_OUTPUT = {"output": {"pvc": {"claimName": "outputs"}}}
+# Every FineTuneJob names output storage that outlives its pod. The tests that use this one
+# never start a pod (suspended, or refused before a Job exists): an S3 output needs no
+# claim, which the operator would otherwise wait for before creating the Job.
+UNBOUND_OUTPUT = {"output": {"s3": {"uri": "s3://outputs/e2e"}}}
 # For tests about where a pod gets to: an S3 output needs no volume, so the scheduler and
 # the node agent judge the pod on its other parts alone (nothing here gets to train).
 S3_OUTPUT = {"output": {"s3": {"uri": "s3://outputs/e2e"}}}
@@ -34,6 +35,14 @@ def test_example_manifest_creates_exactly_one_job(ftjs: FineTuneJobs) -> None:
     example = yaml.safe_load((REPO / "examples" / "finetunejob.yaml").read_text())
     example["metadata"]["namespace"] = ftjs.namespace
     example["spec"]["lifecycle"]["suspend"] = True  # no pod: we check the Job's spec only
+    # The Job is created once the output claim the example names exists; unbound is enough.
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": example["spec"]["output"]["pvc"]["claimName"]},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}},
+    }
+    ftjs.kubectl("apply", "-f", "-", input=yaml.safe_dump(claim))
     ftjs.kubectl("apply", "-f", "-", input=yaml.safe_dump(example))
     name = example["metadata"]["name"]
     status = ftjs.wait_phase(name, "Suspended")
@@ -278,12 +287,16 @@ def test_too_many_gpus_shows_the_schedulers_message(ftjs: FineTuneJobs) -> None:
 
 
 def test_missing_pvc_is_named(ftjs: FineTuneJobs) -> None:
+    """No Job, so no pod waits on the claim: the FineTuneJob says which field to fix."""
     ftjs.apply("nopvc", {"output": {"pvc": {"claimName": "does-not-exist"}}})
     status = ftjs.wait_status(
-        "nopvc", lambda s: "does-not-exist" in (s.get("message") or ""), what="PVC message"
+        "nopvc", lambda s: s.get("reason") == "ReferenceNotFound", what="ReferenceNotFound"
     )
     assert status["phase"] == "Pending"
-    assert status["reason"] == "Unschedulable"
+    assert status["message"].startswith(
+        "spec.output.pvc.claimName: PersistentVolumeClaim does-not-exist does not exist"
+    ), status["message"]
+    assert ftjs.jobs("nopvc") == []
 
 
 def test_missing_secret_is_named(ftjs: FineTuneJobs) -> None:
