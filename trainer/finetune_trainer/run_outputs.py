@@ -137,4 +137,4 @@ def _commit(
         written, name, kind=kind, step=step, fingerprint=fingerprint, started_at=started
     )
     target.published(name, manifest)
-    log.info("%s complete: %d files -> %s", name, len(manifest.files), target.uri(name))
+    log.info("%s", target.committed(name, manifest))

@@ -14,6 +14,7 @@ directory. Both expose the same operations to the training loop and to resume:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator
@@ -21,17 +22,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import output_access
-from .checkpoints import CHECKPOINT_PREFIX, LocalArtifacts, checkpoint_name
-from .manifest import Manifest, verify_dir
+from .checkpoints import (
+    CHECKPOINT_PREFIX,
+    FINAL_MODEL_DIR,
+    MERGED_16BIT_DIR,
+    LocalArtifacts,
+    checkpoint_name,
+)
+from .lease import LEASE_NAME, DirectoryLease, LeaseStore, S3Lease
+from .manifest import Manifest, ManifestError, read_manifest, verify_dir
 from .s3 import S3Store
 from .s3_output.download import CheckpointDownload
 from .s3_output.latest import LATEST_POINTER, LatestPointer
 from .s3_output.prefix import OutputPrefix
 from .s3_output.rotation import CheckpointRotation
 from .s3_output.staging import StagedCopies
-from .s3_output.transfer import OnDurable, UploadFailed, UploadQueue, upload_artifact
+from .s3_output.transfer import Deadline, OnDurable, UploadFailed, UploadQueue, upload_artifact
 
 log = logging.getLogger(__name__)
+
+FINAL_ARTIFACTS = (FINAL_MODEL_DIR, MERGED_16BIT_DIR)
 
 
 @dataclass(frozen=True)
@@ -70,9 +80,21 @@ class OutputTarget:
         if manifest.kind == "checkpoint" and self.save_total_limit is not None:
             self.artifacts.rotate(self.save_total_limit, upto=manifest.step)
 
+    # Set by the run: until when (monotonic) to hold the exit for uploads that failed;
+    # None: report them at once.
+    hold_uploads: Deadline | None = None
+
     def flush(self) -> None:
         """Wait until every published artifact reached its destination; raise if one
         could not."""
+
+    def committed(self, name: str, manifest: Manifest) -> str:
+        """What a log line may truthfully say of an artifact just committed and published."""
+        return f"{name} written: {len(manifest.files)} files at {self.uri(name)}"
+
+    def lost_output(self) -> str | None:
+        """Which committed output never reached its destination and why, or None."""
+        return None
 
     @property
     def unpublished_output(self) -> bool:
@@ -96,6 +118,23 @@ class OutputTarget:
         """The manifest of a final artifact (final_model, merged_16bit) when a complete one
         is already there (sizes checked; checksums are for resume, where they matter)."""
         return self.artifacts.verified(name, checksums=False)
+
+    def complete_artifacts(self) -> Iterator[tuple[str, Manifest]]:
+        """Every artifact at the destination with a manifest complete for its kind (files
+        not checked), by name: the checkpoints newest first, then the final ones."""
+        for checkpoint in self.artifacts.checkpoints():
+            manifest = checkpoint.manifest()
+            if manifest is not None:
+                yield checkpoint.path.name, manifest
+        for name in FINAL_ARTIFACTS:
+            path = self.artifacts.root / name
+            if path.is_dir() and not path.is_symlink():
+                with contextlib.suppress(ManifestError):
+                    yield name, read_manifest(path)
+
+    def lease_store(self) -> LeaseStore:
+        """Where the output's lease lives (storage/lease.py)."""
+        return DirectoryLease(self.artifacts.root / LEASE_NAME, self.uri(LEASE_NAME))
 
 
 class LocalTarget(OutputTarget):
@@ -161,14 +200,23 @@ class S3Target(OutputTarget):
             self.rotation.after_upload(manifest.step)
 
     def flush(self) -> None:
-        self.uploads.flush()
+        self.uploads.flush(self.hold_uploads)
+
+    def committed(self, name: str, manifest: Manifest) -> str:
+        return (
+            f"{name} staged: {len(manifest.files)} files in {self.staged.path(name)}; "
+            f"uploading to {self.uri(name)}"
+        )
 
     @property
     def unpublished_output(self) -> bool:
         return self.uploads.unpublished
 
+    def lost_output(self) -> str | None:
+        return self.uploads.lost()
+
     def close(self) -> None:
-        self.uploads.close()
+        self.uploads.close(self.hold_uploads)
 
     # --- resume ------------------------------------------------------------------------------
     def latest_pointer(self) -> dict[str, object] | None:
@@ -190,6 +238,16 @@ class S3Target(OutputTarget):
         """The manifest of ``name`` on S3 when it is there and complete for its kind
         (files not checked)."""
         return self.remote.manifest(name)
+
+    def complete_artifacts(self) -> Iterator[tuple[str, Manifest]]:
+        names = [checkpoint_name(s) for s in sorted(self.remote.checkpoint_steps(), reverse=True)]
+        for name in [*names, *FINAL_ARTIFACTS]:
+            manifest = self.remote.manifest(name)
+            if manifest is not None:
+                yield name, manifest
+
+    def lease_store(self) -> LeaseStore:
+        return S3Lease(self.store, self.remote.key(LEASE_NAME))
 
 
 __all__ = [
