@@ -1,0 +1,233 @@
+"""The output lease, on a real directory and on the real S3-compatible server (versitygw):
+acquire, renew, take over (same holder, expired), refuse (another live holder), release;
+and the refusal of an output holding another config's artifacts."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from finetune_api.config import S3Location
+from finetune_trainer.errors import IncompatibleCheckpoint, InvalidInput, OutputInUse
+from finetune_trainer.resume import check_output_fingerprints
+from finetune_trainer.storage.lease import (
+    LEASE_NAME,
+    DirectoryLease,
+    LeaseRecord,
+    LeaseStore,
+    OutputLease,
+    S3Lease,
+    holder_identity,
+)
+from finetune_trainer.storage.retry import RetryPolicy
+from finetune_trainer.storage.s3 import S3Store
+from finetune_trainer.storage.targets import LocalTarget
+
+from .test_checkpoints import commit, write_fake_checkpoint
+
+FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05)
+
+
+@pytest.fixture(params=["directory", "s3"])
+def lease_store(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> LeaseStore:
+    if request.param == "directory":
+        return DirectoryLease(tmp_path / "out" / LEASE_NAME, f"{tmp_path}/out/{LEASE_NAME}")
+    server: Any = request.getfixturevalue("s3_server")
+    monkeypatch.setenv("FTO_S3_OUTPUT_ACCESS_KEY_ID", server.access_key)
+    monkeypatch.setenv("FTO_S3_OUTPUT_SECRET_ACCESS_KEY", server.secret_key)
+    bucket = server.create_bucket(f"lease-{uuid.uuid4().hex[:10]}")
+    location = S3Location(
+        uri=f"s3://{bucket}/runs/a", endpoint=server.endpoint, region=server.region
+    )
+    store = S3Store.for_location(location, "output", retry=FAST)
+    return S3Lease(store, f"runs/a/{LEASE_NAME}")
+
+
+def lease(store: LeaseStore, holder: str, duration: float = 60.0, fp: str = "fp") -> OutputLease:
+    return OutputLease(
+        store, output_uri="the-output", fingerprint=fp, holder=holder, duration=duration
+    )
+
+
+def held_by(store: LeaseStore) -> LeaseRecord:
+    found = store.read()
+    assert found is not None
+    return LeaseRecord.model_validate_json(found[0])
+
+
+def test_the_first_trainer_takes_the_lease(lease_store: LeaseStore) -> None:
+    mine = lease(lease_store, "run-a", fp="fp-a")
+    mine.acquire()
+    record = held_by(lease_store)
+    assert (record.holder, record.fingerprint, record.duration_seconds) == ("run-a", "fp-a", 60.0)
+    assert abs(record.renewed_at - time.time()) < 30
+
+
+def test_another_live_holder_is_refused_naming_the_output_and_the_holder(
+    lease_store: LeaseStore,
+) -> None:
+    lease(lease_store, "run-a", fp="fp-a").acquire()
+    with pytest.raises(OutputInUse) as refused:
+        lease(lease_store, "run-b").acquire()
+    assert isinstance(refused.value, InvalidInput)  # exit 78
+    assert refused.value.reason == "OutputInUse"
+    text = str(refused.value)
+    assert "the output the-output is in use by another trainer" in text
+    assert "run run-a" in text and "fp-a" in text
+    assert "its own output" in text
+    assert held_by(lease_store).holder == "run-a"
+
+
+def test_the_same_run_takes_its_lease_over_at_once(lease_store: LeaseStore) -> None:
+    lease(lease_store, "run-a").acquire()  # a pod that died without releasing it
+    again = lease(lease_store, "run-a", fp="fp-2")
+    again.acquire()
+    assert again.held
+    assert held_by(lease_store).fingerprint == "fp-2"
+
+
+def test_an_expired_lease_is_taken_over(lease_store: LeaseStore) -> None:
+    lease(lease_store, "run-a", duration=0.5).acquire()
+    time.sleep(0.7)
+    other = lease(lease_store, "run-b")
+    other.acquire()
+    assert held_by(lease_store).holder == "run-b"
+
+
+def test_renewal_moves_the_time_and_notices_a_takeover(lease_store: LeaseStore) -> None:
+    mine = lease(lease_store, "run-a", duration=0.5)
+    mine.acquire()
+    first = held_by(lease_store).renewed_at
+    time.sleep(0.05)
+    assert mine.renew()
+    assert held_by(lease_store).renewed_at > first
+    time.sleep(0.7)
+    lease(lease_store, "run-b").acquire()  # expired meanwhile: taken over
+    assert not mine.renew()
+    assert mine.lost is not None and "run run-b" in mine.lost
+
+
+def test_the_renewal_thread_keeps_a_short_lease_live(lease_store: LeaseStore) -> None:
+    mine = lease(lease_store, "run-a", duration=0.6)
+    mine.acquire()
+    mine.start_renewing()
+    try:
+        time.sleep(1.5)  # over twice its duration
+        with pytest.raises(OutputInUse):
+            lease(lease_store, "run-b").acquire()
+    finally:
+        mine.release()
+    assert lease_store.read() is None
+
+
+def test_release_leaves_another_holders_lease_alone(lease_store: LeaseStore) -> None:
+    mine = lease(lease_store, "run-a", duration=0.3)
+    mine.acquire()
+    time.sleep(0.5)
+    lease(lease_store, "run-b").acquire()
+    mine.release()
+    assert held_by(lease_store).holder == "run-b"
+
+
+def test_a_lease_that_is_not_ours_is_replaced(lease_store: LeaseStore) -> None:
+    lease_store.create(b"not json at all")
+    lease(lease_store, "run-a").acquire()
+    assert held_by(lease_store).holder == "run-a"
+
+
+def test_two_trainers_racing_for_a_free_output_never_both_win(tmp_path: Path) -> None:
+    store = DirectoryLease(tmp_path / LEASE_NAME, str(tmp_path / LEASE_NAME))
+    results: dict[str, str] = {}
+    barrier = threading.Barrier(8)
+
+    def contend(holder: str) -> None:
+        barrier.wait()
+        try:
+            lease(store, holder).acquire()
+            results[holder] = "held"
+        except OutputInUse:
+            results[holder] = "refused"
+
+    threads = [threading.Thread(target=contend, args=(f"run-{i}",)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [h for h, r in results.items() if r == "held"]
+    assert len(winners) == 1, results
+    assert held_by(store).holder == winners[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LEASE_NAME]  # no temporaries left
+
+
+def test_holder_identity_is_the_run_id_else_host_and_pid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FTO_RUN_ID", "0b9a-uid")
+    assert holder_identity() == "0b9a-uid"
+    monkeypatch.setenv("FTO_RUN_ID", "x" * 5000)
+    assert len(holder_identity()) < 300  # bounded: the lease is anyone's to read
+    monkeypatch.delenv("FTO_RUN_ID")
+    import os
+    import socket
+
+    assert holder_identity() == f"{socket.gethostname()}/pid-{os.getpid()}"
+
+
+def test_the_lease_file_is_json_a_person_can_read(tmp_path: Path) -> None:
+    store = DirectoryLease(tmp_path / LEASE_NAME, str(tmp_path / LEASE_NAME))
+    lease(store, "run-a", fp="fp-a").acquire()
+    value = json.loads((tmp_path / LEASE_NAME).read_text())
+    assert {"holder", "host", "fingerprint", "renewedAt", "durationSeconds"} <= set(value)
+
+
+# --- another config's artifacts ----------------------------------------------------------
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> LocalTarget:
+    root = tmp_path / "out"
+    t = LocalTarget(root, str(root))
+    t.prepare()
+    return t
+
+
+def test_an_older_checkpoint_of_another_config_is_refused(target: LocalTarget) -> None:
+    commit(target.artifacts, 10, fingerprint="theirs")
+    commit(target.artifacts, 20, fingerprint="mine")
+    with pytest.raises(IncompatibleCheckpoint) as refused:
+        check_output_fingerprints(target, "mine")
+    text = str(refused.value)
+    assert f"checkpoint-10 {target.uri('checkpoint-10')}" in text
+    assert "fingerprint theirs" in text and "this config is mine" in text
+    assert "new output path" in text and "delete the old output" in text
+
+
+def test_a_final_adapter_of_another_config_is_refused(target: LocalTarget) -> None:
+    written = write_fake_checkpoint(target.artifacts, 5)
+    target.artifacts.commit(
+        written,
+        "final_model",
+        kind="final_model",
+        step=5,
+        fingerprint="theirs",
+        started_at="2026-01-01T00:00:00Z",
+    )
+    with pytest.raises(IncompatibleCheckpoint, match="final_model"):
+        check_output_fingerprints(target, "mine")
+
+
+def test_own_and_accepted_fingerprints_and_incomplete_leftovers_pass(
+    target: LocalTarget,
+) -> None:
+    commit(target.artifacts, 10, fingerprint="legacy")
+    commit(target.artifacts, 20, fingerprint="mine")
+    (target.artifacts.root / "checkpoint-30").mkdir()  # incomplete: no manifest
+    check_output_fingerprints(target, "mine", {"legacy"})
