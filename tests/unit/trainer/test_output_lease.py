@@ -5,6 +5,7 @@ and the refusal of an output holding another config's artifacts."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 import uuid
@@ -175,7 +176,6 @@ def test_holder_identity_is_the_run_id_else_host_and_pid(
     monkeypatch.setenv("FTO_RUN_ID", "x" * 5000)
     assert len(holder_identity()) < 300  # bounded: the lease is anyone's to read
     monkeypatch.delenv("FTO_RUN_ID")
-    import os
     import socket
 
     assert holder_identity() == f"{socket.gethostname()}/pid-{os.getpid()}"
@@ -231,3 +231,35 @@ def test_own_and_accepted_fingerprints_and_incomplete_leftovers_pass(
     commit(target.artifacts, 20, fingerprint="mine")
     (target.artifacts.root / "checkpoint-30").mkdir()  # incomplete: no manifest
     check_output_fingerprints(target, "mine", {"legacy"})
+
+
+def test_a_holder_killed_on_this_host_is_taken_over_at_once(tmp_path: Path) -> None:
+    """Outside the operator (no FTO_RUN_ID) the next run on the same machine must not wait
+    for the lease of a trainer that was SIGKILLed to expire."""
+    import socket
+    import subprocess
+    import sys
+
+    store = DirectoryLease(tmp_path / LEASE_NAME, str(tmp_path / LEASE_NAME))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    record = LeaseRecord(
+        holder="killed",
+        host=socket.gethostname(),
+        pid=int(dead.stdout),
+        renewed_at=time.time(),
+        duration_seconds=600,
+    )
+    store.create(record.to_bytes())
+    lease(store, "next").acquire()
+    assert held_by(store).holder == "next"
+
+    alive = record.model_copy(update={"holder": "alive", "pid": os.getppid()})
+    store2 = DirectoryLease(tmp_path / "b" / LEASE_NAME, "b")
+    store2.create(alive.to_bytes())
+    with pytest.raises(OutputInUse):
+        lease(store2, "next").acquire()

@@ -7,7 +7,8 @@ output, renews it from a background thread well inside its duration, and release
 it exits. Another trainer finding a live lease of a different holder is refused
 (OutputInUse); the same holder (the next pod of the same FineTuneJob, with the same
 ``FTO_RUN_ID``) takes it over at once, and so does anyone once it expired (a holder killed
-without releasing it).
+without releasing it), or at once when it ran on the same host under a process that no
+longer runs.
 
 Every change is conditional on what was just read, so two trainers racing for one lease
 never both win: on a directory the lease is created with an exclusive link and replaced by
@@ -68,12 +69,27 @@ class LeaseRecord(BaseModel):
 
     holder: str
     host: str = ""
+    pid: int | None = None
     fingerprint: str = ""
     renewed_at: float  # Unix time, seconds
     duration_seconds: float
 
     def expires_in(self, now: float) -> float:
         return self.renewed_at + self.duration_seconds - now
+
+    def died_here(self) -> bool:
+        """Whether the holder ran on this host under a process id that no longer runs: a
+        trainer killed without releasing its lease (the same host name and process ids
+        mean the same machine, or the same pod: a pod's host name is its own)."""
+        if self.host != socket.gethostname() or self.pid is None or self.pid == os.getpid():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # running, under another user
+            return False
+        return False
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True).encode() + b"\n"
@@ -244,6 +260,7 @@ class OutputLease:
         return LeaseRecord(
             holder=self.holder,
             host=socket.gethostname(),
+            pid=os.getpid(),
             fingerprint=self.fingerprint,
             renewed_at=time.time(),
             duration_seconds=self.duration,
@@ -288,6 +305,12 @@ class OutputLease:
             log.info("taking over the output lease of this run's previous attempt")
             return
         left = record.expires_in(now)
+        if left > 0 and record.died_here():
+            log.warning(
+                "taking over the output lease of %s: its process no longer runs",
+                record.describe(now),
+            )
+            return
         if left <= 0:
             log.warning(
                 "taking over the expired output lease of %s (it ended %.0fs ago without "
