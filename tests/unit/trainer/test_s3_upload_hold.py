@@ -5,25 +5,35 @@ the grace period, and a checkpoint that never arrives is named with the reason."
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from finetune_api.config import S3Location
+from finetune_api.config import S3Location, TrainerConfig
+from finetune_api.contract import CheckpointRef, ExitCode
 from finetune_localcluster import s3server
 from finetune_localcluster.ports import free_port
 from finetune_localcluster.s3server import S3Server
 from finetune_trainer.resume import find_resume_point
+from finetune_trainer.runtime import RuntimeOptions
 from finetune_trainer.storage.retry import RetryPolicy
 from finetune_trainer.storage.s3 import S3Store
 from finetune_trainer.storage.targets import S3Target, UploadFailed
+from finetune_trainer.termination import exit_code_for
+from finetune_trainer.train import TrainingRun
 
+from .test_run_tracker import make_tracker, save
 from .test_s3_output import publish_checkpoint
+from .test_train_endings import FakeBackend
+from .train_helpers import tiny_config
 
 FAST = RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.05)
 
@@ -136,3 +146,95 @@ def test_a_checkpoint_that_never_arrives_is_named_with_the_reason(
     assert f"checkpoint-20 (step 20) never reached s3://{bucket}/runs/a/checkpoint-20" in lost
     assert "could not be reached" in lost or "unreachable" in lost or "reach" in lost
     assert "ends with the pod" in lost
+
+
+class SigtermDuringAnOutage:
+    """Trainer on S3 output: checkpoint-10 reaches S3; then S3 goes down, SIGTERM comes
+    during step 20 and the checkpoint it asks for can only be staged."""
+
+    state = SimpleNamespace(global_step=20)
+
+    def __init__(self, run: TrainingRun, target: S3Target, server: S3Server) -> None:
+        self.run = run
+        self.target = target
+        self.server = server
+
+    def train(self, resume_from_checkpoint: str | None = None) -> None:
+        tracker = make_tracker(self.target, progress=self.run.progress, stop=self.run.stop)
+        save(tracker, 10, max_steps=30)
+        self.target.uploads.flush()
+        self.server.stop()
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)  # give the handler a bytecode boundary to run at
+        save(tracker, 20, max_steps=30)
+
+
+def sigterm_during_an_outage(
+    server: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_model_dir: Path,
+    tiny_dataset_path: Path,
+    grace: float,
+) -> tuple[TrainingRun, str]:
+    bucket = server.create_bucket(f"hold-{uuid.uuid4().hex[:8]}")
+    target = s3_target(server, bucket, tmp_path / "staging")
+    config = TrainerConfig.from_mapping(
+        tiny_config(tiny_model_dir, tiny_dataset_path, str(tmp_path / "unused"))
+    )
+    monkeypatch.setattr("finetune_trainer.train.make_target", lambda *_: target)
+    monkeypatch.setattr("finetune_trainer.backends.select_backend", lambda *_: FakeBackend())
+    monkeypatch.setattr(
+        TrainingRun,
+        "_build_trainer",
+        lambda self, *_: SigtermDuringAnOutage(self, target, server),
+    )
+    runtime = RuntimeOptions(scratch_dir=tmp_path / "scratch", grace_period_seconds=grace)
+    return TrainingRun(config, runtime), bucket
+
+
+def test_sigterm_during_an_outage_holds_the_exit_until_the_checkpoint_is_uploaded(
+    server: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_model_dir: Path,
+    tiny_dataset_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    run, bucket = sigterm_during_an_outage(
+        server, tmp_path, monkeypatch, tiny_model_dir, tiny_dataset_path, grace=90
+    )
+    with restarted_after(server, 8.0):  # S3 is back within the grace period
+        message = run.execute()
+        assert exit_code_for(message) == ExitCode.INTERRUPTED, message.message
+        uri = f"s3://{bucket}/runs/a/checkpoint-20"
+        assert message.checkpoint == CheckpointRef(step=20, uri=uri)
+        assert "waiting up to" in caplog.text  # the upload had failed; the exit waited
+
+        fresh = s3_target(server, bucket, tmp_path / "staging-2")  # a new pod, empty scratch
+        point = find_resume_point(fresh, "fp")
+        assert point is not None and point.step == 20
+        fresh.close()
+
+
+def test_sigterm_during_an_outage_that_outlasts_the_grace_period_names_the_lost_checkpoint(
+    server: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_model_dir: Path,
+    tiny_dataset_path: Path,
+) -> None:
+    run, bucket = sigterm_during_an_outage(
+        server, tmp_path, monkeypatch, tiny_model_dir, tiny_dataset_path, grace=9
+    )
+    message = run.execute()
+    assert exit_code_for(message) == ExitCode.FAILED
+    assert message.checkpoint is not None and message.checkpoint.step == 10
+    text = message.message
+    assert "the next attempt resumes from checkpoint-10" in text
+    assert (
+        f"lost: checkpoint-20 (step 20) never reached s3://{bucket}/runs/a/checkpoint-20 "
+        "(output.s3.endpoint: could not get an answer" in text
+    )
+    assert "ends with the pod" in text
+    assert run.stop.received_at is not None

@@ -41,6 +41,7 @@ class FailedUpload:
     name: str
     manifest: Manifest
     error: Exception
+    on_durable: OnDurable | None = None  # run when a later try succeeds
     reported: bool = False  # raised once; closing does not raise it again
 
     @property
@@ -113,7 +114,7 @@ class UploadQueue:
             )
             with self._lock:
                 superseded = self._staged_failures_before(manifest)
-                self._failed.append(FailedUpload(name, manifest, exc))
+                self._failed.append(FailedUpload(name, manifest, exc, on_durable))
             # Through a long outage, one staged checkpoint per save would fill the scratch
             # volume; resume needs the newest (and one fallback).
             self._give_up(superseded, f"its staged copy is removed: {name} supersedes it")
@@ -185,7 +186,7 @@ class UploadQueue:
                         if failure not in self._failed:
                             continue  # made up for by an upload just now
                         self._failed.remove(failure)
-                    self._upload_noting_failure(failure.name, failure.manifest)
+                    self._upload_noting_failure(failure.name, failure.manifest, failure.on_durable)
                 with self._lock:
                     if not self._failed:
                         return
