@@ -5,6 +5,7 @@ the grace period, and a checkpoint that never arrives is named with the reason."
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -24,6 +25,7 @@ from finetune_localcluster.ports import free_port
 from finetune_localcluster.s3server import S3Server
 from finetune_trainer.resume import find_resume_point
 from finetune_trainer.runtime import RuntimeOptions
+from finetune_trainer.storage.manifest import verify_dir
 from finetune_trainer.storage.retry import RetryPolicy
 from finetune_trainer.storage.s3 import S3Store
 from finetune_trainer.storage.targets import S3Target, UploadFailed
@@ -31,7 +33,7 @@ from finetune_trainer.termination import exit_code_for
 from finetune_trainer.train import TrainingRun
 
 from .test_run_tracker import make_tracker, save
-from .test_s3_output import publish_checkpoint
+from .test_s3_output import publish_checkpoint, publish_final_model
 from .test_train_endings import FakeBackend
 from .train_helpers import tiny_config
 
@@ -146,6 +148,28 @@ def test_a_checkpoint_that_never_arrives_is_named_with_the_reason(
     assert f"checkpoint-20 (step 20) never reached s3://{bucket}/runs/a/checkpoint-20" in lost
     assert "could not be reached" in lost or "unreachable" in lost or "reach" in lost
     assert "ends with the pod" in lost
+
+
+def test_the_log_calls_the_final_adapter_complete_only_once_it_is_on_s3(
+    server: S3Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    bucket = server.create_bucket(f"hold-{uuid.uuid4().hex[:8]}")
+    target = s3_target(server, bucket, tmp_path / "staging")
+    server.stop()
+    publish_final_model(target, 12)
+    wait_until_failed(target)
+    manifest = verify_dir(target.artifacts.root / "final_model")
+    assert target.committed("final_model", manifest) == (
+        f"final_model staged: 3 files in {target.artifacts.root / 'final_model'}; "
+        f"uploading to s3://{bucket}/runs/a/final_model"
+    )
+    assert "final_model complete" not in caplog.text
+    with restarted_after(server, 1.0):
+        held_from = time.monotonic()
+        target.hold_uploads = lambda: held_from + 60.0
+        target.close()
+    assert f"final_model complete: 3 files -> s3://{bucket}/runs/a/final_model" in caplog.text
 
 
 class SigtermDuringAnOutage:

@@ -89,8 +89,9 @@ class OutputTarget:
         could not."""
 
     def committed(self, name: str, manifest: Manifest) -> str:
-        """What a log line may truthfully say of an artifact just committed and published."""
-        return f"{name} written: {len(manifest.files)} files at {self.uri(name)}"
+        """What a log line may truthfully say of an artifact just committed and published:
+        here it is at its destination."""
+        return f"{name} complete: {len(manifest.files)} files -> {self.uri(name)}"
 
     def lost_output(self) -> str | None:
         """Which committed output never reached its destination and why, or None."""
@@ -195,6 +196,8 @@ class S3Target(OutputTarget):
             self.latest.move_to(name, manifest)
         if on_durable is not None:
             on_durable()
+        if not checkpoint:  # a checkpoint's durable callback says so itself
+            log.info("%s complete: %d files -> %s", name, len(manifest.files), self.uri(name))
         if checkpoint:
             self.staged.discard_older_than(manifest.step)
             self.rotation.after_upload(manifest.step)
