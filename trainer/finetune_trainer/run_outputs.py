@@ -133,6 +133,7 @@ def _commit(
     fingerprint: str,
     started: str,
 ) -> None:
+    target.ensure_owned()
     manifest = target.artifacts.commit(
         written, name, kind=kind, step=step, fingerprint=fingerprint, started_at=started
     )

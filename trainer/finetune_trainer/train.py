@@ -205,7 +205,7 @@ class TrainingRun:
         )
         with output_access(f"output {target.uri_base}"):
             lease.acquire()
-        self.lease = lease
+        self.lease = target.lease = lease
         lease.start_renewing()
         target.hold_uploads = self._upload_deadline
         target.prepare()

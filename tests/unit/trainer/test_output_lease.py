@@ -263,3 +263,16 @@ def test_a_holder_killed_on_this_host_is_taken_over_at_once(tmp_path: Path) -> N
     store2.create(alive.to_bytes())
     with pytest.raises(OutputInUse):
         lease(store2, "next").acquire()
+
+
+def test_a_trainer_whose_lease_was_taken_over_commits_nothing_more(target: LocalTarget) -> None:
+    store = target.lease_store()
+    mine = lease(store, "run-a", duration=0.3)
+    mine.acquire()
+    target.lease = mine
+    target.ensure_owned()  # still ours
+    time.sleep(0.5)  # stalled past its expiry
+    lease(store, "run-b").acquire()
+    assert not mine.renew()
+    with pytest.raises(OutputInUse, match="stopped writing"):
+        target.ensure_owned()

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import output_access
+from ..errors import OutputInUse, output_access
 from .checkpoints import (
     CHECKPOINT_PREFIX,
     FINAL_MODEL_DIR,
@@ -29,7 +29,7 @@ from .checkpoints import (
     LocalArtifacts,
     checkpoint_name,
 )
-from .lease import LEASE_NAME, DirectoryLease, LeaseStore, S3Lease
+from .lease import LEASE_NAME, DirectoryLease, LeaseStore, OutputLease, S3Lease
 from .manifest import Manifest, ManifestError, read_manifest, verify_dir
 from .s3 import S3Store
 from .s3_output.download import CheckpointDownload
@@ -83,6 +83,18 @@ class OutputTarget:
     # Set by the run: until when (monotonic) to hold the exit for uploads that failed;
     # None: report them at once.
     hold_uploads: Deadline | None = None
+    # Set by the run: the lease it holds on this output (storage/lease.py).
+    lease: OutputLease | None = None
+
+    def ensure_owned(self) -> None:
+        """Before an artifact is committed: refuse (OutputInUse) when another trainer took
+        the output's lease over meanwhile (this one stalled past its expiry, say), rather
+        than overwrite what that trainer writes."""
+        if self.lease is not None and self.lease.lost is not None:
+            raise OutputInUse(
+                f"{self.lease.lost}; this trainer stopped writing {self.uri_base} rather than "
+                "overwrite another run's output"
+            )
 
     def flush(self) -> None:
         """Wait until every published artifact reached its destination; raise if one
