@@ -170,8 +170,10 @@ class UploadQueue:
             while True:
                 with self._lock:
                     failed = [f for f in self._failed if not isinstance(f.error, InvalidInput)]
+                if not failed:
+                    return
                 left = deadline() - time.monotonic()
-                if not failed or left <= 0:
+                if left <= 0:
                     return
                 log.warning(
                     "waiting up to %.0fs for S3 before exiting, to upload %s (staged only in "
