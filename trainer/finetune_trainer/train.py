@@ -198,6 +198,7 @@ class TrainingRun:
     def _open_output(self) -> OutputTarget:
         target = make_target(self.config, self.runtime.scratch())
         log.info("output: %s (config fingerprint %s)", target.describe(), self.fingerprint)
+        target.check_access()
         # The lease before anything else: preparing clears half-written leftovers, which
         # in an output another trainer is writing are that trainer's work in progress.
         lease = OutputLease(

@@ -276,3 +276,10 @@ def test_a_trainer_whose_lease_was_taken_over_commits_nothing_more(target: Local
     assert not mine.renew()
     with pytest.raises(OutputInUse, match="stopped writing"):
         target.ensure_owned()
+
+
+def test_a_directory_where_the_lease_belongs_is_replaced(tmp_path: Path) -> None:
+    (tmp_path / LEASE_NAME).mkdir()
+    store = DirectoryLease(tmp_path / LEASE_NAME, str(tmp_path / LEASE_NAME))
+    lease(store, "run-a").acquire()
+    assert held_by(store).holder == "run-a"

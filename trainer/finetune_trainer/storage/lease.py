@@ -35,7 +35,7 @@ from finetune_api.contract import Env
 
 from ..errors import OutputInUse
 from ..remote_errors import bounded
-from .fsutil import NotRegularFile, fsync_dir, open_regular
+from .fsutil import NotRegularFile, fsync_dir, open_regular, remove_tree
 from .s3 import ObjectTooLarge, S3Store, WriteConflict
 
 log = logging.getLogger(__name__)
@@ -188,7 +188,7 @@ class DirectoryLease:
                 raise LeaseTaken(f"{self.uri} was changed by another trainer")
         finally:
             with contextlib.suppress(FileNotFoundError):
-                aside.unlink()
+                remove_tree(aside)  # a directory, too, where a lease was expected
 
     def replace(self, data: bytes, token: object) -> None:
         self._take(token)

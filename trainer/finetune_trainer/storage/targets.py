@@ -69,6 +69,10 @@ class OutputTarget:
     def uri(self, name: str) -> str:
         return f"{self.uri_base}/{name}"
 
+    def check_access(self) -> None:
+        """Refuse credentials that cannot write the destination, before anything else
+        there is read or written (a directory's permissions show at its first write)."""
+
     def prepare(self) -> None:
         with output_access(f"output {self.uri_base}"):
             self.artifacts.prepare()
@@ -181,16 +185,22 @@ class S3Target(OutputTarget):
         self.rotation = CheckpointRotation(self.remote, save_total_limit)
         self.downloads = CheckpointDownload(self.staged)
         self.uploads = UploadQueue(self._upload, self.remote, self.staged)
+        self._access_checked = False
 
     def describe(self) -> str:
         return f"{self.uri_base} (staged in {self.artifacts.root})"
 
     # --- publishing ------------------------------------------------------------------------
-    def prepare(self) -> None:
-        super().prepare()
+    def check_access(self) -> None:
         # Credentials that may list and read but not write would otherwise only fail at
         # the first upload, after the model load and the first checkpoint's GPU time.
         self.store.check_writable(self.prefix)
+        self._access_checked = True
+
+    def prepare(self) -> None:
+        super().prepare()
+        if not self._access_checked:
+            self.check_access()
         for name, manifest in self.staged.leftovers():
             self._upload(name, manifest)
 
