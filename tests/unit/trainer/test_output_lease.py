@@ -9,6 +9,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from finetune_trainer.storage.lease import (
     DirectoryLease,
     LeaseRecord,
     LeaseStore,
+    LeaseTaken,
     OutputLease,
     S3Lease,
     holder_identity,
@@ -75,16 +77,23 @@ def test_the_first_trainer_takes_the_lease(lease_store: LeaseStore) -> None:
 def test_another_live_holder_is_refused_naming_the_output_and_the_holder(
     lease_store: LeaseStore,
 ) -> None:
-    lease(lease_store, "run-a", fp="fp-a").acquire()
-    with pytest.raises(OutputInUse) as refused:
-        lease(lease_store, "run-b").acquire()
+    alive = lease(lease_store, "run-a", duration=1.5, fp="fp-a")
+    alive.acquire()
+    alive.start_renewing()
+    started = time.monotonic()
+    try:
+        with pytest.raises(OutputInUse) as refused:
+            lease(lease_store, "run-b").acquire()
+        assert time.monotonic() - started < 4  # refused once it saw a renewal
+        assert held_by(lease_store).holder == "run-a"
+    finally:
+        alive.release()
     assert isinstance(refused.value, InvalidInput)  # exit 78
     assert refused.value.reason == "OutputInUse"
     text = str(refused.value)
     assert "the output the-output is in use by another trainer" in text
     assert "run run-a" in text and "fp-a" in text
     assert "its own output" in text
-    assert held_by(lease_store).holder == "run-a"
 
 
 def test_the_same_run_takes_its_lease_over_at_once(lease_store: LeaseStore) -> None:
@@ -116,6 +125,18 @@ def test_renewal_moves_the_time_and_notices_a_takeover(lease_store: LeaseStore) 
     assert mine.lost is not None and "run run-b" in mine.lost
 
 
+def test_a_holder_that_stopped_renewing_is_taken_over_once_its_lease_expires(
+    lease_store: LeaseStore,
+) -> None:
+    """A pod killed without releasing the lease: the next one (another host name and
+    process id without FTO_RUN_ID) waits for the lease to expire unrenewed."""
+    lease(lease_store, "killed", duration=2.0).acquire()
+    started = time.monotonic()
+    lease(lease_store, "next").acquire()
+    assert 1.0 <= time.monotonic() - started < 10
+    assert held_by(lease_store).holder == "next"
+
+
 def test_the_renewal_thread_keeps_a_short_lease_live(lease_store: LeaseStore) -> None:
     mine = lease(lease_store, "run-a", duration=0.6)
     mine.acquire()
@@ -144,27 +165,38 @@ def test_a_lease_that_is_not_ours_is_replaced(lease_store: LeaseStore) -> None:
     assert held_by(lease_store).holder == "run-a"
 
 
-def test_two_trainers_racing_for_a_free_output_never_both_win(tmp_path: Path) -> None:
+def test_two_trainers_racing_for_one_lease_never_both_win(tmp_path: Path) -> None:
+    """Creating a lease where there is none, and replacing the one read, each succeed for
+    exactly one of many at once."""
     store = DirectoryLease(tmp_path / LEASE_NAME, str(tmp_path / LEASE_NAME))
-    results: dict[str, str] = {}
-    barrier = threading.Barrier(8)
 
-    def contend(holder: str) -> None:
-        barrier.wait()
-        try:
-            lease(store, holder).acquire()
-            results[holder] = "held"
-        except OutputInUse:
-            results[holder] = "refused"
+    def race(action: Callable[[int], None]) -> list[int]:
+        won: list[int] = []
+        barrier = threading.Barrier(8)
 
-    threads = [threading.Thread(target=contend, args=(f"run-{i}",)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    winners = [h for h, r in results.items() if r == "held"]
-    assert len(winners) == 1, results
-    assert held_by(store).holder == winners[0]
+        def contend(i: int) -> None:
+            barrier.wait()
+            try:
+                action(i)
+                won.append(i)
+            except LeaseTaken:
+                pass
+
+        threads = [threading.Thread(target=contend, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return won
+
+    created = race(lambda i: store.create(f"created by {i}".encode()))
+    assert len(created) == 1
+    found = store.read()
+    assert found is not None and found[0] == f"created by {created[0]}".encode()
+    replaced = race(lambda i: store.replace(f"replaced by {i}".encode(), found[1]))
+    assert len(replaced) == 1
+    assert store.read() is not None
+    assert store.read()[0] == f"replaced by {replaced[0]}".encode()  # type: ignore[index]
     assert sorted(p.name for p in tmp_path.iterdir()) == [LEASE_NAME]  # no temporaries left
 
 
@@ -255,14 +287,11 @@ def test_a_holder_killed_on_this_host_is_taken_over_at_once(tmp_path: Path) -> N
         duration_seconds=600,
     )
     store.create(record.to_bytes())
+    started = time.monotonic()
     lease(store, "next").acquire()
+    assert time.monotonic() - started < 5  # not the lease's 600 s
     assert held_by(store).holder == "next"
-
-    alive = record.model_copy(update={"holder": "alive", "pid": os.getppid()})
-    store2 = DirectoryLease(tmp_path / "b" / LEASE_NAME, "b")
-    store2.create(alive.to_bytes())
-    with pytest.raises(OutputInUse):
-        lease(store2, "next").acquire()
+    assert not record.model_copy(update={"pid": os.getppid()}).died_here()
 
 
 def test_a_trainer_whose_lease_was_taken_over_commits_nothing_more(target: LocalTarget) -> None:

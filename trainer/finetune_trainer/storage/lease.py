@@ -4,11 +4,14 @@ A small JSON object in the output (``.output-lease.json`` in the directory, or u
 S3 prefix) names its holder, the config fingerprint it trains, when it was last renewed
 and for how long that holds. A trainer acquires it before it touches anything in the
 output, renews it from a background thread well inside its duration, and releases it when
-it exits. Another trainer finding a live lease of a different holder is refused
-(OutputInUse); the same holder (the next pod of the same FineTuneJob, with the same
-``FTO_RUN_ID``) takes it over at once, and so does anyone once it expired (a holder killed
-without releasing it), or at once when it ran on the same host under a process that no
-longer runs.
+it exits. The same holder (the next pod of the same FineTuneJob, with the same
+``FTO_RUN_ID``) takes it over at once, and so does anyone when it expired (a holder killed
+without releasing it) or when it ran on this host under a process that no longer runs.
+Another holder's lease that has not expired is watched: renewed meanwhile, its holder is
+alive and this trainer is refused (OutputInUse); expired unrenewed, it is taken over. So a
+pod that replaces a killed one (a new host name and process id, when ``FTO_RUN_ID`` is not
+set) waits at most one lease duration, and a second run on a busy output is refused within
+one renewal interval.
 
 Every change is conditional on what was just read, so two trainers racing for one lease
 never both win: on a directory the lease is created with an exclusive link and replaced by
@@ -45,10 +48,12 @@ LEASE_NAME = ".output-lease.json"
 MAX_LEASE_BYTES = 64 * 1024
 # Long enough to ride out a slow renewal (an S3 request retried with backoff), short enough
 # that a trainer killed without releasing it holds up the next writer only briefly.
-DEFAULT_LEASE_SECONDS = 180.0
+DEFAULT_LEASE_SECONDS = 45.0
 # Renewals per duration: a missed one or two still leave the lease live.
 _RENEWALS_PER_DURATION = 3
-_ACQUIRE_ATTEMPTS = 3
+_ACQUIRE_ATTEMPTS = 4
+# How often a lease held elsewhere is read again while watching whether it is renewed.
+_WATCH_POLL_SECONDS = 1.0
 # How much of a holder's name a message repeats (the lease is anyone's to write).
 _NAME_LIMIT = 200
 
@@ -267,8 +272,11 @@ class OutputLease:
         ).to_bytes()
 
     def acquire(self) -> None:
-        """Take the lease: create it, or take over one of our own or an expired one.
-        OutputInUse when another holder's lease is live."""
+        """Take the lease: create it, or take over one of our own, an expired one, or one
+        whose holder turns out to be gone. A lease of another holder that is not expired
+        is watched until it is renewed (the holder is alive: OutputInUse) or expires
+        unrenewed (the holder died without releasing it: taken over)."""
+        watched: LeaseRecord | None = None
         for _attempt in range(_ACQUIRE_ATTEMPTS):
             found = self.store.read()
             try:
@@ -276,7 +284,12 @@ class OutputLease:
                     self.store.create(self._record())
                 else:
                     raw, token = found
-                    self._check_takeover(parse_lease(raw))
+                    record = parse_lease(raw)
+                    if self._live_elsewhere(record, watched):
+                        assert record is not None
+                        watched = record
+                        self._watch(raw, record)
+                        continue
                     self.store.replace(self._record(), token)
             except LeaseTaken as exc:
                 log.warning("%s; reading it again", exc)
@@ -296,21 +309,24 @@ class OutputLease:
             "each FineTuneJob its own output (output.pvc.path or output.s3.uri)."
         )
 
-    def _check_takeover(self, record: LeaseRecord | None) -> None:
+    def _live_elsewhere(self, record: LeaseRecord | None, watched: LeaseRecord | None) -> bool:
+        """Whether ``record`` is another holder's lease that may be live, to be watched;
+        False when it may be taken over now. OutputInUse when ``watched`` (the lease as
+        first read) has been renewed since by its holder, which is therefore alive."""
         now = time.time()
         if record is None:
             log.warning("%s is not a lease this trainer can read; replacing it", self.store.uri)
-            return
+            return False
         if record.holder == self.holder:
             log.info("taking over the output lease of this run's previous attempt")
-            return
+            return False
         left = record.expires_in(now)
         if left > 0 and record.died_here():
             log.warning(
                 "taking over the output lease of %s: its process no longer runs",
                 record.describe(now),
             )
-            return
+            return False
         if left <= 0:
             log.warning(
                 "taking over the expired output lease of %s (it ended %.0fs ago without "
@@ -318,13 +334,34 @@ class OutputLease:
                 record.describe(now),
                 -left,
             )
-            return
-        raise OutputInUse(
-            f"the output {self.output_uri} is in use by another trainer "
-            f"({record.describe(now)}; its lease expires in {left:.0f}s unless renewed). Two "
-            "runs must not write one output: give this FineTuneJob its own output "
-            "(output.pvc.path or output.s3.uri), or wait for the other run to end."
+            return False
+        if watched is not None and record.holder == watched.holder:
+            raise OutputInUse(
+                f"the output {self.output_uri} is in use by another trainer "
+                f"({record.describe(now)}, and renewing its lease). Two runs must not write "
+                "one output: give this FineTuneJob its own output (output.pvc.path or "
+                "output.s3.uri), or wait for the other run to end."
+            )
+        return True
+
+    def _watch(self, raw: bytes, record: LeaseRecord) -> None:
+        """Wait until the lease read as ``raw`` changes (renewed, released or taken) or
+        expires: a live holder renews it well before, a dead one never does."""
+        now = time.time()
+        left = record.expires_in(now)
+        log.info(
+            "the output %s is leased to %s; waiting up to %.0fs to see whether that trainer "
+            "is alive (it renews the lease) or gone (the lease expires)",
+            self.output_uri,
+            record.describe(now),
+            left,
         )
+        deadline = time.monotonic() + left + _WATCH_POLL_SECONDS
+        while time.monotonic() < deadline:
+            time.sleep(min(_WATCH_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
+            current = self.store.read()
+            if current is None or current[0] != raw:
+                return
 
     def renew(self) -> bool:
         """Renew the lease; False (and ``lost`` set) when another trainer holds it now."""
