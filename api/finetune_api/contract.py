@@ -59,6 +59,12 @@ class Env:
     POD_IP = "POD_IP"  # downward API; the metrics server binds here when set
     SCRATCH_DIR = "FTO_SCRATCH_DIR"  # overrides SCRATCH_DIR (S3 staging, downloads)
     HF_TOKEN = "HF_TOKEN"
+    # Who holds the output location: the same FineTuneJob's next pod takes its lease over at
+    # once, any other writer waits for it to end or expire. Default: host name and pid.
+    RUN_ID = "FTO_RUN_ID"
+    # The pod's terminationGracePeriodSeconds: how long the trainer may go on retrying
+    # uploads after a stop signal or a failure before it exits. Default: 30 (Kubernetes').
+    GRACE_PERIOD_SECONDS = "FTO_GRACE_PERIOD_SECONDS"
 
     @staticmethod
     def s3(role: Literal["model", "dataset", "output"], what: str) -> str:
@@ -141,6 +147,7 @@ class TrainerReason(enum.StrEnum):
     INVALID_DATASET = "InvalidDataset"
     INVALID_MODEL = "InvalidModel"
     INCOMPATIBLE_CHECKPOINT = "IncompatibleCheckpoint"
+    OUTPUT_IN_USE = "OutputInUse"  # another live trainer holds the output's lease
     OUT_OF_MEMORY = "OutOfMemory"
 
 

@@ -190,6 +190,7 @@ class RunTracker:
         name = checkpoint_name(step)
         written = output_dir / name
         self.metrics_log.write_jsonl(written / METRICS_FILE)
+        self.target.ensure_owned()
         manifest = self.target.artifacts.commit(
             written,
             name,

@@ -43,9 +43,16 @@ class InvalidModel(InvalidInput):
 
 
 class IncompatibleCheckpoint(InvalidInput):
-    """The output location holds checkpoints written under a different training config."""
+    """The output location holds complete artifacts written under a different training
+    config: another run's output, which this run must neither resume nor overwrite."""
 
     reason = TrainerReason.INCOMPATIBLE_CHECKPOINT
+
+
+class OutputInUse(InvalidInput):
+    """Another live trainer holds the output location's lease."""
+
+    reason = TrainerReason.OUTPUT_IN_USE
 
 
 @contextmanager

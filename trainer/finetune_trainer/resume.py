@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import IncompatibleCheckpoint, output_access
-from .remote_errors import SafeMessage, failure_summary
+from .remote_errors import SafeMessage, bounded, failure_summary
 from .storage.manifest import Manifest, ManifestError
 from .storage.targets import OutputTarget
 
@@ -38,11 +38,26 @@ class ResumePoint:
 
 def incompatible(what: str, uri: str, found: str, expected: str) -> IncompatibleCheckpoint:
     return IncompatibleCheckpoint(
-        f"{what} {uri} was written by a different training config (fingerprint {found}, "
-        f"this config is {expected}); resuming it would mix two runs. Use a new output "
-        "path (output.path, output.pvc.path or output.s3.uri) for this config, or restore "
-        "the config that wrote it."
+        f"{what} {uri} was written by another run with a different training config "
+        f"(fingerprint {bounded(found, 80)}, this config is {expected}); two runs must not "
+        "share one output, and resuming it would mix two trainings. Use a new output path "
+        "(output.path, output.pvc.path or output.s3.uri) for this config, delete the old "
+        "output if it is no longer needed, or restore the config that wrote it."
     )
+
+
+def check_output_fingerprints(
+    target: OutputTarget, fingerprint: str, also_accepted: Collection[str] = ()
+) -> None:
+    """Refuse (IncompatibleCheckpoint) an output holding any complete artifact -- a
+    checkpoint, the final adapter or the merged export -- written under another config:
+    resume looks at the newest checkpoint only, and overwriting an older one, or the final
+    adapter, would destroy another run's result."""
+    accepted = {fingerprint, *also_accepted}
+    with output_access(f"output {target.uri_base}"):
+        for name, manifest in target.complete_artifacts():
+            if manifest.fingerprint not in accepted:
+                raise incompatible(name, target.uri(name), manifest.fingerprint, fingerprint)
 
 
 def find_resume_point(

@@ -133,8 +133,9 @@ def _commit(
     fingerprint: str,
     started: str,
 ) -> None:
+    target.ensure_owned()
     manifest = target.artifacts.commit(
         written, name, kind=kind, step=step, fingerprint=fingerprint, started_at=started
     )
     target.published(name, manifest)
-    log.info("%s complete: %d files -> %s", name, len(manifest.files), target.uri(name))
+    log.info("%s", target.committed(name, manifest))

@@ -25,6 +25,25 @@ OUTPUT_STAGING = "output-staging"
 
 BackendChoice = Literal["auto", "unsloth", "transformers"]
 
+# Kubernetes' default terminationGracePeriodSeconds, assumed when the pod does not say.
+DEFAULT_GRACE_PERIOD_SECONDS = 30.0
+
+
+def grace_period_from_env() -> float:
+    """``FTO_GRACE_PERIOD_SECONDS``: the pod's grace period between SIGTERM and SIGKILL."""
+    raw = os.environ.get(Env.GRACE_PERIOD_SECONDS, "").strip()
+    if not raw:
+        return DEFAULT_GRACE_PERIOD_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"{Env.GRACE_PERIOD_SECONDS}={raw[:40]!r} is not a number of seconds"
+        ) from None
+    if not seconds >= 0:
+        raise ValueError(f"{Env.GRACE_PERIOD_SECONDS} must be 0 or more, not {raw[:40]!r}")
+    return seconds
+
 
 @dataclass
 class RuntimeOptions:
@@ -34,6 +53,8 @@ class RuntimeOptions:
     backend: BackendChoice = "auto"
     gpu_memory_fraction: float = DEFAULT_MEMORY_FRACTION
     hf_token: str | None = field(default=None, repr=False)  # never printed
+    # How long after SIGTERM (or a failure) the run may hold its exit for uploads.
+    grace_period_seconds: float = DEFAULT_GRACE_PERIOD_SECONDS
     # The temporary directory scratch() made itself, which remove_own_scratch() deletes
     _temporary: Path | None = field(default=None, init=False, repr=False)
     # Set when output staged in scratch could not be published: then scratch is kept.
@@ -56,6 +77,7 @@ class RuntimeOptions:
             backend=backend,
             gpu_memory_fraction=memory_fraction(),
             hf_token=os.environ.get(Env.HF_TOKEN) or None,
+            grace_period_seconds=grace_period_from_env(),
         )
 
     def scratch(self) -> Path:

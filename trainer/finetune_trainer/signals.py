@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -30,6 +31,8 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signal_name: str | None = None
+        # When the first stop signal came (monotonic): the grace period counts from here.
+        self.received_at: float | None = None
         self.phase: Phase = "startup"
         self._previous: dict[int, object] = {}
 
@@ -52,6 +55,8 @@ class StopRequest:
         name = signal.Signals(signum).name
         again = self.requested
         self.signal_name = name
+        if self.received_at is None:
+            self.received_at = time.monotonic()
         if self.phase == "startup" or (again and self.phase == "training"):
             raise Interrupted(f"received {name} before a checkpoint could be written")
         if self.phase == "training":

@@ -1,9 +1,10 @@
 """The training run: ``main(config, runtime) -> TerminationMessage``.
 
 ``TrainingRun._train`` runs the stages in order, and the order is deliberate:
-1. outputs: prepared, an already finished run recognised, the resume point found -- cheap,
-   and a wrong output location fails before any GPU time is spent (run_outputs.py,
-   resume.py);
+1. outputs: the output's lease taken (no other live trainer writes there), the output
+   prepared, artifacts of another config refused, an already finished run recognised, the
+   resume point found -- cheap, and a wrong output location fails before any GPU time is
+   spent (storage/lease.py, run_outputs.py, resume.py);
 2. the backend chosen (Unsloth must be imported before transformers, TRL and PEFT);
 3. inputs: tokenizer and data prepared and checked, the steps counted -- bad data fails
    before the model loads (input_pipeline.py);
@@ -13,7 +14,9 @@
 6. the final adapter (and optionally a merged export) committed and published
    (run_outputs.py).
 Every exit, expected or not, becomes a TerminationMessage; the CLI writes it and exits with
-the matching code.
+the matching code. Before it, uploads that failed are tried again within the pod's grace
+period (from the stop signal, or from the failure), since their staged copies end with the
+pod; what still never arrived is named in the message.
 """
 
 from __future__ import annotations
@@ -27,22 +30,27 @@ from finetune_api.config import TrainerConfig
 from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerReason
 
 from .backends import Backend
-from .errors import InvalidInput
+from .errors import InvalidInput, output_access
 from .input_pipeline import TrainingInputs, prepare_inputs
 from .memory_plan import MemoryPlan, plan_for_backend
 from .metrics import METRICS_FILE, MetricsLog, MetricsServer, log_gpu_memory_after_load
 from .model_errors import model_errors
 from .out_of_memory import Stage, is_out_of_memory, out_of_memory_message
 from .remote_errors import TRACEBACK_LIMIT, bounded, details, failure_summary
-from .resume import ResumePoint, find_resume_point
+from .resume import ResumePoint, check_output_fingerprints, find_resume_point
 from .run_outputs import make_target, report_finished, write_final_outputs
 from .run_progress import RunProgress
 from .runtime import RuntimeOptions
 from .signals import Interrupted, StopRequest
 from .sources import ModelSource, resolve_model
+from .storage.lease import OutputLease
 from .storage.targets import OutputTarget
 
 log = logging.getLogger(__name__)
+
+# Of the grace period, what is left for the exit itself (the termination message, the lease
+# released) after the last upload try; a third of a short grace period.
+_EXIT_MARGIN_SECONDS = 10.0
 
 
 class TrainingRun:
@@ -58,6 +66,9 @@ class TrainingRun:
         self.metrics = MetricsServer()
         self.metrics_log = MetricsLog()
         self.target: OutputTarget | None = None
+        self.lease: OutputLease | None = None
+        # When the exit first waited for uploads (monotonic), for a failure's grace period.
+        self._hold_from: float | None = None
         self.stage: Stage = "preparing"
         self.memory_plan: MemoryPlan | None = None
 
@@ -72,6 +83,9 @@ class TrainingRun:
             update["message"] = (
                 f"{message.message} (the next attempt resumes from checkpoint-{step})"
             )
+        lost = self.target.lost_output() if self.target is not None else None
+        if lost is not None:
+            update["message"] = f"{update.get('message', message.message)}; lost: {lost}"
         return message.model_copy(update=update)
 
     def _attempt(self) -> TerminationMessage:
@@ -114,9 +128,25 @@ class TrainingRun:
                     # succeeds): staged output that never arrived may be the only copy.
                     if self.target.unpublished_output:
                         self.runtime.keep_scratch = True
+                        log.error("lost: %s", self.target.lost_output())
+                if self.lease is not None:
+                    self.lease.release()
                 self.metrics.stop()
             finally:
                 self.stop.uninstall()
+
+    def _upload_deadline(self) -> float:
+        """Until when (monotonic) the exit may wait for failed uploads: the pod's grace
+        period from the stop signal, or from the first wait (after a failure the pod may
+        be stopped at any moment), less a margin for the exit itself."""
+        now = time.monotonic()
+        if self._hold_from is None:
+            self._hold_from = now
+        start = self._hold_from
+        if self.stop.received_at is not None:
+            start = min(start, self.stop.received_at)
+        grace = self.runtime.grace_period_seconds
+        return start + grace - min(_EXIT_MARGIN_SECONDS, grace / 3)
 
     # --- the stages, in order ----------------------------------------------------------------
     def _train(self) -> TerminationMessage:
@@ -168,7 +198,19 @@ class TrainingRun:
     def _open_output(self) -> OutputTarget:
         target = make_target(self.config, self.runtime.scratch())
         log.info("output: %s (config fingerprint %s)", target.describe(), self.fingerprint)
+        target.check_access()
+        # The lease before anything else: preparing clears half-written leftovers, which
+        # in an output another trainer is writing are that trainer's work in progress.
+        lease = OutputLease(
+            target.lease_store(), output_uri=target.uri_base, fingerprint=self.fingerprint
+        )
+        with output_access(f"output {target.uri_base}"):
+            lease.acquire()
+        self.lease = target.lease = lease
+        lease.start_renewing()
+        target.hold_uploads = self._upload_deadline
         target.prepare()
+        check_output_fingerprints(target, self.fingerprint, self.accepted_fingerprints)
         return target
 
     def _find_resume_point(self, target: OutputTarget) -> ResumePoint | None:

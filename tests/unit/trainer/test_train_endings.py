@@ -117,6 +117,9 @@ class SlowPublishing:
     closed = False
     unpublished_output = False
 
+    def lost_output(self) -> str | None:
+        return None
+
     def close(self) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         signal.sigtimedwait([], 0)  # give the handler a bytecode boundary to run at
@@ -151,6 +154,11 @@ class UploadFinishingOnClose:
         self.fails = fails
         self.unpublished_output = fails
 
+    def lost_output(self) -> str | None:
+        return (
+            "checkpoint-10 (step 10) never reached s3://b/run/checkpoint-10" if self.fails else None
+        )
+
     def close(self) -> None:
         if self.fails:
             raise OSError("upload failed: connection reset")
@@ -183,6 +191,9 @@ def test_output_that_could_not_be_published_keeps_a_temporary_scratch(
     run = _failing_run(tmp_path, monkeypatch, fails=True)
     message = run.execute()
     assert message.checkpoint is None and "resumes from" not in message.message
+    assert message.message.endswith(
+        "; lost: checkpoint-10 (step 10) never reached s3://b/run/checkpoint-10"
+    )
     assert run.runtime.keep_scratch
 
 

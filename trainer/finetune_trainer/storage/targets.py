@@ -14,24 +14,34 @@ directory. Both expose the same operations to the training loop and to resume:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import output_access
-from .checkpoints import CHECKPOINT_PREFIX, LocalArtifacts, checkpoint_name
-from .manifest import Manifest, verify_dir
+from ..errors import OutputInUse, output_access
+from .checkpoints import (
+    CHECKPOINT_PREFIX,
+    FINAL_MODEL_DIR,
+    MERGED_16BIT_DIR,
+    LocalArtifacts,
+    checkpoint_name,
+)
+from .lease import LEASE_NAME, DirectoryLease, LeaseStore, OutputLease, S3Lease
+from .manifest import Manifest, ManifestError, read_manifest, verify_dir
 from .s3 import S3Store
 from .s3_output.download import CheckpointDownload
 from .s3_output.latest import LATEST_POINTER, LatestPointer
 from .s3_output.prefix import OutputPrefix
 from .s3_output.rotation import CheckpointRotation
 from .s3_output.staging import StagedCopies
-from .s3_output.transfer import OnDurable, UploadFailed, UploadQueue, upload_artifact
+from .s3_output.transfer import Deadline, OnDurable, UploadFailed, UploadQueue, upload_artifact
 
 log = logging.getLogger(__name__)
+
+FINAL_ARTIFACTS = (FINAL_MODEL_DIR, MERGED_16BIT_DIR)
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,10 @@ class OutputTarget:
     def uri(self, name: str) -> str:
         return f"{self.uri_base}/{name}"
 
+    def check_access(self) -> None:
+        """Refuse credentials that cannot write the destination, before anything else
+        there is read or written (a directory's permissions show at its first write)."""
+
     def prepare(self) -> None:
         with output_access(f"output {self.uri_base}"):
             self.artifacts.prepare()
@@ -70,9 +84,34 @@ class OutputTarget:
         if manifest.kind == "checkpoint" and self.save_total_limit is not None:
             self.artifacts.rotate(self.save_total_limit, upto=manifest.step)
 
+    # Set by the run: until when (monotonic) to hold the exit for uploads that failed;
+    # None: report them at once.
+    hold_uploads: Deadline | None = None
+    # Set by the run: the lease it holds on this output (storage/lease.py).
+    lease: OutputLease | None = None
+
+    def ensure_owned(self) -> None:
+        """Before an artifact is committed: refuse (OutputInUse) when another trainer took
+        the output's lease over meanwhile (this one stalled past its expiry, say), rather
+        than overwrite what that trainer writes."""
+        if self.lease is not None and self.lease.lost is not None:
+            raise OutputInUse(
+                f"{self.lease.lost}; this trainer stopped writing {self.uri_base} rather than "
+                "overwrite another run's output"
+            )
+
     def flush(self) -> None:
         """Wait until every published artifact reached its destination; raise if one
         could not."""
+
+    def committed(self, name: str, manifest: Manifest) -> str:
+        """What a log line may truthfully say of an artifact just committed and published:
+        here it is at its destination."""
+        return f"{name} complete: {len(manifest.files)} files -> {self.uri(name)}"
+
+    def lost_output(self) -> str | None:
+        """Which committed output never reached its destination and why, or None."""
+        return None
 
     @property
     def unpublished_output(self) -> bool:
@@ -96,6 +135,23 @@ class OutputTarget:
         """The manifest of a final artifact (final_model, merged_16bit) when a complete one
         is already there (sizes checked; checksums are for resume, where they matter)."""
         return self.artifacts.verified(name, checksums=False)
+
+    def complete_artifacts(self) -> Iterator[tuple[str, Manifest]]:
+        """Every artifact at the destination with a manifest complete for its kind (files
+        not checked), by name: the checkpoints newest first, then the final ones."""
+        for checkpoint in self.artifacts.checkpoints():
+            manifest = checkpoint.manifest()
+            if manifest is not None:
+                yield checkpoint.path.name, manifest
+        for name in FINAL_ARTIFACTS:
+            path = self.artifacts.root / name
+            if path.is_dir() and not path.is_symlink():
+                with contextlib.suppress(ManifestError):
+                    yield name, read_manifest(path)
+
+    def lease_store(self) -> LeaseStore:
+        """Where the output's lease lives (storage/lease.py)."""
+        return DirectoryLease(self.artifacts.root / LEASE_NAME, self.uri(LEASE_NAME))
 
 
 class LocalTarget(OutputTarget):
@@ -129,16 +185,22 @@ class S3Target(OutputTarget):
         self.rotation = CheckpointRotation(self.remote, save_total_limit)
         self.downloads = CheckpointDownload(self.staged)
         self.uploads = UploadQueue(self._upload, self.remote, self.staged)
+        self._access_checked = False
 
     def describe(self) -> str:
         return f"{self.uri_base} (staged in {self.artifacts.root})"
 
     # --- publishing ------------------------------------------------------------------------
-    def prepare(self) -> None:
-        super().prepare()
+    def check_access(self) -> None:
         # Credentials that may list and read but not write would otherwise only fail at
         # the first upload, after the model load and the first checkpoint's GPU time.
         self.store.check_writable(self.prefix)
+        self._access_checked = True
+
+    def prepare(self) -> None:
+        super().prepare()
+        if not self._access_checked:
+            self.check_access()
         for name, manifest in self.staged.leftovers():
             self._upload(name, manifest)
 
@@ -156,19 +218,30 @@ class S3Target(OutputTarget):
             self.latest.move_to(name, manifest)
         if on_durable is not None:
             on_durable()
+        if not checkpoint:  # a checkpoint's durable callback says so itself
+            log.info("%s complete: %d files -> %s", name, len(manifest.files), self.uri(name))
         if checkpoint:
             self.staged.discard_older_than(manifest.step)
             self.rotation.after_upload(manifest.step)
 
     def flush(self) -> None:
-        self.uploads.flush()
+        self.uploads.flush(self.hold_uploads)
+
+    def committed(self, name: str, manifest: Manifest) -> str:
+        return (
+            f"{name} staged: {len(manifest.files)} files in {self.staged.path(name)}; "
+            f"uploading to {self.uri(name)}"
+        )
 
     @property
     def unpublished_output(self) -> bool:
         return self.uploads.unpublished
 
+    def lost_output(self) -> str | None:
+        return self.uploads.lost()
+
     def close(self) -> None:
-        self.uploads.close()
+        self.uploads.close(self.hold_uploads)
 
     # --- resume ------------------------------------------------------------------------------
     def latest_pointer(self) -> dict[str, object] | None:
@@ -190,6 +263,16 @@ class S3Target(OutputTarget):
         """The manifest of ``name`` on S3 when it is there and complete for its kind
         (files not checked)."""
         return self.remote.manifest(name)
+
+    def complete_artifacts(self) -> Iterator[tuple[str, Manifest]]:
+        names = [checkpoint_name(s) for s in sorted(self.remote.checkpoint_steps(), reverse=True)]
+        for name in [*names, *FINAL_ARTIFACTS]:
+            manifest = self.remote.manifest(name)
+            if manifest is not None:
+                yield name, manifest
+
+    def lease_store(self) -> LeaseStore:
+        return S3Lease(self.store, self.remote.key(LEASE_NAME))
 
 
 __all__ = [

@@ -7,12 +7,14 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ...errors import InvalidInput
 from ...remote_errors import SafeMessage, failure_summary
 from ..manifest import MANIFEST_NAME, ArtifactKind, Manifest
+from ..retry import RetryPolicy
 from .prefix import OutputPrefix
 from .staging import StagedCopies
 
@@ -20,6 +22,13 @@ log = logging.getLogger(__name__)
 
 OnDurable = Callable[[], None]
 Upload = Callable[[str, Manifest, OnDurable | None], None]
+# A deadline on the monotonic clock, asked again before each try (a stop signal moves it).
+Deadline = Callable[[], float]
+
+# While the exit is held for failed uploads, each request gives up sooner, so that one
+# try never runs past the deadline by a full backoff; the hold itself tries again.
+_HOLD_RETRY = RetryPolicy(attempts=2, base_delay=1.0, max_delay=2.0)
+_HOLD_PAUSE = 3.0
 
 
 class UploadFailed(SafeMessage):
@@ -30,10 +39,18 @@ class UploadFailed(SafeMessage):
 @dataclass
 class FailedUpload:
     name: str
-    kind: ArtifactKind
-    step: int
+    manifest: Manifest
     error: Exception
+    on_durable: OnDurable | None = None  # run when a later try succeeds
     reported: bool = False  # raised once; closing does not raise it again
+
+    @property
+    def kind(self) -> ArtifactKind:
+        return self.manifest.kind
+
+    @property
+    def step(self) -> int:
+        return self.manifest.step
 
 
 def upload_artifact(
@@ -97,7 +114,7 @@ class UploadQueue:
             )
             with self._lock:
                 superseded = self._staged_failures_before(manifest)
-                self._failed.append(FailedUpload(name, manifest.kind, manifest.step, exc))
+                self._failed.append(FailedUpload(name, manifest, exc, on_durable))
             # Through a long outage, one staged checkpoint per save would fill the scratch
             # volume; resume needs the newest (and one fallback).
             self._give_up(superseded, f"its staged copy is removed: {name} supersedes it")
@@ -129,14 +146,69 @@ class UploadQueue:
         self._failed = [f for f in self._failed if f not in older]
         return older
 
-    def flush(self) -> None:
-        """Wait for the queued uploads; raise for the worst failure not reported yet."""
+    def flush(self, hold: Deadline | None = None) -> None:
+        """Wait for the queued uploads; with ``hold``, upload again what failed until it
+        succeeds or the deadline passes (see :meth:`retry_failed`); then raise for the
+        worst failure not reported yet."""
         with self._lock:
             pending, self._pending = self._pending, []
         concurrent.futures.wait(pending)
+        if hold is not None:
+            self.retry_failed(hold)
         with self._lock:
             unreported = [f for f in self._failed if not f.reported]
         self._report(unreported)
+
+    def retry_failed(self, deadline: Deadline, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Upload again, oldest first, each artifact whose upload failed and that nothing
+        uploaded since made up for, until none is left or ``deadline()`` passes: its staged
+        copy lives in the pod's scratch, which ends with the pod. A refusal (denied access,
+        no bucket) is not tried again: every try would meet the same answer."""
+        store = self.remote.store
+        saved, store.retry = store.retry, _HOLD_RETRY
+        try:
+            while True:
+                with self._lock:
+                    failed = [f for f in self._failed if not isinstance(f.error, InvalidInput)]
+                if not failed:
+                    return
+                left = deadline() - time.monotonic()
+                if left <= 0:
+                    return
+                log.warning(
+                    "waiting up to %.0fs for S3 before exiting, to upload %s (staged only in "
+                    "this pod's scratch)",
+                    left,
+                    ", ".join(f.name for f in failed),
+                )
+                for failure in failed:
+                    if deadline() <= time.monotonic():
+                        return
+                    with self._lock:
+                        if failure not in self._failed:
+                            continue  # made up for by an upload just now
+                        self._failed.remove(failure)
+                    self._upload_noting_failure(failure.name, failure.manifest, failure.on_durable)
+                with self._lock:
+                    if not self._failed:
+                        return
+                sleep(max(0.0, min(_HOLD_PAUSE, deadline() - time.monotonic())))
+        finally:
+            store.retry = saved
+
+    def lost(self) -> str | None:
+        """What failed to upload and that nothing made up for, and why, in the trainer's
+        own words; None when everything arrived."""
+        with self._lock:
+            failed = list(self._failed)
+        if not failed:
+            return None
+        return "; ".join(
+            f"{f.name} (step {f.step}) never reached {self.remote.uri(f.name)} "
+            f"({failure_summary(f.error)}); its only copy was staged in this pod's scratch "
+            f"({self.staged.path(f.name)}) and ends with the pod"
+            for f in failed
+        )
 
     def _report(self, failed: list[FailedUpload]) -> None:
         """Raise for the worst of ``failed``, unless it is empty; all count as reported."""
@@ -159,9 +231,10 @@ class UploadQueue:
         with self._lock:
             return bool(self._failed)
 
-    def close(self) -> None:
-        """Finish the queued uploads (raising as ``flush``), then stop the thread."""
+    def close(self, hold: Deadline | None = None) -> None:
+        """Finish the queued uploads (holding and raising as ``flush``), then stop the
+        thread."""
         try:
-            self.flush()
+            self.flush(hold)
         finally:
             self._executor.shutdown(wait=True)
