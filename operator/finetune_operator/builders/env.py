@@ -48,11 +48,19 @@ def _s3_env(
     return env
 
 
-def build_env(config: TrainerConfig) -> list[dict[str, Any]]:
+def build_env(
+    config: TrainerConfig, *, run_id: str, grace_period_seconds: int
+) -> list[dict[str, Any]]:
+    """The trainer's environment. ``run_id`` (the FineTuneJob's uid) lets the next pod of
+    the same FineTuneJob take over the output lease at once, while another FineTuneJob's
+    trainer is refused; ``grace_period_seconds`` (the pod's) bounds how long the trainer
+    holds its exit for uploads that failed."""
     env: list[dict[str, Any]] = [
         {"name": contract.Env.POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": contract.Env.METRICS_PORT, "value": str(contract.METRICS_PORT)},
         {"name": contract.Env.TERMINATION_LOG, "value": contract.TERMINATION_MESSAGE_PATH},
+        {"name": contract.Env.RUN_ID, "value": run_id},
+        {"name": contract.Env.GRACE_PERIOD_SECONDS, "value": str(grace_period_seconds)},
     ]
     env += [{"name": k, "value": v} for k, v in _SCRATCH_ENV.items()]
     token = config.model.token_secret_ref

@@ -109,7 +109,11 @@ def build_job(spec: FineTuneJobSpec, owner: Owner, settings: OperatorConfig) -> 
         # argv, never a shell: nothing from the spec is interpolated into a command line.
         "command": ["finetune-train", "--config", contract.CONFIG_PATH],
         "workingDir": contract.SCRATCH_DIR,
-        "env": build_env(config),
+        "env": build_env(
+            config,
+            run_id=owner.uid,
+            grace_period_seconds=settings.trainer_grace_period_seconds,
+        ),
         "ports": [{"name": contract.METRICS_PORT_NAME, "containerPort": contract.METRICS_PORT}],
         "resources": _resources(spec),
         "volumeMounts": storage.mounts,

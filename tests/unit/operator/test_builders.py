@@ -213,6 +213,17 @@ class TestJobBuilder:
         assert all("value" not in e for e in env.values() if "valueFrom" in e)
         assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
 
+    def test_the_trainer_knows_its_run_and_its_grace_period(
+        self, owner: Owner, settings: OperatorConfig
+    ) -> None:
+        """The output lease names the FineTuneJob, so its next pod takes over at once; the
+        exit held for failed uploads ends inside the pod's grace period."""
+        job = build_job(spec_of({}), owner, settings)
+        env = env_of(job)
+        assert env[contract.Env.RUN_ID]["value"] == owner.uid
+        grace = job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert env[contract.Env.GRACE_PERIOD_SECONDS]["value"] == str(grace)
+
     def test_scheduling(self, owner: Owner, settings: OperatorConfig) -> None:
         scheduling = {
             "nodeSelector": {"pool": "h200"},
