@@ -30,9 +30,9 @@ SHARED_PATH = "shared-run"
 LEASE_FILE = ".output-lease.json"
 
 
-def _spec(learning_rate: float, max_steps: int) -> dict[str, Any]:
+def _spec(learning_rate: float, max_steps: int, save_steps: int = 10) -> dict[str, Any]:
     spec = training_spec(
-        save_steps=10, output={"pvc": {"claimName": OUTPUT_CLAIM, "path": SHARED_PATH}}
+        save_steps=save_steps, output={"pvc": {"claimName": OUTPUT_CLAIM, "path": SHARED_PATH}}
     )
     spec["training"]["learningRate"] = learning_rate
     spec["training"]["maxSteps"] = max_steps
@@ -56,7 +56,10 @@ def test_a_second_job_on_the_same_output_path_fails_and_the_first_succeeds(
 ) -> None:
     output_dir = claims[OUTPUT_CLAIM] / SHARED_PATH
     output_uri = f"pvc://{OUTPUT_CLAIM}/{SHARED_PATH}"
-    ftjs.apply("first", _spec(5.0e-3, max_steps=40))
+    # Long enough to outlive the second trainer's watch of its lease (a renewal is seen
+    # within 15 s of the second's start): a first run that ends sooner releases the lease,
+    # and the second is then refused for the first's checkpoints instead (tested below).
+    ftjs.apply("first", _spec(5.0e-3, max_steps=300, save_steps=100))
     # The first trainer holds the output's lease from before it reads anything there.
     lease = wait_for(
         lambda: (
