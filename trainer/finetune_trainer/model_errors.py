@@ -11,7 +11,7 @@ config.json, retried for a few seconds. A Hub the pod cannot reach (a cluster wi
 egress, a wrong ``HF_ENDPOINT``, offline mode with nothing cached) and an id the Hub does
 not have (or will not show this token) are answered the same way every time, so both exit
 78 at once, saying which it was and what to change, instead of spending the Job's retries
-(and each pod's own minute of huggingface_hub backoff) on them. What may pass later (the
+(and huggingface_hub's own backoff, 20 s and more a file) on them. What may pass later (the
 Hub rate limiting or failing, a download cut off once the Hub has answered) is raised as a
 ``RemoteFailure`` and retried; its text names the field and says what the Hub's answer
 means, never what the Hub said (remote_errors.py). Training and ``--dry-run`` load through
