@@ -259,10 +259,10 @@ def model_errors(
         raise
 
 
-# The check's tries: a second, then two, apart, all within the deadline (each request's
-# timeout included). Long enough for a blip; short enough that a pod with no route to the
-# Hub says so within seconds. huggingface_hub's own backoff (five retries, over 20 s per
-# file) is left out: these tries take its place.
+# Three tries, about 1 s and then 2 s apart, all within the deadline (each request's
+# timeout included): long enough for a blip, short enough that a pod with no route to the
+# Hub says so within seconds. huggingface_hub's own backoff (five retries, over 20 s a
+# file) is not used here: these tries take its place.
 HUB_CHECK_RETRY = RetryPolicy(attempts=3, base_delay=1.0, max_delay=4.0)
 HUB_CHECK_DEADLINE_S = 20.0
 

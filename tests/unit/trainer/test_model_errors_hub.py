@@ -181,6 +181,11 @@ def connect_error(text: str) -> Exception:
             id="revision",
         ),
         pytest.param(
+            answered(403, **{"X-Error-Message": "Access to this resource is disabled."}),
+            (f"model.name {REPO_ID}: the Hugging Face Hub has disabled access",),
+            id="disabled",
+        ),
+        pytest.param(
             answered(404, **{"X-Error-Code": "EntryNotFound"}),
             (f"model.name {REPO_ID} has no config.json",),
             id="no-config",
@@ -354,13 +359,17 @@ def test_a_cached_model_and_a_local_one_need_no_hub(
 # --- the CLI, as the container runs it ------------------------------------------------------
 
 
-@pytest.mark.parametrize("hub", ["closed port", "404"])
+@pytest.mark.parametrize(
+    "hub, flags",
+    [("closed port", []), ("404", []), ("closed port", ["--dry-run"])],
+    ids=["unreachable", "not-found", "unreachable-dry-run"],
+)
 def test_the_trainer_exits_78_within_seconds(
-    tmp_path: Path, tiny_dataset_path: Path, hub: str
+    tmp_path: Path, tiny_dataset_path: Path, hub: str, flags: list[str]
 ) -> None:
     """``finetune-train`` against a Hub that does not answer, and one that has no such
-    repository: exit 78, InvalidModel, the message names model.name and the fix, and no
-    minute of huggingface_hub's backoff first."""
+    repository: exit 78, InvalidModel, the message names model.name and the fix, and none
+    of huggingface_hub's own backoff first."""
     config = write_config(
         tmp_path / "config.yaml",
         {
@@ -381,7 +390,7 @@ def test_the_trainer_exits_78_within_seconds(
         )
         env.pop("HF_TOKEN", None)
         started = time.monotonic()
-        result = run_cli(["--config", str(config)], env, timeout=120)
+        result = run_cli(["--config", str(config), *flags], env, timeout=120)
         return result, time.monotonic() - started
 
     if hub == "closed port":
