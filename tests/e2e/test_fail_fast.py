@@ -88,6 +88,6 @@ def test_an_unreachable_hub_model_fails_on_the_first_pod(
     assert terminated["exitCode"] == 78
     log = pod_logs(ftjs.namespace, pod["metadata"]["name"])
     assert "Retrying in" not in log  # huggingface_hub's own backoff never ran
-    assert "Connection refused" in log  # the log has the details; the status does not
-    assert "Connection refused" not in message
+    assert f"model.name {MODEL}: the Hub check failed: " in log  # the details, for the log
+    assert "ConnectError" in log and "ConnectError" not in message
     ftjs.kubectl("delete", "finetunejobs", "--all", "--wait=true", "--timeout=60s")
