@@ -154,7 +154,6 @@ def invalid_model(
     from huggingface_hub.errors import (
         DisabledRepoError,
         GatedRepoError,
-        RemoteEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
@@ -187,11 +186,6 @@ def invalid_model(
         return InvalidModel(
             f"model.revision {spec.revision} does not exist in {what}; use a branch, tag or "
             f"commit the repository has (see {hub}/tree/main)"
-        )
-    if any(isinstance(e, RemoteEntryNotFoundError) for e in errors):
-        return InvalidModel(
-            f"{what} has no config.json, so it is not a transformers model; point "
-            "model.name at one (for example unsloth/gpt-oss-20b)"
         )
     # What the messages quote comes from transformers' own text, never from an error
     # that carries what a remote service said.
@@ -333,6 +327,13 @@ def _raise_hub_check_failure(
     invalid = invalid_model(exc, spec, source, stage="model", token=token)
     if invalid is not None:
         raise invalid from exc
+    from huggingface_hub.errors import RemoteEntryNotFoundError
+
+    if any(isinstance(e, RemoteEntryNotFoundError) for e in exception_chain(exc)):
+        raise InvalidModel(
+            f"{what} has no config.json, so it is not a transformers model; point "
+            "model.name at one (for example unsloth/gpt-oss-20b)"
+        ) from exc
     if status in (401, 404):
         raise InvalidModel(_not_found(what, token)) from exc
     if status is not None or is_remote(exc):
