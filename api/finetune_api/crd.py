@@ -176,7 +176,9 @@ def _printer_columns() -> list[dict[str, Any]]:
     return [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Progress", "type": "string", "jsonPath": ".status.progress.summary"},
-        {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
+        # A string the operator rounds (status.loss_display): a number column would print
+        # every digit of the float.
+        {"name": "Loss", "type": "string", "jsonPath": ".status.progress.lossDisplay"},
         {
             "name": "ETA",
             "type": "integer",

@@ -10,6 +10,7 @@ the operator sends.
 from __future__ import annotations
 
 import enum
+import math
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -147,6 +148,15 @@ class Condition(_Status):
     )
 
 
+def loss_display(loss: float | None) -> str | None:
+    """``loss`` as a person reads it: four significant digits (1.734, 10.49, 0.8123), in
+    exponent form below 0.0001 and from 10000 on (1.235e-05, 1.235e+04). None for no loss,
+    NaN or an infinity."""
+    if loss is None or not math.isfinite(loss):
+        return None
+    return f"{loss:.4g}"
+
+
 class ProgressStatus(_Status):
     """Live training progress, read from the trainer's metrics endpoint."""
 
@@ -155,6 +165,11 @@ class ProgressStatus(_Status):
     summary: Short | None = Field(None, description="step/totalSteps, for the printer column.")
     epoch: float | None = Field(None, description="Epochs done (fractional).")
     loss: float | None = Field(None, description="Training loss at the last logging step.")
+    loss_display: Short | None = Field(
+        None,
+        description="The loss to four significant digits (1.734, 10.49, 0.8123; exponent "
+        "form below 0.0001 and from 10000 on), for the printer column; set with loss.",
+    )
     learning_rate: float | None = Field(None, description="Current learning rate.")
     tokens_per_second: float | None = Field(None, description="Training throughput.")
     eta_seconds: int | None = Field(None, description="Estimated seconds to the last step.")

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from finetune_api.contract import TrainerProgress
-from finetune_api.status import ProgressStatus
+from finetune_api.status import ProgressStatus, loss_display
 
 from .timeutil import parse_time, rfc3339
 
@@ -82,6 +82,8 @@ def progress_status(
         "totalSteps": current.total_steps,
         "epoch": current.epoch,
         "loss": current.loss,
+        # Derived from loss, so not compared: written whenever loss is.
+        "lossDisplay": loss_display(current.loss),
         "learningRate": current.learning_rate,
         "tokensPerSecond": current.tokens_per_second,
     }

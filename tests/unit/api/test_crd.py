@@ -64,6 +64,12 @@ def test_printer_columns(version: dict[str, Any]) -> None:
     for name in ("Phase", "Progress", "Loss", "Age"):
         assert name in columns and columns[name].get("priority", 0) == 0
     assert columns["Job"]["priority"] == 1
+    # The rounded string, not the float (a number column prints every digit).
+    assert columns["Loss"] == {
+        "name": "Loss",
+        "type": "string",
+        "jsonPath": ".status.progress.lossDisplay",
+    }
 
 
 def test_schema_is_structural(version: dict[str, Any]) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from finetune_api.crd import build_crd
 from finetune_api.safe_text import MESSAGE_LIMIT
 from finetune_api.status import (
@@ -12,6 +16,7 @@ from finetune_api.status import (
     OutputStatus,
     Phase,
     Reason,
+    loss_display,
 )
 
 
@@ -42,3 +47,31 @@ def test_every_string_is_bounded_and_escaped_as_the_model_takes_it() -> None:
     assert len(wire["message"]) == MESSAGE_LIMIT and wire["message"].startswith("\\x1b]0;")
     assert len(wire["reason"]) == len(wire["jobName"]) == MAX_SHORT
     assert len(wire["output"]["adapterUri"]) == MAX_URI  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "loss, shown",
+    [
+        (10.494906425476074, "10.49"),
+        (1.7340021133422852, "1.734"),
+        (2.5, "2.5"),
+        (0.81234567, "0.8123"),
+        (0.0012345678, "0.001235"),
+        (0.000012345678, "1.235e-05"),
+        (123.456789, "123.5"),
+        (9999.4, "9999"),
+        (12345.678, "1.235e+04"),
+        (1e300, "1e+300"),
+        (0.0, "0"),
+        (-0.5, "-0.5"),
+        (None, None),
+        (math.nan, None),
+        (math.inf, None),
+        (-math.inf, None),
+    ],
+)
+def test_the_loss_a_person_reads(loss: float | None, shown: str | None) -> None:
+    """Four significant digits; no text for what is no loss (the field is left out)."""
+    assert loss_display(loss) == shown
+    if shown is not None:
+        assert len(shown) <= 10

@@ -22,6 +22,7 @@ def test_first_reading() -> None:
     assert out is not None
     assert out["summary"] == "2/20"
     assert out["loss"] == 2.5
+    assert out["lossDisplay"] == "2.5"
     assert out["updatedAt"] == "2026-01-01T00:00:00Z"
     assert "etaSeconds" not in out
 
@@ -62,3 +63,21 @@ def test_an_exit_summary_without_live_figures_is_no_change() -> None:
     assert progress_status(summary, written, T0 + timedelta(seconds=30)) is None
     moved = progress_status(TrainerProgress(step=13, total_steps=20, loss=1.6), written, T0)
     assert moved is not None and moved["step"] == 13 and "tokensPerSecond" not in moved
+
+
+def test_the_rounded_loss_goes_with_the_loss() -> None:
+    """lossDisplay (the printer column's) is written with every loss, and only then."""
+    out = progress_status(
+        TrainerProgress(step=2, total_steps=20, loss=10.494906425476074), None, T0
+    )
+    assert out is not None
+    assert (out["loss"], out["lossDisplay"]) == (10.494906425476074, "10.49")
+    moved = progress_status(TrainerProgress(step=3, total_steps=20, loss=1.7340021), out, T0)
+    assert moved is not None and moved["lossDisplay"] == "1.734"
+    # No loss in the reading: neither field is written, the stored ones stay.
+    quiet = progress_status(TrainerProgress(step=4, total_steps=20), moved, T0)
+    assert quiet is not None and "loss" not in quiet and "lossDisplay" not in quiet
+    # Derived, so not a change of its own.
+    assert (
+        progress_status(TrainerProgress(step=3, total_steps=20, loss=1.7340021), moved, T0) is None
+    )
