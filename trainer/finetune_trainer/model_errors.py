@@ -129,7 +129,8 @@ def hub_unreachable(what: str) -> str:
         f"{what}: the Hugging Face Hub at {bounded(hub_endpoint(), 200)} cannot be reached "
         "from the pod (no answer, refused or not a Hub), so the model cannot be downloaded; "
         "without Hub access put the model on a PVC or in S3 and set model.pvc or model.s3 "
-        "instead of model.name, or set HF_ENDPOINT to a Hub mirror the pod can reach"
+        "instead of model.name (or, where the cluster has a Hub mirror, a trainer image "
+        "whose HF_ENDPOINT names it)"
     )
 
 
