@@ -42,11 +42,11 @@ def shown(path: Path) -> str:
 def _columns(body: dict[str, Any]) -> tuple[str, ...]:
     status = body.get("status") or {}
     progress = status.get("progress") or {}
-    loss = progress.get("loss")
+    # The columns `kubectl get ftj` prints (the CRD's printer columns).
     return (
         status.get("phase") or "",
         progress.get("summary") or "",
-        f"{loss:.3f}" if isinstance(loss, float) else "",
+        progress.get("lossDisplay") or "",
         str(progress.get("etaSeconds", "")),
         status.get("reason") or "",
     )
