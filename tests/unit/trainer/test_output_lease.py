@@ -165,6 +165,53 @@ def test_a_lease_that_is_not_ours_is_replaced(lease_store: LeaseStore) -> None:
     assert held_by(lease_store).holder == "run-a"
 
 
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"durationSeconds": 1e300},  # held "forever"
+        {"renewedAt": "Infinity"},
+        {"pid": 2**70},  # os.kill would overflow
+        {"pid": -1},  # a process group
+    ],
+)
+def test_a_forged_lease_is_replaced_not_waited_on(
+    lease_store: LeaseStore, forged: dict[str, Any]
+) -> None:
+    """Anyone who may write the output may write the lease: numbers out of bounds make it
+    no lease at all, so a starting trainer neither waits on it for ever nor crashes."""
+    record = {"holder": "x", "host": os.uname().nodename, "pid": 1, "renewedAt": time.time()}
+    record |= {"durationSeconds": 30.0} | forged
+    lease_store.create(json.dumps(record).encode())
+    started = time.monotonic()
+    lease(lease_store, "run-a").acquire()
+    assert held_by(lease_store).holder == "run-a"
+    assert time.monotonic() - started < 5
+
+
+def test_a_lease_dated_in_the_future_is_watched_for_one_duration_at_most(
+    lease_store: LeaseStore,
+) -> None:
+    """A holder whose clock runs an hour ahead: unrenewed while watched for one duration,
+    it is taken over rather than waited on for the hour."""
+    record = {"holder": "ahead", "renewedAt": time.time() + 3600, "durationSeconds": 1.0}
+    lease_store.create(json.dumps(record).encode())
+    started = time.monotonic()
+    lease(lease_store, "run-a").acquire()
+    assert held_by(lease_store).holder == "run-a"
+    assert time.monotonic() - started < 10
+
+
+def test_a_holder_name_with_control_characters_reaches_the_message_escaped(
+    lease_store: LeaseStore,
+) -> None:
+    lease(lease_store, "run-\x1b[31mred\nline", duration=30.0).acquire()
+    with pytest.raises(OutputInUse) as refused:
+        other = lease(lease_store, "run-b", duration=30.0)
+        seen = held_by(lease_store)  # as first read; renewed since
+        other._live_elsewhere(seen, seen.model_copy(update={"renewed_at": seen.renewed_at - 1}))
+    assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
+
+
 def test_two_trainers_racing_for_one_lease_never_both_win(tmp_path: Path) -> None:
     """Creating a lease where there is none, and replacing the one read, each succeed for
     exactly one of many at once."""

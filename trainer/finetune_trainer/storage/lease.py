@@ -31,10 +31,11 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from finetune_api.contract import Env
+from finetune_api.safe_text import safe_text
 
 from ..errors import OutputInUse
 from ..remote_errors import bounded
@@ -52,10 +53,15 @@ DEFAULT_LEASE_SECONDS = 45.0
 # Renewals per duration: a missed one or two still leave the lease live.
 _RENEWALS_PER_DURATION = 3
 _ACQUIRE_ATTEMPTS = 4
+# How long a renewal waits before reading a lease that was not there a second time.
+_REREAD_SECONDS = 0.2
 # How often a lease held elsewhere is read again while watching whether it is renewed.
 _WATCH_POLL_SECONDS = 1.0
 # How much of a holder's name a message repeats (the lease is anyone's to write).
 _NAME_LIMIT = 200
+# The most a lease may say it holds for, and the largest process id Linux hands out.
+MAX_LEASE_SECONDS = 600.0
+_MAX_PID = 2**22
 
 
 def holder_identity() -> str:
@@ -72,15 +78,19 @@ class LeaseRecord(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
+    # Anyone who may write the output may write this: every number is bounded, so a forged
+    # or clock-skewed lease cannot make a starting trainer wait longer than one duration.
     holder: str
     host: str = ""
-    pid: int | None = None
+    pid: int | None = Field(None, ge=1, le=_MAX_PID)
     fingerprint: str = ""
-    renewed_at: float  # Unix time, seconds
-    duration_seconds: float
+    renewed_at: float = Field(allow_inf_nan=False)  # Unix time, seconds
+    duration_seconds: float = Field(gt=0, le=MAX_LEASE_SECONDS, allow_inf_nan=False)
 
     def expires_in(self, now: float) -> float:
-        return self.renewed_at + self.duration_seconds - now
+        """Seconds left; never more than one duration, so a holder whose clock runs ahead
+        of this one still expires within a duration of being read."""
+        return min(self.renewed_at + self.duration_seconds - now, self.duration_seconds)
 
     def died_here(self) -> bool:
         """Whether the holder ran on this host under a process id that no longer runs: a
@@ -92,7 +102,7 @@ class LeaseRecord(BaseModel):
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return True
-        except OSError:  # running, under another user
+        except (OSError, OverflowError):  # running, under another user
             return False
         return False
 
@@ -100,13 +110,18 @@ class LeaseRecord(BaseModel):
         return self.model_dump_json(by_alias=True).encode() + b"\n"
 
     def describe(self, now: float) -> str:
-        who = bounded(self.holder, _NAME_LIMIT)
-        host = f" on {bounded(self.host, _NAME_LIMIT)}" if self.host else ""
-        fingerprint = f", config fingerprint {bounded(self.fingerprint, 80)}"
+        who = _name(self.holder, _NAME_LIMIT)
+        host = f" on {_name(self.host, _NAME_LIMIT)}" if self.host else ""
+        fingerprint = f", config fingerprint {_name(self.fingerprint, 80)}"
         return (
             f"run {who}{host}{fingerprint if self.fingerprint else ''}, renewed "
             f"{max(0.0, now - self.renewed_at):.0f}s ago"
         )
+
+
+def _name(value: str, limit: int) -> str:
+    """A name read from a lease, as one line of text fit for a log line or a status."""
+    return safe_text(" ".join(value.splitlines()), limit)
 
 
 def parse_lease(raw: bytes) -> LeaseRecord | None:
@@ -117,6 +132,17 @@ def parse_lease(raw: bytes) -> LeaseRecord | None:
         return LeaseRecord.model_validate_json(raw)
     except ValidationError:
         return None
+
+
+class LeaseLapsed(Exception):
+    """The lease went unrenewed for a whole duration; writes wait for a renewal."""
+
+    def __init__(self, lease: OutputLease) -> None:
+        super().__init__(
+            f"the output lease {lease.store.uri} went unrenewed for {lease.duration:.0f}s "
+            f"(the store did not answer); nothing more is written to {lease.output_uri} until "
+            "a renewal confirms this trainer still holds it"
+        )
 
 
 class LeaseTaken(Exception):
@@ -258,6 +284,7 @@ class OutputLease:
         self.held = False
         # Set when another trainer took the lease over while this one held it.
         self.lost: str | None = None
+        self._renewed = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -295,6 +322,7 @@ class OutputLease:
                 log.warning("%s; reading it again", exc)
                 continue
             self.held = True
+            self._renewed = time.monotonic()
             log.info(
                 "holding the output lease %s as %s (renewed every %.0fs, held %.0fs)",
                 self.store.uri,
@@ -319,6 +347,13 @@ class OutputLease:
             return False
         if record.holder == self.holder:
             log.info("taking over the output lease of this run's previous attempt")
+            return False
+        if watched is not None and record == watched:
+            log.warning(
+                "taking over the output lease of %s: not renewed while watched for %.0fs",
+                record.describe(now),
+                record.duration_seconds,
+            )
             return False
         left = record.expires_in(now)
         if left > 0 and record.died_here():
@@ -366,6 +401,10 @@ class OutputLease:
     def renew(self) -> bool:
         """Renew the lease; False (and ``lost`` set) when another trainer holds it now."""
         found = self.store.read()
+        if found is None:
+            # Another trainer's replace moves the file aside for a moment: look once more.
+            time.sleep(_REREAD_SECONDS)
+            found = self.store.read()
         record = parse_lease(found[0]) if found is not None else None
         if found is None or record is None or record.holder != self.holder:
             now = time.time()
@@ -375,9 +414,25 @@ class OutputLease:
         try:
             self.store.replace(self._record(), found[1])
         except LeaseTaken as exc:
-            self.lost = f"the output lease {self.store.uri} was taken over: {exc}"
-            return False
+            # A conditional write retried after its answer was lost is refused for the
+            # change it made itself: the lease is still ours if it names this process.
+            again = self.store.read()
+            mine = parse_lease(again[0]) if again is not None else None
+            if mine is None or (mine.holder, mine.host, mine.pid) != (
+                self.holder,
+                socket.gethostname(),
+                os.getpid(),
+            ):
+                self.lost = f"the output lease {self.store.uri} was taken over: {exc}"
+                return False
+        self._renewed = time.monotonic()
         return True
+
+    def lapsed(self) -> bool:
+        """Whether the lease went unrenewed for a whole duration (an outage of the store):
+        another trainer may have taken it over meanwhile, so nothing is written until a
+        renewal confirms it is still this one's."""
+        return time.monotonic() - self._renewed > self.duration
 
     def start_renewing(self) -> None:
         self._thread = threading.Thread(target=self._renew_loop, name="lease-renewal", daemon=True)

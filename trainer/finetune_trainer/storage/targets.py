@@ -29,7 +29,7 @@ from .checkpoints import (
     LocalArtifacts,
     checkpoint_name,
 )
-from .lease import LEASE_NAME, DirectoryLease, LeaseStore, OutputLease, S3Lease
+from .lease import LEASE_NAME, DirectoryLease, LeaseLapsed, LeaseStore, OutputLease, S3Lease
 from .manifest import Manifest, ManifestError, read_manifest, verify_dir
 from .s3 import S3Store
 from .s3_output.download import CheckpointDownload
@@ -209,6 +209,12 @@ class S3Target(OutputTarget):
 
     def _upload(self, name: str, manifest: Manifest, on_durable: OnDurable | None = None) -> None:
         """One artifact to S3, in the upload thread (or at startup for a leftover)."""
+        self.ensure_owned()
+        if self.lease is not None and self.lease.lapsed():
+            # An outage of the store kept the lease from being renewed: another trainer may
+            # hold the output now. The upload fails like any other and is tried again once
+            # a renewal confirms the lease (or reported lost when none does).
+            raise LeaseLapsed(self.lease)
         checkpoint = manifest.kind == "checkpoint"
         if checkpoint and self.latest.step() == manifest.step:
             # Now an older checkpoint or none: the upload moves it back.

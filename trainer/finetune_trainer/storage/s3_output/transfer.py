@@ -152,8 +152,18 @@ class UploadQueue:
         worst failure not reported yet."""
         with self._lock:
             pending, self._pending = self._pending, []
-        concurrent.futures.wait(pending)
-        if hold is not None:
+        if hold is None:
+            concurrent.futures.wait(pending)
+        else:
+            # Queued uploads give up as soon as held ones do: with the usual retries, each
+            # upload still queued during an outage would take its full backoff, and a few
+            # of them would outlast the pod's grace period before the held retries start.
+            store = self.remote.store
+            saved, store.retry = store.retry, _HOLD_RETRY
+            try:
+                concurrent.futures.wait(pending)
+            finally:
+                store.retry = saved
             self.retry_failed(hold)
         with self._lock:
             unreported = [f for f in self._failed if not f.reported]
