@@ -186,8 +186,10 @@ class LifecycleSpec(SpecModel):
         "itself (CreateContainerConfigError, CreateContainerError, ErrImagePull, "
         "ImagePullBackOff, InvalidImageName: a missing Secret or key, an image that cannot be "
         "pulled) before the operator deletes its Job, freeing the GPU, and the FineTuneJob "
-        "fails with StartupFailed, naming the field to fix. Counted from when the pod was "
-        f"scheduled. Default: {DEFAULT_STARTUP_DEADLINE_SECONDS}.",
+        "fails with StartupFailed, naming the field to fix. Counted from when the operator "
+        "first saw the container in that state (an image pull that takes long but succeeds "
+        "does not count; a change applies to a trainer already waiting). Default: "
+        f"{DEFAULT_STARTUP_DEADLINE_SECONDS}.",
     )
 
 

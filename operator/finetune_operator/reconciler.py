@@ -66,6 +66,8 @@ log = logging.getLogger(__name__)
 
 # A status write that met a newer version comes back when the watch delivers that
 # version; this is the fallback should the event be lost.
+# How soon a Job the operator failed to delete (its trainer cannot start) is tried again.
+_DELETE_RETRY_SECONDS = 30.0
 _CONFLICT_RETRY_SECONDS = 5.0
 # Jobs created by this process that are remembered as its own: far more than are created
 # between a Job's creation and the status write that records it.
@@ -184,7 +186,8 @@ class Reconciler:
             )
         if not update.changed_from(stored):
             self.metrics.reconciles.labels("ok").inc()
-            self._delete_job(step)
+            if not self._delete_job(step, body):
+                return Outcome(retry_after=_DELETE_RETRY_SECONDS)
             return later
         try:
             written = self.kube.patch_status(body, update.patch)
@@ -219,9 +222,6 @@ class Reconciler:
             self.metrics.reconciles.labels("conflict").inc()
             return Outcome(retry_after=_CONFLICT_RETRY_SECONDS)
         self.cache.record_write(written, f"the status of FineTuneJob {namespace}/{name}")
-        # Only now: with the outcome recorded, the Job's disappearance is not mistaken
-        # for a Job deleted before it finished.
-        self._delete_job(step)
         self.metrics.reconciles.labels("ok").inc()
         self.metrics.status_writes.inc()
         now = rfc3339(self.clock())
@@ -234,14 +234,36 @@ class Reconciler:
             update.status.phase,
             safe_text(update.status.reason, LOG_LIMIT),
         )
+        # Only now, and only when the outcome written is the one that calls for it: with
+        # it recorded, the Job's disappearance is not mistaken for a Job deleted before it
+        # finished (a status refused and replaced by StatusRejected deletes nothing).
+        if update is step.update and not self._delete_job(step, body):
+            return Outcome(retry_after=_DELETE_RETRY_SECONDS)
         return later
 
-    def _delete_job(self, step: Convergence) -> None:
+    def _delete_job(self, step: Convergence, body: Obj) -> bool:
+        """Delete the Job the step gives up on; False (said in the log and an Event) when
+        the API server refuses or does not answer, so the pass is tried again."""
         if step.delete_job is None:
-            return
+            return True
         namespace, name, uid = step.delete_job
-        self.kube.delete_job(namespace, name, uid)
+        try:
+            self.kube.delete_job(namespace, name, uid)
+        except Exception as exc:  # an API error or a timeout: the Job keeps its GPU
+            why = safe_text(exc, LOG_LIMIT)
+            log.error("%s: could not delete Job %s: %s", namespace, name, why)
+            self.events.record(
+                body,
+                "Warning",
+                Reason.STARTUP_FAILED,
+                f"could not delete Job {name}, whose trainer cannot start, so it still holds "
+                f"its GPU: {why}; the operator needs the delete verb on jobs (the chart's "
+                "RBAC grants it) and tries again",
+                rfc3339(self.clock()),
+            )
+            return False
         log.info("%s: deleted Job %s, whose trainer could not start", namespace, name)
+        return True
 
     # --- one pass, step by step: a step that settles the status ends the pass ------------
 
@@ -405,12 +427,16 @@ class Reconciler:
         else:
             stuck = stuck_start(pod)
         if stuck is None:
+            if pod is not None:  # pulling or mounting again: a later error starts afresh
+                self._stuck_seen.pop(str(pod["metadata"].get("uid") or ""), None)
             return None
-        since = stuck.since
-        if since is None:
-            since = self._stuck_seen.setdefault(stuck.pod_uid, this_pass.now)
-            while len(self._stuck_seen) > _STUCK_REMEMBERED:
-                self._stuck_seen.popitem(last=False)
+        # Counted from when this operator first saw the trainer stuck (and from its binding
+        # at the earliest): a large image that pulls for many minutes and then meets one
+        # registry error is judged on how long the error lasts, not on the pull.
+        first_seen = self._stuck_seen.setdefault(stuck.pod_uid, this_pass.now)
+        while len(self._stuck_seen) > _STUCK_REMEMBERED:
+            self._stuck_seen.popitem(last=False)
+        since = max(first_seen, stuck.since) if stuck.since is not None else first_seen
         due = deadline(since, spec)
         if this_pass.now < due:
             left = (due - this_pass.now) / timedelta(seconds=1)

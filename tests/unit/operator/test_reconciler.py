@@ -864,21 +864,26 @@ class TestStartupDeadline:
         return operator
 
     def test_before_the_deadline_the_kubelets_state_shows_and_a_look_is_scheduled(self) -> None:
+        """Bound an hour ago (a long image pull, say) and stuck only now: the deadline runs
+        from when the error was first seen, not from the binding."""
         kube = MemoryKube(body(self.SPEC))
-        operator = reconciler(kube)  # NOW: 30s after the binding
+        operator = reconciler(kube)
         operator.reconcile()
-        kube.pods = [self.stuck_pod()]
+        kube.pods = [self.stuck_pod("2026-01-01T11:00:00Z")]
         assert operator.reconcile() == "Pending"
         assert kube.ftj["status"]["reason"] == "CreateContainerConfigError"
-        assert operator.outcome == Outcome(retry_after=31.0)
+        assert operator.outcome == Outcome(retry_after=61.0)
         assert kube.deleted_jobs == []
 
     def test_past_the_deadline_the_job_goes_and_the_outcome_names_the_field(self) -> None:
         kube = MemoryKube(body(self.SPEC))
-        operator = reconciler(kube)
+        clock = [NOW]
+        operator = self.operator_at(kube, clock)
         operator.reconcile()
         job_name = next(iter(kube.jobs))
-        kube.pods = [self.stuck_pod("2026-01-01T11:58:59Z")]
+        kube.pods = [self.stuck_pod()]
+        assert operator.reconcile() == "Pending"
+        clock[0] = NOW + timedelta(seconds=60)
         assert operator.reconcile() == "Failed"
         status = kube.ftj["status"]
         assert status["reason"] == "StartupFailed"
@@ -896,12 +901,49 @@ class TestStartupDeadline:
         assert operator.reconcile() == "Failed"
         assert kube.ftj["status"]["reason"] == "StartupFailed"
 
+    def test_a_trainer_that_starts_pulling_again_is_timed_afresh(self) -> None:
+        kube = MemoryKube(body(self.SPEC))
+        clock = [NOW]
+        operator = self.operator_at(kube, clock)
+        operator.reconcile()
+        kube.pods = [self.stuck_pod()]
+        assert operator.reconcile() == "Pending"
+        clock[0] = NOW + timedelta(seconds=50)
+        kube.pods = [pod("Pending", state={"waiting": {"reason": "ContainerCreating"}})]
+        operator.reconcile()
+        kube.pods = [self.stuck_pod()]
+        clock[0] = NOW + timedelta(seconds=70)
+        assert operator.reconcile() == "Pending"
+        assert kube.deleted_jobs == []
+
+    def test_a_delete_the_api_server_refuses_is_told_and_tried_again(self) -> None:
+        kube = MemoryKube(body(self.SPEC))
+        clock = [NOW]
+        operator = self.operator_at(kube, clock)
+        operator.reconcile()
+        kube.pods = [self.stuck_pod()]
+        operator.reconcile()
+
+        def refuse(namespace: str, name: str, uid: str) -> None:
+            raise RuntimeError("jobs.batch is forbidden: cannot delete")
+
+        kube.delete_job = refuse  # type: ignore[method-assign]
+        clock[0] = NOW + timedelta(seconds=60)
+        assert operator.reconcile() == "Failed"
+        assert operator.outcome == Outcome(retry_after=30.0)
+        assert ("Warning", "StartupFailed") in kube.events
+        operator.reconciler.events.flush()
+        assert kube.jobs  # still there: the next pass tries again
+
     def test_a_job_still_there_after_the_outcome_is_deleted_again(self) -> None:
         kube = MemoryKube(body(self.SPEC))
-        operator = reconciler(kube)
+        clock = [NOW]
+        operator = self.operator_at(kube, clock)
         operator.reconcile()
-        kube.pods = [self.stuck_pod("2026-01-01T11:00:00Z")]
+        kube.pods = [self.stuck_pod()]
         kube.delete_job = lambda namespace, name, uid: kube.deleted_jobs.append((name, uid))  # type: ignore[method-assign]
+        operator.reconcile()
+        clock[0] = NOW + timedelta(seconds=60)
         operator.reconcile()
         writes = len(kube.patches)
         assert operator.reconcile() == "Failed"
