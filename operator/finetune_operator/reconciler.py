@@ -401,7 +401,7 @@ class Reconciler:
                 generation=this_pass.generation,
                 now=this_pass.now,
             ),
-            retry_after=None if waiting_outside else stuck,
+            retry_after=stuck,
             backoff=waiting_outside,
             created=owner.child_name if created else None,
         )

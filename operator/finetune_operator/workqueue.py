@@ -44,7 +44,8 @@ FIRST_RUN = 8
 class Outcome:
     """What a worked key asks for: ``retry_after`` seconds until it is worked again
     (None: only when an event brings it back), or ``backoff``: again after the growing
-    delay of a failing key (something outside the operator must change first)."""
+    delay of a failing key (something outside the operator must change first), or after
+    ``retry_after`` when both are given and that comes sooner."""
 
     retry_after: float | None = None
     backoff: bool = False
@@ -208,6 +209,8 @@ class WorkQueue:
                     count = self._failures.get(key, 0)
                     self._failures[key] = count + 1
                     delay = min(self.max_delay, self.base_delay * 2**count)
+                    if outcome.retry_after is not None:  # a deadline due sooner comes first
+                        delay = min(delay, outcome.retry_after)
                     self._schedule(key, self._clock() + delay)
                 else:
                     self._failures.pop(key, None)

@@ -83,6 +83,29 @@ def test_a_failing_key_comes_back_later_and_later() -> None:
     assert gaps[:3] == [1.0, 2.0, 4.0] and set(gaps[3:]) <= {4.0}
 
 
+def test_a_deadline_due_sooner_cuts_a_backoff_short() -> None:
+    """A FineTuneJob waiting on something unwatched backs off, but its startup deadline
+    (retry_after) is looked at when it falls due, not a full backoff later."""
+    now = [0.0]
+    times: list[float] = []
+
+    def waiting(key: Hashable) -> Outcome:
+        times.append(now[0])
+        return Outcome(backoff=True, retry_after=3.0)
+
+    queue = WorkQueue(waiting, workers=1, base_delay=1.0, max_delay=60.0, clock=lambda: now[0])
+    queue.start()
+    queue.add("a")
+    for step in range(1, 40):
+        now[0] = float(step)
+        with queue._cond:
+            queue._cond.notify_all()
+        time.sleep(0.02)
+    queue.stop()
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert gaps[:2] == [1.0, 2.0] and set(gaps[2:]) == {3.0}
+
+
 def test_a_retry_after_is_kept_once_however_often_it_is_asked() -> None:
     calls = []
     queue = WorkQueue(lambda key: calls.append(key) or Outcome(retry_after=0.2), workers=1)
