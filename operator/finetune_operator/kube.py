@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import urllib3
@@ -70,6 +70,16 @@ def _data(response: Any) -> Obj:
     return result
 
 
+def _unless_absent(read: Callable[[], Any]) -> Obj | None:
+    """The object ``read`` returns, or None when the API server says there is none."""
+    try:
+        return _data(read())
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 class Kube:
     """API access for one operator process (thread-safe: the client pools connections).
 
@@ -124,40 +134,25 @@ class Kube:
         return existing, False
 
     def get_job(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return _data(
-                self.batch.read_namespaced_job(
-                    name, namespace, _preload_content=False, _request_timeout=self.timeout
-                )
+        return _unless_absent(
+            lambda: self.batch.read_namespaced_job(
+                name, namespace, _preload_content=False, _request_timeout=self.timeout
             )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        )
 
     def get_config_map(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return _data(
-                self.core.read_namespaced_config_map(
-                    name, namespace, _preload_content=False, _request_timeout=self.timeout
-                )
+        return _unless_absent(
+            lambda: self.core.read_namespaced_config_map(
+                name, namespace, _preload_content=False, _request_timeout=self.timeout
             )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        )
 
     def get_persistent_volume_claim(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return _data(
-                self.core.read_namespaced_persistent_volume_claim(
-                    name, namespace, _preload_content=False, _request_timeout=self.timeout
-                )
+        return _unless_absent(
+            lambda: self.core.read_namespaced_persistent_volume_claim(
+                name, namespace, _preload_content=False, _request_timeout=self.timeout
             )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        )
 
     def delete_job(self, namespace: str, name: str, uid: str) -> None:
         """Delete the Job and, through the garbage collector, its pods: Background, so the

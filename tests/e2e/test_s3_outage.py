@@ -32,6 +32,7 @@ from .test_training import (  # noqa: F401 (fixtures)
     tiny_inputs,
 )
 from .training_helpers import (
+    apply_s3_credentials,
     check_manifest_s3,
     pods_oldest_first,
     split_s3_uri,
@@ -65,16 +66,7 @@ def outage_s3(
 
 
 def _s3_output(ftjs: FineTuneJobs, server: S3Server, uri: str) -> dict[str, Any]:
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "s3-credentials"},
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": server.access_key,
-            "AWS_SECRET_ACCESS_KEY": server.secret_key,
-        },
-    }
-    ftjs.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    apply_s3_credentials(ftjs.kubectl, server)
     return {
         "s3": {
             "uri": uri,

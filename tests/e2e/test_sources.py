@@ -24,6 +24,7 @@ from .ftj import FineTuneJobs
 from .test_training import _wait_finished, no_trainer_left_behind  # noqa: F401 (autouse)
 from .training_helpers import (
     OUTPUT_CLAIM,
+    apply_s3_credentials,
     check_manifest_dir,
     generate_with_adapter,
     host_path,
@@ -58,16 +59,7 @@ def tiny_sources(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def s3_bucket(s3_server: Any, ftjs: FineTuneJobs) -> str:
     """A fresh bucket, and the `s3-credentials` Secret in the test's namespace."""
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "s3-credentials"},
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": s3_server.access_key,
-            "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-        },
-    }
-    ftjs.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    apply_s3_credentials(ftjs.kubectl, s3_server)
     return str(s3_server.create_bucket(f"src-{uuid.uuid4().hex[:12]}"))
 
 

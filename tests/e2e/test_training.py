@@ -31,6 +31,7 @@ from .training_helpers import (
     MODEL_WIDTH,
     OUTPUT_CLAIM,
     StatusHistory,
+    apply_s3_credentials,
     check_manifest_dir,
     check_manifest_s3,
     check_run_times,
@@ -214,17 +215,7 @@ def test_s3_output_uploads_checkpoints_and_never_exposes_credentials(
     caplog.set_level(logging.DEBUG, logger="finetune_operator")
     caplog.set_level(logging.DEBUG, logger="kopf")
     bucket = s3_server.create_bucket(f"e2e-{uuid.uuid4().hex[:12]}")
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "s3-credentials"},
-        "stringData": {
-            "AWS_ACCESS_KEY_ID": s3_server.access_key,
-            "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-        },
-    }
-    # Through stdin, so the values are on no command line either.
-    ftjs.kubectl("apply", "-f", "-", input=json.dumps(secret))
+    apply_s3_credentials(ftjs.kubectl, s3_server)
     uri = f"s3://{bucket}/runs/s3-run"
     output = {
         "s3": {

@@ -60,6 +60,26 @@ def training_spec(
     return spec
 
 
+S3_CREDENTIALS_SECRET = "s3-credentials"
+
+
+def apply_s3_credentials(kubectl: Any, server: Any) -> str:
+    """The local S3 server's keys as the Secret an S3 location's credentialsSecretRef
+    names (the keys it defaults to), applied through stdin so the values are on no command
+    line; returns the Secret's name. ``kubectl`` is a FineTuneJobs' kubectl."""
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": S3_CREDENTIALS_SECRET},
+        "stringData": {
+            "AWS_ACCESS_KEY_ID": server.access_key,
+            "AWS_SECRET_ACCESS_KEY": server.secret_key,
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(secret))
+    return S3_CREDENTIALS_SECRET
+
+
 def host_path(uri: str, claims: dict[str, Path]) -> Path:
     """pvc://claim/path -> the directory of that claim's PV on this machine."""
     assert uri.startswith("pvc://"), f"not a PVC URI: {uri}"

@@ -62,6 +62,18 @@ def test_a_key_is_never_worked_twice_at_once_and_its_last_event_is_kept() -> Non
     assert overlaps == []
 
 
+def run_key_on_clock(queue: WorkQueue, now: list[float], seconds: int = 40) -> None:
+    """Work key "a" while the queue's clock ``now`` moves on a second at a time."""
+    queue.start()
+    queue.add("a")
+    for step in range(1, seconds):
+        now[0] = float(step)
+        with queue._cond:
+            queue._cond.notify_all()
+        time.sleep(0.02)
+    queue.stop()
+
+
 def test_a_failing_key_comes_back_later_and_later() -> None:
     now = [0.0]
     times: list[float] = []
@@ -71,14 +83,7 @@ def test_a_failing_key_comes_back_later_and_later() -> None:
         raise RuntimeError("the API server is down")
 
     queue = WorkQueue(failing, workers=1, base_delay=1.0, max_delay=4.0, clock=lambda: now[0])
-    queue.start()
-    queue.add("a")
-    for step in range(1, 40):
-        now[0] = float(step)
-        with queue._cond:
-            queue._cond.notify_all()
-        time.sleep(0.02)
-    queue.stop()
+    run_key_on_clock(queue, now)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[:3] == [1.0, 2.0, 4.0] and set(gaps[3:]) <= {4.0}
 
@@ -94,14 +99,7 @@ def test_a_deadline_due_sooner_cuts_a_backoff_short() -> None:
         return Outcome(backoff=True, retry_after=3.0)
 
     queue = WorkQueue(waiting, workers=1, base_delay=1.0, max_delay=60.0, clock=lambda: now[0])
-    queue.start()
-    queue.add("a")
-    for step in range(1, 40):
-        now[0] = float(step)
-        with queue._cond:
-            queue._cond.notify_all()
-        time.sleep(0.02)
-    queue.stop()
+    run_key_on_clock(queue, now)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert gaps[:2] == [1.0, 2.0] and set(gaps[2:]) == {3.0}
 

@@ -15,41 +15,25 @@ from finetune_trainer.fixtures import write_custom_text_dataset
 from finetune_trainer.storage.manifest import verify_dir
 
 from .cli_helpers import cli_env, json_records, termination
+from .test_cli import ORIGINAL_EXAMPLE
 
 ROWS = 64
 STEPS = 20  # the example's max_steps, trained as it is
 
-# The example's config.yaml, key for key, with one value changed: model_name named the Hub
-# model unsloth/gpt-oss-20b (a 13 GB download, more than a CPU can train); it names the tiny
-# gpt-oss model in the working directory instead, as the example's loader allowed (a local
-# directory in model_name is read as model.path). Nothing else needs changing for the CPU:
-# load_in_4bit is ignored and adamw_8bit becomes adamw_torch there, each with a warning the
-# test checks.
-EXAMPLE_CONFIG = """\
-model:
-  model_name: ./tiny-gpt-oss
-  max_seq_length: 1024
-  load_in_4bit: true
-dataset:
-  path: ./my_conversations.json
-  format: custom
-  split: train
-  max_samples: 1000
-lora:
-  r: 8
-  lora_alpha: 16
-  lora_dropout: 0
-training:
-  max_steps: 20
-  per_device_train_batch_size: 1
-  gradient_accumulation_steps: 4
-  learning_rate: 2.0e-4
-  optim: adamw_8bit
-  save_steps: 10
-  seed: 3407
-output:
-  dir: outputs
-"""
+# The example's config.yaml, key for key (test_cli.py's ORIGINAL_EXAMPLE), in the shape
+# its own README trains with: the local ./my_conversations.json as a custom dataset. One
+# more value changed: model_name named the Hub model unsloth/gpt-oss-20b (a 13 GB download,
+# more than a CPU can train); it names the tiny gpt-oss model in the working directory
+# instead, as the example's loader allowed (a local directory in model_name is read as
+# model.path). Nothing else needs changing for the CPU: load_in_4bit is ignored and
+# adamw_8bit becomes adamw_torch there, each with a warning the test checks.
+EXAMPLE_CONFIG = ORIGINAL_EXAMPLE.replace(
+    "model_name: unsloth/gpt-oss-20b", "model_name: ./tiny-gpt-oss"
+).replace(
+    "path: HuggingFaceH4/Multilingual-Thinking\n  format: sharegpt",
+    "path: ./my_conversations.json\n  format: custom",
+)
+assert "./tiny-gpt-oss" in EXAMPLE_CONFIG and "./my_conversations.json" in EXAMPLE_CONFIG
 
 
 def test_the_original_examples_config_trains_to_an_adapter(
