@@ -175,10 +175,15 @@ class EmbeddedOperator:
             self.error = exc
             self._ready.set()
 
-    def stop(self, timeout: float = 30) -> None:
+    def stop(self, timeout: float = 60) -> None:
+        """Stop and wait for the operator to end. Raises if it is still running after
+        ``timeout`` seconds: a second operator started beside it would act on the same
+        FineTuneJobs."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise RuntimeError(f"the operator did not stop within {timeout:.0f}s")
 
     def __enter__(self) -> EmbeddedOperator:
         return self.start()

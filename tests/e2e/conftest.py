@@ -3,6 +3,7 @@ in-process against it (restartable, for the tests that restart it mid-way)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,9 @@ class OperatorHandle:
 
 @pytest.fixture(scope="session")
 def operator(cluster: LocalCluster, crd: Path) -> Iterator[OperatorHandle]:
+    # The operator's own account of each decision, shown with a failing test's output (the
+    # root logger passes WARNING and above only).
+    logging.getLogger("finetune_operator").setLevel(logging.INFO)
     handle = OperatorHandle(cluster)
     handle.start()
     try:

@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from finetune_localcluster.cluster import LocalCluster
-from finetune_localcluster.waiting import wait_for
+from finetune_localcluster.waiting import WaitTimeout, wait_for
 from finetune_operator.naming import LABEL_OWNER_UID
 
 
@@ -49,11 +49,19 @@ class FineTuneJobs:
     def wait_status(self, name: str, predicate: Any, timeout: float = 60, what: str = "") -> Any:
         """Wait until predicate(status) holds; returns the status."""
 
+        seen: list[Any] = []
+
         def check() -> Any:
             status = self.status(name)
+            seen[:] = [status]
             return status if predicate(status) else None
 
-        return wait_for(check, timeout=timeout, interval=0.5, message=what or f"{name} status")
+        try:
+            return wait_for(check, timeout=timeout, interval=0.5, message=what or f"{name} status")
+        except WaitTimeout as timeout_error:
+            # The last status read says what the operator had written instead.
+            last = seen[-1] if seen else None
+            raise WaitTimeout(f"{timeout_error}; last status: {last!r}") from None
 
     def wait_phase(self, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
         result: dict[str, Any] = self.wait_status(
