@@ -28,7 +28,8 @@ class OperatorConfig:
     # The trainer checkpoints on SIGTERM; give it time to finish writing before SIGKILL.
     trainer_grace_period_seconds: int = 300
     # UID/GID the trainer runs as (restricted Pod Security needs a non-root numeric user).
-    trainer_uid: int = 1000
+    # None: the platform assigns trainer pods their user (OpenShift's restricted-v2).
+    trainer_uid: int | None = 1000
     # ServiceAccount of trainer pods whose spec names none ("" = the namespace's default).
     trainer_service_account: str = ""
     progress_poll_seconds: float = 10.0
@@ -87,6 +88,7 @@ class OperatorConfig:
                     _positive_int: "a whole number of at least 1",
                     _positive_float: "a number above 0",
                     _flag: "true or false",
+                    _uid_or_platform: "a user id of at least 1, or empty for the platform's",
                 }.get(parse, "a number")
                 raise ValueError(
                     f"FTO_{name} must be {form} such as {default}, not {text!r}"
@@ -110,7 +112,7 @@ class OperatorConfig:
             trainer_image=get("TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
             trainer_image_pull_policy=get("TRAINER_IMAGE_PULL_POLICY", "IfNotPresent"),
             trainer_grace_period_seconds=get("TRAINER_GRACE_PERIOD_SECONDS", "300", int),
-            trainer_uid=get("TRAINER_UID", "1000", int),
+            trainer_uid=get("TRAINER_UID", "1000", _uid_or_platform),
             trainer_service_account=get("TRAINER_SERVICE_ACCOUNT", "").strip(),
             progress_poll_seconds=get("PROGRESS_POLL_SECONDS", "10", float),
             metrics_timeout_seconds=get("METRICS_TIMEOUT_SECONDS", "3", float),
@@ -157,6 +159,11 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise ValueError(text)
     return value
+
+
+def _uid_or_platform(text: str) -> int | None:
+    """FTO_TRAINER_UID: a user id, or empty when the platform assigns one."""
+    return _positive_int(text) if text.strip() else None
 
 
 def _tolerations(text: str) -> tuple[dict[str, object], ...]:

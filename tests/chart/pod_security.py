@@ -18,8 +18,10 @@ ALLOWED_VOLUMES = {
 }
 
 
-def restricted_violations(pod: dict[str, Any]) -> list[str]:
-    """Every way ``pod`` (a PodSpec) breaks the restricted profile; empty when it passes."""
+def restricted_violations(pod: dict[str, Any], *, platform_assigns_user: bool = False) -> list[str]:
+    """Every way ``pod`` (a PodSpec) breaks the restricted profile; empty when it passes.
+    ``platform_assigns_user``: no runAsUser is set because the platform assigns one (as
+    OpenShift's restricted-v2 does); one that is set must still not be root."""
     problems = []
     pod_context = pod.get("securityContext") or {}
     for flag in ("hostNetwork", "hostPID", "hostIPC"):
@@ -46,7 +48,9 @@ def restricted_violations(pod: dict[str, Any]) -> list[str]:
         if non_root is not True:
             problems.append(f"{name}: runAsNonRoot is not true")
         uid = context.get("runAsUser", pod_context.get("runAsUser"))
-        if not isinstance(uid, int) or uid == 0:
+        if uid is None and platform_assigns_user:
+            pass
+        elif not isinstance(uid, int) or uid == 0:
             problems.append(f"{name}: no numeric non-zero runAsUser")
         seccomp = (context.get("seccompProfile") or pod_context.get("seccompProfile") or {}).get(
             "type"

@@ -499,3 +499,54 @@ def test_uninstall_with_crds_keep_leaves_the_crd_and_finetunejobs(
     kept = _ftj(cluster, namespace, "kept")
     assert kept["metadata"]["uid"] == created["metadata"]["uid"]
     assert kept["spec"] == created["spec"]
+
+
+# --- a platform that assigns user ids (OpenShift's restricted-v2) ---------------------------
+
+
+def test_uid_null_lets_the_platform_assign_the_user(
+    cluster: LocalCluster,
+    localcluster_binaries: Binaries,
+    kube: Any,
+    namespace: str,
+    make_pvc: Any,
+    tiny_inputs: Path,
+    tmp_path: Path,
+) -> None:
+    """With operator.uid and trainer.uid null, the chart installs, neither pod names a user,
+    and the operator started from the installed Deployment's settings trains a FineTuneJob
+    in a namespace that enforces the restricted profile."""
+    values = merged(
+        merged(LOCAL_VALUES, {"operator": {"replicas": 0, "uid": None}, "trainer": {"uid": None}}),
+        _image_values(_trainer_image()),
+    )
+    release = Release(
+        cluster, localcluster_binaries.helm, f"fto-{_suffix()}", namespace, values, tmp_path
+    )
+    release.install()
+    try:
+        deployment = json_of(cluster, "get", "deployment", release.fullname, "-n", namespace)
+        pod_context = deployment["spec"]["template"]["spec"]["securityContext"]
+        assert pod_context["runAsNonRoot"] is True
+        assert not {"runAsUser", "runAsGroup"} & pod_context.keys(), pod_context
+        env = {
+            e["name"]: e.get("value", "")
+            for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert env["FTO_TRAINER_UID"] == ""
+        config = OperatorConfig.from_env({k: v for k, v in env.items() if k.startswith("FTO_")})
+        assert config.trainer_uid is None
+        config = OperatorConfig(
+            **{**config.__dict__, "namespaces": (namespace,), "liveness_endpoint": None}
+        )
+        _inputs_pvc(make_pvc, namespace, tiny_inputs)
+        with EmbeddedOperator(kube, config):
+            _create(cluster, _tiny_finetunejob("assigned", namespace))
+            final = _wait_phase(cluster, namespace, "assigned", {"Succeeded", "Failed"}, 300)
+        assert final["phase"] == "Succeeded", final
+        job = json_of(cluster, "get", "job", final["jobName"], "-n", namespace)
+        trainer_context = job["spec"]["template"]["spec"]["securityContext"]
+        assert trainer_context["runAsNonRoot"] is True
+        assert not {"runAsUser", "runAsGroup", "fsGroup"} & trainer_context.keys()
+    finally:
+        release.uninstall()

@@ -125,3 +125,17 @@ def test_trainer_pods_default_to_the_charts_trainer_account(helm: Path) -> None:
     assert job["spec"]["template"]["spec"].get("serviceAccountName") == "finetune-trainer"
     cluster_wide = _trainer_job(helm, {"trainer": GPU_VALUES["trainer"]})
     assert "serviceAccountName" not in cluster_wide["spec"]["template"]["spec"]
+
+
+def test_uid_null_leaves_the_user_to_the_platform(helm: Path) -> None:
+    """OpenShift's restricted-v2 assigns each namespace's pods a user id from its range and
+    refuses one set outside it: null sets none, on the operator pod and on trainer pods."""
+    values = {"operator": {"uid": None}, "trainer": {"uid": None}}
+    pod = only(render(helm, values), "Deployment")["spec"]["template"]["spec"]
+    assert restricted_violations(pod, platform_assigns_user=True) == []
+    assert not {"runAsUser", "runAsGroup"} & pod["securityContext"].keys()
+    trainer = _trainer_job(helm, values)["spec"]["template"]["spec"]
+    assert restricted_violations(trainer, platform_assigns_user=True) == []
+    assert not {"runAsUser", "runAsGroup", "fsGroup"} & trainer["securityContext"].keys()
+    # Without the platform's user, the project's rule still asks for a numeric one.
+    assert restricted_violations(trainer) != []

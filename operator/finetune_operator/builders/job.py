@@ -81,14 +81,16 @@ def _container_security_context() -> dict[str, Any]:
 
 def _pod_security_context(settings: OperatorConfig) -> dict[str, Any]:
     uid = settings.trainer_uid
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": uid,
-        "runAsGroup": uid,
-        "fsGroup": uid,
-        "fsGroupChangePolicy": "OnRootMismatch",
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    context: dict[str, Any] = {"runAsNonRoot": True}
+    if uid is not None:  # None: the platform (OpenShift's restricted-v2) assigns them
+        context |= {
+            "runAsUser": uid,
+            "runAsGroup": uid,
+            "fsGroup": uid,
+            "fsGroupChangePolicy": "OnRootMismatch",
+        }
+    context["seccompProfile"] = {"type": "RuntimeDefault"}
+    return context
 
 
 def build_job(spec: FineTuneJobSpec, owner: Owner, settings: OperatorConfig) -> dict[str, Any]:

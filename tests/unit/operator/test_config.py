@@ -41,7 +41,11 @@ def test_everything_from_the_environment() -> None:
         ({"FTO_LOG_FORMAT": "xml"}, "FTO_LOG_FORMAT"),
         ({"FTO_DEFAULT_TOLERATIONS": "{"}, "not valid JSON"),
         ({"FTO_DEFAULT_TOLERATIONS": '{"key": "a"}'}, "JSON list"),
-        ({"FTO_TRAINER_UID": "abc"}, "FTO_TRAINER_UID must be a whole number such as 1000"),
+        (
+            {"FTO_TRAINER_UID": "abc"},
+            "FTO_TRAINER_UID must be a user id of at least 1, or empty for the platform's",
+        ),
+        ({"FTO_TRAINER_UID": "0"}, "FTO_TRAINER_UID must be a user id of at least 1"),
         ({"FTO_OPERATOR_METRICS_PORT": "80.5"}, "FTO_OPERATOR_METRICS_PORT must be a whole"),
         (
             {"FTO_PROGRESS_POLL_SECONDS": "10s"},
@@ -52,3 +56,8 @@ def test_everything_from_the_environment() -> None:
 def test_bad_settings_say_which_variable(env: dict, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         OperatorConfig.from_env(env)
+
+
+def test_an_empty_trainer_uid_leaves_the_user_to_the_platform() -> None:
+    assert OperatorConfig.from_env({"FTO_TRAINER_UID": ""}).trainer_uid is None
+    assert OperatorConfig.from_env({}).trainer_uid == 1000
