@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import textwrap
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -231,6 +232,15 @@ def test_install_notes_tell_how_to_run_the_example(namespaced_release: Release) 
     notes = namespaced_release.output.split("NOTES:", 1)[1]
     assert f"It manages FineTuneJobs in: {namespaced_release.namespace}." in notes
     assert "kubectl apply -f examples/finetunejob.yaml" in notes
+    # The inline FineTuneJob is one the API server accepts as it stands (placed in this
+    # release's namespace: the example's ml does not exist here).
+    inline = notes.split("<<'FTJ'\n", 1)[1].split("\n       FTJ\n", 1)[0]
+    manifest = yaml.safe_load(textwrap.dedent(inline))
+    assert manifest["metadata"]["namespace"] == "ml"
+    manifest["metadata"]["namespace"] = namespaced_release.namespace
+    namespaced_release.cluster.kubectl(
+        ["apply", "--dry-run=server", "-f", "-"], input=yaml.safe_dump(manifest)
+    )
     assert "--for=condition=Ready" in notes
     # This release watches only its own namespace, so the notes say how to place the example.
     assert "The example's namespace, ml, is not in watchNamespaces" in notes

@@ -99,6 +99,7 @@ def test_the_packaged_chart_carries_the_crd(helm: Path, tmp_path: Path) -> None:
 def test_notes_tell_how_to_apply_the_example() -> None:
     notes = (CHART / "templates" / "NOTES.txt").read_text()
     assert "kubectl apply -f examples/finetunejob.yaml" in notes
+    assert "kind: FineTuneJob" in notes  # and a minimal one inline, for a copy and paste
     example = yaml.safe_load((REPO / "examples" / "finetunejob.yaml").read_text())
     # The claim and the namespace the notes create are the ones the example uses.
     assert f"kubectl create namespace {example['metadata']['namespace']}" in notes
