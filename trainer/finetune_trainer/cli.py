@@ -24,7 +24,10 @@ from pydantic import ValidationError
 from finetune_api.config import OutputSpec, TrainerConfig, describe_errors
 from finetune_api.contract import CONFIG_PATH, Env, ExitCode, TerminationMessage, TrainerReason
 
+from . import __version__
+from .config_overrides import apply_assignments
 from .errors import InvalidConfig, InvalidInput
+from .progress_bars import silence_progress_bars_off_a_terminal
 from .remote_errors import TRACEBACK_LIMIT, bounded, failure_summary
 from .runtime import RuntimeOptions
 from .signals import Interrupted
@@ -58,6 +61,15 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Config file (YAML). Default: ${Env.CONFIG}, else {CONFIG_PATH}.",
     )
     parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="Change one field of the config file, spelled as in the file (repeatable; "
+        "the value is YAML): --set training.maxSteps=5 --set lora.rank=16.",
+    )
+    parser.add_argument(
         "--output-dir",
         type=Path,
         help=f"Write checkpoints and the adapter to this local directory instead of the "
@@ -87,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto: Unsloth when a CUDA GPU and Unsloth are available, else transformers + "
         "PEFT. Default: auto.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
@@ -114,12 +127,14 @@ def config_path(arg: Path | None) -> Path:
     )
 
 
-def load_config(path: Path) -> TrainerConfig:
-    """Parse and validate the config file; every problem is printed, then InvalidConfig."""
+def load_config(path: Path, assignments: Sequence[str] = ()) -> TrainerConfig:
+    """Parse the config file, apply the ``--set`` assignments, and validate; every problem
+    is printed, then InvalidConfig."""
     import yaml
 
     try:
-        return TrainerConfig.from_file(path)
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return TrainerConfig.from_mapping(apply_assignments(data, assignments) or {})
     except FileNotFoundError:
         raise InvalidConfig(
             f"config file {path} does not exist", reason=TrainerReason.CONFIG_NOT_FOUND
@@ -156,12 +171,15 @@ def apply_overrides(config: TrainerConfig, output_dir: Path | None) -> TrainerCo
 def run(argv: Sequence[str] | None = None) -> TerminationMessage:
     """Parse arguments, then validate, dry-run or train; never raises for expected errors."""
     setup_logging()
+    silence_progress_bars_off_a_terminal()
     try:
         args = build_parser().parse_args(argv)
         runtime = RuntimeOptions.from_env(
             metrics_host=args.metrics_host, metrics_port=args.metrics_port, backend=args.backend
         )
-        config = apply_overrides(load_config(config_path(args.config)), args.output_dir)
+        config = apply_overrides(
+            load_config(config_path(args.config), args.assignments), args.output_dir
+        )
     except InvalidInput as exc:
         log.error("%s", exc)
         return TerminationMessage(status="invalid_input", reason=exc.reason, message=str(exc))

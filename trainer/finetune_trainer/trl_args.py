@@ -9,6 +9,8 @@ from typing import Any
 
 from finetune_api.config import TrainingSpec
 
+from .progress_bars import progress_bars_wanted
+
 
 def sft_config_kwargs(
     training: TrainingSpec,
@@ -74,7 +76,7 @@ def sft_config_kwargs(
         "completion_only_loss": True,
         "shuffle_dataset": False,  # the sampler shuffles, seeded, and resumes in order
         "dataloader_num_workers": 0,
-        "disable_tqdm": False,
+        "disable_tqdm": not progress_bars_wanted(),
     }
     if gradient_checkpointing:
         # The non-reentrant kind works with LoRA's frozen inputs (the reentrant one needs

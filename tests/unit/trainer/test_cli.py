@@ -4,6 +4,7 @@ config validation never import torch."""
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import finetune_trainer
 from finetune_api.config import TrainerConfig
 from finetune_api.contract import ExitCode
 from finetune_trainer import cli
@@ -302,3 +304,87 @@ def test_an_s3_source_with_a_key_outside_its_prefix_exits_78(
         "rename or remove that object"
     )
     assert not (in_process / "outside").exists()
+
+
+def test_set_changes_fields_of_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(ORIGINAL_EXAMPLE)
+    config = load_config(
+        path,
+        [
+            "training.max_steps=5",  # spelled as the file spells it
+            "training.save_steps=5",
+            "lora.r=16",
+            "training.learning_rate=1e-5",
+            "lora.target_modules=[q_proj, v_proj]",
+            "dataset.max_samples=",  # empty: null, every row
+        ],
+    )
+    assert config.training.max_steps == 5
+    assert config.lora.rank == 16
+    assert config.training.learning_rate == 1e-5
+    assert config.lora.target_modules == ["q_proj", "v_proj"]
+    assert config.dataset.max_samples is None
+    assert config.model.max_seq_length == 1024  # the rest is the file's
+    assert path.read_text() == ORIGINAL_EXAMPLE
+
+
+@pytest.mark.parametrize(
+    ("assignment", "problem"),
+    [
+        ("training.maxSteps", "write it as section.field=value"),
+        ("training..maxSteps=5", "write it as section.field=value"),
+        ("training.maxSteps=[5", "the value is not valid YAML"),
+        ("model.maxSeqLength.bits=4", "model.maxSeqLength is a value, not a section"),
+    ],
+)
+def test_a_malformed_set_says_how_to_write_it(
+    tmp_path: Path, assignment: str, problem: str
+) -> None:
+    path = write_config(tmp_path / "c.yaml", {"model": {"maxSeqLength": 512}})
+    with pytest.raises(InvalidConfig, match=re.escape(problem)):
+        load_config(path, [assignment])
+
+
+def test_set_on_the_command_line_is_validated_like_the_file(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "c.yaml", {})
+    result = run_cli(["--config", str(config), "--set", "training.maxSteps=0"], cli_env(tmp_path))
+    assert result.returncode == 78, result.stderr
+    assert "training.maxSteps" in termination(tmp_path).message
+
+
+def test_version(in_process: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.strip() == f"finetune-train {finetune_trainer.__version__}"
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_trainer import progress_bars
+    from finetune_trainer.trl_args import sft_config_kwargs
+
+    def kwargs() -> dict[str, Any]:
+        return sft_config_kwargs(
+            TrainerConfig.from_mapping({}).training,
+            output_dir=Path("out"),
+            max_length=256,
+            optimizer="adamw_torch",
+            gradient_checkpointing=False,
+            bf16=False,
+            fp16=False,
+        )
+
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(progress_bars.sys.stderr, "isatty", lambda: False)
+    progress_bars.silence_progress_bars_off_a_terminal()
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+    assert os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] == "1"
+    assert kwargs()["disable_tqdm"] is True
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS")
+    monkeypatch.setattr(progress_bars.sys.stderr, "isatty", lambda: True)
+    progress_bars.silence_progress_bars_off_a_terminal()
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+    assert kwargs()["disable_tqdm"] is False
