@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed ## Create the virtualenv with the operator, trainer and dev tools
 
-binaries: ## Build kube-apiserver, etcd, kubectl, helm, versitygw from Go modules (cached)
+binaries: ## Build kube-apiserver, etcd, kubectl, helm, versitygw, promtool from Go modules (cached)
 	@localcluster/build-binaries.sh
 
 # CLUSTER_ARGS: e.g. "--s3 --nodes 3 --gpus-per-node 8 --state-dir .work/cluster"

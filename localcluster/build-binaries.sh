@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local control plane's binaries from Go modules (no Docker, no kind):
 # kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from
-# k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3, helm, and the versitygw
-# S3-compatible server. Output goes to a cache directory keyed on every pinned
+# k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3, helm, the versitygw
+# S3-compatible server, and promtool (Prometheus' rule checker, for the chart's alerts). Output goes to a cache directory keyed on every pinned
 # module version and the Go version, so a second run with the same pins is a no-op.
 #
 # Usage: localcluster/build-binaries.sh            # prints the bin directory
@@ -13,14 +13,16 @@ KUBE_VERSION=v1.36.3       # k8s.io/kubernetes; staging modules are v0.<minor>.<
 ETCD_VERSION=v3.6.16       # go.etcd.io/etcd/server/v3
 HELM_VERSION=v3.22.0       # helm.sh/helm/v3
 VERSITYGW_VERSION=v1.8.0   # github.com/versity/versitygw
+PROMETHEUS_VERSION=v0.316.0  # github.com/prometheus/prometheus (Prometheus 3.16.0)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache_root="${FTO_CACHE_DIR:-$HOME/.cache/finetune-operator}"
 key="$(printf '%s\n' "$KUBE_VERSION" "$ETCD_VERSION" "$HELM_VERSION" "$VERSITYGW_VERSION" \
+        "$PROMETHEUS_VERSION" \
         "$(go env GOVERSION)" "$(cat "$here/build-binaries.sh" "$here"/go/*/main.go)" \
         | sha256sum | cut -c1-16)"
 bin="$cache_root/bin-$key"
-want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm versitygw)
+want=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm versitygw promtool)
 
 log() { echo "build-binaries: $*" >&2; }
 complete() { for b in "${want[@]}"; do [[ -x "$bin/$b" ]] || return 1; done; }
@@ -116,7 +118,7 @@ cp "$here/go/etcd/main.go" "$etcd_dir/main.go"
 log "building etcd $ETCD_VERSION"
 (cd "$etcd_dir" && go build -trimpath -ldflags "-s -w" -o "$bin.tmp/etcd" .)
 
-# --- helm and versitygw have no replace directives, so go install works directly.
+# --- helm, versitygw and promtool have no replace directives, so go install works directly.
 log "building helm $HELM_VERSION"
 GOBIN="$bin.tmp" go install -trimpath \
   -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
@@ -124,6 +126,9 @@ GOBIN="$bin.tmp" go install -trimpath \
 log "building versitygw $VERSITYGW_VERSION"
 GOBIN="$bin.tmp" go install -trimpath -ldflags "-s -w" \
   "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"
+log "building promtool $PROMETHEUS_VERSION"
+GOBIN="$bin.tmp" go install -trimpath -ldflags "-s -w" \
+  "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION"
 
 rm -rf "$bin"; mv "$bin.tmp" "$bin"
 log "done in $((SECONDS - start))s; $(du -sh "$bin" | cut -f1) of binaries in $bin"

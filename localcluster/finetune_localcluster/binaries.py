@@ -19,6 +19,7 @@ REQUIRED = (
     "kubectl",
     "helm",
     "versitygw",
+    "promtool",
 )
 # Set to use binaries from another directory (e.g. a CI cache) instead of building them.
 BIN_DIR_ENV = "FTO_BIN_DIR"
@@ -67,6 +68,10 @@ class Binaries:
     @property
     def versitygw(self) -> Path:
         return self.path("versitygw")
+
+    @property
+    def promtool(self) -> Path:
+        return self.path("promtool")
 
     def mark_used(self) -> None:
         """Refresh the directory's last-used stamp, so that no build of another key removes
