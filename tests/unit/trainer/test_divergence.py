@@ -205,9 +205,7 @@ def test_a_run_whose_loss_turns_non_finite_ends_diverged_keeping_the_checkpoint_
     assert message.checkpoint.uri == str(out / "checkpoint-2")
 
     # The checkpoint from before is complete and intact; nothing of step 4 or later exists.
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
-        "checkpoint-2"
-    ]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["checkpoint-2"]
     verify_dir(out / "checkpoint-2")
     # Steps 2 and 4 are logged as checkpoint steps; the diverged one still is (its loss as
     # null: JSON has no NaN) before the stop.
