@@ -28,8 +28,7 @@ class DivergenceSpec(SpecModel):
 
     max_loss: Annotated[float, Field(gt=0, le=1e6)] | None = Field(
         None,
-        description="A logged training loss above this stops the run as Diverged. Empty: no "
-        "limit.",
+        description="A logged training loss above this stops the run as Diverged. Empty: no limit.",
     )
     rise_factor: Annotated[float, Field(gt=1, le=1000)] | None = Field(
         None,
