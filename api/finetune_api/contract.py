@@ -149,6 +149,9 @@ class TrainerReason(enum.StrEnum):
     INCOMPATIBLE_CHECKPOINT = "IncompatibleCheckpoint"
     OUTPUT_IN_USE = "OutputInUse"  # another live trainer holds the output's lease
     OUT_OF_MEMORY = "OutOfMemory"
+    # The loss or gradient norm went non-finite or past training.divergence's limits: the
+    # same data and settings diverge again.
+    DIVERGED = "Diverged"
 
 
 TRAINER_REASONS: frozenset[str] = frozenset(reason.value for reason in TrainerReason)

@@ -447,3 +447,39 @@ def test_an_operator_restarted_mid_run_follows_the_same_trainer_to_success(
     assert len(ftjs.jobs(name)) == 1
     uid = ftjs.get(name)["metadata"]["uid"]
     assert [p["metadata"]["name"] for p in ftjs.pods(uid)] == [pod]
+
+
+def test_a_diverging_run_fails_diverged_keeping_its_checkpoint_and_is_not_retried(
+    ftjs: FineTuneJobs, claims: dict[str, Path], pod_logs: PodLogs
+) -> None:
+    # A learning rate of 1.0 on a strongly scaled adapter: after warm-up (learning rates 0,
+    # 0.5, 1.0) the tiny model's loss climbs from about 10.7 to about 12.3 at step 4, past
+    # maxLoss. Step 4 is also a checkpoint step: that checkpoint must not be written.
+    spec = training_spec(save_steps=2, lifecycle={"backoffLimit": 3})
+    spec["lora"] = {"rank": 64, "alpha": 4096, "useRslora": True}
+    spec["training"].update({"maxSteps": 6, "learningRate": 1.0, "divergence": {"maxLoss": 11.5}})
+    name = "diverging"
+    ftjs.apply(name, spec)
+    status = ftjs.wait_phase(name, "Failed", timeout=RUN_TIMEOUT)
+    assert status["reason"] == "Diverged", json.dumps(status, indent=1)
+    message = status["message"]
+    assert message.startswith("training diverged at step 4: the training loss 12."), message
+    assert "above training.divergence.maxLoss (11.5)" in message
+    assert "lower training.learningRate (now 1)" in message
+    assert "(checkpoint-2, from before the divergence, is kept)" in message
+    assert status["restarts"] == 0
+    check_run_times(status)
+    checkpoint = status["checkpoint"]
+    assert checkpoint["step"] == 2, status
+    kept = host_path(checkpoint["uri"], claims)
+    assert check_manifest_dir(kept)["step"] == 2
+    assert complete_checkpoints(kept.parent) == [2]
+    assert not (kept.parent / "final_model").exists()
+    assert "output" not in status or not status["output"].get("adapterUri"), status
+    uid = ftjs.get(name)["metadata"]["uid"]
+    (pod,) = ftjs.pods(uid)  # the first attempt only: no retry
+    terminated = pod["status"]["containerStatuses"][0]["state"]["terminated"]
+    assert terminated["exitCode"] == 78
+    assert trainer_steps(pod_logs(ftjs.namespace, pod["metadata"]["name"])) == [1, 2, 3, 4]
+    reasons = ftjs.reasons(name, "Diverged")
+    assert "Restarted" not in reasons, reasons

@@ -11,6 +11,7 @@ from finetune_api.config import TrainerConfig
 
 from .backends import Backend
 from .callbacks import BatchAccounting, RunTracker, make_callbacks
+from .divergence import DivergenceWatch, make_divergence_callback
 from .memory_plan import MemoryPlan
 from .metrics import MetricsLog, MetricsServer
 from .run_progress import RunProgress
@@ -73,6 +74,10 @@ def build_sft_trainer(
     trainer.remove_callback(ProgressCallback)
     for callback in make_callbacks(tracker):
         trainer.add_callback(callback)
+    # After the run's own callback: the diverged values are published before it stops.
+    trainer.add_callback(
+        make_divergence_callback(DivergenceWatch(config.training, fp16=precision.fp16))
+    )
     log.info(
         "SFTTrainer: %s precision, optimizer %s, micro-batch %d x %d accumulation",
         precision.label,

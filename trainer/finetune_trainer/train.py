@@ -83,6 +83,11 @@ class TrainingRun:
             update["message"] = (
                 f"{message.message} (the next attempt resumes from checkpoint-{step})"
             )
+        if message.reason == TrainerReason.DIVERGED and self.progress.checkpoint is not None:
+            step = self.progress.checkpoint.step
+            update["message"] = (
+                f"{message.message} (checkpoint-{step}, from before the divergence, is kept)"
+            )
         lost = self.target.lost_output() if self.target is not None else None
         if lost is not None:
             update["message"] = f"{update.get('message', message.message)}; lost: {lost}"

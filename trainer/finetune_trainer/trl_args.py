@@ -60,6 +60,9 @@ def sft_config_kwargs(
         "logging_strategy": "steps",
         "logging_steps": training.logging_steps,
         "logging_first_step": True,
+        # Trainer's default replaces a non-finite step loss with the running mean, which
+        # hides divergence (divergence.py) behind a finite logged loss.
+        "logging_nan_inf_filter": False,
         "save_strategy": "steps",
         "save_steps": training.save_steps,
         "save_total_limit": None,

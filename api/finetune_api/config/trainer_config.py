@@ -89,6 +89,9 @@ class TrainerConfig(SpecModel):
             "loggingSteps",
         ):
             training.pop(key, None)
+        # When a run counts as diverged changes no checkpoint: a run stopped as Diverged
+        # resumes from its checkpoint with other limits.
+        training.pop("divergence", None)
         for key in ("tokenSecretRef", "offloadEmbedding"):
             wire.get("model", {}).pop(key, None)
         # Its default, error, trains on the same tokens as trainers from before the

@@ -22,6 +22,27 @@ Scheduler = Literal[
 ]
 
 
+class DivergenceSpec(SpecModel):
+    """When training counts as diverged beyond a non-finite loss or gradient norm (which
+    always stops the run). Both rules are off until set."""
+
+    max_loss: Annotated[float, Field(gt=0, le=1e6)] | None = Field(
+        None,
+        description="A logged training loss above this stops the run as Diverged. Empty: no limit.",
+    )
+    rise_factor: Annotated[float, Field(gt=1, le=1000)] | None = Field(
+        None,
+        description="A logged training loss above riseFactor times the lowest loss logged so "
+        "far, for patienceSteps logging steps in a row, stops the run as Diverged. Empty: "
+        "off.",
+    )
+    patience_steps: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        3,
+        description="Consecutive logging steps the loss must stay above riseFactor times its "
+        "lowest before the run counts as diverged. Default: 3.",
+    )
+
+
 class TrainingSpec(SpecModel):
     """Optimization settings. Defaults reproduce the original example: 20 steps, batch 1 x 4
     gradient accumulation, learning rate 2e-4, adamw_8bit, a checkpoint every 10 steps."""
@@ -117,6 +138,13 @@ class TrainingSpec(SpecModel):
         "each layer's forward pass (the gradients are the same either way): auto (off when "
         "the micro-batch fits the GPU's memory without it, else unsloth), unsloth (offloaded, "
         "the example's setting), on (standard), off. Default: auto.",
+    )
+    divergence: DivergenceSpec = Field(
+        default_factory=DivergenceSpec,
+        description="Stop as Diverged, keeping the newest checkpoint from before, when the "
+        "logged loss passes these limits. A non-finite loss or gradient norm always stops "
+        "the run. Changing these settings does not change what a checkpoint means: the run "
+        "resumes from its checkpoints.",
     )
     group_by_length: bool = Field(
         False,

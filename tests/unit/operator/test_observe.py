@@ -80,6 +80,32 @@ class TestPhases:
         assert (seen.phase, seen.reason) == ("Failed", "InvalidDataset")
         assert "row 7" in seen.message
 
+    def test_a_diverged_run_fails_diverged_keeping_its_checkpoint_without_a_retry(self) -> None:
+        # The trainer writes the non-finite loss as null: JSON has no NaN.
+        message = TerminationMessage(
+            status="invalid_input",
+            reason="Diverged",
+            message="training diverged at step 7: the training loss is nan; no checkpoint of "
+            "this step was written. To fix: lower training.learningRate (now 0.5), ...",
+            step=7,
+            total_steps=20,
+            loss=float("nan"),
+            checkpoint=CheckpointRef(step=6, uri="pvc://outs/ml/run/checkpoint-6"),
+        ).encode()
+        assert '"loss":null' in message
+        seen = observe(job(), [pod("Failed", state=terminated(78, message, at="T6"))])
+        assert (seen.phase, seen.reason, seen.restarts) == ("Failed", "Diverged", 0)
+        assert seen.message.startswith("training diverged at step 7: the training loss is nan")
+        output = OutputSpec.model_validate({"pvc": {"claimName": "outs"}})
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        status = next_status(
+            {}, observation=seen, progress=None, output=output, job_name="j", generation=1, now=now
+        ).patch
+        assert (status["phase"], status["reason"]) == ("Failed", "Diverged")
+        assert status["checkpoint"] == {"step": 6, "uri": "pvc://outs/ml/run/checkpoint-6"}
+        assert status["progress"]["step"] == 7 and "loss" not in status["progress"]
+        json.dumps(status, allow_nan=False)
+
     def test_backoff_exceeded_names_the_last_failure(self) -> None:
         seen = observe(
             job([cond("Failed", "BackoffLimitExceeded")], failed=4),
