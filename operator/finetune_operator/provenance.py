@@ -62,7 +62,7 @@ def operator_provenance(
 ) -> ProvenanceStatus | None:
     """The operator's part: the config of ``job`` and the image of its newest trainer pod
     that has one (the one running, or the last to run); None before any trainer ran."""
-    started = [(pod, image) for pod in pods if (image := _trainer_image(pod)) is not None]
+    started = [(pod, found) for pod in pods if (found := _trainer_image(pod)) is not None]
     text = _config_text(job)
     if not started or text is None:
         return None
