@@ -168,9 +168,9 @@ class CheckpointRef(_Wire):
     uri: str
 
 
-# Each text of the trainer's provenance record is cut to this in the termination message
-# (provenance.json beside the adapter keeps it whole), so the record stays a few hundred
-# bytes of the 4 KiB and leaves room for the locations and the message.
+# Each text of the trainer's provenance record is cut to this (a long local path; the
+# config names the whole source), so the record stays well within the termination
+# message's 4 KiB and leaves room for the locations and the message.
 PROVENANCE_TEXT_LIMIT = 256
 
 

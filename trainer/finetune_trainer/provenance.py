@@ -203,3 +203,20 @@ def provenance_document(record: TrainerProvenance) -> dict[str, Any]:
 def write_provenance(directory: Path, record: TrainerProvenance) -> None:
     text = json.dumps(provenance_document(record), indent=2, sort_keys=True) + "\n"
     (directory / PROVENANCE_FILE).write_text(text, encoding="utf-8")
+
+
+_MAX_PROVENANCE_BYTES = 64 * 1024
+
+
+def written_provenance(directory: Path, manifest: Manifest) -> TrainerProvenance:
+    """The record of an adapter an earlier attempt wrote into ``directory``, to report it
+    again: its provenance.json where it can be read here (a local output; an S3 output
+    only while its staged copy is left), and the digest of its manifest."""
+    record = TrainerProvenance()
+    path = directory / PROVENANCE_FILE
+    try:
+        if path.is_file() and path.stat().st_size <= _MAX_PROVENANCE_BYTES:
+            record = TrainerProvenance.model_validate_json(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        log.warning("could not read %s: %s", path, exc)
+    return record.model_copy(update={"adapter_manifest_digest": manifest_digest(manifest)})

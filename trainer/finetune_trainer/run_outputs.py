@@ -21,7 +21,7 @@ from finetune_api.contract import (
 from .backends import Backend
 from .metrics import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss
 from .model_card import write_model_card
-from .provenance import manifest_digest, write_provenance
+from .provenance import manifest_digest, write_provenance, written_provenance
 from .resume import incompatible
 from .run_progress import RunProgress
 from .runtime import OUTPUT_STAGING
@@ -73,6 +73,7 @@ def report_finished(
     report = progress.report
     report.step = report.total_steps = final.step
     report.adapter_uri = target.uri(FINAL_MODEL_DIR)
+    report.provenance = written_provenance(target.artifacts.root / FINAL_MODEL_DIR, final)
     if merged_wanted:
         report.merged_uri = target.uri(MERGED_16BIT_DIR)
     # The newest complete checkpoint: a newer directory may be one whose save or upload

@@ -164,3 +164,15 @@ def test_the_model_card_is_filled_from_the_run(
     # A table row never has an empty cell.
     assert not re.search(r"\|\s*\|\s*$", "\n".join(line for line in body.splitlines()[3:]))
     assert "| None |" not in card and "None" not in body
+
+
+def test_an_adapter_reported_again_keeps_its_record(
+    runs: tuple[Run, Run, Run], tmp_path: Path
+) -> None:
+    """A later attempt that finds the adapter complete reports the record written with it."""
+    run = runs[0]
+    code, _, stderr = finish(start_cli(run.config, tmp_path, cli_env(tmp_path)))
+    assert code == ExitCode.SUCCEEDED, stderr[-4000:]
+    message = termination(tmp_path)
+    assert message.reason == "AlreadyCompleted"
+    assert message.provenance == run.message.provenance
