@@ -9,9 +9,10 @@ this without torch, and the trainer without Kubernetes.
 from __future__ import annotations
 
 import enum
-from typing import Literal
+import hashlib
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 
@@ -170,6 +171,64 @@ class CheckpointRef(_Wire):
     uri: str
 
 
+# Each text of the trainer's provenance record is cut to this (a long local path; the
+# config names the whole source), so the record stays well within the termination
+# message's 4 KiB and leaves room for the locations and the message.
+PROVENANCE_TEXT_LIMIT = 256
+
+
+def _cut(value: object) -> object:
+    if isinstance(value, str) and len(value) > PROVENANCE_TEXT_LIMIT:
+        return value[: PROVENANCE_TEXT_LIMIT - 3] + "..."
+    return value
+
+
+ProvenanceText = Annotated[str, BeforeValidator(_cut)]
+
+
+class TrainerProvenance(_Wire):
+    """What the trainer records about what it trained: the inputs as it resolved them, its
+    software and hardware, and the adapter it wrote. Written by whatever runs in the
+    trainer container (``spec.image`` can replace it): the operator reports it as the
+    trainer's claims, bounded, never as facts it checked."""
+
+    model_source: ProvenanceText | None = None
+    # The Hub commit of the snapshot loaded, or "sha256:<hex>" of a local or S3 model's
+    # config and weight files.
+    model_revision: ProvenanceText | None = None
+    dataset_source: ProvenanceText | None = None
+    # "sha256:<hex>" of the token ids and loss masks of the rows trained on, in order.
+    dataset_digest: ProvenanceText | None = None
+    dataset_rows: int | None = None
+    # TrainerConfig.fingerprint() of the config the trainer read.
+    config_fingerprint: ProvenanceText | None = None
+    trainer_version: ProvenanceText | None = None
+    torch_version: ProvenanceText | None = None
+    transformers_version: ProvenanceText | None = None
+    peft_version: ProvenanceText | None = None
+    trl_version: ProvenanceText | None = None
+    unsloth_version: ProvenanceText | None = None
+    gpu_model: ProvenanceText | None = None  # "cpu" when no GPU was used
+    gpu_count: int | None = None
+    # "sha256:<hex>" of final_model's manifest.json.
+    adapter_manifest_digest: ProvenanceText | None = None
+
+
+def provenance_digest(
+    model_revision: str, dataset_digest: str, config_fingerprint: str, image: str | None = None
+) -> str:
+    """``sha256:<hex>`` over what defines a training: the model revision, the rows trained
+    on, the settings that change the result, and (where known) the trainer image. Without
+    ``image`` it is the trainer's inputs digest (its model card); the operator's
+    status.provenance.digest adds the image. Not the GPU, the library versions or where
+    outputs go: the same training on another GPU is still the same training, and the
+    image pins the libraries."""
+    parts = ["finetune-provenance/v1", model_revision, dataset_digest, config_fingerprint]
+    if image is not None:
+        parts.append(image)
+    return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
 class TerminationMessage(_Wire):
     """The JSON the trainer writes to its termination-message file on every exit, and the
     operator copies into the FineTuneJob's status."""
@@ -187,6 +246,7 @@ class TerminationMessage(_Wire):
     adapter_uri: str | None = None
     merged_uri: str | None = None
     resumed_from_step: int | None = None
+    provenance: TrainerProvenance | None = None
 
     @property
     def known_reason(self) -> TrainerReason:
@@ -210,9 +270,14 @@ class TerminationMessage(_Wire):
         if over > 0:
             keep = max(0, len(self.message.encode()) - over - 16)
             short = self.message.encode()[:keep].decode(errors="ignore") + " [truncated]"
-            text = self.model_copy(update={"message": short}).model_dump_json(
-                by_alias=True, exclude_none=True
-            )
+            shortened = self.model_copy(update={"message": short})
+            text = shortened.model_dump_json(by_alias=True, exclude_none=True)
+            if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
+                # Long locations leave no room for the record: the outcome matters more,
+                # and provenance.json beside the adapter still holds the record.
+                text = shortened.model_copy(update={"provenance": None}).model_dump_json(
+                    by_alias=True, exclude_none=True
+                )
         return text
 
     @classmethod

@@ -190,6 +190,57 @@ class OutputStatus(_Status):
     merged_uri: Uri | None = Field(None, description="The merged 16-bit model, if exported.")
 
 
+class ProvenanceStatus(_Status):
+    """What produced the adapter. The operator records the config and the image as soon as
+    the trainer runs; the rest is the trainer's own record from its termination message
+    when the run ends: claims of whatever ran in the trainer container, bounded, not
+    facts the operator checked."""
+
+    digest: Short | None = Field(
+        None,
+        description="sha256 over modelRevision, datasetDigest, configFingerprint and the "
+        "image (imageDigest, else imageID): equal digests, the same training. Set once all "
+        "four are known.",
+    )
+    model_source: Short | None = Field(None, description="Hub id, or the model's location.")
+    model_revision: Short | None = Field(
+        None,
+        description="The Hub commit loaded, or sha256:<hex> of a local or S3 model's "
+        "config and weight files (trainer's record).",
+    )
+    dataset_source: Short | None = Field(None, description="Where the rows came from.")
+    dataset_digest: Short | None = Field(
+        None,
+        description="sha256:<hex> of the token ids and loss masks of the rows trained on, "
+        "in order, after filtering, truncation and maxSamples (trainer's record).",
+    )
+    dataset_rows: int | None = Field(None, description="Rows trained on (trainer's record).")
+    config_digest: Short | None = Field(
+        None, description="sha256:<hex> of the trainer config file the operator wrote."
+    )
+    config_fingerprint: Short | None = Field(
+        None,
+        description="The config's settings that change what is trained (output location, "
+        "credentials and speed-only settings left out), hashed: the resume fingerprint.",
+    )
+    image: Short | None = Field(None, description="The trainer container's image.")
+    image_id: Short | None = Field(None, description="Its imageID, as the node reports it.")
+    image_digest: Short | None = Field(
+        None, description="sha256:<hex> from imageID, when the node reports a digest."
+    )
+    trainer_version: Short | None = Field(None, description="finetune-trainer's version.")
+    torch_version: Short | None = Field(None, description="torch's version.")
+    transformers_version: Short | None = Field(None, description="transformers' version.")
+    peft_version: Short | None = Field(None, description="peft's version.")
+    trl_version: Short | None = Field(None, description="trl's version.")
+    unsloth_version: Short | None = Field(None, description="unsloth's version, when used.")
+    gpu_model: Short | None = Field(None, description="The GPU's name, or cpu.")
+    gpu_count: int | None = Field(None, description="GPUs the trainer saw (0 on cpu).")
+    adapter_manifest_digest: Short | None = Field(
+        None, description="sha256:<hex> of final_model/manifest.json (trainer's record)."
+    )
+
+
 class FineTuneJobStatus(_Status):
     """Observed state of a FineTuneJob."""
 
@@ -218,3 +269,6 @@ class FineTuneJobStatus(_Status):
     progress: ProgressStatus | None = Field(None, description="Live training progress.")
     checkpoint: CheckpointStatus | None = Field(None, description="The newest complete checkpoint.")
     output: OutputStatus | None = Field(None, description="The trained artifacts.")
+    provenance: ProvenanceStatus | None = Field(
+        None, description="What produced the adapter: inputs, config, image, software."
+    )

@@ -13,9 +13,10 @@ from finetune_api.contract import (
     ExitCode,
     TerminationMessage,
 )
-from finetune_api.status import Phase, Reason
+from finetune_api.status import Phase, ProvenanceStatus, Reason
 
 from .naming import TRAINER_CONTAINER
+from .provenance import operator_provenance
 from .scrape import bounded_number
 
 WAITING_FOR_POD = "waiting for the trainer pod to be created and scheduled"
@@ -51,6 +52,8 @@ class Observation:
     last_failure: str | None = None  # e.g. "OOMKilled" or "exit code 1"
     # The checkpoint a trainer pod that is gone wrote last (on suspend, on eviction).
     departed_checkpoint: CheckpointRef | None = None
+    # The operator's part of status.provenance: the config written, the image run.
+    provenance: ProvenanceStatus | None = None
 
 
 def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -249,6 +252,7 @@ def observe(
         termination_text=text,
         last_failure=last_failure,
         departed_checkpoint=_departed_checkpoint(job, departed),
+        provenance=operator_provenance(job, pods),
     )
 
     complete = _condition(job, "Complete")

@@ -24,6 +24,7 @@ from finetune_api.status import (
 from .conditions import conditions_for_phase
 from .observe import Observation
 from .progress import progress_status
+from .provenance import provenance_status
 from .timeutil import rfc3339
 
 
@@ -287,6 +288,11 @@ def next_status(
         status.checkpoint = checkpoint
     if summary is not None and (summary.adapter_uri or summary.merged_uri):
         status.output = _output(summary)
+    # The trainer's record only once the run has ended: a newer attempt may be running.
+    ended = summary.provenance if summary is not None and obs.phase in TERMINAL_PHASES else None
+    provenance = provenance_status(previous.get("provenance"), obs.provenance, ended)
+    if provenance is not None:
+        status.provenance = provenance
     return StatusUpdate(status, _events(previous, status, message))
 
 

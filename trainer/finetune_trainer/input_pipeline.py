@@ -27,6 +27,8 @@ class TrainingInputs:
     # patches its own); this one only prepares the rows.
     data: PreparedDataset
     steps: StepPlan
+    # sha256:<hex> of the rows' token ids and masks in order (provenance.rows_digest).
+    rows_digest: str
 
 
 def prepare_inputs(
@@ -37,6 +39,7 @@ def prepare_inputs(
     InvalidInput (InvalidModel, InvalidDataset) naming what to fix."""
     from .data import load_rows, prepare_dataset
     from .model_errors import load_tokenizer
+    from .provenance import rows_digest
 
     tokenizer = load_tokenizer(config.model, model, token)
     rows = load_rows(
@@ -46,7 +49,8 @@ def prepare_inputs(
         cache_dir=scratch / "datasets-cache",
     )
     prepared = prepare_dataset(rows, tokenizer, config)
-    log.info("data: %s", prepared.stats.to_dict())
+    digest = rows_digest(prepared.dataset)
+    log.info("data: %s (%s)", prepared.stats.to_dict(), digest)
     steps = plan_steps(len(prepared.dataset), config.training)
     log.info(
         "plan: %d optimizer steps (%.2f epochs) of %d rows each",
@@ -54,4 +58,4 @@ def prepare_inputs(
         steps.epochs,
         steps.effective_batch,
     )
-    return TrainingInputs(data=prepared, steps=steps)
+    return TrainingInputs(data=prepared, steps=steps, rows_digest=digest)

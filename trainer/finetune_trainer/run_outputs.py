@@ -11,16 +11,23 @@ from typing import Any
 
 from finetune_api.config import TrainerConfig
 from finetune_api.config.output import pvc_uri
-from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerReason
+from finetune_api.contract import (
+    CheckpointRef,
+    TerminationMessage,
+    TrainerProvenance,
+    TrainerReason,
+)
 
 from .backends import Backend
 from .metrics import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss
+from .model_card import write_model_card
+from .provenance import manifest_digest, write_provenance, written_provenance
 from .resume import incompatible
 from .run_progress import RunProgress
 from .runtime import OUTPUT_STAGING
 from .sources import pvc_local_path
 from .storage.checkpoints import FINAL_MODEL_DIR, MERGED_16BIT_DIR, checkpoint_name
-from .storage.manifest import ArtifactKind, utc_now
+from .storage.manifest import ArtifactKind, Manifest, utc_now
 from .storage.targets import LocalTarget, OutputTarget, S3Target
 
 log = logging.getLogger(__name__)
@@ -66,6 +73,7 @@ def report_finished(
     report = progress.report
     report.step = report.total_steps = final.step
     report.adapter_uri = target.uri(FINAL_MODEL_DIR)
+    report.provenance = written_provenance(target.artifacts.root / FINAL_MODEL_DIR, final)
     if merged_wanted:
         report.merged_uri = target.uri(MERGED_16BIT_DIR)
     # The newest complete checkpoint: a newer directory may be one whose save or upload
@@ -111,7 +119,16 @@ def write_final_outputs(
     plot_loss(
         metrics_log.records, final_dir / LOSS_PLOT_FILE, f"{model_name} LoRA r={config.lora.rank}"
     )
-    _commit(target, final_dir, FINAL_MODEL_DIR, "final_model", step, fingerprint, started)
+    # After save_model: the card replaces PEFT's template README.md.
+    record = progress.report.provenance or TrainerProvenance()
+    write_provenance(final_dir, record)
+    write_model_card(final_dir, config, record, metrics_log.records, step)
+    manifest = _commit(
+        target, final_dir, FINAL_MODEL_DIR, "final_model", step, fingerprint, started
+    )
+    progress.report.provenance = record.model_copy(
+        update={"adapter_manifest_digest": manifest_digest(manifest)}
+    )
     progress.report.adapter_uri = target.uri(FINAL_MODEL_DIR)
     if config.output.merged_export == "merged_16bit":
         merged_dir = work / MERGED_16BIT_DIR
@@ -132,10 +149,11 @@ def _commit(
     step: int,
     fingerprint: str,
     started: str,
-) -> None:
+) -> Manifest:
     target.ensure_owned()
     manifest = target.artifacts.commit(
         written, name, kind=kind, step=step, fingerprint=fingerprint, started_at=started
     )
     target.published(name, manifest)
     log.info("%s", target.committed(name, manifest))
+    return manifest

@@ -36,6 +36,7 @@ from .memory_plan import MemoryPlan, plan_for_backend
 from .metrics import METRICS_FILE, MetricsLog, MetricsServer, log_gpu_memory_after_load
 from .model_errors import model_errors
 from .out_of_memory import Stage, is_out_of_memory, out_of_memory_message
+from .provenance import run_provenance
 from .remote_errors import TRACEBACK_LIMIT, bounded, details, failure_summary
 from .resume import ResumePoint, check_output_fingerprints, find_resume_point
 from .run_outputs import make_target, report_finished, write_final_outputs
@@ -237,6 +238,7 @@ class TrainingRun:
         )
         self.progress.report.total_steps = inputs.steps.total_steps
         self.metrics.update(total_steps=inputs.steps.total_steps)
+        self.progress.report.provenance = run_provenance(self.config, model_source, inputs)
         return inputs
 
     def _plan_memory(
