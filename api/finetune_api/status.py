@@ -190,6 +190,14 @@ class OutputStatus(_Status):
     merged_uri: Uri | None = Field(None, description="The merged 16-bit model, if exported.")
 
 
+class TrackingStatus(_Status):
+    """Where experiment trackers recorded the run (training.reportTo)."""
+
+    mlflow_run_id: Short | None = Field(
+        None, description="Id of the MLflow run the trainer reported to."
+    )
+
+
 class FineTuneJobStatus(_Status):
     """Observed state of a FineTuneJob."""
 
@@ -218,3 +226,6 @@ class FineTuneJobStatus(_Status):
     progress: ProgressStatus | None = Field(None, description="Live training progress.")
     checkpoint: CheckpointStatus | None = Field(None, description="The newest complete checkpoint.")
     output: OutputStatus | None = Field(None, description="The trained artifacts.")
+    tracking: TrackingStatus | None = Field(
+        None, description="Where experiment trackers recorded the run."
+    )

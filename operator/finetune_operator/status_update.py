@@ -19,6 +19,7 @@ from finetune_api.status import (
     OutputStatus,
     Phase,
     Reason,
+    TrackingStatus,
 )
 
 from .conditions import conditions_for_phase
@@ -287,6 +288,8 @@ def next_status(
         status.checkpoint = checkpoint
     if summary is not None and (summary.adapter_uri or summary.merged_uri):
         status.output = _output(summary)
+    if summary is not None and summary.mlflow_run_id:
+        status.tracking = TrackingStatus(mlflow_run_id=summary.mlflow_run_id)
     return StatusUpdate(status, _events(previous, status, message))
 
 
