@@ -77,15 +77,16 @@ class RunTracking:
 
     def _tensorboard(self) -> Any:
         from torch.utils.tensorboard import SummaryWriter
-        from transformers.integrations import TensorBoardCallback
+        from transformers.integrations.integration_utils import TensorBoardCallback
 
         self.tensorboard_dir.mkdir(parents=True, exist_ok=True)
         writer = SummaryWriter(log_dir=str(self.tensorboard_dir))
         log.info("tensorboard: event files in %s", self.tensorboard_dir)
-        return guarded_callback(TensorBoardCallback(tb_writer=writer), TrackerGuard("tensorboard"))
+        callback = TensorBoardCallback(tb_writer=writer)  # type: ignore[no-untyped-call]
+        return guarded_callback(callback, TrackerGuard("tensorboard"))
 
     def _wandb(self) -> Any:
-        from transformers.integrations import WandbCallback
+        from transformers.integrations.integration_utils import WandbCallback
 
         spec = self.config.training.wandb
         settings = {
@@ -112,7 +113,8 @@ class RunTracking:
         os.environ.update(settings)
         self.root.mkdir(parents=True, exist_ok=True)
         log.info("wandb: %s run in %s", settings.get("WANDB_MODE", "online"), self.root / "wandb")
-        return guarded_callback(WandbCallback(), _WandbGuard("wandb"))
+        callback = WandbCallback()  # type: ignore[no-untyped-call]
+        return guarded_callback(callback, _WandbGuard("wandb"))
 
     def start_mlflow(self) -> None:
         if self.mlflow is None or self.mlflow.run_id is not None:
