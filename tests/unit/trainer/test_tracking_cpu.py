@@ -15,8 +15,8 @@ import pytest
 from finetune_api.contract import ExitCode
 from finetune_trainer.storage.manifest import verify_dir
 
+from ...mlflow_server import mlflow_server
 from .cli_helpers import cli_env, termination
-from .mlflow_server import mlflow_server
 from .train_helpers import finish, start_cli, tiny_config
 from .wandb_records import history_rows
 
