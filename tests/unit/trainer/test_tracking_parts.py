@@ -4,11 +4,14 @@ sent to MLflow, the guard that turns a failing tracker off, and the SFTConfig ru
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from finetune_api.config import TrainerConfig
+from finetune_trainer.tracking.background import BackgroundSender
 from finetune_trainer.tracking.guard import ERROR_LIMIT, TrackerGuard
 from finetune_trainer.tracking.identity import RunIdentity
 from finetune_trainer.tracking.mlflow_run import config_params, step_metrics
@@ -85,3 +88,37 @@ def test_run_name_reaches_the_sft_config(tmp_path: Path) -> None:
         run_name="ml/run-a",
     )
     assert kwargs["run_name"] == "ml/run-a" and kwargs["report_to"] == "none"
+
+
+def test_a_slow_tracking_server_never_slows_the_step(caplog: pytest.LogCaptureFixture) -> None:
+    release, busy = threading.Event(), threading.Event()
+    sent: list[int] = []
+
+    def slow(value: int) -> None:
+        busy.set()
+        release.wait(10)
+        sent.append(value)
+
+    sender = BackgroundSender(TrackerGuard("mlflow"), limit=2)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        sender.submit("logging metrics", slow, 0)
+        assert busy.wait(5)
+        for value in range(1, 5):
+            sender.submit("logging metrics", slow, value)
+        assert time.monotonic() - started < 1.0
+        release.set()
+        sender.drain(timeout=10)
+    # One in flight, two waiting; the rest dropped and said so.
+    assert sent == [0, 1, 2]
+    assert any("dropping what it cannot take" in r.message for r in caplog.records)
+
+
+def test_the_end_of_the_run_waits_for_a_stuck_server_a_bounded_time() -> None:
+    stuck = threading.Event()
+    sender = BackgroundSender(TrackerGuard("mlflow"))
+    sender.submit("logging metrics", stuck.wait, 30)
+    started = time.monotonic()
+    sender.drain(timeout=0.5)
+    assert time.monotonic() - started < 2.0
+    stuck.set()

@@ -22,6 +22,7 @@ from finetune_api.contract import Env
 
 from ..run_progress import RunProgress
 from ..storage.checkpoints import FINAL_MODEL_DIR, checkpoint_name
+from .background import BackgroundSender
 from .guard import TrackerGuard, guarded_callback
 from .identity import RunIdentity
 from .mlflow_run import MlflowRun
@@ -29,6 +30,8 @@ from .mlflow_run import MlflowRun
 log = logging.getLogger(__name__)
 
 TENSORBOARD_DIR = "tensorboard"
+# How long the end of a run waits for metrics still on their way to MLflow.
+MLFLOW_DRAIN_SECONDS = 60.0
 WANDB_PARENT_DIR = "."  # W&B makes its own wandb/ below WANDB_DIR
 
 
@@ -47,6 +50,7 @@ class RunTracking:
         self.identity = RunIdentity.from_env(fallback)
         self.mlflow_guard = TrackerGuard("mlflow")
         self.mlflow: MlflowRun | None = None
+        self.mlflow_sender: BackgroundSender | None = None
         self._ended = False
 
     @property
@@ -124,9 +128,20 @@ class RunTracking:
         )
         if run_id:
             self.progress.report.mlflow_run_id = run_id
+            self.mlflow_sender = BackgroundSender(self.mlflow_guard)
+
+    def log_mlflow_step(self, step: int, logs: dict[str, Any]) -> None:
+        if self.mlflow is not None and self.mlflow_sender is not None:
+            self.mlflow_sender.submit("logging metrics", self.mlflow.log_step, step, logs)
+
+    def _drain_mlflow(self) -> None:
+        if self.mlflow_sender is not None:
+            self.mlflow_sender.drain(MLFLOW_DRAIN_SECONDS)
+            self.mlflow_sender = None
 
     def finish(self, adapter_dir: Path) -> None:
         """The run trained to the end: the adapter logged, the MLflow run ended."""
+        self._drain_mlflow()
         if self.mlflow is not None and self.mlflow.run_id is not None:
             self.mlflow_guard.call("logging the adapter", self.mlflow.log_adapter, adapter_dir)
             self.mlflow_guard.call("ending the run", self.mlflow.end, "FINISHED")
@@ -137,6 +152,7 @@ class RunTracking:
         if self._ended:
             return
         self._ended = True
+        self._drain_mlflow()
         if self.mlflow is not None and self.mlflow.run_id is not None:
             self.mlflow_guard.call("ending the run", self.mlflow.end, status)
 
@@ -173,11 +189,8 @@ def _mlflow_callback(tracking: RunTracking) -> Any:
         def on_log(
             self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
         ) -> None:
-            mlflow = tracking.mlflow
-            if state.is_world_process_zero and mlflow is not None:
-                tracking.mlflow_guard.call(
-                    "logging metrics", mlflow.log_step, int(state.global_step), dict(logs or {})
-                )
+            if state.is_world_process_zero:
+                tracking.log_mlflow_step(int(state.global_step), dict(logs or {}))
 
     return _MlflowCallback()
 
