@@ -125,3 +125,24 @@ def test_a_dead_tracking_server_does_not_fail_the_run(
     assert "mlflow: starting the run failed, so the run goes on without it" in stderr
     assert termination(tmp_path).mlflow_run_id is None
     assert (out / "final_model" / "adapter_model.safetensors").is_file()
+
+
+def test_a_retried_pod_continues_its_finetunejobs_run(mlflow_url: str) -> None:
+    from finetune_api.config import MlflowSpec, TrainerConfig
+    from finetune_trainer.tracking.identity import RunIdentity
+    from finetune_trainer.tracking.mlflow_run import MlflowRun
+
+    spec = MlflowSpec.model_validate({"trackingUri": mlflow_url, "experiment": "retries"})
+    config = TrainerConfig()
+    first = MlflowRun(spec, RunIdentity("team-b", "job", "uid-retry"))
+    run_id = first.start(config, "fp")
+    first.log_step(1, {"loss": 2.0})
+    first.end("FAILED")
+    again = MlflowRun(spec, RunIdentity("team-b", "job", "uid-retry"))
+    assert again.start(config, "fp") == run_id
+    again.log_step(2, {"loss": 1.0})
+    other = MlflowRun(spec, RunIdentity("team-b", "job", "uid-other"))
+    assert other.start(config, "fp") != run_id
+    history = again.client.get_metric_history(run_id, "loss")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert again.client.get_run(run_id).info.status == "RUNNING"
