@@ -72,7 +72,7 @@ class RunTracking:
         if "mlflow" in self.reporters and self.config.training.mlflow is not None:
             spec = self.config.training.mlflow
             self.mlflow = self.mlflow_guard.call(
-                "connecting to the tracking server", MlflowRun, spec, self.identity
+                "setting up the client", MlflowRun, spec, self.identity
             )
             callbacks.append(_mlflow_callback(self))
         if "tensorboard" in self.reporters:
