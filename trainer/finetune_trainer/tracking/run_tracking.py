@@ -104,7 +104,11 @@ class RunTracking:
             "WANDB_SILENT": "true",
             "WANDB_LOG_MODEL": "false",
             "WANDB_WATCH": "false",
+            # Bounded network: 60 s to start the run, 15 s per API request, and at the
+            # end 60 s to upload what is left (the rest stays in wandb/ for `wandb sync`).
             "WANDB_INIT_TIMEOUT": "60",
+            "WANDB_HTTP_TIMEOUT": "15",
+            "WANDB_FINISH_TIMEOUT": "60",
         }
         if spec is not None and spec.entity:
             settings["WANDB_ENTITY"] = spec.entity
