@@ -66,6 +66,15 @@ class Env:
     # The pod's terminationGracePeriodSeconds: how long the trainer may go on retrying
     # uploads after a stop signal or a failure before it exits. Default: 30 (Kubernetes').
     GRACE_PERIOD_SECONDS = "FTO_GRACE_PERIOD_SECONDS"
+    # The FineTuneJob this pod trains for: experiment trackers name and tag the run after
+    # it (<namespace>/<name>, and the uid in RUN_ID). Default: the config file's name.
+    JOB_NAMESPACE = "FTO_JOB_NAMESPACE"
+    JOB_NAME = "FTO_JOB_NAME"
+    # Tracking credentials, under the names the tracking libraries read.
+    MLFLOW_TRACKING_TOKEN = "MLFLOW_TRACKING_TOKEN"
+    MLFLOW_TRACKING_USERNAME = "MLFLOW_TRACKING_USERNAME"
+    MLFLOW_TRACKING_PASSWORD = "MLFLOW_TRACKING_PASSWORD"
+    WANDB_API_KEY = "WANDB_API_KEY"
 
     @staticmethod
     def s3(role: Literal["model", "dataset", "output"], what: str) -> str:
@@ -247,6 +256,9 @@ class TerminationMessage(_Wire):
     merged_uri: str | None = None
     resumed_from_step: int | None = None
     provenance: TrainerProvenance | None = None
+    # The MLflow run this attempt reported to (training.reportTo lists mlflow); bounded
+    # where the operator copies it (status.tracking).
+    mlflow_run_id: str | None = None
 
     @property
     def known_reason(self) -> TrainerReason:

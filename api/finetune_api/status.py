@@ -241,6 +241,14 @@ class ProvenanceStatus(_Status):
     )
 
 
+class TrackingStatus(_Status):
+    """Where experiment trackers recorded the run (training.reportTo)."""
+
+    mlflow_run_id: Short | None = Field(
+        None, description="Id of the MLflow run the trainer reported to."
+    )
+
+
 class FineTuneJobStatus(_Status):
     """Observed state of a FineTuneJob."""
 
@@ -271,4 +279,7 @@ class FineTuneJobStatus(_Status):
     output: OutputStatus | None = Field(None, description="The trained artifacts.")
     provenance: ProvenanceStatus | None = Field(
         None, description="What produced the adapter: inputs, config, image, software."
+    )
+    tracking: TrackingStatus | None = Field(
+        None, description="Where experiment trackers recorded the run."
     )

@@ -65,6 +65,9 @@ class OperatorConfig:
     # S3 endpoints FineTuneJobs may name (host, host:port or *.suffix); empty: any but
     # loopback, link-local and the API server's names.
     allowed_s3_endpoints: tuple[str, ...] = ()
+    # Experiment-tracking hosts (training.mlflow.trackingUri) FineTuneJobs may name, in the
+    # same forms; empty: any but what S3 endpoints refuse and in-cluster services.
+    allowed_tracking_hosts: tuple[str, ...] = ()
     # Priority classes FineTuneJobs may name; empty: any but system-*.
     allowed_priority_classes: tuple[str, ...] = ()
     # Whether a toleration without a key (it tolerates every taint) is allowed.
@@ -134,6 +137,7 @@ class OperatorConfig:
             allowed_images=listed(get("ALLOWED_IMAGES", "")),
             allowed_service_accounts=listed(get("ALLOWED_SERVICE_ACCOUNTS", "")),
             allowed_s3_endpoints=listed(get("ALLOWED_S3_ENDPOINTS", "")),
+            allowed_tracking_hosts=listed(get("ALLOWED_TRACKING_HOSTS", "")),
             allowed_priority_classes=listed(get("ALLOWED_PRIORITY_CLASSES", "")),
             allow_wildcard_tolerations=get("ALLOW_WILDCARD_TOLERATIONS", "false", _flag),
             allowed_toleration_keys=listed(get("ALLOWED_TOLERATION_KEYS", "")),

@@ -168,7 +168,9 @@ def _api_server_address() -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
         return None
 
 
-def _address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+def _address_problem(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address, kind: str = "S3 endpoint"
+) -> str | None:
     inside = _ipv4_inside(address) if isinstance(address, ipaddress.IPv6Address) else None
     for candidate in (address, inside):
         if candidate is None:
@@ -184,7 +186,7 @@ def _address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> 
                 "FineTuneJobs may not reach"
             )
         if candidate == _api_server_address():
-            return "is the Kubernetes API server, not an S3 endpoint"
+            return f"is the Kubernetes API server, not an {kind}"
     if inside is not None and address not in _NAT64:
         return (
             "is an IPv4 address written as IPv6 (IPv4-mapped, -compatible or -translated), "
@@ -217,9 +219,11 @@ def _endpoint_listed(host: str, port: int | None, allowed: tuple[str, ...]) -> b
     return False
 
 
-def endpoint_problem(endpoint: str, allowed: tuple[str, ...]) -> str | None:
+def endpoint_problem(
+    endpoint: str, allowed: tuple[str, ...], kind: str = "S3 endpoint"
+) -> str | None:
     """Why a FineTuneJob may not send S3 requests (signed with its credentials) to
-    ``endpoint``, or None."""
+    ``endpoint``, or None. ``kind`` names what the endpoint is for, in the refusal."""
     try:
         parts = urlsplit(endpoint)
         port = parts.port
@@ -235,13 +239,52 @@ def endpoint_problem(endpoint: str, allowed: tuple[str, ...]) -> str | None:
     if allowed:
         if _endpoint_listed(host, port, allowed):
             return None
-        return f"is not one of the S3 endpoints allowed in this cluster: {', '.join(allowed)}"
+        return f"is not one of the {kind}s allowed in this cluster: {', '.join(allowed)}"
     if address is not None:
-        return _address_problem(address)
+        return _address_problem(address, kind)
     if host == "localhost" or host.endswith(".localhost") or host in _METADATA_NAMES:
         return "names this machine or a cloud metadata service, which FineTuneJobs may not reach"
     if host in _API_SERVER_NAMES:
-        return "is the Kubernetes API server, not an S3 endpoint"
+        return f"is the Kubernetes API server, not an {kind}"
+    return None
+
+
+# In-cluster service names: a single label or <service>.<namespace> resolves through the
+# pod's DNS search path, and *.svc / *.cluster.local name Services directly.
+_CLUSTER_NAME = re.compile(r"^([^.]+|[^.]+\.[^.]+|.*\.svc(\..*)?|.*\.cluster\.local)$")
+# Private and shared address space, where ClusterIPs, pod IPs and nodes live.
+_PRIVATE_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
+)
+
+
+def tracking_uri_problem(uri: str, allowed: tuple[str, ...]) -> str | None:
+    """Why a FineTuneJob may not report to the tracking server at ``uri``, or None. The
+    trainer sends it the run's parameters, metrics and adapter (with the credentials of
+    the FineTuneJob's Secret): beyond what S3 endpoints refuse, an unlisted tracking host
+    may not be an in-cluster service or a private address either, unless listed."""
+    problem = endpoint_problem(uri, allowed, "tracking host")
+    if problem or allowed:
+        return problem
+    host = (urlsplit(uri).hostname or "").rstrip(".")
+    address = _address(host)
+    inside = _ipv4_inside(address) if isinstance(address, ipaddress.IPv6Address) else None
+    if any(
+        candidate is not None and any(candidate in net for net in _PRIVATE_NETWORKS)
+        for candidate in (address, inside)
+    ):
+        return (
+            "is a private address (cluster and node networks), which FineTuneJobs may not "
+            "reach unless an administrator lists it (trainer.allowedTrackingHosts)"
+        )
+    if address is None and _CLUSTER_NAME.match(host):
+        return (
+            "may name an in-cluster service (one or two labels, which the pod's DNS search "
+            "path resolves as <service>.<namespace>, or *.svc, *.cluster.local), which "
+            "FineTuneJobs may not reach unless an administrator lists it "
+            "(trainer.allowedTrackingHosts)"
+        )
     return None
 
 
@@ -313,6 +356,13 @@ def policy_problems(spec: FineTuneJobSpec, config: OperatorConfig) -> list[str]:
         problem = endpoint_problem(endpoint, config.allowed_s3_endpoints)
         if problem:
             problems.append(f"{field}: {_quote(endpoint)} {problem}")
+    mlflow = spec.training.mlflow
+    if mlflow is not None:
+        problem = tracking_uri_problem(mlflow.tracking_uri, config.allowed_tracking_hosts)
+        if problem:
+            problems.append(
+                f"spec.training.mlflow.trackingUri: {_quote(mlflow.tracking_uri)} {problem}"
+            )
     priority = spec.scheduling.priority_class_name
     if priority:
         listed = config.allowed_priority_classes

@@ -19,6 +19,7 @@ from finetune_api.status import (
     OutputStatus,
     Phase,
     Reason,
+    TrackingStatus,
 )
 
 from .conditions import conditions_for_phase
@@ -293,6 +294,8 @@ def next_status(
     provenance = provenance_status(previous.get("provenance"), obs.provenance, ended)
     if provenance is not None:
         status.provenance = provenance
+    if summary is not None and summary.mlflow_run_id:
+        status.tracking = TrackingStatus(mlflow_run_id=summary.mlflow_run_id)
     return StatusUpdate(status, _events(previous, status, message))
 
 

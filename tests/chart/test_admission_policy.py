@@ -504,3 +504,54 @@ def _in(job: dict[str, Any], namespace: str) -> dict[str, Any]:
     moved = json.loads(json.dumps(job))
     moved["metadata"]["namespace"] = namespace
     return moved
+
+
+def _tracked(uri: str) -> dict[str, Any]:
+    return {"training": {"reportTo": ["mlflow"], "mlflow": {"trackingUri": uri}}}
+
+
+def test_the_tracking_uri_policy_holds_at_admission(
+    cluster: LocalCluster, helm: Any, namespace: str, policies: Any, tenant: str
+) -> None:
+    _in_force(cluster, namespace)
+    for uri in (
+        "http://169.254.169.254/latest",
+        "http://127.0.0.1:5000",
+        "http://localhost:5000",
+        "http://2852039166",
+        "http://[fd00:ec2::254]",
+        "http://metadata.google.internal",
+        "https://kubernetes.default.svc",
+        "http://mlflow:5000",
+        "http://mlflow.mlflow:5000",
+        "http://mlflow.mlflow.svc:5000",
+        "http://mlflow.mlflow.svc.cluster.local.",
+        "http://10.96.0.10:5000",
+        "http://[fd12::1]",
+    ):
+        message = _refused(cluster, namespace, _tracked(uri))
+        assert f"spec.training.mlflow.trackingUri: {uri} is not allowed" in message
+        assert "trainer.allowedTrackingHosts" in message
+    _admitted(cluster, namespace, _tracked("https://mlflow.example.com"))
+    # The tracking Secrets are checked like every other Secret a FineTuneJob names.
+    secret = {"name": "db-password", "tokenKey": "k"}
+    spec = _tracked("https://mlflow.example.com")
+    spec["training"]["mlflow"]["credentialsSecretRef"] = secret
+    assert "may not get Secret db-password" in _refused(cluster, namespace, spec)
+    secret["name"] = "readable-s3"
+    _admitted(cluster, namespace, spec)
+
+
+def test_the_tracking_host_list_holds_at_admission(
+    cluster: LocalCluster, helm: Any, namespace: str, crd: None, tenant: str
+) -> None:
+    values = _values(namespace, allowedTrackingHosts=["mlflow.mlflow.svc:5000"])
+    (deployment,) = of_kind(
+        render(helm, values, release=RELEASE, namespace=RELEASE_NAMESPACE), "Deployment"
+    )
+    assert container_env(deployment)["FTO_ALLOWED_TRACKING_HOSTS"] == "mlflow.mlflow.svc:5000"
+    with _installed(cluster, helm, values):
+        _in_force(cluster, namespace)
+        _admitted(cluster, namespace, _tracked("http://mlflow.mlflow.svc:5000"))
+        message = _refused(cluster, namespace, _tracked("https://mlflow.example.com"))
+        assert "allowed: mlflow.mlflow.svc:5000" in message

@@ -33,6 +33,8 @@ def e2e_operator_config(**overrides: Any) -> OperatorConfig:
         "liveness_endpoint": None,
         # The test S3 server runs on loopback, which FineTuneJobs may not reach by default.
         "allowed_s3_endpoints": ("127.0.0.1",),
+        # The test MLflow server too (tests/e2e/test_tracking.py).
+        "allowed_tracking_hosts": ("127.0.0.1",),
     }
     settings.update(overrides)
     return OperatorConfig(**settings)

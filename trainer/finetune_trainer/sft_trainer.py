@@ -17,6 +17,7 @@ from .metrics import MetricsLog, MetricsServer
 from .run_progress import RunProgress
 from .signals import StopRequest
 from .storage.targets import OutputTarget
+from .tracking import RunTracking
 from .trl_args import sft_config_kwargs
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ def build_sft_trainer(
     metrics: MetricsServer,
     metrics_log: MetricsLog,
     stop: StopRequest,
+    tracking: RunTracking | None = None,
 ) -> Any:
     """The SFTTrainer that trains ``model`` on ``dataset``, writing its checkpoints into
     ``target``'s work directory and reporting through ``progress``, ``metrics`` and
@@ -52,10 +54,16 @@ def build_sft_trainer(
         use_cpu=backend.use_cpu,
         per_device_batch=plan.per_device,
         gradient_accumulation=plan.accumulation,
+        run_name=tracking.run_name if tracking is not None else None,
     )
     args = backend.sft_config_class()(**kwargs)
     trainer = backend.sft_trainer_class()(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        # Ahead of the run's own callbacks: see RunTracking.callbacks.
+        callbacks=tracking.callbacks() if tracking is not None else None,
     )
     accounting = BatchAccounting(trainer.data_collator)
     trainer.data_collator = accounting

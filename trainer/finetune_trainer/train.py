@@ -44,8 +44,10 @@ from .run_progress import RunProgress
 from .runtime import RuntimeOptions
 from .signals import Interrupted, StopRequest
 from .sources import ModelSource, resolve_model
+from .storage.checkpoints import FINAL_MODEL_DIR
 from .storage.lease import OutputLease
 from .storage.targets import OutputTarget
+from .tracking import RunTracking
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class TrainingRun:
         self._hold_from: float | None = None
         self.stage: Stage = "preparing"
         self.memory_plan: MemoryPlan | None = None
+        self.tracking: RunTracking | None = None
 
     # --- every exit becomes a message --------------------------------------------------------
     def execute(self) -> TerminationMessage:
@@ -135,6 +138,8 @@ class TrainingRun:
                     if self.target.unpublished_output:
                         self.runtime.keep_scratch = True
                         log.error("lost: %s", self.target.lost_output())
+                if self.tracking is not None:
+                    self.tracking.close("KILLED" if self.progress.interrupted else "FAILED")
                 if self.lease is not None:
                     self.lease.release()
                 self.metrics.stop()
@@ -163,6 +168,9 @@ class TrainingRun:
         if finished is not None:
             return finished
         resume = self._find_resume_point(target)
+        self.tracking = RunTracking(
+            self.config, self.fingerprint, target.artifacts.root, self.progress
+        )
 
         from .backends import select_backend
 
@@ -194,6 +202,7 @@ class TrainingRun:
                 self.metrics_log,
                 self.progress,
             )
+        self.tracking.finish(target.artifacts.root / FINAL_MODEL_DIR)
         report = self.progress.report
         return self.progress.message(
             "succeeded",
@@ -285,6 +294,7 @@ class TrainingRun:
             metrics=self.metrics,
             metrics_log=self.metrics_log,
             stop=self.stop,
+            tracking=self.tracking,
         )
 
     def _run_trainer(self, trainer: Any, resume: ResumePoint | None) -> None:

@@ -24,6 +24,7 @@ def sft_config_kwargs(
     per_device_batch: int | None = None,
     gradient_accumulation: int | None = None,
     use_cpu: bool = False,
+    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``trl.SFTConfig``.
 
@@ -43,6 +44,11 @@ def sft_config_kwargs(
 
     ``per_device_batch`` and ``gradient_accumulation`` default to the config's and exist so
     the micro-batch can be resized for speed with the same effective batch.
+
+    Trackers (``training.reportTo``): ``report_to`` stays ``none`` because the run builds
+    its trackers' callbacks itself (tracking/), each behind a guard so a failing tracker
+    never fails training; ``run_name`` (the FineTuneJob's ``<namespace>/<name>``) names the
+    run in them.
     """
     kwargs: dict[str, Any] = {
         "output_dir": str(output_dir),
@@ -68,7 +74,7 @@ def sft_config_kwargs(
         "save_total_limit": None,
         "seed": training.seed,
         "data_seed": training.seed,
-        "report_to": "none",
+        "report_to": "none",  # trackers: tracking/run_tracking.py
         "bf16": bf16,
         "fp16": fp16,
         "use_cpu": use_cpu,
@@ -81,6 +87,8 @@ def sft_config_kwargs(
         "dataloader_num_workers": 0,
         "disable_tqdm": not progress_bars_wanted(),
     }
+    if run_name is not None:
+        kwargs["run_name"] = run_name
     if gradient_checkpointing:
         # The non-reentrant kind works with LoRA's frozen inputs (the reentrant one needs
         # inputs that require grad) and is what torch recommends.

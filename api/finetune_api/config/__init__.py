@@ -11,6 +11,7 @@ from .lora import DEFAULT_TARGET_MODULES, LoraSpec
 from .model import DEFAULT_MODEL, MAX_SEQ_LENGTH_LIMIT, ModelSpec
 from .output import OutputSpec
 from .sources import ConfigMapKey, PvcPath, S3CredentialsRef, S3Location, SecretKeyRef
+from .tracking import MlflowCredentialsRef, MlflowSpec, Reporter, WandbSpec
 from .trainer_config import TrainerConfig
 from .training import TrainingSpec
 
@@ -22,15 +23,19 @@ __all__ = [
     "ConfigMapKey",
     "DatasetSpec",
     "LoraSpec",
+    "MlflowCredentialsRef",
+    "MlflowSpec",
     "ModelSpec",
     "OutputSpec",
     "PvcPath",
+    "Reporter",
     "S3CredentialsRef",
     "S3Location",
     "SecretKeyRef",
     "SpecModel",
     "TrainerConfig",
     "TrainingSpec",
+    "WandbSpec",
     "describe_errors",
     "field_path",
 ]

@@ -17,6 +17,7 @@ from .legacy import upgrade_legacy_keys
 from .lora import LoraSpec
 from .model import ModelSpec
 from .output import OutputSpec
+from .tracking import TRACKING_KEYS
 from .training import TrainingSpec
 
 
@@ -87,6 +88,7 @@ class TrainerConfig(SpecModel):
             "saveSteps",
             "saveTotalLimit",
             "loggingSteps",
+            *TRACKING_KEYS,
         ):
             training.pop(key, None)
         # When a run counts as diverged changes no checkpoint: a run stopped as Diverged

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from .base import SpecModel, cel
+from .tracking import TRACKING_RULES, MlflowSpec, ReportTo, WandbSpec, tracking_problem
 
 Optimizer = Literal[
     "adamw_8bit",
@@ -65,6 +66,7 @@ class TrainingSpec(SpecModel):
                     "self.maxSteps",
                     "training.warmupSteps must be smaller than training.maxSteps",
                 ),
+                *TRACKING_RULES,
             ]
         }
     }
@@ -152,6 +154,26 @@ class TrainingSpec(SpecModel):
         "shuffled mega-batches), so micro-batches carry little padding. Same rows per epoch "
         "in a different order than the default shuffle. Default: false.",
     )
+
+    report_to: ReportTo | None = Field(
+        None,
+        description="Experiment trackers that receive the run's parameters and per-step "
+        "metrics: tensorboard (event files beside the checkpoints), mlflow (training.mlflow), "
+        "wandb (training.wandb; offline without an API key). Default: none.",
+    )
+    mlflow: MlflowSpec | None = Field(
+        None, description="The MLflow tracking server, when reportTo lists mlflow."
+    )
+    wandb: WandbSpec | None = Field(
+        None, description="Weights & Biases settings, when reportTo lists wandb."
+    )
+
+    @model_validator(mode="after")
+    def _trackers_agree(self) -> TrainingSpec:
+        problem = tracking_problem(self.report_to, self.mlflow, self.wandb)
+        if problem:
+            raise ValueError(problem)
+        return self
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingSpec:

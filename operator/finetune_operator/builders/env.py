@@ -48,13 +48,49 @@ def _s3_env(
     return env
 
 
+def _tracking_env(config: TrainerConfig, namespace: str, name: str) -> list[dict[str, Any]]:
+    """What experiment trackers need: the FineTuneJob's identity (the run's name and tags)
+    and each tracker's credentials by reference. Nothing when no tracker is listed, so the
+    Jobs of FineTuneJobs without tracking stay what earlier operators made (adoption)."""
+    training = config.training
+    if not training.report_to:
+        return []
+    env: list[dict[str, Any]] = [
+        {"name": contract.Env.JOB_NAMESPACE, "value": namespace},
+        {"name": contract.Env.JOB_NAME, "value": name},
+    ]
+    mlflow = training.mlflow
+    creds = mlflow.credentials_secret_ref if mlflow is not None else None
+    if creds is not None:
+        if creds.token_key is not None:
+            env.append(_secret(contract.Env.MLFLOW_TRACKING_TOKEN, creds.name, creds.token_key))
+        if creds.username_key is not None and creds.password_key is not None:
+            env.append(
+                _secret(contract.Env.MLFLOW_TRACKING_USERNAME, creds.name, creds.username_key)
+            )
+            env.append(
+                _secret(contract.Env.MLFLOW_TRACKING_PASSWORD, creds.name, creds.password_key)
+            )
+    wandb = training.wandb
+    if wandb is not None and wandb.api_key_secret_ref is not None:
+        key = wandb.api_key_secret_ref
+        env.append(_secret(contract.Env.WANDB_API_KEY, key.name, key.key))
+    return env
+
+
 def build_env(
-    config: TrainerConfig, *, run_id: str, grace_period_seconds: int
+    config: TrainerConfig,
+    *,
+    run_id: str,
+    grace_period_seconds: int,
+    namespace: str = "",
+    name: str = "",
 ) -> list[dict[str, Any]]:
     """The trainer's environment. ``run_id`` (the FineTuneJob's uid) lets the next pod of
     the same FineTuneJob take over the output lease at once, while another FineTuneJob's
     trainer is refused; ``grace_period_seconds`` (the pod's) bounds how long the trainer
-    holds its exit for uploads that failed."""
+    holds its exit for uploads that failed. ``namespace`` and ``name`` (the FineTuneJob's)
+    name the run in experiment trackers."""
     env: list[dict[str, Any]] = [
         {"name": contract.Env.POD_IP, "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         {"name": contract.Env.METRICS_PORT, "value": str(contract.METRICS_PORT)},
@@ -69,4 +105,5 @@ def build_env(
     env += _s3_env("model", config.model.s3)
     env += _s3_env("dataset", config.dataset.s3)
     env += _s3_env("output", config.output.s3)
+    env += _tracking_env(config, namespace, name)
     return env

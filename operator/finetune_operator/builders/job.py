@@ -115,6 +115,8 @@ def build_job(spec: FineTuneJobSpec, owner: Owner, settings: OperatorConfig) -> 
             config,
             run_id=owner.uid,
             grace_period_seconds=settings.trainer_grace_period_seconds,
+            namespace=owner.namespace,
+            name=owner.name,
         ),
         "ports": [{"name": contract.METRICS_PORT_NAME, "containerPort": contract.METRICS_PORT}],
         "resources": _resources(spec),

@@ -349,3 +349,56 @@ def test_the_fast_yaml_emitter_writes_what_pyyaml_would(owner: Owner) -> None:
     config = resolved_trainer_config(spec, owner)
     _header, _, body = config_file_text(config).partition("\n")
     assert body == yaml.safe_dump(config.to_marked_wire(), sort_keys=False)
+
+
+class TestTrackingEnv:
+    """training.reportTo: the FineTuneJob's identity and each tracker's Secret, by
+    reference only; nothing at all for a FineTuneJob without trackers."""
+
+    def test_no_trackers_no_tracking_env(self, owner: Owner, settings: OperatorConfig) -> None:
+        env = env_of(build_job(spec_of({}), owner, settings))
+        assert contract.Env.JOB_NAME not in env
+        assert not any(name.startswith(("MLFLOW_", "WANDB_")) for name in env)
+
+    def test_identity_and_secret_references(self, owner: Owner, settings: OperatorConfig) -> None:
+        training = {
+            "reportTo": ["mlflow", "wandb"],
+            "mlflow": {
+                "trackingUri": "https://mlflow.example.com",
+                "credentialsSecretRef": {
+                    "name": "mlflow-creds",
+                    "usernameKey": "user",
+                    "passwordKey": "pass",
+                },
+            },
+            "wandb": {"apiKeySecretRef": {"name": "wandb", "key": "api-key"}},
+        }
+        env = env_of(build_job(spec_of({"training": training}), owner, settings))
+        assert env[contract.Env.JOB_NAMESPACE]["value"] == owner.namespace
+        assert env[contract.Env.JOB_NAME]["value"] == owner.name
+        assert env[contract.Env.RUN_ID]["value"] == owner.uid
+        assert env["MLFLOW_TRACKING_USERNAME"]["valueFrom"] == {
+            "secretKeyRef": {"name": "mlflow-creds", "key": "user"}
+        }
+        assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"] == {
+            "secretKeyRef": {"name": "mlflow-creds", "key": "pass"}
+        }
+        assert "MLFLOW_TRACKING_TOKEN" not in env
+        assert env["WANDB_API_KEY"]["valueFrom"] == {
+            "secretKeyRef": {"name": "wandb", "key": "api-key"}
+        }
+
+    def test_token_and_offline_wandb(self, owner: Owner, settings: OperatorConfig) -> None:
+        training = {
+            "reportTo": ["mlflow", "wandb", "tensorboard"],
+            "mlflow": {
+                "trackingUri": "https://mlflow.example.com",
+                "credentialsSecretRef": {"name": "m", "tokenKey": "token"},
+            },
+        }
+        env = env_of(build_job(spec_of({"training": training}), owner, settings))
+        assert env["MLFLOW_TRACKING_TOKEN"]["valueFrom"] == {
+            "secretKeyRef": {"name": "m", "key": "token"}
+        }
+        assert "MLFLOW_TRACKING_USERNAME" not in env
+        assert "WANDB_API_KEY" not in env  # the trainer records W&B offline

@@ -277,3 +277,18 @@ def test_the_attempt_is_numbered_by_the_restarts_the_status_counts() -> None:
     fourth = update(third, failed_before).patch
     assert fourth["message"] == "training (attempt 4, after exit code 1 (Error))"
     assert update({}, running_on("ftj-a")).patch["message"] == "training"
+
+
+def test_the_mlflow_run_id_is_reported_in_status_tracking() -> None:
+    summary = TerminationMessage(
+        status="succeeded",
+        reason="Completed",
+        adapter_uri="pvc://outs/ml/run/final_model",
+        mlflow_run_id="0123456789abcdef0123456789abcdef",
+    )
+    obs = Observation("Succeeded", "Succeeded", "done", completion_time="T9", termination=summary)
+    status = update({"phase": "Running", "reason": "Running"}, obs).patch
+    assert status["tracking"] == {"mlflowRunId": "0123456789abcdef0123456789abcdef"}
+    untracked = summary.model_copy(update={"mlflow_run_id": None})
+    obs = replace(obs, termination=untracked)
+    assert "tracking" not in update({"phase": "Running", "reason": "Running"}, obs).patch
