@@ -276,18 +276,23 @@ class TerminationMessage(_Wire):
         return TrainerProgress.model_validate(self.model_dump(include=shared))
 
     def encode(self) -> str:
-        """JSON that fits the kubelet's 4 KiB limit, shortening the message if needed."""
-        text = self.model_dump_json(by_alias=True, exclude_none=True)
+        """JSON that fits the kubelet's 4 KiB limit. What gives way first: for a run that
+        did not succeed, the provenance record (there is no adapter for it to describe, and
+        the message says what to fix); then the message is shortened; last, the record of
+        a run that succeeded (provenance.json beside the adapter still holds it)."""
+        candidate = self
+        text = candidate.model_dump_json(by_alias=True, exclude_none=True)
+        if len(text.encode()) > TERMINATION_MESSAGE_LIMIT and self.status != "succeeded":
+            candidate = candidate.model_copy(update={"provenance": None})
+            text = candidate.model_dump_json(by_alias=True, exclude_none=True)
         over = len(text.encode()) - TERMINATION_MESSAGE_LIMIT
         if over > 0:
             keep = max(0, len(self.message.encode()) - over - 16)
             short = self.message.encode()[:keep].decode(errors="ignore") + " [truncated]"
-            shortened = self.model_copy(update={"message": short})
-            text = shortened.model_dump_json(by_alias=True, exclude_none=True)
+            candidate = candidate.model_copy(update={"message": short})
+            text = candidate.model_dump_json(by_alias=True, exclude_none=True)
             if len(text.encode()) > TERMINATION_MESSAGE_LIMIT:
-                # Long locations leave no room for the record: the outcome matters more,
-                # and provenance.json beside the adapter still holds the record.
-                text = shortened.model_copy(update={"provenance": None}).model_dump_json(
+                text = candidate.model_copy(update={"provenance": None}).model_dump_json(
                     by_alias=True, exclude_none=True
                 )
         return text

@@ -112,6 +112,14 @@ def _summary(text: str) -> TerminationMessage | None:
     checkpoint = summary.checkpoint
     if checkpoint is not None and bounded_number(checkpoint.step, int) is None:
         numbers["checkpoint"] = None
+    record = summary.provenance
+    if record is not None:
+        counts = {
+            name: bounded_number(value, int)
+            for name in ("dataset_rows", "gpu_count")
+            if (value := getattr(record, name)) is not None
+        }
+        numbers["provenance"] = record.model_copy(update=counts)
     return summary.model_copy(update=numbers)
 
 

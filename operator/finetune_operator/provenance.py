@@ -121,10 +121,15 @@ def provenance_status(
     stored = ProvenanceStatus.model_validate(previous if isinstance(previous, dict) else {})
     kept = stored.model_dump(exclude_unset=True)
     fields: dict[str, Any] = {}
+    # Stored fields of the operator's part that the newest pod no longer gives (a digest
+    # its node does not report): written as null once, so the stored record loses them
+    # and the next pass finds nothing to write.
+    gone: dict[str, None] = {}
     if ours is not None:
         # The operator's part is of the newest trainer pod: none of an older one's stays.
-        kept = {k: v for k, v in kept.items() if k not in _OPERATOR_FIELDS}
         fields.update(ours.model_dump(exclude_unset=True))
+        gone = {k: None for k in kept if k in _OPERATOR_FIELDS and k not in fields}
+        kept = {k: v for k, v in kept.items() if k not in _OPERATOR_FIELDS}
     if trainers is not None:
         fields.update(
             {
@@ -137,6 +142,7 @@ def provenance_status(
     status = ProvenanceStatus.model_validate(
         {
             **kept,
+            **gone,
             **ProvenanceStatus.model_validate(fields).model_dump(exclude_unset=True),
         }
     )
@@ -144,4 +150,6 @@ def provenance_status(
     parts = (status.model_revision, status.dataset_digest, status.config_fingerprint, image)
     if all(parts):
         status.digest = provenance_digest(*(str(part) for part in parts))
+    elif status.digest is not None:
+        status.digest = None  # a part it covered is gone: it no longer says what it did
     return status

@@ -37,10 +37,10 @@ def full_record(**update: object) -> TrainerProvenance:
     return TrainerProvenance.model_validate(fields)
 
 
-def test_a_long_message_is_cut_and_the_record_kept() -> None:
+def test_a_succeeded_run_s_long_message_is_cut_and_the_record_kept() -> None:
     message = TerminationMessage(
-        status="failed",
-        reason="TrainingFailed",
+        status="succeeded",
+        reason="Completed",
         message="x" * 10_000,
         adapter_uri="s3://bucket/" + "p" * 900 + "/final_model",
         checkpoint=CheckpointRef(step=10, uri="s3://bucket/" + "p" * 900 + "/checkpoint-10"),
@@ -51,6 +51,22 @@ def test_a_long_message_is_cut_and_the_record_kept() -> None:
     decoded = TerminationMessage.decode(text)
     assert decoded is not None and decoded.provenance == full_record()
     assert decoded.message.endswith("[truncated]")
+
+
+def test_a_failed_run_keeps_its_message_before_its_record() -> None:
+    """No adapter to describe, and a message that says what to fix: the record goes first."""
+    explanation = "w" * 3500
+    message = TerminationMessage(
+        status="failed",
+        reason="TrainingFailed",
+        message=explanation,
+        checkpoint=CheckpointRef(step=10, uri="s3://bucket/runs/a/checkpoint-10"),
+        provenance=full_record(),
+    )
+    assert len(message.model_dump_json(by_alias=True).encode()) > TERMINATION_MESSAGE_LIMIT
+    decoded = TerminationMessage.decode(message.encode())
+    assert decoded is not None and decoded.provenance is None
+    assert decoded.message == explanation
 
 
 def test_each_text_of_the_record_is_bounded() -> None:

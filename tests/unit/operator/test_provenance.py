@@ -189,3 +189,49 @@ def test_a_hostile_trainer_s_record_is_bounded_and_escaped(
     assert provenance["gpuModel"].startswith("\\u202e")
     assert all(len(v) <= MAX_SHORT for v in provenance.values() if isinstance(v, str))
     FineTuneJobStatus.model_validate(patch)
+
+
+def test_a_hostile_trainer_s_counts_beyond_any_run_are_dropped(
+    owner: Owner, settings: OperatorConfig
+) -> None:
+    """A count the API server would refuse (beyond int64) would make it refuse the whole
+    status: such a count is left out, as the trainer's metrics are held."""
+    job = _job(owner, settings)
+    claims = record(dataset_rows=10**25, gpu_count=-(10**30))
+    summary = TerminationMessage(status="succeeded", reason="Completed", provenance=claims)
+    ended = _pod(terminated(0, summary.encode(), reason="Completed"))
+    provenance = _status({}, _finished(job, summary), [ended]).patch["provenance"]
+    assert "datasetRows" not in provenance and "gpuCount" not in provenance
+    assert provenance["modelRevision"] == "c" * 40
+
+
+def _merged(stored: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` after a JSON merge patch (RFC 7386), as the API server applies it."""
+    result = dict(stored)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = _merged(result[key], value)
+        else:
+            result[key] = value
+    return result
+
+
+def test_an_operator_field_the_newest_pod_lacks_is_removed_once_then_nothing_is_written(
+    owner: Owner, settings: OperatorConfig
+) -> None:
+    job = _job(owner, settings)
+    first = _status({}, job, [_pod({"running": {}}, name="p1", created="T1")])
+    stored = _merged({}, first.patch)
+    assert stored["provenance"]["imageDigest"] == DIGEST
+    # The retry's node reports no digest: the stored one is of another pod.
+    pods = [
+        _pod({"terminated": {"exitCode": 1}}, name="p1", created="T1"),
+        _pod({"running": {}}, name="p2", created="T2", image_id=IMAGE),
+    ]
+    second = _status(stored, job, pods)
+    assert second.patch["provenance"]["imageDigest"] is None
+    stored = _merged(stored, second.patch)
+    assert "imageDigest" not in stored["provenance"]
+    assert not _status(stored, job, pods).changed_from(stored)
