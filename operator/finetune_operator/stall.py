@@ -121,7 +121,7 @@ def check_progress(
         restart=restart,
         backoff_limit=_backoff_limit(job),
     )
-    stalled = _stalled_status(update, previous, message, generation, now)
+    stalled = _stalled_status(update, previous, message, generation, now, restart=restart)
     if restart:
         return StallCheck(stalled, delete_pod=(meta["namespace"], meta["name"], meta["uid"]))
     return StallCheck(stalled)
@@ -159,7 +159,7 @@ def stall_message(
         text += f"; its metrics endpoint has not answered since {rfc3339(watch.first_tried)}"
     elif watch.silent_since is not None:
         text += f"; its metrics endpoint has not answered since {rfc3339(watch.silent_since)}"
-    resume = f"checkpoint-{checkpoint}" if checkpoint is not None else "the start (no checkpoint)"
+    resume = f"checkpoint-{checkpoint}" if checkpoint is not None else "its newest checkpoint"
     if restart:
         text += (
             f"; deleting trainer pod {pod_name} so the Job retries from {resume} (one of "
@@ -201,6 +201,8 @@ def _stalled_status(
     message: str,
     generation: int | None,
     now: datetime,
+    *,
+    restart: bool,
 ) -> StatusUpdate:
     """``update`` as Stalled: the phase stays Running, the reason is
     ProgressDeadlineExceeded, and a Warning Event says so the first time."""
@@ -217,8 +219,9 @@ def _stalled_status(
         rfc3339(now),
         stalled=True,
     )
-    # The phase's own Event (Running again) is this one's to say.
+    # The phase's own Event (Running again) is this one's to say: the first time, and
+    # again when the operator acts on it (a restart, after onStall changed to Restart).
     events = [event for event in update.events if event.reason != Reason.RUNNING]
-    if previous.get("reason") != reason:
+    if previous.get("reason") != reason or (restart and previous.get("message") != message):
         events.append(Event("Warning", reason, message))
     return StatusUpdate(status, events, update.unreadable)
