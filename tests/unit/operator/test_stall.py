@@ -5,7 +5,6 @@ way from the metrics endpoint into status.progress.stage."""
 
 from __future__ import annotations
 
-import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,9 +32,9 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def trainer_pod(started: datetime = T0) -> dict[str, Any]:
+def trainer_pod(started: datetime = T0, name: str = "p1", created: str = "T1") -> dict[str, Any]:
     running = {"running": {"startedAt": rfc3339(started)}}
-    found = pod("Running", state=running, ip="10.0.0.7")
+    found = pod("Running", name=name, created=created, state=running, ip="10.0.0.7")
     found["metadata"]["namespace"] = "ml"
     return found
 
@@ -362,17 +361,7 @@ def test_restart_deletes_the_stalled_pod_once_the_status_says_why() -> None:
     assert kube.deleted_pods == [("p1", "uid-p1")]
     assert "deleting trainer pod p1" in kube.ftj["status"]["message"]
     # The pod goes; the Job's next one is a restart, and the stall is over.
-    kube.pods = [
-        {
-            **copy.deepcopy(trainer_pod(at(DEADLINE + 90))),
-            "metadata": {
-                **trainer_pod()["metadata"],
-                "name": "p2",
-                "uid": "uid-p2",
-                "creationTimestamp": "T2",
-            },
-        }
-    ]
+    kube.pods = [trainer_pod(at(DEADLINE + 90), name="p2", created="T2")]
     kube.jobs[next(iter(kube.jobs))]["status"] = {"failed": 1}
     clock.now = at(DEADLINE + 95)
     assert operator.reconcile() == "Running"
