@@ -100,16 +100,21 @@ def check_progress(
 ) -> StallCheck:
     """Judge a Running trainer (``pod``) against its progress deadline. ``update`` is the
     status the world implies otherwise; ``previous`` the stored status."""
-    since = last_progress(container_started(pod), previous.get("progress"), update, watch)
-    if since is None:
-        return StallCheck(update, retry_after=UNSEEN_RETRY_SECONDS)
-    due = since + timedelta(seconds=lifecycle.progress_deadline_seconds)
-    if now < due:
-        left = (due - now) / timedelta(seconds=1)
-        return StallCheck(update, retry_after=left + DEADLINE_MARGIN_SECONDS)
-    if watch is None:
-        return StallCheck(update, retry_after=UNSEEN_RETRY_SECONDS)
     meta = pod["metadata"]
+    since = last_progress(container_started(pod), previous.get("progress"), update, watch)
+    deadline = timedelta(seconds=lifecycle.progress_deadline_seconds)
+    if since is None or now < since + deadline or watch is None:
+        retry = UNSEEN_RETRY_SECONDS
+        if since is not None and now < since + deadline:
+            retry = (since + deadline - now) / timedelta(seconds=1) + DEADLINE_MARGIN_SECONDS
+        recorded = previous.get("reason") == Reason.PROGRESS_DEADLINE_EXCEEDED
+        if recorded and previous.get("podName") == meta["name"] and not _answered(watch):
+            # Stalled as recorded by an earlier operator process, and nothing seen since
+            # (this one has had no answer from the trainer yet): not cleared on no news.
+            message = str(previous.get("message") or "")
+            kept = _stalled_status(update, previous, message, generation, now, restart=False)
+            return StallCheck(kept, retry_after=retry)
+        return StallCheck(update, retry_after=retry)
     restart = lifecycle.on_stall == "Restart" and _retry_left(job)
     message = stall_message(
         lifecycle,
@@ -125,6 +130,10 @@ def check_progress(
     if restart:
         return StallCheck(stalled, delete_pod=(meta["namespace"], meta["name"], meta["uid"]))
     return StallCheck(stalled)
+
+
+def _answered(watch: Watch | None) -> bool:
+    return watch is not None and watch.reading is not None
 
 
 def stall_message(

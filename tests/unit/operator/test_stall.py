@@ -369,3 +369,18 @@ def test_restart_deletes_the_stalled_pod_once_the_status_says_why() -> None:
     assert status["restarts"] == 1 and status["podName"] == "p2"
     assert condition(status, "Stalled") == "False"
     assert kube.deleted_pods == [("p1", "uid-p1")]
+
+
+def test_a_recorded_stall_is_kept_by_a_restarted_operator_until_the_trainer_answers() -> None:
+    stalled = check(at(700), watch(changed_at=at(60), silent_since=at(80)))
+    stored = {**stalled.update.status.to_wire(), "podName": "p1"}
+    # A new operator process: not yet tried, then tried without an answer.
+    for seen in (None, watch(answered=False, first_tried=at(800), silent_since=at(800))):
+        kept = check(at(810), seen, previous=stored)
+        assert kept.update.status.reason == Reason.PROGRESS_DEADLINE_EXCEEDED
+        assert not kept.update.changed_from(stored) and kept.update.events == []
+    # It answers with progress the status has not seen: the stall is over.
+    update = running_update()
+    update.status.progress = progress_status(TrainerProgress(step=8), None, at(820))
+    moved = check(at(820), watch(step=8, changed_at=None), previous=stored, update=update)
+    assert moved.update.status.reason == Reason.RUNNING
