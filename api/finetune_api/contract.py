@@ -94,10 +94,10 @@ class Metric:
     GPU_MEMORY_ALLOCATED = "finetune_gpu_memory_allocated_bytes"
     GPU_MEMORY_RESERVED = "finetune_gpu_memory_reserved_bytes"
     CHECKPOINT_STEP = "finetune_checkpoint_step"
-    RESUMED_FROM_STEP = "finetune_resumed_from_step"
     # A state set (Prometheus' Enum): one sample per TrainerStage, labelled
     # STAGE_LABEL="<stage>", 1 for the stage the trainer is in and 0 for the others.
     STAGE = "finetune_stage"
+    RESUMED_FROM_STEP = "finetune_resumed_from_step"
 
 
 STAGE_LABEL = Metric.STAGE
@@ -131,8 +131,8 @@ class TrainerProgress(_Wire):
     learning_rate: float | None = None
     grad_norm: float | None = None
     tokens_per_second: float | None = None
-    checkpoint_step: int | None = None
     stage: TrainerStage | None = None
+    checkpoint_step: int | None = None
 
 
 # --- Termination message -----------------------------------------------------------------

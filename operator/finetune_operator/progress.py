@@ -16,15 +16,7 @@ from .timeutil import Clock, parse_time, rfc3339, utcnow
 Key = tuple[str, str]  # (namespace, name) of a FineTuneJob
 
 # What status.progress shows, by the trainer's field names and the status's.
-_COMPARED_FIELDS = (
-    "step",
-    "total_steps",
-    "epoch",
-    "loss",
-    "learning_rate",
-    "tokens_per_second",
-    "stage",
-)
+_COMPARED_FIELDS = ("step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_second")
 
 
 @dataclass(frozen=True)
@@ -121,10 +113,11 @@ class ProgressBoard:
 
 
 def _shown(progress: TrainerProgress) -> tuple[object, ...]:
-    return (*(getattr(progress, f) for f in _COMPARED_FIELDS), progress.checkpoint_step)
+    shown = (*(getattr(progress, f) for f in _COMPARED_FIELDS), progress.checkpoint_step)
+    return (*shown, progress.stage)
 
 
-_COMPARED = ("step", "totalSteps", "epoch", "loss", "learningRate", "tokensPerSecond", "stage")
+_COMPARED = ("step", "totalSteps", "epoch", "loss", "learningRate", "tokensPerSecond")
 
 
 def progress_status(
@@ -140,6 +133,7 @@ def progress_status(
         return None
     previous = previous or {}
     shown = {
+        "stage": current.stage,
         "step": current.step,
         "totalSteps": current.total_steps,
         "epoch": current.epoch,
@@ -148,13 +142,12 @@ def progress_status(
         "lossDisplay": loss_display(current.loss),
         "learningRate": current.learning_rate,
         "tokensPerSecond": current.tokens_per_second,
-        "stage": current.stage,
     }
     fresh: dict[str, Any] = {k: v for k, v in shown.items() if v is not None}
     # Only what this reading has is compared: the trainer's exit summary carries no epoch,
     # learning rate or speed, and the merge patch keeps the live values it last wrote.
     # Comparing those too would find a change on every reconcile after a run stopped.
-    if all(fresh[k] == previous.get(k) for k in _COMPARED if k in fresh):
+    if all(fresh[k] == previous.get(k) for k in (*_COMPARED, "stage") if k in fresh):
         return None
     if current.total_steps and current.step is not None:
         fresh["summary"] = f"{current.step}/{current.total_steps}"

@@ -170,10 +170,10 @@ class TrainingRun:
         self.metrics.stage(TrainerStage.LOADING)
         model, tokenizer = self._load_model(backend, model_source, plan)
 
-        self.stage = "training"
         # Compiling until the first optimizer step ends (callbacks.py): building the
         # trainer, Unsloth's patches, torch.compile and the first step's kernels.
         self.metrics.stage(TrainerStage.COMPILING)
+        self.stage = "training"
         trainer = self._build_trainer(backend, plan, model, tokenizer, inputs.data.dataset, target)
         self._run_trainer(trainer, resume)
         if self.progress.interrupted:
