@@ -65,7 +65,7 @@ class ProgressBoard:
         """Keep this reading; True when it differs from the last one in what the status
         shows (so the FineTuneJob is worth reconciling)."""
         with self._lock:
-            entry, _new = self._entry(key, pod_uid)
+            entry, _ = self._entry(key, pod_uid)
             earlier, entry.reading, entry.silent_since = entry.reading, progress, None
             if earlier is None:
                 return progress.step is not None or progress.stage is not None
