@@ -104,7 +104,24 @@ class Metric:
     GPU_MEMORY_ALLOCATED = "finetune_gpu_memory_allocated_bytes"
     GPU_MEMORY_RESERVED = "finetune_gpu_memory_reserved_bytes"
     CHECKPOINT_STEP = "finetune_checkpoint_step"
+    # A state set (Prometheus' Enum): one sample per TrainerStage, labelled
+    # STAGE_LABEL="<stage>", 1 for the stage the trainer is in and 0 for the others.
+    STAGE = "finetune_stage"
     RESUMED_FROM_STEP = "finetune_resumed_from_step"
+
+
+STAGE_LABEL = Metric.STAGE
+
+
+class TrainerStage(enum.StrEnum):
+    """Where the trainer is in its run, in order (Training and Saving alternate while it
+    writes checkpoints)."""
+
+    DOWNLOADING = "Downloading"  # the output prepared, data, tokenizer, an S3 model fetched
+    LOADING = "Loading"  # the model's weights read (a Hub model's downloaded first)
+    COMPILING = "Compiling"  # from building the trainer until its first optimizer step ends
+    TRAINING = "Training"
+    SAVING = "Saving"  # a checkpoint, or the final adapter (and merged export), written
 
 
 class _Wire(BaseModel):
@@ -124,6 +141,7 @@ class TrainerProgress(_Wire):
     learning_rate: float | None = None
     grad_norm: float | None = None
     tokens_per_second: float | None = None
+    stage: TrainerStage | None = None
     checkpoint_step: int | None = None
 
 

@@ -155,6 +155,14 @@ class SchedulingSpec(SpecModel):
 DEFAULT_STARTUP_DEADLINE_SECONDS = 300
 MIN_STARTUP_DEADLINE_SECONDS = 10
 MAX_STARTUP_DEADLINE_SECONDS = 86400
+# Progress is a step done or the trainer moving to its next stage, so the deadline must
+# outlast the longest stage of a healthy run: loading gpt-oss-20b from the Hub downloads
+# about 13 GB of weights (some 11 minutes at 20 MB/s), compiling takes a few minutes more,
+# and a merged 16-bit export writes some 40 GB. Half an hour leaves room for a slow network
+# and still frees a hung trainer's GPU the same afternoon.
+DEFAULT_PROGRESS_DEADLINE_SECONDS = 1800
+MIN_PROGRESS_DEADLINE_SECONDS = 10
+MAX_PROGRESS_DEADLINE_SECONDS = 7 * 86400
 
 
 class LifecycleSpec(SpecModel):
@@ -190,6 +198,28 @@ class LifecycleSpec(SpecModel):
         "first saw the container in that state (an image pull that takes long but succeeds "
         "does not count; a change applies to a trainer already waiting). Default: "
         f"{DEFAULT_STARTUP_DEADLINE_SECONDS}.",
+    )
+    progress_deadline_seconds: Annotated[
+        int, Field(ge=MIN_PROGRESS_DEADLINE_SECONDS, le=MAX_PROGRESS_DEADLINE_SECONDS)
+    ] = Field(
+        DEFAULT_PROGRESS_DEADLINE_SECONDS,
+        description="How long a Running trainer may make no progress (its step does not "
+        "advance and it does not move on to its next stage: Downloading, Loading, Compiling, "
+        "Training, Saving) before the FineTuneJob is marked Stalled (condition Stalled=True, "
+        "reason ProgressDeadlineExceeded, a Warning Event; the phase stays Running). Counted "
+        "from the trainer's start, then from its last progress; a trainer whose metrics "
+        "endpoint stops answering makes no progress the operator can see. As a Deployment's "
+        "progressDeadlineSeconds. Default: "
+        f"{DEFAULT_PROGRESS_DEADLINE_SECONDS} (covers downloading and loading gpt-oss-20b "
+        "and compiling on a slow network).",
+    )
+    on_stall: Literal["Report", "Restart"] = Field(
+        "Report",
+        description="What happens past progressDeadlineSeconds: Report (mark the FineTuneJob "
+        "Stalled and leave the trainer running) or Restart (also delete the trainer pod; the "
+        "Job starts another that resumes from the newest checkpoint, counted in "
+        "status.restarts and against backoffLimit, and only while backoffLimit leaves a "
+        "retry). Default: Report.",
     )
 
 

@@ -22,6 +22,7 @@ from .config.base import (
     MAX_RELATIVE_PATH,
     MAX_S3_URI,
 )
+from .contract import TrainerStage
 from .safe_text import MESSAGE_LIMIT, safe_text
 
 
@@ -64,6 +65,7 @@ class Reason(enum.StrEnum):
     REFERENCE_NOT_FOUND = "ReferenceNotFound"
     STARTUP_FAILED = "StartupFailed"
     STATUS_REJECTED = "StatusRejected"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     # The operator's own: Events only.
     RESTARTED = "Restarted"
     CHECKPOINT = "Checkpoint"
@@ -174,6 +176,11 @@ class ProgressStatus(_Status):
     tokens_per_second: float | None = Field(None, description="Training throughput.")
     eta_seconds: int | None = Field(None, description="Estimated seconds to the last step.")
     updated_at: Short | None = Field(None, description="When this progress was read (RFC 3339).")
+    stage: TrainerStage | None = Field(
+        None,
+        description="Where the trainer is: Downloading, Loading, Compiling (until the first "
+        "optimizer step ends), Training or Saving.",
+    )
 
 
 class CheckpointStatus(_Status):

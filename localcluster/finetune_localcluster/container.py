@@ -203,6 +203,10 @@ class ContainerRun:
         if self.popen is not None:
             _killpg(self.popen.pid, 9)
 
+    def send_signal(self, signum: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            _killpg(self.popen.pid, signum)
+
     def mark_never_ran(self) -> None:
         """How kubelet reports a container that never ran in a pod that is now terminal."""
         if "terminated" in self.state:

@@ -343,6 +343,19 @@ class NodeAgent:
         log.info("pod %s/%s: SIGKILLed %d container(s)", namespace, pod_name, killed)
         return killed
 
+    def signal_containers(self, namespace: str, pod_name: str, signum: int) -> int:
+        """Send ``signum`` to the process group of every running container of a pod:
+        SIGSTOP freezes a trainer as a hang would (its metrics endpoint stops answering
+        too), SIGCONT thaws it. Returns how many containers got it. For tests of stalls."""
+        sent = 0
+        for worker in self._workers_of(namespace, pod_name):
+            for container in worker.init_containers + worker.containers:
+                if container.running():
+                    container.send_signal(signum)
+                    sent += 1
+        log.info("pod %s/%s: signal %d to %d container(s)", namespace, pod_name, signum, sent)
+        return sent
+
     def pod_logs(
         self, namespace: str, pod_name: str, container: str | None = None, previous: bool = False
     ) -> str:

@@ -5,9 +5,10 @@ health check) can read them:
 
 - ``Ready``: True once the adapter is written (Succeeded).
 - ``Reconciling``: True while the run is in progress (Pending or Running).
-- ``Stalled``: True when the run failed and will not make progress without a new spec, or
-  when the operator cannot report on it (its status writes are refused); the phase then
-  stays what it was.
+- ``Stalled``: True when the run failed and will not make progress without a new spec,
+  when a Running trainer has made no progress for spec.lifecycle.progressDeadlineSeconds
+  (stall.py), or when the operator cannot report on it (its status writes are refused);
+  in the last two the phase stays what it was.
 - ``Suspended``: True while suspended.
 
 ``lastTransitionTime`` changes only when a condition's status flips.

@@ -174,6 +174,22 @@ class Kube:
             if exc.status not in (404, 409):
                 raise
 
+    def delete_pod(self, namespace: str, name: str, uid: str) -> None:
+        """Delete a trainer pod with its grace period (the trainer checkpoints on SIGTERM
+        if it can); its Job starts another. The uid precondition keeps a pod made since
+        under the same name; a pod already gone is fine."""
+        try:
+            self.core.delete_namespaced_pod(
+                name,
+                namespace,
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)),
+                _preload_content=False,
+                _request_timeout=self.timeout,
+            )
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
     def patch_job(self, namespace: str, name: str, patch: Obj) -> Obj:
         """Merge-patch a Job; returns it as the API server stored it."""
         return _data(

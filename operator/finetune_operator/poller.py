@@ -2,7 +2,10 @@
 
 It runs in the operator's event loop and costs the API server nothing: the running
 trainers come from the watch cache, the readings go to the progress board, and a
-FineTuneJob is queued for a reconcile only when what its status shows has changed.
+FineTuneJob is queued for a reconcile only when what its status shows has changed (or
+its trainer is tried for the first time). The board remembers when each trainer's reading
+last changed and since when it has not answered, which is all the progress deadline
+(stall.py) needs: a trainer that makes no progress costs no request at all.
 
 A trainer's endpoint is the tenant's code, so no endpoint can hold up the others:
 each read has a total deadline and a size cap (scrape.py), at most ``concurrency`` reads
@@ -149,6 +152,10 @@ class ProgressPoller:
             most = int(_MAX_BACKOFF_SECONDS / max(self.interval, 0.001))
             failures.skip = min(most, 2**failures.count - 1)
             self.metrics.scrapes.labels("failed").inc()
+            # Unanswered reads count towards the progress deadline (stall.py): the first
+            # one queues the FineTuneJob so its deadline is set even if none is answered.
+            if self.board.unanswered(trainer.key, trainer.pod_uid):
+                self.changed(trainer.key)
             return
         self._failures.pop(trainer.pod_uid, None)
         self.metrics.scrapes.labels("ok").inc()

@@ -47,6 +47,7 @@ from .observe import Observation, observe
 from .policy import policy_problems
 from .progress import ProgressBoard
 from .references import AFTER_JOB, dataset_config_map_problem, missing_reference
+from .stall import StallCheck, check_progress
 from .startup import RECREATE, deadline, mount_wait, startup_failure_message, stuck_start
 from .status_update import (
     StatusUpdate,
@@ -99,6 +100,9 @@ class Convergence:
     created: str | None = None  # the Job this pass created
     # The Job to delete (namespace, name, uid) once the status that says why is recorded.
     delete_job: tuple[str, str, str] | None = None
+    # The trainer pod to delete (namespace, name, uid), likewise: a stall with onStall:
+    # Restart.
+    delete_pod: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,7 @@ class Reconciler:
             )
         if not update.changed_from(stored):
             self.metrics.reconciles.labels("ok").inc()
-            if not self._delete_job(step, body):
+            if not (self._delete_job(step, body) and self._delete_pod(step, body)):
                 return Outcome(retry_after=_DELETE_RETRY_SECONDS)
             return later
         try:
@@ -237,7 +241,9 @@ class Reconciler:
         # Only now, and only when the outcome written is the one that calls for it: with
         # it recorded, the Job's disappearance is not mistaken for a Job deleted before it
         # finished (a status refused and replaced by StatusRejected deletes nothing).
-        if update is step.update and not self._delete_job(step, body):
+        if update is step.update and not (
+            self._delete_job(step, body) and self._delete_pod(step, body)
+        ):
             return Outcome(retry_after=_DELETE_RETRY_SECONDS)
         return later
 
@@ -263,6 +269,31 @@ class Reconciler:
             )
             return False
         log.info("%s: deleted Job %s, whose trainer could not start", namespace, name)
+        return True
+
+    def _delete_pod(self, step: Convergence, body: Obj) -> bool:
+        """Delete the stalled trainer pod the step restarts; False (said in the log and an
+        Event) when the API server refuses or does not answer, so the pass is tried
+        again."""
+        if step.delete_pod is None:
+            return True
+        namespace, name, uid = step.delete_pod
+        try:
+            self.kube.delete_pod(namespace, name, uid)
+        except Exception as exc:  # an API error or a timeout: the stalled trainer stays
+            why = safe_text(exc, LOG_LIMIT)
+            log.error("%s: could not delete stalled trainer pod %s: %s", namespace, name, why)
+            self.events.record(
+                body,
+                "Warning",
+                Reason.PROGRESS_DEADLINE_EXCEEDED,
+                f"could not delete trainer pod {name}, which makes no progress: {why}; the "
+                "operator needs the delete verb on pods (the chart's RBAC grants it) and "
+                "tries again",
+                rfc3339(self.clock()),
+            )
+            return False
+        log.info("%s: deleted trainer pod %s, which made no progress", namespace, name)
         return True
 
     # --- one pass, step by step: a step that settles the status ends the pass ------------
@@ -391,19 +422,54 @@ class Reconciler:
         if observation.running_pod_uid is None:
             self.progress.forget(key)
         progress = self.progress.reading(key, observation.running_pod_uid)
+        update = next_status(
+            this_pass.previous,
+            observation=observation,
+            progress=progress,
+            output=resolved_trainer_config(spec, owner).output,
+            job_name=owner.child_name,
+            generation=this_pass.generation,
+            now=this_pass.now,
+        )
+        stall = self._progress_deadline(job, spec, owner, observation, update, this_pass)
+        retry_after = stuck
+        if stall is not None and stall.retry_after is not None:
+            retry_after = min(stall.retry_after, stuck or stall.retry_after)
         return Convergence(
-            next_status(
-                this_pass.previous,
-                observation=observation,
-                progress=progress,
-                output=resolved_trainer_config(spec, owner).output,
-                job_name=owner.child_name,
-                generation=this_pass.generation,
-                now=this_pass.now,
-            ),
-            retry_after=stuck,
+            stall.update if stall is not None else update,
+            retry_after=retry_after,
             backoff=waiting_outside,
             created=owner.child_name if created else None,
+            delete_pod=stall.delete_pod if stall is not None else None,
+        )
+
+    def _progress_deadline(
+        self,
+        job: Obj,
+        spec: FineTuneJobSpec,
+        owner: Owner,
+        observation: Observation,
+        update: StatusUpdate,
+        this_pass: _Pass,
+    ) -> StallCheck | None:
+        """For a Running trainer: Stalled past spec.lifecycle.progressDeadlineSeconds (its
+        pod to be deleted with onStall: Restart), else when the deadline falls due
+        (stall.py); None for a run that is not training."""
+        uid = observation.running_pod_uid
+        if observation.phase != Phase.RUNNING or uid is None:
+            return None
+        pods = [p for p in self.cache.trainer_pods(owner.uid) if p["metadata"].get("uid") == uid]
+        if not pods:
+            return None
+        return check_progress(
+            update,
+            previous=this_pass.previous,
+            lifecycle=spec.lifecycle,
+            job=job,
+            pod=pods[0],
+            watch=self.progress.watch((owner.namespace, owner.name), uid),
+            generation=this_pass.generation,
+            now=this_pass.now,
         )
 
     def _stuck_start(

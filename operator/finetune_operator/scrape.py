@@ -16,7 +16,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from finetune_api import contract
-from finetune_api.contract import Metric, TrainerProgress
+from finetune_api.contract import STAGE_LABEL, Metric, TrainerProgress, TrainerStage
 
 # Real expositions are under 2 KiB; room for more gauges, never for a flood.
 MAX_BODY_BYTES = 16 * 1024
@@ -31,6 +31,7 @@ _FIELDS: dict[str, tuple[str, type[int] | type[float]]] = {
     Metric.TOKENS_PER_SECOND: ("tokens_per_second", float),
     Metric.CHECKPOINT_STEP: ("checkpoint_step", int),
 }
+_STAGES = frozenset(stage.value for stage in TrainerStage)
 # Numbers beyond these are not a training run's: a step count or a loss from a
 # misbehaving endpoint must not become a status the API server refuses (int64) or a
 # printer column nobody can read.
@@ -58,14 +59,20 @@ def metrics_url(pod_ip: str, port: int = contract.METRICS_PORT) -> str:
 def parse_progress(text: str) -> TrainerProgress:
     """The contract's gauges from a Prometheus text exposition. Unknown metrics, labelled
     samples, NaN (a gauge not yet set), infinities and absurd values are left out; text the
-    parser refuses yields what was read before the error."""
-    values: dict[str, float | int] = {}
+    parser refuses yields what was read before the error. The stage is the state-set
+    sample of value 1 whose label names a TrainerStage."""
+    values: dict[str, float | int | str] = {}
     # Only the contract's own samples reach the parser: whatever else an endpoint sends
     # costs a split per line, not a parse, in the event loop every FineTuneJob shares.
-    wanted = "\n".join(line for line in text.splitlines() if line.split(" ", 1)[0] in _FIELDS)
+    wanted = "\n".join(line for line in text.splitlines() if _sample_name(line) in _WANTED)
     try:
         for family in text_string_to_metric_families(wanted):
             for sample in family.samples:
+                if sample.name == Metric.STAGE:
+                    stage = sample.labels.get(STAGE_LABEL)
+                    if sample.value == 1 and stage in _STAGES and len(sample.labels) == 1:
+                        values["stage"] = stage
+                    continue
                 field = _FIELDS.get(sample.name)
                 if field is None or sample.labels:
                     continue
@@ -75,7 +82,15 @@ def parse_progress(text: str) -> TrainerProgress:
                     values[name] = value
     except (ValueError, TypeError, IndexError, KeyError):
         pass  # a malformed exposition: keep what came before the bad line
-    return TrainerProgress(**values)
+    return TrainerProgress.model_validate(values)
+
+
+_WANTED = frozenset((*_FIELDS, Metric.STAGE))
+
+
+def _sample_name(line: str) -> str:
+    """The metric name a sample line starts with (before its labels or its value)."""
+    return line.split(" ", 1)[0].split("{", 1)[0]
 
 
 async def scrape(

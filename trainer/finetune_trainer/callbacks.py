@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from finetune_api.contract import CheckpointRef
+from finetune_api.contract import CheckpointRef, TrainerStage
 
 from . import PROCESS_START
 from .metrics import METRICS_FILE, MetricsLog, MetricsServer, gpu_memory, gpu_peak_memory
@@ -137,6 +137,7 @@ class RunTracker:
             control.should_save = True
         if control.should_save:
             self._save_started = utc_now()
+        self.metrics.stage(TrainerStage.SAVING if control.should_save else TrainerStage.TRAINING)
 
     def on_log(self, state: Any, logs: dict[str, Any]) -> None:
         if "loss" not in logs:
@@ -202,6 +203,7 @@ class RunTracker:
         self.target.published(
             name, manifest, functools.partial(self._checkpoint_durable, name, manifest)
         )
+        self.metrics.stage(TrainerStage.TRAINING)
         # A stop requested while this checkpoint was being written: it is the checkpoint
         # the stop asks for, so stop here rather than train a step more and save again.
         self._stop_here(state, control, "the checkpoint just written is the last")

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from finetune_api.contract import METRICS_PORT, Env, Metric
+from finetune_api.contract import METRICS_PORT, Env, Metric, TrainerStage
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ _HELP = {
     Metric.CHECKPOINT_STEP: "Step of the newest complete checkpoint.",
     Metric.RESUMED_FROM_STEP: "Step of the checkpoint this run resumed from.",
 }
+_STAGE_HELP = "Where the trainer is: 1 for its current stage, 0 for the others."
 
 # Keys of a progress update -> gauge names.
 _GAUGE_OF = {
@@ -65,12 +66,20 @@ class MetricsServer:
     so the endpoint serves exactly what the operator reads), served over HTTP."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Gauge
+        from prometheus_client import CollectorRegistry, Enum, Gauge
 
         self.registry = CollectorRegistry(auto_describe=True)
         self._gauges = {name: Gauge(name, _HELP[name], registry=self.registry) for name in _HELP}
         for gauge in self._gauges.values():
             gauge.set(math.nan)  # "not known yet": the operator skips NaN
+        # Starts in the first stage: the trainer downloads what it needs from its start.
+        self._stage = Enum(
+            Metric.STAGE,
+            _STAGE_HELP,
+            states=[stage.value for stage in TrainerStage],
+            labelnames=(),
+            registry=self.registry,
+        )
         self._server: Any = None
         self._thread: Any = None
         self.address: tuple[str, int] | None = None
@@ -93,6 +102,11 @@ class MetricsServer:
             if value is None:
                 continue
             self._gauges[_GAUGE_OF[key]].set(float(value))
+
+    def stage(self, stage: TrainerStage) -> None:
+        """Say that the trainer has entered ``stage``; the operator counts a new stage as
+        progress, as it does a step."""
+        self._stage.state(stage.value)
 
     def stop(self) -> None:
         if self._server is not None:

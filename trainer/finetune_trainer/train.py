@@ -27,7 +27,7 @@ import traceback
 from typing import Any
 
 from finetune_api.config import TrainerConfig
-from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerReason
+from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerReason, TrainerStage
 
 from .backends import Backend
 from .errors import InvalidInput, output_access
@@ -181,8 +181,12 @@ class TrainingRun:
 
         self.memory_plan = plan = self._plan_memory(backend, model_source, self.runtime.hf_token)
         self.stage = "loading"
+        self.metrics.stage(TrainerStage.LOADING)
         model, tokenizer = self._load_model(backend, model_source, plan)
 
+        # Compiling until the first optimizer step ends (callbacks.py): building the
+        # trainer, Unsloth's patches, torch.compile and the first step's kernels.
+        self.metrics.stage(TrainerStage.COMPILING)
         self.stage = "training"
         trainer = self._build_trainer(backend, plan, model, tokenizer, inputs.data.dataset, target)
         self._run_trainer(trainer, resume)
@@ -190,6 +194,7 @@ class TrainingRun:
             return self._interrupted(target)
 
         self.stage = "finishing"
+        self.metrics.stage(TrainerStage.SAVING)
         with self.stop.during("finishing"):
             write_final_outputs(
                 self.config,

@@ -118,10 +118,12 @@ ClusterRole and the per-namespace Roles.
 - apiGroups: [""]
   resources: ["configmaps", "persistentvolumeclaims"]
   verbs: ["get"]
-# Trainer pods: phase, restarts, termination message and the IP of the metrics endpoint.
+# Trainer pods: phase, restarts, termination message and the IP of the metrics endpoint;
+# with spec.lifecycle.onStall: Restart, a trainer past its progress deadline is deleted (by
+# uid) so its Job starts another from the newest checkpoint.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["list", "watch"]
+  verbs: ["list", "watch", "delete"]
 # Events on FineTuneJobs (Created, Checkpoint, Restarted, Failed, ...); a repeat updates
 # the count of the Event it repeats.
 - apiGroups: [""]

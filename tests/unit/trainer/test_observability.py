@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_api.contract import Metric, TerminationMessage
+from finetune_api.contract import Metric, TerminationMessage, TrainerStage
 from finetune_operator.scrape import parse_progress
 from finetune_trainer.metrics import MetricsLog, MetricsServer, metrics_bind_host, plot_loss
 from finetune_trainer.termination import termination_path, write_termination_message
@@ -38,8 +38,11 @@ def test_endpoint_serves_exactly_the_contract_gauges() -> None:
             if line and not line.startswith("#")
         }
         assert names == contract_names()
-        # Nothing known yet: every gauge is NaN, which the operator's reading skips.
-        assert parse_progress(text).model_dump(exclude_none=True) == {}
+        # Nothing known yet: every gauge is NaN, which the operator's reading skips; the
+        # trainer downloads what it needs from its start.
+        assert parse_progress(text).model_dump(exclude_none=True) == {
+            "stage": TrainerStage.DOWNLOADING
+        }
 
         server.update(
             step=3,
@@ -57,6 +60,9 @@ def test_endpoint_serves_exactly_the_contract_gauges() -> None:
         assert progress.tokens_per_second == 1234.5 and progress.checkpoint_step is None
         server.update(checkpoint_step=2)
         assert parse_progress(scrape(address)).checkpoint_step == 2
+        for stage in TrainerStage:
+            server.stage(stage)
+            assert parse_progress(scrape(address)).stage == stage
     finally:
         server.stop()
 

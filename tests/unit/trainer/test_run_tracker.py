@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from finetune_api.contract import Metric
+from finetune_api.contract import STAGE_LABEL, Metric, TrainerStage
 from finetune_trainer.callbacks import RunTracker
 from finetune_trainer.metrics import MetricsLog, MetricsServer
 from finetune_trainer.run_progress import RunProgress
@@ -186,3 +186,25 @@ def test_the_training_loop_step_count_is_reported_once_it_starts(
     assert progress.report.total_steps == 25
     assert tracker.metrics.registry.get_sample_value(Metric.TOTAL_STEPS) == 25
     assert "the plan 20" in caplog.text
+
+
+def test_the_stage_is_training_after_each_step_and_saving_while_a_checkpoint_is_written(
+    local: LocalTarget,
+) -> None:
+    tracker = make_tracker(local)
+
+    def stage() -> str:
+        for current in TrainerStage:
+            if tracker.metrics.registry.get_sample_value(Metric.STAGE, {STAGE_LABEL: current}):
+                return current
+        raise AssertionError("no stage set")
+
+    tracker.train_begin(state(0))
+    tracker.step_end(state(1), control())
+    assert stage() == TrainerStage.TRAINING
+    saving = control()
+    saving.should_save = True
+    tracker.step_end(state(2), saving)
+    assert stage() == TrainerStage.SAVING
+    save(tracker, 2)
+    assert stage() == TrainerStage.TRAINING
