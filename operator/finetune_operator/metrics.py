@@ -50,6 +50,13 @@ class OperatorMetrics:
         self.status_writes = Counter(
             "finetune_operator_status_writes", "Status updates written.", registry=self.registry
         )
+        self.finished = Counter(
+            "finetune_operator_finetunejobs_finished",
+            "FineTuneJobs whose status this operator turned Succeeded or Failed, by phase "
+            "(for alerts: a count that only grows, whatever is deleted or restarted).",
+            ["phase"],
+            registry=self.registry,
+        )
         self.jobs_created = Counter(
             "finetune_operator_jobs_created", "Trainer Jobs created.", registry=self.registry
         )

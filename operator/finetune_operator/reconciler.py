@@ -228,6 +228,9 @@ class Reconciler:
         self.cache.record_write(written, f"the status of FineTuneJob {namespace}/{name}")
         self.metrics.reconciles.labels("ok").inc()
         self.metrics.status_writes.inc()
+        phase = update.status.phase
+        if phase in TERMINAL_PHASES and previous.get("phase") != phase:
+            self.metrics.finished.labels(str(phase)).inc()
         now = rfc3339(self.clock())
         for event in update.events:
             self.events.record(body, event.type, event.reason, event.message, now)

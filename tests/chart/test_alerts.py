@@ -63,6 +63,12 @@ def _trainer(job: str, name: str, pod: str) -> str:
     return f'{{job="{job}", namespace="ml", finetunejob="{name}", pod="{pod}"}}'
 
 
+def nan(samples: int) -> str:
+    """``samples`` samples of NaN, what the trainer serves for a number not known yet
+    (promtool's series notation has no repeat for NaN)."""
+    return " ".join(["NaN"] * samples)
+
+
 def _operator(metric: str, job: str, **labels: str) -> str:
     extra = "".join(f', {k}="{v}"' for k, v in labels.items())
     return f'{metric}{{job="{job}", namespace="finetune-system", pod="operator-0"{extra}}}'
@@ -78,8 +84,8 @@ def _alert(severity: str, summary: str, description: str, **labels: str) -> dict
 
 
 STALLED = (
-    "kubectl describe finetunejob shows its stage and conditions; the pod's log shows "
-    "where it waits."
+    "(NaN: before its first step). kubectl describe finetunejob shows its stage and "
+    "conditions; the pod's log shows where it waits."
 )
 NOT_FINITE = (
     "The training diverged. Lower training.learningRate, lengthen the warm-up or lower "
@@ -108,19 +114,31 @@ def test_each_alert_fires_on_recorded_series_and_only_there(
             "series": f"finetune_total_steps{_trainer(trainer, 'moving', 'moving-0')}",
             "values": "100x60",
         },
-        # young: started at minute 30, still loading at minute 45 (younger than the window)
-        {"series": f"finetune_step{_trainer(trainer, 'young', 'young-0')}", "values": "_x30 0x30"},
+        # young: started at minute 30, still loading at minute 45 (younger than the window);
+        # the trainer serves NaN before its first step
+        {
+            "series": f"finetune_step{_trainer(trainer, 'young', 'young-0')}",
+            "values": "_x30 " + nan(30),
+        },
         {
             "series": f"finetune_total_steps{_trainer(trainer, 'young', 'young-0')}",
-            "values": "_x30 100x30",
+            "values": "_x30 " + nan(30),
         },
+        # loading: NaN (no step yet) for 50 minutes: stuck before its first step
+        {"series": f"finetune_step{_trainer(trainer, 'loading', 'loading-0')}", "values": nan(50)},
+        {
+            "series": f"finetune_total_steps{_trainer(trainer, 'loading', 'loading-0')}",
+            "values": nan(50),
+        },
+        {"series": f"finetune_loss{_trainer(trainer, 'loading', 'loading-0')}", "values": nan(50)},
         # done: at its last step, waiting to upload, is not stalled
         {"series": f"finetune_step{_trainer(trainer, 'done', 'done-0')}", "values": "100x60"},
         {
             "series": f"finetune_total_steps{_trainer(trainer, 'done', 'done-0')}",
             "values": "100x60",
         },
-        # diverged: the loss turns NaN at minute 5; exploded: it turns +Inf
+        # diverged: the loss turns NaN at minute 5; exploded: it turns +Inf (both past
+        # their first steps)
         {
             "series": f"finetune_loss{_trainer(trainer, 'diverged', 'diverged-0')}",
             "values": "2 1.5 1.2 1.1 1 NaN NaN",
@@ -129,6 +147,10 @@ def test_each_alert_fires_on_recorded_series_and_only_there(
             "series": f"finetune_loss{_trainer(trainer, 'exploded', 'exploded-0')}",
             "values": "2 1.5 1.2 1.1 1 Inf Inf",
         },
+        *[
+            {"series": f"finetune_step{_trainer(trainer, name, f'{name}-0')}", "values": "1+1x6"}
+            for name in ("diverged", "exploded")
+        ],
         # flapping: four pods within the hour; resumed: two (one restart, allowed)
         *[
             {
@@ -147,7 +169,9 @@ def test_each_alert_fires_on_recorded_series_and_only_there(
         # the operator: a second FineTuneJob fails at minute 20, reconciles keep failing,
         # most trainer reads fail
         {
-            "series": _operator("finetune_operator_finetunejobs", operator, phase="Failed"),
+            "series": _operator(
+                "finetune_operator_finetunejobs_finished_total", operator, phase="Failed"
+            ),
             "values": "1x20 2x25",
         },
         {
@@ -179,11 +203,19 @@ def test_each_alert_fires_on_recorded_series_and_only_there(
                         _alert(
                             "warning",
                             "FineTuneJob ml/stuck has trained no step for 30m",
-                            f"Its trainer pod stuck-0 is still at step 10. {STALLED}",
+                            f"Its trainer pod stuck-0 is at step 10 {STALLED}",
                             **t,
                             finetunejob="stuck",
                             pod="stuck-0",
-                        )
+                        ),
+                        _alert(
+                            "warning",
+                            "FineTuneJob ml/loading has trained no step for 30m",
+                            f"Its trainer pod loading-0 is at step NaN {STALLED}",
+                            **t,
+                            finetunejob="loading",
+                            pod="loading-0",
+                        ),
                     ],
                 },
                 {
@@ -237,7 +269,7 @@ def test_each_alert_fires_on_recorded_series_and_only_there(
                     "exp_alerts": [
                         _alert(
                             "warning",
-                            "1 more FineTuneJobs failed in the last 15 minutes",
+                            "1 FineTuneJobs failed in the last 15 minutes",
                             "kubectl get finetunejobs -A shows which, with the reason and the "
                             "message that says what to fix.",
                             job=operator,

@@ -1028,3 +1028,27 @@ class TestCheckpointOnStop:
     def test_a_pod_the_job_did_not_make_is_not_believed(self) -> None:
         kube = self.suspended_after(self.stopped_pod(controller_uid="someone-else"))
         assert "checkpoint" not in kube.ftj["status"]
+
+
+def test_each_outcome_is_counted_once_for_alerts() -> None:
+    """finetune_operator_finetunejobs_finished_total grows by one when a status turns
+    Succeeded, and not again on later passes (nor for a FineTuneJob deleted afterwards)."""
+    kube = MemoryKube(body())
+    operator = reconciler(kube)
+    operator.reconcile()  # creates the Job
+    kube.pods = [running_pod()]
+    assert operator.reconcile() == "Running"
+    job = next(iter(kube.jobs.values()))
+    job["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+    kube.pods = [finished_pod("s3://bucket/p/final_model")]
+    metrics = operator.reconciler.metrics
+    counted = metrics.registry.get_sample_value
+    labels = {"phase": "Succeeded"}
+    assert counted("finetune_operator_finetunejobs_finished_total", labels) in (None, 0)
+    assert operator.reconcile() == "Succeeded"
+    assert operator.reconcile() == "Succeeded"
+    assert counted("finetune_operator_finetunejobs_finished_total", labels) == 1
+    assert counted("finetune_operator_finetunejobs_finished_total", {"phase": "Failed"}) in (
+        None,
+        0,
+    )
