@@ -224,7 +224,7 @@ class TrainerProvenance(_Wire):
     # config and weight files.
     model_revision: ProvenanceText | None = None
     dataset_source: ProvenanceText | None = None
-    # "sha256:<hex>" of the token ids and loss masks of the rows trained on, in order.
+    # "sha256:<hex>" of the token ids and loss masks of the prepared training set, in order.
     dataset_digest: ProvenanceText | None = None
     dataset_rows: int | None = None
     # TrainerConfig.fingerprint() of the config the trainer read.

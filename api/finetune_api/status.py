@@ -198,7 +198,7 @@ class OutputStatus(_Status):
 
 
 class ProvenanceStatus(_Status):
-    """What produced the adapter. The operator records the config and the image as soon as
+    """What a run was made of. The operator records the config and the image as soon as
     the trainer runs; the rest is the trainer's own record from its termination message
     when the run ends: claims of whatever ran in the trainer container, bounded, not
     facts the operator checked."""
@@ -218,10 +218,12 @@ class ProvenanceStatus(_Status):
     dataset_source: Short | None = Field(None, description="Where the rows came from.")
     dataset_digest: Short | None = Field(
         None,
-        description="sha256:<hex> of the token ids and loss masks of the rows trained on, "
+        description="sha256:<hex> of the token ids and loss masks of the prepared training set, "
         "in order, after filtering, truncation and maxSamples (trainer's record).",
     )
-    dataset_rows: int | None = Field(None, description="Rows trained on (trainer's record).")
+    dataset_rows: int | None = Field(
+        None, description="Rows of the prepared training set (trainer's record)."
+    )
     config_digest: Short | None = Field(
         None, description="sha256:<hex> of the trainer config file the operator wrote."
     )

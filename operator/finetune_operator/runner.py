@@ -188,8 +188,14 @@ class EmbeddedOperator:
     def __enter__(self) -> EmbeddedOperator:
         return self.start()
 
-    def __exit__(self, *_: object) -> None:
-        self.stop()
+    def __exit__(self, kind: object, *_: object) -> None:
+        if kind is None:
+            self.stop()
+            return
+        try:  # an exception is already on its way: a failure to stop must not hide it
+            self.stop()
+        except RuntimeError as exc:
+            log.error("%s", exc)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -139,3 +139,12 @@ def test_uid_null_leaves_the_user_to_the_platform(helm: Path) -> None:
     assert not {"runAsUser", "runAsGroup", "fsGroup"} & trainer["securityContext"].keys()
     # Without the platform's user, the project's rule still asks for a numeric one.
     assert restricted_violations(trainer) != []
+
+
+def test_a_uid_from_an_openshift_range_renders_as_a_whole_number(helm: Path) -> None:
+    """Helm reads a number from values as a float: ten digits must not become 1.00066e+09."""
+    values = {"operator": {"uid": 1000660000}, "trainer": {"uid": 1000660001}}
+    pod = only(render(helm, values), "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 1000660000
+    trainer = _trainer_job(helm, values)["spec"]["template"]["spec"]
+    assert trainer["securityContext"]["runAsUser"] == 1000660001

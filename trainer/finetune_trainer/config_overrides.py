@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import yaml
+from pydantic.alias_generators import to_camel, to_snake
 
 from .errors import InvalidConfig
 
@@ -35,6 +36,17 @@ def parse_assignment(text: str) -> tuple[list[str], Any]:
     return path, parsed
 
 
+def _spelled_as_the_file(node: dict[str, Any], key: str) -> str:
+    """``key`` as ``node`` already spells it: ``maxSteps`` for a file written in snake_case
+    (the original example's) is its ``max_steps``, and the reverse."""
+    if key in node:
+        return key
+    for spelling in (to_snake(key), to_camel(key)):
+        if spelling in node:
+            return spelling
+    return key
+
+
 def apply_assignments(data: Any, assignments: Sequence[str]) -> Any:
     """``data`` (the parsed config file) with each ``--set`` applied in order; sections
     that do not exist yet are created."""
@@ -46,7 +58,8 @@ def apply_assignments(data: Any, assignments: Sequence[str]) -> Any:
     for text in assignments:
         path, value = parse_assignment(text)
         node = result
-        for depth, part in enumerate(path[:-1]):
+        for depth, written in enumerate(path[:-1]):
+            part = _spelled_as_the_file(node, written)
             child = node.get(part)
             if child is None:
                 child = {}
@@ -59,5 +72,5 @@ def apply_assignments(data: Any, assignments: Sequence[str]) -> Any:
                 child = dict(child)  # the file's own mapping stays as it was read
             node[part] = child
             node = child
-        node[path[-1]] = value
+        node[_spelled_as_the_file(node, path[-1])] = value
     return result

@@ -327,6 +327,10 @@ def test_set_changes_fields_of_the_file(tmp_path: Path) -> None:
     assert config.dataset.max_samples is None
     assert config.model.max_seq_length == 1024  # the rest is the file's
     assert path.read_text() == ORIGINAL_EXAMPLE
+    # The schema's spelling finds the file's own key, so --help's example works on it too.
+    assert (
+        load_config(path, ["training.maxSteps=7", "training.saveSteps=7"]).training.max_steps == 7
+    )
 
 
 @pytest.mark.parametrize(
