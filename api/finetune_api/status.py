@@ -117,6 +117,13 @@ def _made_safe(limit: int) -> BeforeValidator:
 Text = Annotated[str, _made_safe(MESSAGE_LIMIT), Field(max_length=MAX_TEXT)]
 Short = Annotated[str, _made_safe(MAX_SHORT), Field(max_length=MAX_SHORT)]
 Uri = Annotated[str, _made_safe(MAX_URI), Field(max_length=MAX_URI)]
+# An RFC 3339 time, which the API server checks as such (format: date-time), and clients
+# (kubectl's printer columns, kstatus) read as a time.
+Timestamp = Annotated[
+    str,
+    _made_safe(MAX_SHORT),
+    Field(max_length=MAX_SHORT, json_schema_extra={"format": "date-time"}),
+]
 
 
 class _Status(BaseModel):
@@ -138,14 +145,16 @@ class _Status(BaseModel):
 class Condition(_Status):
     """A metav1.Condition."""
 
-    type: Short = Field(description="Ready, Reconciling, Stalled or Suspended.")
+    type: Short = Field(
+        description="Ready, Reconciling, Stalled, Suspended, Complete or Failed."
+    )
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: Short = Field(description="CamelCase reason for the last transition.")
     message: Text = Field("", description="Human-readable details.")
     observed_generation: int | None = Field(
         None, description="The .metadata.generation this condition was computed from."
     )
-    last_transition_time: Short = Field(
+    last_transition_time: Timestamp = Field(
         description="When status last changed (RFC 3339); unchanged while status stays the same."
     )
 
@@ -175,7 +184,9 @@ class ProgressStatus(_Status):
     learning_rate: float | None = Field(None, description="Current learning rate.")
     tokens_per_second: float | None = Field(None, description="Training throughput.")
     eta_seconds: int | None = Field(None, description="Estimated seconds to the last step.")
-    updated_at: Short | None = Field(None, description="When this progress was read (RFC 3339).")
+    updated_at: Timestamp | None = Field(
+        None, description="When this progress was read (RFC 3339)."
+    )
     stage: TrainerStage | None = Field(
         None,
         description="Where the trainer is: Downloading, Loading, Compiling (until the first "
@@ -270,11 +281,18 @@ class FineTuneJobStatus(_Status):
         None, description="The .metadata.generation the operator last acted on."
     )
     conditions: Annotated[list[Condition], Field(max_length=MAX_CONDITIONS)] | None = Field(
-        None, description="metav1-style conditions (kstatus: Ready, Reconciling, Stalled)."
+        None,
+        description="metav1-style conditions, one per type (kstatus: Ready, Reconciling, "
+        "Stalled; as a Job: Complete, Failed).",
+        # One entry per type, merged by type in server-side apply, as metav1 conditions are.
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
     )
     job_name: Short | None = Field(None, description="Name of the batch/v1 Job.")
-    start_time: Short | None = Field(None, description="When the Job started (RFC 3339).")
-    completion_time: Short | None = Field(
+    start_time: Timestamp | None = Field(None, description="When the Job started (RFC 3339).")
+    completion_time: Timestamp | None = Field(
         None, description="When the FineTuneJob finished (RFC 3339)."
     )
     restarts: int | None = Field(

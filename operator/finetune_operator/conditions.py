@@ -10,6 +10,9 @@ health check) can read them:
   (stall.py), or when the operator cannot report on it (its status writes are refused);
   in the last two the phase stays what it was.
 - ``Suspended``: True while suspended.
+- ``Complete`` and ``Failed``: True once the run has succeeded or failed, as a batch/v1
+  Job says it, so ``kubectl wait --for=condition=Complete`` (or ``=Failed``) works as it
+  does for Jobs.
 
 ``lastTransitionTime`` changes only when a condition's status flips.
 """
@@ -27,7 +30,9 @@ READY = "Ready"
 RECONCILING = "Reconciling"
 STALLED = "Stalled"
 SUSPENDED = "Suspended"
-CONDITION_TYPES = (READY, RECONCILING, STALLED, SUSPENDED)
+COMPLETE = "Complete"
+FAILED = "Failed"
+CONDITION_TYPES = (READY, RECONCILING, STALLED, SUSPENDED, COMPLETE, FAILED)
 
 
 def _truth(flag: bool) -> Literal["True", "False"]:
@@ -54,6 +59,8 @@ def conditions_for_phase(
         RECONCILING: phase in (Phase.PENDING, Phase.RUNNING) and not stalled,
         STALLED: stalled,
         SUSPENDED: phase == Phase.SUSPENDED,
+        COMPLETE: phase == Phase.SUCCEEDED,
+        FAILED: phase == Phase.FAILED,
     }
     before = {c.get("type"): c for c in previous or []}
     out = []

@@ -203,6 +203,12 @@ def test_pvc_output_reports_progress_and_writes_a_loadable_adapter(
 
     assert len(generate_with_adapter(tiny_inputs / MODEL_DIR, adapter)) == 4
     ftjs.reasons(name, "Running", "Checkpoint", "Succeeded")
+    # As for a batch/v1 Job: kubectl waits on Complete (and Failed).
+    ftjs.kubectl("wait", f"finetunejob/{name}", "--for=condition=Complete", "--timeout=10s")
+    failed = ftjs.kubectl(
+        "wait", f"finetunejob/{name}", "--for=condition=Failed", "--timeout=1s", check=False
+    )
+    assert failed.returncode != 0
 
 
 def test_s3_output_uploads_checkpoints_and_never_exposes_credentials(
@@ -369,6 +375,7 @@ def test_bad_dataset_fails_fast_with_the_trainers_message(
     assert "'bot'" in pod_logs(ftjs.namespace, pod["metadata"]["name"])
     reasons = ftjs.reasons(name, "InvalidDataset")
     assert "Restarted" not in reasons, reasons
+    ftjs.kubectl("wait", f"finetunejob/{name}", "--for=condition=Failed", "--timeout=10s")
 
 
 def test_a_finished_job_is_cleaned_up_only_after_its_outcome_is_recorded(

@@ -22,8 +22,8 @@ def by_type(conditions: list[dict]) -> dict[str, dict]:
         ("Pending", {"Reconciling"}),
         ("Running", {"Reconciling"}),
         ("Suspended", {"Suspended"}),
-        ("Succeeded", {"Ready"}),
-        ("Failed", {"Stalled"}),
+        ("Succeeded", {"Ready", "Complete"}),
+        ("Failed", {"Stalled", "Failed"}),
     ],
 )
 def test_kstatus_mapping(phase: str, true_types: set[str]) -> None:
