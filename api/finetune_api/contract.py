@@ -95,6 +95,9 @@ class Metric:
     GPU_MEMORY_RESERVED = "finetune_gpu_memory_reserved_bytes"
     CHECKPOINT_STEP = "finetune_checkpoint_step"
     RESUMED_FROM_STEP = "finetune_resumed_from_step"
+    EVAL_LOSS = "finetune_eval_loss"
+    EVAL_MEAN_TOKEN_ACCURACY = "finetune_eval_mean_token_accuracy"
+    BEST_EVAL_LOSS = "finetune_best_eval_loss"
 
 
 class _Wire(BaseModel):
@@ -115,6 +118,7 @@ class TrainerProgress(_Wire):
     grad_norm: float | None = None
     tokens_per_second: float | None = None
     checkpoint_step: int | None = None
+    eval_loss: float | None = None
 
 
 # --- Termination message -----------------------------------------------------------------
@@ -167,6 +171,14 @@ class CheckpointRef(_Wire):
     uri: str
 
 
+class FinalModelRef(_Wire):
+    """Which weights became final_model: the step, and why (``output.keep``), as a person
+    reads it: "best eval loss 1.234 at step 40" or "last step"."""
+
+    step: int
+    selection: str
+
+
 class TerminationMessage(_Wire):
     """The JSON the trainer writes to its termination-message file on every exit, and the
     operator copies into the FineTuneJob's status."""
@@ -184,6 +196,13 @@ class TerminationMessage(_Wire):
     adapter_uri: str | None = None
     merged_uri: str | None = None
     resumed_from_step: int | None = None
+    eval_loss: float | None = Field(None, description="The last evaluation's loss.")
+    eval_mean_token_accuracy: float | None = Field(
+        None, description="The last evaluation's mean token accuracy."
+    )
+    final_model: FinalModelRef | None = Field(
+        None, description="Which step's weights final_model holds, and why."
+    )
 
     @property
     def known_reason(self) -> TrainerReason:

@@ -11,6 +11,7 @@ from finetune_api.config import TrainerConfig
 
 from .backends import Backend
 from .callbacks import BatchAccounting, RunTracker, make_callbacks
+from .evaluation import EvalTracker, eval_config_kwargs, evaluate_with, make_eval_callbacks
 from .memory_plan import MemoryPlan
 from .metrics import MetricsLog, MetricsServer
 from .run_progress import RunProgress
@@ -35,6 +36,8 @@ def build_sft_trainer(
     metrics: MetricsServer,
     metrics_log: MetricsLog,
     stop: StopRequest,
+    eval_dataset: Any = None,
+    eval_tracker: EvalTracker | None = None,
 ) -> Any:
     """The SFTTrainer that trains ``model`` on ``dataset``, writing its checkpoints into
     ``target``'s work directory and reporting through ``progress``, ``metrics`` and
@@ -52,11 +55,20 @@ def build_sft_trainer(
         per_device_batch=plan.per_device,
         gradient_accumulation=plan.accumulation,
     )
+    kwargs.update(
+        eval_config_kwargs(config, plan.per_device or kwargs["per_device_train_batch_size"])
+    )
     args = backend.sft_config_class()(**kwargs)
     trainer = backend.sft_trainer_class()(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
     )
     accounting = BatchAccounting(trainer.data_collator)
+    if eval_dataset is not None:
+        evaluate_with(trainer, trainer.data_collator)
     trainer.data_collator = accounting
     tracker = RunTracker(
         target=target,
@@ -73,6 +85,9 @@ def build_sft_trainer(
     trainer.remove_callback(ProgressCallback)
     for callback in make_callbacks(tracker):
         trainer.add_callback(callback)
+    if eval_tracker is not None and eval_dataset is not None:
+        for callback in make_eval_callbacks(eval_tracker):
+            trainer.add_callback(callback)
     log.info(
         "SFTTrainer: %s precision, optimizer %s, micro-batch %d x %d accumulation",
         precision.label,

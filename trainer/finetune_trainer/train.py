@@ -31,6 +31,7 @@ from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerReas
 
 from .backends import Backend
 from .errors import InvalidInput, output_access
+from .evaluation import EvalTracker, outcome_text
 from .input_pipeline import TrainingInputs, prepare_inputs
 from .memory_plan import MemoryPlan, plan_for_backend
 from .metrics import METRICS_FILE, MetricsLog, MetricsServer, log_gpu_memory_after_load
@@ -71,6 +72,7 @@ class TrainingRun:
         self._hold_from: float | None = None
         self.stage: Stage = "preparing"
         self.memory_plan: MemoryPlan | None = None
+        self.eval_tracker: EvalTracker | None = None
 
     # --- every exit becomes a message --------------------------------------------------------
     def execute(self) -> TerminationMessage:
@@ -170,7 +172,7 @@ class TrainingRun:
         model, tokenizer = self._load_model(backend, model_source, plan)
 
         self.stage = "training"
-        trainer = self._build_trainer(backend, plan, model, tokenizer, inputs.data.dataset, target)
+        trainer = self._build_trainer(backend, plan, model, tokenizer, inputs, target)
         self._run_trainer(trainer, resume)
         if self.progress.interrupted:
             return self._interrupted(target)
@@ -189,10 +191,9 @@ class TrainingRun:
                 self.progress,
             )
         report = self.progress.report
+        text = f"trained {report.step} steps; adapter at {report.adapter_uri}"
         return self.progress.message(
-            "succeeded",
-            TrainerReason.COMPLETED,
-            f"trained {report.step} steps; adapter at {report.adapter_uri}",
+            "succeeded", TrainerReason.COMPLETED, outcome_text(text, self.eval_tracker, report)
         )
 
     def _open_output(self) -> OutputTarget:
@@ -260,19 +261,29 @@ class TrainingRun:
         plan: MemoryPlan,
         model: Any,
         tokenizer: Any,
-        dataset: Any,
+        inputs: TrainingInputs,
         target: OutputTarget,
     ) -> Any:
         from .sft_trainer import build_sft_trainer
 
+        eval_data = inputs.eval_data
+        if eval_data is not None:
+            self.eval_tracker = EvalTracker(
+                self.config,
+                progress=self.progress,
+                metrics=self.metrics,
+                metrics_log=self.metrics_log,
+            )
         return build_sft_trainer(
             self.config,
             backend,
             plan,
             model,
             tokenizer,
-            dataset,
+            inputs.data.dataset,
             target,
+            eval_dataset=eval_data.dataset if eval_data is not None else None,
+            eval_tracker=self.eval_tracker,
             fingerprint=self.fingerprint,
             progress=self.progress,
             metrics=self.metrics,

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from .base import SpecModel, cel
+from .eval_data import EarlyStoppingSpec
 
 Optimizer = Literal[
     "adamw_8bit",
@@ -123,6 +124,17 @@ class TrainingSpec(SpecModel):
         description="Batch rows of similar length together (length-sorted groups within "
         "shuffled mega-batches), so micro-batches carry little padding. Same rows per epoch "
         "in a different order than the default shuffle. Default: false.",
+    )
+
+    eval_steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
+        None,
+        description="Evaluate on dataset.eval every N optimizer steps, and at the last "
+        "step. Default: at every checkpoint (saveSteps).",
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None,
+        description="Stop once the eval loss stops improving (needs dataset.eval). Empty: "
+        "train to the end.",
     )
 
     @model_validator(mode="after")
