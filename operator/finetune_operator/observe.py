@@ -87,6 +87,8 @@ _NUMBERS: dict[str, type[int] | type[float]] = {
     "total_steps": int,
     "loss": float,
     "resumed_from_step": int,
+    "eval_loss": float,
+    "eval_mean_token_accuracy": float,
 }
 
 
@@ -109,6 +111,9 @@ def _summary(text: str) -> TerminationMessage | None:
     checkpoint = summary.checkpoint
     if checkpoint is not None and bounded_number(checkpoint.step, int) is None:
         numbers["checkpoint"] = None
+    final_model = summary.final_model
+    if final_model is not None and bounded_number(final_model.step, int) is None:
+        numbers["final_model"] = None
     return summary.model_copy(update=numbers)
 
 
