@@ -203,6 +203,9 @@ class TerminationMessage(_Wire):
     final_model: FinalModelRef | None = Field(
         None, description="Which step's weights final_model holds, and why."
     )
+    early_stop: str | None = Field(
+        None, description="Why training stopped before its last step (training.earlyStopping)."
+    )
 
     @property
     def known_reason(self) -> TrainerReason:

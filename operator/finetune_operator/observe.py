@@ -117,6 +117,17 @@ def _summary(text: str) -> TerminationMessage | None:
     return summary.model_copy(update=numbers)
 
 
+def _evaluated(summary: TerminationMessage | None) -> str:
+    """What a run with an eval set adds to its success message: that it stopped early,
+    and which step's weights final_model holds, as the trainer said."""
+    if summary is None:
+        return ""
+    parts = [summary.early_stop] if summary.early_stop else []
+    if summary.final_model is not None:
+        parts.append(f"final_model: {summary.final_model.selection}")
+    return "".join(f"; {part}" for part in parts)
+
+
 def _disruption(pod: dict[str, Any]) -> str | None:
     """Why the pod was disrupted (evicted, preempted, ...), if it was: the Job's
     podFailurePolicy ignores such a failure, so it does not count against backoffLimit."""
@@ -263,7 +274,7 @@ def observe(
             seen,
             phase=Phase.SUCCEEDED,
             reason=Reason.SUCCEEDED,
-            message=f"training finished; adapter written to {where}",
+            message=f"training finished; adapter written to {where}{_evaluated(summary)}",
             completion_time=status.get("completionTime") or complete.get("lastTransitionTime"),
         )
     # FailureTarget comes first: the Job controller has decided the Job fails and is

@@ -111,7 +111,7 @@ class EvalTracker:
         early = self.config.training.early_stopping
         if self.stopped_early_at is None or early is None:
             return None
-        times = "evaluation" if early.patience == 1 else f"{early.patience} evaluations"
+        times = f"{early.patience} evaluation{'' if early.patience == 1 else 's'}"
         return (
             f"stopped early at step {self.stopped_early_at}: the eval loss did not improve by "
             f"more than {early.min_delta:g} for {times}"
@@ -173,15 +173,12 @@ def _int(value: Any) -> int | None:
     return int(number) if number is not None else None
 
 
-def outcome_text(text: str, tracker: EvalTracker | None, report: TerminationMessage) -> str:
-    """A finished run's message, with why it stopped early and which weights final_model
-    holds when there is an eval set."""
-    if tracker is None:
-        return text
+def outcome_text(text: str, report: TerminationMessage) -> str:
+    """A finished run's message: ``text``, then why it stopped early and which weights
+    final_model holds, when it was evaluated."""
     parts = [text]
-    stopped = tracker.stop_reason()
-    if stopped is not None:
-        parts.append(stopped)
-    if report.final_model is not None:
+    if report.early_stop is not None:
+        parts.append(report.early_stop)
+    if report.final_model is not None and report.eval_loss is not None:
         parts.append(f"final_model: {report.final_model.selection}")
     return "; ".join(parts)

@@ -191,9 +191,11 @@ class TrainingRun:
                 self.progress,
             )
         report = self.progress.report
+        if self.eval_tracker is not None:
+            report.early_stop = self.eval_tracker.stop_reason()
         text = f"trained {report.step} steps; adapter at {report.adapter_uri}"
         return self.progress.message(
-            "succeeded", TrainerReason.COMPLETED, outcome_text(text, self.eval_tracker, report)
+            "succeeded", TrainerReason.COMPLETED, outcome_text(text, report)
         )
 
     def _open_output(self) -> OutputTarget:

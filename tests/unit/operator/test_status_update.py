@@ -294,6 +294,8 @@ def test_success_says_which_step_final_model_holds_and_the_last_eval_loss() -> N
         eval_loss=1.25,
         adapter_uri="pvc://outs/ml/run/final_model",
         final_model=FinalModelRef(step=20, selection="best eval loss 1.234 at step 20"),
+        early_stop="stopped early at step 30: the eval loss did not improve by more than 0 "
+        "for 2 evaluations",
     )
     obs = Observation("Succeeded", "Succeeded", "done", completion_time="T9", termination=summary)
     status = update({"phase": "Running", "reason": "Running"}, obs).patch

@@ -84,6 +84,7 @@ def test_eval_loss_reaches_the_message_metrics_jsonl_and_the_plot(
     assert message.final_model is not None
     assert (message.final_model.step, message.final_model.selection) == (8, "last step")
     assert message.message.endswith("; final_model: last step")
+    assert message.early_stop is None
     assert message.progress.eval_loss == last["eval_loss"]  # what status.progress copies
     history = [json.loads(line) for line in (run.out / "final_model" / "metrics.jsonl").open()]
     assert [r["step"] for r in history if "eval_loss" in r] == [4, 8]
@@ -176,10 +177,11 @@ def test_early_stopping_stops_before_max_steps(early_run: Run) -> None:
     message = run.message
     assert message.reason == "Completed"
     assert (message.step, message.total_steps) == (8, 12)
-    assert (
+    stopped = (
         "stopped early at step 8: the eval loss did not improve by more than 0.003 for 2 "
-        "evaluations" in message.message
+        "evaluations"
     )
+    assert message.early_stop == stopped and stopped in message.message
     assert sorted(p.name for p in run.out.glob("checkpoint-*")) == [
         f"checkpoint-{s}" for s in (2, 4, 6, 8)
     ]
