@@ -90,7 +90,6 @@ class EvalTracker:
                 "step": step,
                 "eval_loss": loss,
                 "eval_mean_token_accuracy": accuracy,
-                "eval_rows": _int(metrics.get("eval_samples")),
                 "eval_seconds": _finite(metrics.get("eval_runtime")),
             }
         )
@@ -99,7 +98,7 @@ class EvalTracker:
         report.eval_mean_token_accuracy = accuracy
         self.metrics.update(eval_loss=loss, eval_mean_token_accuracy=accuracy, best_eval_loss=best)
 
-    def train_end(self, state: Any, control: Any) -> None:
+    def train_end(self, state: Any) -> None:
         """Training ended: before its last step, not by a stop signal, means early stopping."""
         if self.config.training.early_stopping is None or self.progress.interrupted:
             return
@@ -130,7 +129,7 @@ def make_eval_callbacks(tracker: EvalTracker) -> list[Any]:
             tracker.on_evaluate(state, dict(metrics or {}))
 
         def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            tracker.train_end(state, control)
+            tracker.train_end(state)
 
     callbacks: list[Any] = [_EvalCallback()]
     early = tracker.config.training.early_stopping
@@ -166,11 +165,6 @@ def _finite(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _int(value: Any) -> int | None:
-    number = _finite(value)
-    return int(number) if number is not None else None
 
 
 def outcome_text(text: str, report: TerminationMessage) -> str:
