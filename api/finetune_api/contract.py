@@ -108,6 +108,9 @@ class Metric:
     # STAGE_LABEL="<stage>", 1 for the stage the trainer is in and 0 for the others.
     STAGE = "finetune_stage"
     RESUMED_FROM_STEP = "finetune_resumed_from_step"
+    EVAL_LOSS = "finetune_eval_loss"
+    EVAL_MEAN_TOKEN_ACCURACY = "finetune_eval_mean_token_accuracy"
+    BEST_EVAL_LOSS = "finetune_best_eval_loss"
 
 
 STAGE_LABEL = Metric.STAGE
@@ -143,6 +146,7 @@ class TrainerProgress(_Wire):
     tokens_per_second: float | None = None
     stage: TrainerStage | None = None
     checkpoint_step: int | None = None
+    eval_loss: float | None = None
 
 
 # --- Termination message -----------------------------------------------------------------
@@ -256,6 +260,14 @@ def provenance_digest(
     return "sha256:" + hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
+class FinalModelRef(_Wire):
+    """Which weights became final_model: the step, and why (``output.keep``), as a person
+    reads it: "best eval loss 1.234 at step 40" or "last step"."""
+
+    step: int
+    selection: str
+
+
 class TerminationMessage(_Wire):
     """The JSON the trainer writes to its termination-message file on every exit, and the
     operator copies into the FineTuneJob's status."""
@@ -277,6 +289,16 @@ class TerminationMessage(_Wire):
     # The MLflow run this attempt reported to (training.reportTo lists mlflow); bounded
     # where the operator copies it (status.tracking).
     mlflow_run_id: str | None = None
+    eval_loss: float | None = Field(None, description="The last evaluation's loss.")
+    eval_mean_token_accuracy: float | None = Field(
+        None, description="The last evaluation's mean token accuracy."
+    )
+    final_model: FinalModelRef | None = Field(
+        None, description="Which step's weights final_model holds, and why."
+    )
+    early_stop: str | None = Field(
+        None, description="Why training stopped before its last step (training.earlyStopping)."
+    )
 
     @property
     def known_reason(self) -> TrainerReason:

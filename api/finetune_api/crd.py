@@ -179,6 +179,7 @@ def _printer_columns() -> list[dict[str, Any]]:
         # A string the operator rounds (status.loss_display): a number column would print
         # every digit of the float.
         {"name": "Loss", "type": "string", "jsonPath": ".status.progress.lossDisplay"},
+        {"name": "Eval Loss", "type": "string", "jsonPath": ".status.progress.evalLossDisplay"},
         {
             "name": "ETA",
             "type": "integer",

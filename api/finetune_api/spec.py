@@ -19,6 +19,7 @@ from pydantic import (
 
 from .config import DatasetSpec, ModelSpec, OutputSpec, TrainerConfig
 from .config.base import K8sName, SpecModel, cel, no_nul, nul_rule
+from .config.eval_data import EVAL_RULES
 
 # resource.Quantity as Kubernetes parses it (500m, 4, 16Gi, 1.5G, 1e3), never negative: a
 # value the API server would refuse fails here, naming the field, not at Job creation.
@@ -284,6 +285,7 @@ class FineTuneJobSpec(TrainerConfig):
                     }
                     for part in ("model", "dataset")
                 ),
+                *EVAL_RULES,
             ]
         }
     }

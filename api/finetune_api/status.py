@@ -145,9 +145,7 @@ class _Status(BaseModel):
 class Condition(_Status):
     """A metav1.Condition."""
 
-    type: Short = Field(
-        description="Ready, Reconciling, Stalled, Suspended, Complete or Failed."
-    )
+    type: Short = Field(description="Ready, Reconciling, Stalled, Suspended, Complete or Failed.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: Short = Field(description="CamelCase reason for the last transition.")
     message: Text = Field("", description="Human-readable details.")
@@ -181,6 +179,14 @@ class ProgressStatus(_Status):
         description="The loss to four significant digits (1.734, 10.49, 0.8123; exponent "
         "form below 0.0001 and from 10000 on), for the printer column; set with loss.",
     )
+    eval_loss: float | None = Field(
+        None, description="Loss on dataset.eval at the last evaluation."
+    )
+    eval_loss_display: Short | None = Field(
+        None,
+        description="The eval loss to four significant digits, for the printer column; set "
+        "with evalLoss.",
+    )
     learning_rate: float | None = Field(None, description="Current learning rate.")
     tokens_per_second: float | None = Field(None, description="Training throughput.")
     eta_seconds: int | None = Field(None, description="Estimated seconds to the last step.")
@@ -206,6 +212,14 @@ class OutputStatus(_Status):
 
     adapter_uri: Uri | None = Field(None, description="The final LoRA adapter (final_model).")
     merged_uri: Uri | None = Field(None, description="The merged 16-bit model, if exported.")
+    final_model_step: int | None = Field(
+        None, description="The optimizer step whose weights final_model holds."
+    )
+    final_model_selection: Short | None = Field(
+        None,
+        description="Why that step (output.keep): e.g. 'best eval loss 1.234 at step 40' or "
+        "'last step'.",
+    )
 
 
 class ProvenanceStatus(_Status):

@@ -90,6 +90,8 @@ _NUMBERS: dict[str, type[int] | type[float]] = {
     "total_steps": int,
     "loss": float,
     "resumed_from_step": int,
+    "eval_loss": float,
+    "eval_mean_token_accuracy": float,
 }
 
 
@@ -120,7 +122,21 @@ def _summary(text: str) -> TerminationMessage | None:
             if (value := getattr(record, name)) is not None
         }
         numbers["provenance"] = record.model_copy(update=counts)
+    final_model = summary.final_model
+    if final_model is not None and bounded_number(final_model.step, int) is None:
+        numbers["final_model"] = None
     return summary.model_copy(update=numbers)
+
+
+def _evaluated(summary: TerminationMessage | None) -> str:
+    """What a run with an eval set adds to its success message: that it stopped early,
+    and which step's weights final_model holds, as the trainer said."""
+    if summary is None:
+        return ""
+    parts = [summary.early_stop] if summary.early_stop else []
+    if summary.final_model is not None:
+        parts.append(f"final_model: {summary.final_model.selection}")
+    return "".join(f"; {part}" for part in parts)
 
 
 def _disruption(pod: dict[str, Any]) -> str | None:
@@ -270,7 +286,7 @@ def observe(
             seen,
             phase=Phase.SUCCEEDED,
             reason=Reason.SUCCEEDED,
-            message=f"training finished; adapter written to {where}",
+            message=f"training finished; adapter written to {where}{_evaluated(summary)}",
             completion_time=status.get("completionTime") or complete.get("lastTransitionTime"),
         )
     # FailureTarget comes first: the Job controller has decided the Job fails and is

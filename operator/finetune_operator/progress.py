@@ -16,7 +16,15 @@ from .timeutil import Clock, parse_time, rfc3339, utcnow
 Key = tuple[str, str]  # (namespace, name) of a FineTuneJob
 
 # What status.progress shows, by the trainer's field names and the status's.
-_COMPARED_FIELDS = ("step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_second")
+_COMPARED_FIELDS = (
+    "step",
+    "total_steps",
+    "epoch",
+    "loss",
+    "learning_rate",
+    "tokens_per_second",
+    "eval_loss",
+)
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,15 @@ def _shown(progress: TrainerProgress) -> tuple[object, ...]:
     return (*shown, progress.stage)
 
 
-_COMPARED = ("step", "totalSteps", "epoch", "loss", "learningRate", "tokensPerSecond")
+_COMPARED = (
+    "step",
+    "totalSteps",
+    "epoch",
+    "loss",
+    "learningRate",
+    "tokensPerSecond",
+    "evalLoss",
+)
 
 
 def progress_status(
@@ -142,6 +158,9 @@ def progress_status(
         "lossDisplay": loss_display(current.loss),
         "learningRate": current.learning_rate,
         "tokensPerSecond": current.tokens_per_second,
+        "evalLoss": current.eval_loss,
+        # Derived like lossDisplay: written whenever evalLoss is.
+        "evalLossDisplay": loss_display(current.eval_loss),
     }
     fresh: dict[str, Any] = {k: v for k, v in shown.items() if v is not None}
     # Only what this reading has is compared: the trainer's exit summary carries no epoch,

@@ -36,6 +36,7 @@ def claim_fields(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
         ("model", spec.model.pvc),
         ("dataset", spec.dataset.pvc),
         ("output", spec.output.pvc),
+        ("dataset.eval", spec.dataset.eval.pvc if spec.dataset.eval is not None else None),
     ):
         if source is not None:
             fields.append((f"spec.{part}.pvc.claimName", source.claim_name))

@@ -30,6 +30,7 @@ _FIELDS: dict[str, tuple[str, type[int] | type[float]]] = {
     Metric.GRAD_NORM: ("grad_norm", float),
     Metric.TOKENS_PER_SECOND: ("tokens_per_second", float),
     Metric.CHECKPOINT_STEP: ("checkpoint_step", int),
+    Metric.EVAL_LOSS: ("eval_loss", float),
 }
 _STAGES = frozenset(stage.value for stage in TrainerStage)
 # Numbers beyond these are not a training run's: a step count or a loss from a

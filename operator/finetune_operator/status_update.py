@@ -336,8 +336,14 @@ def _checkpoint(
 def _output(summary: TerminationMessage) -> OutputStatus:
     """The artifacts the trainer reports having written (a location it left empty is not
     written at all)."""
-    written = {"adapterUri": summary.adapter_uri, "mergedUri": summary.merged_uri}
-    return OutputStatus.model_validate({k: v for k, v in written.items() if v})
+    written: dict[str, object] = {
+        "adapterUri": summary.adapter_uri,
+        "mergedUri": summary.merged_uri,
+    }
+    if summary.final_model is not None:
+        written["finalModelStep"] = summary.final_model.step
+        written["finalModelSelection"] = summary.final_model.selection
+    return OutputStatus.model_validate({k: v for k, v in written.items() if v is not None})
 
 
 def _events(previous: dict[str, Any], status: FineTuneJobStatus, message: str) -> list[Event]:

@@ -193,6 +193,11 @@ def test_a_finetunejob_names_only_what_its_creator_may_read(
     _admitted(cluster, namespace, chats)
     claim = {"dataset": {"pvc": {"claimName": "someone-elses", "path": "d.jsonl"}}}
     assert "may not get PersistentVolumeClaim someone-elses" in _refused(cluster, namespace, claim)
+    held_out = {"dataset": {"eval": {"pvc": {"claimName": "someone-elses", "path": "e.jsonl"}}}}
+    assert (
+        "spec.dataset.eval.pvc.claimName: you may not get PersistentVolumeClaim someone-elses"
+        in _refused(cluster, namespace, held_out)
+    )
     account = {"serviceAccountName": "default"}
     assert "may not get ServiceAccount default" in _refused(cluster, namespace, account)
 

@@ -32,6 +32,9 @@ _HELP = {
     Metric.GPU_MEMORY_RESERVED: "GPU memory reserved by the caching allocator, in bytes.",
     Metric.CHECKPOINT_STEP: "Step of the newest complete checkpoint.",
     Metric.RESUMED_FROM_STEP: "Step of the checkpoint this run resumed from.",
+    Metric.EVAL_LOSS: "Loss on the eval set at the last evaluation.",
+    Metric.EVAL_MEAN_TOKEN_ACCURACY: "Mean token accuracy on the eval set at the last evaluation.",
+    Metric.BEST_EVAL_LOSS: "Lowest eval loss so far.",
 }
 _STAGE_HELP = "Where the trainer is: 1 for its current stage, 0 for the others."
 
@@ -48,6 +51,9 @@ _GAUGE_OF = {
     "gpu_memory_reserved_bytes": Metric.GPU_MEMORY_RESERVED,
     "checkpoint_step": Metric.CHECKPOINT_STEP,
     "resumed_from_step": Metric.RESUMED_FROM_STEP,
+    "eval_loss": Metric.EVAL_LOSS,
+    "eval_mean_token_accuracy": Metric.EVAL_MEAN_TOKEN_ACCURACY,
+    "best_eval_loss": Metric.BEST_EVAL_LOSS,
 }
 
 
@@ -192,8 +198,11 @@ class MetricsLog:
 
 
 def plot_loss(records: Iterable[dict[str, Any]], path: Path, title: str) -> bool:
-    """Draw loss (and learning rate) against step into a PNG; False when nothing to plot."""
+    """Draw the training loss (and the eval loss, when evaluated) against step into a PNG;
+    False when nothing to plot."""
+    records = list(records)
     points = [(r["step"], r["loss"]) for r in records if r.get("loss") is not None]
+    evaluated = [(r["step"], r["eval_loss"]) for r in records if r.get("eval_loss") is not None]
     if not points:
         return False
     import matplotlib
@@ -204,9 +213,15 @@ def plot_loss(records: Iterable[dict[str, Any]], path: Path, title: str) -> bool
     steps, losses = zip(*points, strict=True)
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     try:
-        ax.plot(steps, losses, marker="o" if len(points) < 50 else None, linewidth=1.5)
+        ax.plot(
+            steps, losses, marker="o" if len(points) < 50 else None, linewidth=1.5, label="train"
+        )
+        if evaluated:
+            eval_steps, eval_losses = zip(*evaluated, strict=True)
+            ax.plot(eval_steps, eval_losses, marker="s", linewidth=1.5, label="eval")
+            ax.legend()
         ax.set_xlabel("optimizer step")
-        ax.set_ylabel("training loss")
+        ax.set_ylabel("loss" if evaluated else "training loss")
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         fig.tight_layout()

@@ -19,6 +19,7 @@ from finetune_api.contract import (
 )
 
 from .backends import Backend
+from .final_model import choose_final_weights
 from .metrics import LOSS_PLOT_FILE, METRICS_FILE, MetricsLog, plot_loss
 from .model_card import write_model_card
 from .provenance import manifest_digest, write_provenance, written_provenance
@@ -112,6 +113,8 @@ def write_final_outputs(
     work = target.artifacts.work_dir
     final_dir = work / FINAL_MODEL_DIR
     started = utc_now()
+    chosen = choose_final_weights(config, trainer, model, target)
+    progress.report.final_model = chosen
     trainer.save_model(str(final_dir))
     tokenizer.save_pretrained(str(final_dir))
     metrics_log.write_jsonl(final_dir / METRICS_FILE)

@@ -12,6 +12,7 @@ from finetune_api.config import TrainerConfig
 from .backends import Backend
 from .callbacks import BatchAccounting, RunTracker, make_callbacks
 from .divergence import DivergenceWatch, make_divergence_callback
+from .evaluation import EvalTracker, eval_config_kwargs, evaluate_with, make_eval_callbacks
 from .memory_plan import MemoryPlan
 from .metrics import MetricsLog, MetricsServer
 from .run_progress import RunProgress
@@ -38,6 +39,8 @@ def build_sft_trainer(
     metrics_log: MetricsLog,
     stop: StopRequest,
     tracking: RunTracking | None = None,
+    eval_dataset: Any = None,
+    eval_tracker: EvalTracker | None = None,
 ) -> Any:
     """The SFTTrainer that trains ``model`` on ``dataset``, writing its checkpoints into
     ``target``'s work directory and reporting through ``progress``, ``metrics`` and
@@ -56,16 +59,22 @@ def build_sft_trainer(
         gradient_accumulation=plan.accumulation,
         run_name=tracking.run_name if tracking is not None else None,
     )
+    kwargs.update(
+        eval_config_kwargs(config, plan.per_device or kwargs["per_device_train_batch_size"])
+    )
     args = backend.sft_config_class()(**kwargs)
     trainer = backend.sft_trainer_class()(
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         # Ahead of the run's own callbacks: see RunTracking.callbacks.
         callbacks=tracking.callbacks() if tracking is not None else None,
     )
     accounting = BatchAccounting(trainer.data_collator)
+    if eval_dataset is not None:
+        evaluate_with(trainer, trainer.data_collator)
     trainer.data_collator = accounting
     tracker = RunTracker(
         target=target,
@@ -86,6 +95,9 @@ def build_sft_trainer(
     trainer.add_callback(
         make_divergence_callback(DivergenceWatch(config.training, fp16=precision.fp16))
     )
+    if eval_tracker is not None and eval_dataset is not None:
+        for callback in make_eval_callbacks(eval_tracker):
+            trainer.add_callback(callback)
     log.info(
         "SFTTrainer: %s precision, optimizer %s, micro-batch %d x %d accumulation",
         precision.label,

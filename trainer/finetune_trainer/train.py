@@ -31,6 +31,7 @@ from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerReas
 
 from .backends import Backend
 from .errors import InvalidInput, output_access
+from .evaluation import EvalTracker, outcome_text
 from .input_pipeline import TrainingInputs, prepare_inputs
 from .memory_plan import MemoryPlan, plan_for_backend
 from .metrics import METRICS_FILE, MetricsLog, MetricsServer, log_gpu_memory_after_load
@@ -75,6 +76,7 @@ class TrainingRun:
         self.stage: Stage = "preparing"
         self.memory_plan: MemoryPlan | None = None
         self.tracking: RunTracking | None = None
+        self.eval_tracker: EvalTracker | None = None
 
     # --- every exit becomes a message --------------------------------------------------------
     def execute(self) -> TerminationMessage:
@@ -188,7 +190,7 @@ class TrainingRun:
         # trainer, Unsloth's patches, torch.compile and the first step's kernels.
         self.metrics.stage(TrainerStage.COMPILING)
         self.stage = "training"
-        trainer = self._build_trainer(backend, plan, model, tokenizer, inputs.data.dataset, target)
+        trainer = self._build_trainer(backend, plan, model, tokenizer, inputs, target)
         self._run_trainer(trainer, resume)
         if self.progress.interrupted:
             return self._interrupted(target)
@@ -209,10 +211,11 @@ class TrainingRun:
             )
         self.tracking.finish(target.artifacts.root / FINAL_MODEL_DIR)
         report = self.progress.report
+        if self.eval_tracker is not None:
+            report.early_stop = self.eval_tracker.stop_reason()
+        text = f"trained {report.step} steps; adapter at {report.adapter_uri}"
         return self.progress.message(
-            "succeeded",
-            TrainerReason.COMPLETED,
-            f"trained {report.step} steps; adapter at {report.adapter_uri}",
+            "succeeded", TrainerReason.COMPLETED, outcome_text(text, report)
         )
 
     def _open_output(self) -> OutputTarget:
@@ -281,19 +284,29 @@ class TrainingRun:
         plan: MemoryPlan,
         model: Any,
         tokenizer: Any,
-        dataset: Any,
+        inputs: TrainingInputs,
         target: OutputTarget,
     ) -> Any:
         from .sft_trainer import build_sft_trainer
 
+        eval_data = inputs.eval_data
+        if eval_data is not None:
+            self.eval_tracker = EvalTracker(
+                self.config,
+                progress=self.progress,
+                metrics=self.metrics,
+                metrics_log=self.metrics_log,
+            )
         return build_sft_trainer(
             self.config,
             backend,
             plan,
             model,
             tokenizer,
-            dataset,
+            inputs.data.dataset,
             target,
+            eval_dataset=eval_data.dataset if eval_data is not None else None,
+            eval_tracker=self.eval_tracker,
             fingerprint=self.fingerprint,
             progress=self.progress,
             metrics=self.metrics,

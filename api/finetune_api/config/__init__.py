@@ -7,6 +7,7 @@ and by the CRD generator. Importing it must stay cheap: no torch, no Kubernetes.
 from .base import SpecModel
 from .dataset import DEFAULT_DATASET, DatasetSpec
 from .errors import describe_errors, field_path
+from .eval_data import EarlyStoppingSpec, EvalDataSpec
 from .lora import DEFAULT_TARGET_MODULES, LoraSpec
 from .model import DEFAULT_MODEL, MAX_SEQ_LENGTH_LIMIT, ModelSpec
 from .output import OutputSpec
@@ -22,6 +23,8 @@ __all__ = [
     "MAX_SEQ_LENGTH_LIMIT",
     "ConfigMapKey",
     "DatasetSpec",
+    "EarlyStoppingSpec",
+    "EvalDataSpec",
     "LoraSpec",
     "MlflowCredentialsRef",
     "MlflowSpec",

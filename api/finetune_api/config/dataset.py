@@ -4,20 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, model_validator
 
 from .base import HubRepoId, K8sKey, LocalPath, ShortString, SpecModel, cel
+from .eval_data import EvalDataSpec
 from .sources import ConfigMapKey, PvcPath, S3Location
+from .split import SplitExpr
 
 DEFAULT_DATASET = "HuggingFaceH4/Multilingual-Thinking"
 
 _SOURCES = ("name", "path", "pvc", "s3", "config_map")
-
-# "train", "train[:1000]", "train[10%:20%]" (the datasets library's split syntax).
-SplitExpr = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+(\[[0-9%:+-]*\])?$"),
-]
 
 
 class DatasetSpec(SpecModel):
@@ -104,6 +100,13 @@ class DatasetSpec(SpecModel):
         "the row and the token); escape trains on the text as plain text, so it never "
         "becomes a special token. Ready-made text (format: custom) is not affected. "
         "Default: error.",
+    )
+
+    eval: EvalDataSpec | None = Field(
+        None,
+        description="Data to evaluate on (eval loss and token accuracy, early stopping, "
+        "output.keep: best): a split of this source, a separate source, or a held-out "
+        "fraction of the training rows. Empty: no evaluation.",
     )
 
     @model_validator(mode="after")

@@ -52,6 +52,12 @@ class OutputSpec(SpecModel):
         "(merged_16bit), for serving without PEFT. Default: none.",
     )
 
+    keep: Literal["best", "last"] | None = Field(
+        None,
+        description="Which weights become final_model: last (the last step's) or best (the "
+        "checkpoint with the lowest eval loss; needs dataset.eval). Default: last.",
+    )
+
     @model_validator(mode="after")
     def _one_target(self) -> OutputSpec:
         given = [s for s in ("path", "pvc", "s3") if getattr(self, s) is not None]

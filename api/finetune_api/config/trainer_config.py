@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..contract import TRAINER_CONFIG_API_VERSION, TRAINER_CONFIG_KIND, TRAINER_CONFIG_MARKER
 from .base import SpecModel
 from .dataset import DatasetSpec
+from .eval_data import check_evaluation
 from .legacy import upgrade_legacy_keys
 from .lora import LoraSpec
 from .model import ModelSpec
@@ -34,6 +35,11 @@ class TrainerConfig(SpecModel):
     output: OutputSpec = Field(
         default_factory=OutputSpec, description="Where checkpoints and the adapter go."
     )
+
+    @model_validator(mode="after")
+    def _evaluation(self) -> TrainerConfig:
+        check_evaluation(self)
+        return self
 
     @classmethod
     def from_mapping(cls, data: Any) -> TrainerConfig:

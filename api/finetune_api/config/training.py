@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from .base import SpecModel, cel
+from .eval_data import EarlyStoppingSpec
 from .tracking import TRACKING_RULES, MlflowSpec, ReportTo, WandbSpec, tracking_problem
 
 Optimizer = Literal[
@@ -174,6 +175,17 @@ class TrainingSpec(SpecModel):
         if problem:
             raise ValueError(problem)
         return self
+
+    eval_steps: Annotated[int, Field(ge=1, le=10_000_000)] | None = Field(
+        None,
+        description="Evaluate on dataset.eval every N optimizer steps, and at the last "
+        "step. Default: at every checkpoint (saveSteps).",
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None,
+        description="Stop once the eval loss stops improving (needs dataset.eval). Empty: "
+        "train to the end.",
+    )
 
     @model_validator(mode="after")
     def _steps_or_epochs(self) -> TrainingSpec:

@@ -28,7 +28,8 @@ class PodStorage:
 def _claims(config: TrainerConfig) -> dict[str, bool]:
     """claimName -> read-only?, over every PVC the config references."""
     claims: dict[str, bool] = {}
-    for source in (config.model.pvc, config.dataset.pvc):
+    evaluated = config.dataset.eval.pvc if config.dataset.eval is not None else None
+    for source in (config.model.pvc, config.dataset.pvc, evaluated):
         if source is not None:
             claims[source.claim_name] = claims.get(source.claim_name, True) and source.read_only
     if config.output.pvc is not None:

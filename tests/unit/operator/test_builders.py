@@ -23,6 +23,7 @@ from finetune_operator.naming import (
     LABEL_OWNER_UID,
     child_name,
 )
+from finetune_operator.references import claim_fields
 
 from .conftest import UID, spec_of
 
@@ -288,6 +289,20 @@ class TestVolumes:
             if "persistentVolumeClaim" in v
         }
         assert claims == {"models", "data", "outs"}
+
+    def test_an_eval_set_on_its_own_claim_is_mounted_read_only(self, owner, settings) -> None:
+        spec = spec_of(
+            {
+                "dataset": {
+                    "pvc": {"claimName": "data", "path": "train.jsonl"},
+                    "eval": {"pvc": {"claimName": "held-out", "path": "eval.jsonl"}},
+                },
+                "output": {"pvc": {"claimName": "outs"}},
+            }
+        )
+        mounts = self.mounts(build_job(spec, owner, settings))
+        assert mounts["/mnt/pvc/held-out"]["readOnly"] is True
+        assert claim_fields(spec)[-1] == ("spec.dataset.eval.pvc.claimName", "held-out")
 
     def test_shared_claim_for_input_and_output_is_writable(self, owner, settings) -> None:
         spec = spec_of(

@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 
 from finetune_api.config import OutputSpec
-from finetune_api.contract import TERMINATION_MESSAGE_LIMIT, CheckpointRef, TerminationMessage
+from finetune_api.contract import (
+    TERMINATION_MESSAGE_LIMIT,
+    CheckpointRef,
+    FinalModelRef,
+    TerminationMessage,
+)
 from finetune_operator.observe import _NUMBERS, observe
 from finetune_operator.status_update import next_status
 
@@ -66,6 +71,27 @@ class TestPhases:
         assert seen.completion_time == "T8"
         assert seen.termination is not None and seen.termination.adapter_uri.endswith("final_model")
         assert "final_model" in seen.message
+
+    def test_success_says_why_training_stopped_early_and_what_final_model_holds(self) -> None:
+        evaluated = TerminationMessage.decode(SUCCESS)
+        assert evaluated is not None
+        text = evaluated.model_copy(
+            update={
+                "eval_loss": 1.3,
+                "early_stop": "stopped early at step 8: the eval loss did not improve by "
+                "more than 0 for 2 evaluations",
+                "final_model": FinalModelRef(step=4, selection="best eval loss 1.234 at step 4"),
+            }
+        ).encode()
+        seen = observe(
+            job([cond("Complete")], completionTime="T8"),
+            [pod("Succeeded", state=terminated(0, text, reason="Completed"))],
+        )
+        assert seen.message == (
+            "training finished; adapter written to pvc://o/p/final_model; stopped early at "
+            "step 8: the eval loss did not improve by more than 0 for 2 evaluations; "
+            "final_model: best eval loss 1.234 at step 4"
+        )
 
     def test_invalid_input_fails_with_the_trainers_reason(self) -> None:
         message = TerminationMessage(

@@ -81,3 +81,20 @@ def test_the_rounded_loss_goes_with_the_loss() -> None:
     assert (
         progress_status(TrainerProgress(step=3, total_steps=20, loss=1.7340021), moved, T0) is None
     )
+
+
+def test_the_eval_loss_is_copied_with_its_display_and_counts_as_a_change() -> None:
+    first = progress_status(TrainerProgress(step=10, total_steps=20, loss=2.5), None, T0)
+    assert first is not None and "evalLoss" not in first
+    later = T0 + timedelta(seconds=5)
+    out = progress_status(
+        TrainerProgress(step=10, total_steps=20, loss=2.5, eval_loss=2.71828), first, later
+    )
+    assert out is not None
+    assert (out["evalLoss"], out["evalLossDisplay"]) == (2.71828, "2.718")
+    stored = {**first, **out}
+    same = TrainerProgress(step=10, total_steps=20, loss=2.5, eval_loss=2.71828)
+    assert progress_status(same, stored, later) is None
+    board = progress.ProgressBoard()
+    assert board.record(("ns", "a"), "pod", TrainerProgress(step=10, loss=2.5))
+    assert board.record(("ns", "a"), "pod", TrainerProgress(step=10, loss=2.5, eval_loss=2.7))

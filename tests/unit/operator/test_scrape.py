@@ -103,3 +103,13 @@ def test_one_rule_for_every_number_a_trainer_reports() -> None:
     assert bounded_number(2**63, int) is None  # past int64: a status the API server refuses
     assert bounded_number(10**400, int) is None  # past any float
     assert bounded_number(1e31, float) is None
+
+
+def test_the_eval_loss_gauge_is_read_and_bounded() -> None:
+    text = (
+        "# TYPE finetune_eval_loss gauge\nfinetune_eval_loss 1.5\n"
+        "# TYPE finetune_step gauge\nfinetune_step 4.0\n"
+    )
+    assert parse_progress(text).eval_loss == 1.5
+    assert parse_progress(text.replace("1.5", "NaN")).eval_loss is None
+    assert parse_progress(text.replace("1.5", "1e300")).eval_loss is None

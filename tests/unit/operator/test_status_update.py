@@ -8,7 +8,12 @@ from datetime import UTC, datetime
 import pytest
 
 from finetune_api.config import OutputSpec
-from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerProgress
+from finetune_api.contract import (
+    CheckpointRef,
+    FinalModelRef,
+    TerminationMessage,
+    TrainerProgress,
+)
 from finetune_operator.observe import Observation
 from finetune_operator.status_update import (
     failed_status,
@@ -292,3 +297,27 @@ def test_the_mlflow_run_id_is_reported_in_status_tracking() -> None:
     untracked = summary.model_copy(update={"mlflow_run_id": None})
     obs = replace(obs, termination=untracked)
     assert "tracking" not in update({"phase": "Running", "reason": "Running"}, obs).patch
+
+
+def test_success_says_which_step_final_model_holds_and_the_last_eval_loss() -> None:
+    summary = TerminationMessage(
+        status="succeeded",
+        reason="Completed",
+        step=30,
+        total_steps=100,
+        loss=1.0,
+        eval_loss=1.25,
+        adapter_uri="pvc://outs/ml/run/final_model",
+        final_model=FinalModelRef(step=20, selection="best eval loss 1.234 at step 20"),
+        early_stop="stopped early at step 30: the eval loss did not improve by more than 0 "
+        "for 2 evaluations",
+    )
+    obs = Observation("Succeeded", "Succeeded", "done", completion_time="T9", termination=summary)
+    status = update({"phase": "Running", "reason": "Running"}, obs).patch
+    assert status["output"] == {
+        "adapterUri": "pvc://outs/ml/run/final_model",
+        "finalModelStep": 20,
+        "finalModelSelection": "best eval loss 1.234 at step 20",
+    }
+    assert status["progress"]["evalLoss"] == 1.25
+    assert status["progress"]["evalLossDisplay"] == "1.25"

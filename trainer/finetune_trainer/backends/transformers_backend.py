@@ -153,8 +153,8 @@ class TransformersBackend(Backend):
     def sft_trainer_class(self) -> type:
         """TRL's SFTTrainer; on CPU with the loss from the model's own full logits, because
         TRL computes its fused, chunked LM-head loss with a Triton kernel, which needs a GPU.
-        The loss is the same token-level cross-entropy over the same labels; only TRL's
-        extra metrics (entropy, token accuracy) are not computed."""
+        The loss is the same token-level cross-entropy over the same labels; of TRL's extra
+        metrics only the eval set's token accuracy is computed (entropy is not)."""
         trainer_class = super().sft_trainer_class()
         if self.cuda:
             return trainer_class
@@ -173,13 +173,27 @@ class TransformersBackend(Backend):
                 inputs["use_cache"] = False
                 if self.aux_loss_enabled:
                     inputs["output_router_logits"] = True
-                return Trainer.compute_loss(
-                    self,
-                    model,
-                    inputs,
-                    return_outputs=return_outputs,
-                    num_items_in_batch=num_items_in_batch,
+                if self.model.training:
+                    return Trainer.compute_loss(
+                        self,
+                        model,
+                        inputs,
+                        return_outputs=return_outputs,
+                        num_items_in_batch=num_items_in_batch,
+                    )
+                # Evaluating: the full logits are here anyway, so the eval set's token
+                # accuracy is reported as TRL's fused loss reports it on a GPU.
+                loss, outputs = Trainer.compute_loss(
+                    self, model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
                 )
+                labels = inputs["labels"][..., 1:]
+                predicted = outputs.logits[..., :-1, :].argmax(dim=-1)
+                counted = labels != -100
+                correct = ((predicted == labels) & counted).sum()
+                total = counted.sum()
+                accuracy = (correct / total).item() if total > 0 else 0.0
+                self._metrics["eval"]["mean_token_accuracy"].append(accuracy)
+                return (loss, outputs) if return_outputs else loss
 
         return CpuSFTTrainer
 
