@@ -124,6 +124,7 @@ class TrainerStage(enum.StrEnum):
     LOADING = "Loading"  # the model's weights read (a Hub model's downloaded first)
     COMPILING = "Compiling"  # from building the trainer until its first optimizer step ends
     TRAINING = "Training"
+    EVALUATING = "Evaluating"  # dataset.eval scored (between steps, like a checkpoint)
     SAVING = "Saving"  # a checkpoint, or the final adapter (and merged export), written
 
 

@@ -137,7 +137,11 @@ class RunTracker:
             control.should_save = True
         if control.should_save:
             self._save_started = utc_now()
-        self.metrics.stage(TrainerStage.SAVING if control.should_save else TrainerStage.TRAINING)
+        self.metrics.stage(_between_steps(control))
+
+    def evaluated(self, control: Any) -> None:
+        """An evaluation ended: the checkpoint of this step, if any, comes next."""
+        self.metrics.stage(_between_steps(control))
 
     def on_log(self, state: Any, logs: dict[str, Any]) -> None:
         if "loss" not in logs:
@@ -252,6 +256,14 @@ def _float(value: Any) -> float | None:
         return None
 
 
+def _between_steps(control: Any) -> TrainerStage:
+    """What Trainer does after this step, in its order (log, evaluate, save); each is a
+    stage of its own, so an evaluation or a save longer than a step is not a stall."""
+    if getattr(control, "should_evaluate", False):
+        return TrainerStage.EVALUATING
+    return TrainerStage.SAVING if control.should_save else TrainerStage.TRAINING
+
+
 def make_callbacks(tracker: RunTracker) -> list[Any]:
     """The TrainerCallback that forwards to ``tracker``, and a progress bar that leaves
     stdout to the JSON records (the stock one also prints each log dict there)."""
@@ -279,6 +291,9 @@ def make_callbacks(tracker: RunTracker) -> list[Any]:
             self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any
         ) -> None:
             tracker.on_log(state, dict(logs or {}))
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            tracker.evaluated(control)  # Trainer has cleared should_evaluate
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             tracker.on_save(state, control, Path(args.output_dir))

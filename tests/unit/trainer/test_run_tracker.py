@@ -208,3 +208,11 @@ def test_the_stage_is_training_after_each_step_and_saving_while_a_checkpoint_is_
     assert stage() == TrainerStage.SAVING
     save(tracker, 2)
     assert stage() == TrainerStage.TRAINING
+    # An evaluation step, then its checkpoint: each a stage of its own.
+    evaluating = control()
+    evaluating.should_evaluate = evaluating.should_save = True
+    tracker.step_end(state(4), evaluating)
+    assert stage() == TrainerStage.EVALUATING
+    evaluating.should_evaluate = False  # as Trainer's callback handler clears it
+    tracker.evaluated(evaluating)
+    assert stage() == TrainerStage.SAVING
