@@ -61,7 +61,7 @@ def _installed(
     chosen = of_kind(objects, "ValidatingAdmissionPolicy") + of_kind(
         objects, "ValidatingAdmissionPolicyBinding"
     )
-    assert len(chosen) == 4
+    assert len(chosen) == 6
     text = yaml.safe_dump_all(chosen)
     cluster.kubectl(["apply", "-f", "-"], input=text)
     try:
@@ -501,6 +501,129 @@ def test_the_operators_token_creates_only_trainer_jobs(
             ["create", "--dry-run=server", "-f", "-"], input=json.dumps(shell), check=False
         )
         assert plain.returncode == 0, plain.stderr
+    finally:
+        cluster.kubectl(["delete", "--ignore-not-found", "-f", "-"], input=text)
+
+
+def _pod_in(namespace: str, name: str, **metadata: Any) -> dict[str, Any]:
+    """A pod the scheduler never places (no node matches), restricted as the namespace asks."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, **metadata},
+        "spec": {
+            "nodeSelector": {"finetune.dev/no-such-node": "true"},
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "registry.invalid/idle:1",
+                    "securityContext": {
+                        "runAsUser": 1000,
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+
+
+def test_the_operators_token_deletes_only_trainer_pods(
+    cluster: LocalCluster, namespace: str, policies: Any
+) -> None:
+    """Cluster-wide the operator may delete pods anywhere (a stalled trainer restarted):
+    the policy holds a stolen token to trainer pods outside the system namespaces."""
+    grant = [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "vap-pods"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "vap-pods"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "vap-pods",
+            },
+            "subjects": [{"kind": "User", "name": OPERATOR_USER}],
+        },
+    ]
+    text = yaml.safe_dump_all(grant)
+    cluster.kubectl(["apply", "-f", "-"], input=text)
+    # A suspended Job (it makes no pod) for the trainer pod to name as its controller, so
+    # the garbage collector leaves that pod alone.
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "owner", "namespace": namespace},
+        "spec": {
+            "suspend": True,
+            "template": {"spec": _pod_in(namespace, "ignored")["spec"]},
+        },
+    }
+    job["spec"]["template"]["spec"]["restartPolicy"] = "Never"
+    created = json.loads(
+        cluster.kubectl(["create", "-o", "json", "-f", "-"], input=json.dumps(job)).stdout
+    )
+    owner = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "name": "owner",
+        "uid": created["metadata"]["uid"],
+        "controller": True,
+    }
+    trainer = _pod_in(
+        namespace,
+        "trainer",
+        labels={"app.kubernetes.io/managed-by": "finetune-operator"},
+        ownerReferences=[owner],
+    )
+    unlabelled = _pod_in(namespace, "unlabelled", ownerReferences=[owner])
+    bystander = _pod_in(namespace, "bystander")
+    for pod in (trainer, unlabelled, bystander):
+        cluster.kubectl(["create", "-f", "-"], input=json.dumps(pod))
+
+    def delete_as_operator(name: str) -> subprocess.CompletedProcess[str]:
+        return cluster.kubectl(
+            ["delete", "pod", name, "-n", namespace, "--dry-run=server", f"--as={OPERATOR_USER}"],
+            check=False,
+        )
+
+    try:
+        wait_for(
+            lambda: delete_as_operator("bystander").returncode != 0,
+            timeout=30,
+            interval=0.5,
+            message="the operator pod-delete policy to be in force",
+        )
+        allowed = delete_as_operator("trainer")
+        assert allowed.returncode == 0, allowed.stderr
+        for name in ("bystander", "unlabelled"):
+            refused = delete_as_operator(name)
+            assert "the operator deletes only trainer pods" in refused.stderr, refused.stderr
+        system = cluster.kubectl(
+            [
+                "delete",
+                "pod",
+                "no-such-pod",
+                "-n",
+                "kube-system",
+                "--dry-run=server",
+                f"--as={OPERATOR_USER}",
+            ],
+            check=False,
+        )
+        assert system.returncode != 0
+        # Anyone else's deletions are not the operator policy's business.
+        mine = cluster.kubectl(
+            ["delete", "pod", "bystander", "-n", namespace, "--dry-run=server"], check=False
+        )
+        assert mine.returncode == 0, mine.stderr
     finally:
         cluster.kubectl(["delete", "--ignore-not-found", "-f", "-"], input=text)
 

@@ -35,9 +35,12 @@ def test_default_values_render_the_operator_cluster_wide(helm: Path) -> None:
             ("NetworkPolicy", RELEASE_NS),  # the trainers'
             ("ServiceAccount", RELEASE_NS),  # the operator's
             ("ServiceAccount", RELEASE_NS),  # the trainers'
-            # What FineTuneJobs may name, and what the operator's token may create.
+            # What FineTuneJobs may name, what the operator's token may create, and which
+            # pods it may delete.
             ("ValidatingAdmissionPolicy", None),
             ("ValidatingAdmissionPolicy", None),
+            ("ValidatingAdmissionPolicy", None),
+            ("ValidatingAdmissionPolicyBinding", None),
             ("ValidatingAdmissionPolicyBinding", None),
             ("ValidatingAdmissionPolicyBinding", None),
         ]
