@@ -11,7 +11,6 @@ from finetune_api.config import TrainerConfig
 from finetune_api.contract import FinalModelRef
 from finetune_api.status import loss_display
 
-from .errors import InvalidInput
 from .storage.targets import OutputTarget
 
 log = logging.getLogger(__name__)
@@ -43,12 +42,17 @@ def _load_checkpoint_adapter(model: Any, target: OutputTarget, step: int) -> Non
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    # Checkpoints reach an S3 output in the background: the best one may still be on its
+    # way (or waiting out an outage), and only what has arrived is listed.
+    target.flush()
     candidate = next((c for c in target.resume_candidates() if c.step == step), None)
     if candidate is None:
-        raise InvalidInput(
+        # Every checkpoint is kept under keep: best (saveTotalLimit is refused with it), so
+        # it was removed from outside the trainer: a retry resumes and looks again.
+        raise RuntimeError(
             f"output.keep: best names checkpoint-{step} (the lowest eval loss), which is not "
-            f"in {target.uri_base}; keep every checkpoint (no training.saveTotalLimit) or set "
-            "output.keep: last"
+            f"in {target.uri_base}; was it deleted? Set output.keep: last to keep the last "
+            "step's weights instead"
         )
     path, _manifest = candidate.fetch()
     weights = load_file(str(path / ADAPTER_WEIGHTS))

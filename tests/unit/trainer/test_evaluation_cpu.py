@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -225,3 +226,37 @@ def test_a_resumed_run_keeps_the_best_and_the_patience(
     assert same_weights(adapter(out / "final_model"), adapter(early_run.out / "final_model"))
     history = [json.loads(line) for line in (out / "final_model" / "metrics.jsonl").open()]
     assert [r["step"] for r in history if "eval_loss" in r] == [2, 4, 6, 8]
+
+
+def test_keep_best_on_s3_takes_the_best_checkpoint_as_uploaded(
+    tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path, s3_server: Any
+) -> None:
+    """On S3 checkpoints are uploaded in the background: final_model waits for them, then
+    takes the best one's adapter from the bucket (the same run as early_run's, on S3)."""
+    bucket = s3_server.create_bucket(f"best-{uuid.uuid4().hex[:10]}")
+    config = early_config(tiny_model_dir, tiny_dataset_path, tmp_path / "unused")
+    config["output"] = {
+        "s3": {"uri": f"s3://{bucket}/run", "endpoint": s3_server.endpoint},
+        "keep": "best",
+    }
+    run = run_to_end(
+        config,
+        tmp_path,
+        tmp_path / "unused",
+        FTO_S3_OUTPUT_ACCESS_KEY_ID=s3_server.access_key,
+        FTO_S3_OUTPUT_SECRET_ACCESS_KEY=s3_server.secret_key,
+    )
+    assert run.code == ExitCode.SUCCEEDED, run.stderr[-4000:]
+    assert run.message.final_model is not None and run.message.final_model.step == 4
+
+    def downloaded(prefix: str) -> dict[str, Any]:
+        local = tmp_path / prefix / "adapter_model.safetensors"
+        local.parent.mkdir(parents=True)
+        s3_server.client().download_file(
+            bucket, f"run/{prefix}/adapter_model.safetensors", str(local)
+        )
+        return load_file(str(local))
+
+    final = downloaded("final_model")
+    assert same_weights(final, downloaded("checkpoint-4"))
+    assert not same_weights(final, downloaded("checkpoint-8"))
