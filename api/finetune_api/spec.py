@@ -158,9 +158,11 @@ MIN_STARTUP_DEADLINE_SECONDS = 10
 MAX_STARTUP_DEADLINE_SECONDS = 86400
 # Progress is a step done or the trainer moving to its next stage, so the deadline must
 # outlast the longest stage of a healthy run: loading gpt-oss-20b from the Hub downloads
-# about 13 GB of weights (some 11 minutes at 20 MB/s), compiling takes a few minutes more,
-# and a merged 16-bit export writes some 40 GB. Half an hour leaves room for a slow network
-# and still frees a hung trainer's GPU the same afternoon.
+# about 13 GB of weights (some 11 minutes at 20 MB/s) and compiling takes a few minutes
+# more. Half an hour leaves room for a slow network and still frees a hung trainer's GPU
+# the same afternoon. Not covered: a merged 16-bit export (some 40 GB, one Saving stage:
+# over half an hour to S3 at 20 MB/s) or a large dataset.eval (one Evaluating stage): such
+# runs need a longer deadline (docs/api.md says so).
 DEFAULT_PROGRESS_DEADLINE_SECONDS = 1800
 MIN_PROGRESS_DEADLINE_SECONDS = 10
 MAX_PROGRESS_DEADLINE_SECONDS = 7 * 86400
@@ -212,7 +214,8 @@ class LifecycleSpec(SpecModel):
         "endpoint stops answering makes no progress the operator can see. As a Deployment's "
         "progressDeadlineSeconds. Default: "
         f"{DEFAULT_PROGRESS_DEADLINE_SECONDS} (covers downloading and loading gpt-oss-20b "
-        "and compiling on a slow network).",
+        "and compiling on a slow network; raise it for a merged 16-bit export or a large "
+        "dataset.eval, each one stage with no step in it).",
     )
     on_stall: Literal["Report", "Restart"] = Field(
         "Report",
