@@ -242,6 +242,16 @@ DURABLE_OUTPUT_MESSAGE = (
 # example reads ./my_conversations.json). In a pod it would be relative to the trainer's
 # empty scratch directory, and an older trainer read a relative dataset.path such as
 # team/chats as a Hub dataset id, training on a public dataset of that name.
+# The parts of a spec that take a local path, which must be absolute in the trainer pod.
+LOCAL_PATH_PARTS = ("model", "dataset", "dataset.eval")
+
+
+def _levels(part: str) -> list[str]:
+    """``dataset.eval`` -> [dataset, dataset.eval]: each must be there for the next."""
+    names = part.split(".")
+    return [".".join(names[: i + 1]) for i in range(len(names))]
+
+
 def relative_path_message(part: str) -> str:
     what = "model directory" if part == "model" else "data"
     return (
@@ -280,13 +290,14 @@ class FineTuneJobSpec(TrainerConfig):
                 *(
                     {
                         **cel(
-                            f"oldSelf.hasValue() || !has(self.{part}) || "
-                            f"!has(self.{part}.path) || self.{part}.path.startsWith('/')",
+                            "oldSelf.hasValue() || "
+                            + "".join(f"!has(self.{level}) || " for level in _levels(part))
+                            + f"!has(self.{part}.path) || self.{part}.path.startsWith('/')",
                             relative_path_message(part),
                         ),
                         "optionalOldSelf": True,
                     }
-                    for part in ("model", "dataset")
+                    for part in LOCAL_PATH_PARTS
                 ),
                 *EVAL_RULES,
             ]
@@ -325,6 +336,9 @@ class FineTuneJobSpec(TrainerConfig):
     def _absolute_path(cls, value: ModelSpec | DatasetSpec, info: Any) -> ModelSpec | DatasetSpec:
         if value.path is not None and not value.path.startswith("/"):
             raise ValueError(relative_path_message(info.field_name))
+        evaluated = getattr(value, "eval", None)
+        if evaluated is not None and evaluated.path and not evaluated.path.startswith("/"):
+            raise ValueError(relative_path_message("dataset.eval"))
         return value
 
     def trainer_config(self) -> TrainerConfig:

@@ -55,6 +55,10 @@ def test_a_nul_is_refused_naming_the_field(
         ({"dataset": {"path": "team/chats"}}, "dataset"),
         ({"dataset": {"path": "./my_conversations.json"}}, "dataset"),
         ({"model": {"path": "models/gpt-oss"}}, "model"),
+        (
+            {"dataset": {"path": "/data/train.jsonl", "eval": {"path": "eval.jsonl"}}},
+            "dataset.eval",
+        ),
     ],
 )
 def test_a_relative_path_is_refused(ftjs: FineTuneJobs, spec: dict[str, Any], part: str) -> None:

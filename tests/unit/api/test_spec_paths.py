@@ -31,11 +31,13 @@ def spec_errors(spec: dict[str, Any]) -> list[str]:
         ({"dataset": {"path": "data.jsonl"}}, "dataset"),
         ({"model": {"path": "models/gpt-oss"}}, "model"),
         ({"model": {"path": "~/models"}}, "model"),
+        ({"dataset": {"path": "/d/train.jsonl", "eval": {"path": "eval.jsonl"}}}, "dataset"),
     ],
 )
 def test_the_spec_refuses_a_relative_path(spec: dict[str, Any], field: str) -> None:
     lines = spec_errors(spec)
-    assert f"spec.{field}: {relative_path_message(field)}" in lines, lines
+    part = "dataset.eval" if "eval" in spec.get("dataset", {}) else field
+    assert f"spec.{field}: {relative_path_message(part)}" in lines, lines
     # The trainer's own config reads the same section as it always did.
     TrainerConfig.from_mapping(spec)
 
@@ -55,14 +57,21 @@ def test_the_spec_takes_absolute_paths() -> None:
     assert spec.trainer_config().dataset.path == "/data/train.jsonl"
 
 
-@pytest.mark.parametrize("part", ["model", "dataset"])
-def test_admission_refuses_it_with_the_same_message(part: str) -> None:
+@pytest.mark.parametrize(
+    ("part", "present"),
+    [
+        ("model", "!has(self.model) || "),
+        ("dataset", "!has(self.dataset) || "),
+        ("dataset.eval", "!has(self.dataset) || !has(self.dataset.eval) || "),
+    ],
+)
+def test_admission_refuses_it_with_the_same_message(part: str, present: str) -> None:
     spec = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     (rule,) = (
         r for r in spec["x-kubernetes-validations"] if r["message"] == relative_path_message(part)
     )
     assert rule == {
-        "rule": f"oldSelf.hasValue() || !has(self.{part}) || !has(self.{part}.path) || "
+        "rule": f"oldSelf.hasValue() || {present}!has(self.{part}.path) || "
         f"self.{part}.path.startsWith('/')",
         "message": relative_path_message(part),
         # On create, like the output rule: the section is immutable after that, and a
