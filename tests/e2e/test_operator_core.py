@@ -82,6 +82,8 @@ def test_example_manifest_creates_exactly_one_job(ftjs: FineTuneJobs) -> None:
         "Reconciling": "False",
         "Stalled": "False",
         "Suspended": "True",
+        "Complete": "False",
+        "Failed": "False",
     }
 
 
