@@ -11,10 +11,14 @@ from pathlib import Path
 import pytest
 
 from finetune_api.config import TrainerConfig
-from finetune_trainer.tracking.background import BackgroundSender
+from finetune_trainer.tracking.background import BackgroundSender, call_within
 from finetune_trainer.tracking.guard import ERROR_LIMIT, TrackerGuard
 from finetune_trainer.tracking.identity import RunIdentity
-from finetune_trainer.tracking.mlflow_run import config_params, step_metrics
+from finetune_trainer.tracking.mlflow_run import (
+    artifact_store_problem,
+    config_params,
+    step_metrics,
+)
 from finetune_trainer.trl_args import sft_config_kwargs
 
 
@@ -122,3 +126,43 @@ def test_the_end_of_the_run_waits_for_a_stuck_server_a_bounded_time() -> None:
     sender.drain(timeout=0.5)
     assert time.monotonic() - started < 2.0
     stuck.set()
+
+
+def test_a_final_call_that_never_answers_is_left_behind(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The adapter's upload to a server that trickles (or an artifact store without a
+    timeout) cannot hold the run's exit: it is waited for a bounded time, then dropped."""
+    stuck = threading.Event()
+    guard = TrackerGuard("mlflow")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        call_within(guard, 0.5, "logging the adapter", stuck.wait, 30)
+    assert time.monotonic() - started < 2.0
+    assert guard.failed
+    assert "mlflow: logging the adapter took over" in caplog.text
+    called = []
+    guard.call("ending the run", called.append, "FINISHED")
+    assert called == []  # the tracker is off for the rest of the run
+    stuck.set()
+
+
+@pytest.mark.parametrize(
+    ("artifact_uri", "allowed"),
+    [
+        ("mlflow-artifacts:/1/abc/artifacts", True),
+        ("mlflow-artifacts://mlflow.example.com:5000/1/abc/artifacts", True),
+        ("mlflow-artifacts://10.0.0.5:9000/1/abc/artifacts", False),
+        ("http://169.254.169.254/latest", False),
+        ("ftp://files.example.com/artifacts", False),
+        ("s3://bucket/mlflow/1/abc", False),
+        ("/var/lib/mlflow/artifacts", False),
+    ],
+)
+def test_the_adapter_goes_only_through_the_tracking_server(
+    artifact_uri: str, allowed: bool
+) -> None:
+    problem = artifact_store_problem(artifact_uri, "https://mlflow.example.com:5000")
+    assert (problem is None) == allowed
+    if problem:
+        assert "--serve-artifacts" in problem

@@ -66,3 +66,22 @@ class BackgroundSender:
                 return
             what, fn, args = item
             self.guard.call(what, fn, *args)
+
+
+def call_within(
+    guard: TrackerGuard, seconds: float, what: str, fn: Callable[..., Any], *args: Any
+) -> None:
+    """``guard.call`` in a thread of its own, waited for ``seconds`` at most: a tracking
+    server that trickles its answer (each read within its timeout) or an artifact store
+    without one cannot hold the run's exit. A call still going is left behind (a daemon
+    thread, which the process's exit ends) and the tracker is not called again."""
+    thread = threading.Thread(
+        target=guard.call, args=(what, fn, *args), name=f"{guard.tracker}-final", daemon=True
+    )
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        guard.failed = True
+        log.warning(
+            "%s: %s took over %.0f s; the run goes on without it", guard.tracker, what, seconds
+        )

@@ -42,6 +42,26 @@ _METRIC_NAME = re.compile(r"[^0-9A-Za-z_\-. :/]")
 ADAPTER_ARTIFACT_PATH = "final_model"
 
 
+def artifact_store_problem(artifact_uri: str, tracking_uri: str) -> str | None:
+    """Why the adapter must not go where the tracking server says its artifacts are, or
+    None. The server chooses that place (any scheme MLflow knows: another host over HTTP,
+    FTP, S3), and the cluster's policy checked only the tracking URI: the adapter goes only
+    through the tracking server itself (``mlflow server --serve-artifacts``:
+    ``mlflow-artifacts:`` with no other host)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(artifact_uri)
+    host = urlsplit(tracking_uri).netloc
+    if parts.scheme == "mlflow-artifacts" and parts.netloc in ("", host):
+        return None
+    shown = artifact_uri if len(artifact_uri) <= 200 else artifact_uri[:200] + "..."
+    return (
+        f"the tracking server keeps artifacts at {shown!r}, outside the server the policy "
+        "admitted; the adapter is uploaded only through the server itself (run it with "
+        "--serve-artifacts), so it was not uploaded"
+    )
+
+
 def config_params(config: TrainerConfig, limit: int) -> dict[str, str]:
     """The config as flat ``section.key`` parameters, each value at most ``limit``
     characters (MLflow's bound)."""
@@ -155,8 +175,13 @@ class MlflowRun:
         )
 
     def log_adapter(self, adapter_dir: Path) -> None:
-        if self.run_id is not None:
-            self.client.log_artifacts(self.run_id, str(adapter_dir), ADAPTER_ARTIFACT_PATH)
+        if self.run_id is None:
+            return
+        where = self.client.get_run(self.run_id).info.artifact_uri or ""
+        problem = artifact_store_problem(where, self.spec.tracking_uri)
+        if problem:
+            raise RuntimeError(problem)
+        self.client.log_artifacts(self.run_id, str(adapter_dir), ADAPTER_ARTIFACT_PATH)
 
     def end(self, status: str) -> None:
         if self.run_id is not None:

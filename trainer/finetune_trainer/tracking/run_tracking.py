@@ -22,7 +22,7 @@ from finetune_api.contract import Env
 
 from ..run_progress import RunProgress
 from ..storage.checkpoints import FINAL_MODEL_DIR, checkpoint_name
-from .background import BackgroundSender
+from .background import BackgroundSender, call_within
 from .guard import TrackerGuard, guarded_callback
 from .identity import RunIdentity
 from .mlflow_run import MlflowRun
@@ -32,6 +32,10 @@ log = logging.getLogger(__name__)
 TENSORBOARD_DIR = "tensorboard"
 # How long the end of a run waits for metrics still on their way to MLflow.
 MLFLOW_DRAIN_SECONDS = 60.0
+# The adapter's upload at the end (tens of MB for a LoRA adapter), and the run's end: each
+# waited for this long at most, so a tracking server cannot hold the run's exit.
+MLFLOW_ADAPTER_SECONDS = 300.0
+MLFLOW_END_SECONDS = 30.0
 WANDB_PARENT_DIR = "."  # W&B makes its own wandb/ below WANDB_DIR
 
 
@@ -147,8 +151,16 @@ class RunTracking:
         """The run trained to the end: the adapter logged, the MLflow run ended."""
         self._drain_mlflow()
         if self.mlflow is not None and self.mlflow.run_id is not None:
-            self.mlflow_guard.call("logging the adapter", self.mlflow.log_adapter, adapter_dir)
-            self.mlflow_guard.call("ending the run", self.mlflow.end, "FINISHED")
+            call_within(
+                self.mlflow_guard,
+                MLFLOW_ADAPTER_SECONDS,
+                "logging the adapter",
+                self.mlflow.log_adapter,
+                adapter_dir,
+            )
+            call_within(
+                self.mlflow_guard, MLFLOW_END_SECONDS, "ending the run", self.mlflow.end, "FINISHED"
+            )
         self._ended = True
 
     def close(self, status: str) -> None:
@@ -158,7 +170,9 @@ class RunTracking:
         self._ended = True
         self._drain_mlflow()
         if self.mlflow is not None and self.mlflow.run_id is not None:
-            self.mlflow_guard.call("ending the run", self.mlflow.end, status)
+            call_within(
+                self.mlflow_guard, MLFLOW_END_SECONDS, "ending the run", self.mlflow.end, status
+            )
 
 
 # W&B's bound on a tag's length.
