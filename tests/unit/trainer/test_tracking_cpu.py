@@ -129,7 +129,7 @@ def test_a_dead_tracking_server_does_not_fail_the_run(
 
 def test_a_retried_pod_continues_its_finetunejobs_run(mlflow_url: str) -> None:
     from finetune_api.config import MlflowSpec, TrainerConfig
-    from finetune_trainer.tracking.identity import RunIdentity
+    from finetune_trainer.tracking.identity import TAG_UID, RunIdentity
     from finetune_trainer.tracking.mlflow_run import MlflowRun
 
     spec = MlflowSpec.model_validate({"trackingUri": mlflow_url, "experiment": "retries"})
@@ -146,3 +146,10 @@ def test_a_retried_pod_continues_its_finetunejobs_run(mlflow_url: str) -> None:
     history = again.client.get_metric_history(run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2]
     assert again.client.get_run(run_id).info.status == "RUNNING"
+    # A run planted later with the same uid tag (by anyone who may write to the
+    # experiment) is not taken for the FineTuneJob's own.
+    planted = again.client.create_run(
+        again.client.get_run(run_id).info.experiment_id, tags={TAG_UID: "uid-retry"}
+    )
+    third = MlflowRun(spec, RunIdentity("team-b", "job", "uid-retry"))
+    assert third.start(config, "fp") == run_id != planted.info.run_id

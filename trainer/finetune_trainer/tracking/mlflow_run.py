@@ -158,8 +158,14 @@ class MlflowRun:
         if not self.identity.uid:
             return None
         uid = self.identity.uid.replace("'", "")
+        # The oldest run with the uid: the first attempt made it. A uid is random and known
+        # only once the FineTuneJob exists, so a run planted with it by someone else who
+        # may write to the experiment comes after that one, and is never taken for it.
         runs = self.client.search_runs(
-            [experiment_id], filter_string=f"tags.`{TAG_UID}` = '{uid}'", max_results=1
+            [experiment_id],
+            filter_string=f"tags.`{TAG_UID}` = '{uid}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
         )
         return str(runs[0].info.run_id) if runs else None
 
