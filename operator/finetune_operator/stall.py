@@ -167,7 +167,9 @@ def stall_message(
     if reading is None:
         text += f"; its metrics endpoint has not answered since {rfc3339(watch.first_tried)}"
     elif watch.silent_since is not None:
-        text += f"; its metrics endpoint has not answered since {rfc3339(watch.silent_since)}"
+        # No moment here: an endpoint that answers now and then would change the message,
+        # and so write the status, each time it goes quiet again.
+        text += "; its metrics endpoint is not answering"
     resume = f"checkpoint-{checkpoint}" if checkpoint is not None else "its newest checkpoint"
     if restart:
         text += (

@@ -153,9 +153,14 @@ def test_the_event_is_said_once_and_the_message_does_not_change_while_it_lasts()
 
 def test_a_silent_endpoint_is_named() -> None:
     result = check(at(700), watch(changed_at=at(60), silent_since=at(80)))
-    assert "metrics endpoint has not answered since 2026-01-01T12:01:20Z" in (
-        result.update.status.message or ""
-    )
+    assert "its metrics endpoint is not answering" in (result.update.status.message or "")
+
+
+def test_an_endpoint_that_answers_now_and_then_writes_no_status_each_time() -> None:
+    first = check(at(700), watch(changed_at=at(60), silent_since=at(80)))
+    stored = first.update.status.to_wire()
+    again = check(at(760), watch(changed_at=at(60), silent_since=at(740)), previous=stored)
+    assert not again.update.changed_from(stored)
 
 
 def test_an_endpoint_that_never_answered_is_counted_from_the_first_try() -> None:
