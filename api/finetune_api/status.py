@@ -279,7 +279,7 @@ class TrackingStatus(_Status):
     """Where experiment trackers recorded the run (training.reportTo)."""
 
     mlflow_run_id: Short | None = Field(
-        None, description="Id of the MLflow run the trainer reported to."
+        None, description="Id of the MLflow run the trainer reported to (once it exits)."
     )
 
 

@@ -73,7 +73,8 @@ class MlflowCredentialsRef(SpecModel):
 class MlflowSpec(SpecModel):
     """An MLflow tracking server. The run is named after the FineTuneJob
     (``<namespace>/<name>``) and tagged with its namespace, name and uid; a retried pod
-    continues the same run. Its id is reported in ``status.tracking.mlflowRunId``."""
+    continues the same run. Its id is reported in ``status.tracking.mlflowRunId`` once the
+    trainer exits."""
 
     tracking_uri: EndpointUrl = Field(
         description="http(s) URL of the tracking server, e.g. http://mlflow.mlflow:5000. "
