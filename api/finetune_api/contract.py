@@ -111,6 +111,12 @@ class Metric:
     EVAL_LOSS = "finetune_eval_loss"
     EVAL_MEAN_TOKEN_ACCURACY = "finetune_eval_mean_token_accuracy"
     BEST_EVAL_LOSS = "finetune_best_eval_loss"
+    # For dashboards and alerts (the operator reads none of these): a counter of the tokens
+    # trained on (rate() it for tokens/s over any window), the time of the newest complete
+    # checkpoint, and an info metric (value 1) labelled model, backend and version.
+    TOKENS = "finetune_tokens"  # served as finetune_tokens_total
+    LAST_CHECKPOINT_TIMESTAMP = "finetune_last_checkpoint_timestamp_seconds"
+    INFO = "finetune"  # served as finetune_info
 
 
 STAGE_LABEL = Metric.STAGE

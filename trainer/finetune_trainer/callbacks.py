@@ -129,6 +129,7 @@ class RunTracker:
         self._last_step_end = now
         if self.accounting is not None:
             tokens, digests = self.accounting.take(self.micro_batches_per_step)
+            self.metrics.count_tokens(tokens)
             self._window_tokens += tokens
             self._window_digests.extend(digests)
         self.progress.report.step = int(state.global_step)
@@ -233,7 +234,7 @@ class RunTracker:
             current = self.progress.checkpoint
             if current is None or current.step <= manifest.step:
                 self.progress.checkpoint = CheckpointRef(step=manifest.step, uri=uri)
-                self.metrics.update(checkpoint_step=manifest.step)
+                self.metrics.checkpointed(manifest.step)
         log.info(
             "%s complete: %d files, %.1f MB, manifest written -> %s",
             name,

@@ -68,13 +68,35 @@ def metrics_port_from_env() -> int:
 
 
 class MetricsServer:
-    """The contract's gauges in a registry of their own (no process or Python collectors,
-    so the endpoint serves exactly what the operator reads), served over HTTP."""
+    """The contract's metrics in a registry of their own, served over HTTP: the gauges the
+    operator reads, and for dashboards a tokens counter, the newest checkpoint's time, an
+    info metric and the process collector's (CPU, memory, open files)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Enum, Gauge
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Enum,
+            Gauge,
+            Info,
+            ProcessCollector,
+        )
 
         self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        self._tokens = Counter(
+            Metric.TOKENS, "Training tokens processed (padding excluded).", registry=self.registry
+        )
+        self._last_checkpoint = Gauge(
+            Metric.LAST_CHECKPOINT_TIMESTAMP,
+            "When the newest complete checkpoint was written (Unix time).",
+            registry=self.registry,
+        )
+        self._info = Info(
+            Metric.INFO,
+            "What is training: model, backend, trainer version.",
+            registry=self.registry,
+        )
         self._gauges = {name: Gauge(name, _HELP[name], registry=self.registry) for name in _HELP}
         for gauge in self._gauges.values():
             gauge.set(math.nan)  # "not known yet": the operator skips NaN
@@ -108,6 +130,17 @@ class MetricsServer:
             if value is None:
                 continue
             self._gauges[_GAUGE_OF[key]].set(float(value))
+
+    def count_tokens(self, tokens: int) -> None:
+        self._tokens.inc(max(0, tokens))
+
+    def checkpointed(self, step: int) -> None:
+        """A checkpoint of ``step`` is complete at the output, now."""
+        self.update(checkpoint_step=step)
+        self._last_checkpoint.set_to_current_time()
+
+    def describe(self, *, model: str, backend: str, version: str) -> None:
+        self._info.info({"model": model[:200], "backend": backend, "version": version})
 
     def stage(self, stage: TrainerStage) -> None:
         """Say that the trainer has entered ``stage``; the operator counts a new stage as

@@ -29,6 +29,7 @@ from typing import Any
 from finetune_api.config import TrainerConfig
 from finetune_api.contract import CheckpointRef, TerminationMessage, TrainerReason, TrainerStage
 
+from . import __version__
 from .backends import Backend
 from .errors import InvalidInput, output_access
 from .evaluation import EvalTracker, outcome_text
@@ -178,6 +179,11 @@ class TrainingRun:
 
         backend = select_backend(self.runtime.backend, self.runtime.scratch())
         log.info("backend: %s", backend.description)
+        self.metrics.describe(
+            model=self.config.model.name or self.config.model.source_kind,
+            backend=backend.description,
+            version=__version__,
+        )
         model_source = resolve_model(self.config.model, self.runtime.scratch())
         inputs = self._prepare_inputs(model_source)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import time
 import urllib.request
 from pathlib import Path
 
@@ -26,18 +27,26 @@ def contract_names() -> set[str]:
     return {v for k, v in vars(Metric).items() if not k.startswith("_")}
 
 
-def test_endpoint_serves_exactly_the_contract_gauges() -> None:
+def served_names(text: str) -> set[str]:
+    return {
+        line.split(" ")[0].split("{")[0]
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def test_endpoint_serves_the_contract_metrics_and_the_process_collector() -> None:
     server = MetricsServer()
     address = server.start("127.0.0.1", _free_port())
     assert address is not None
     try:
         text = scrape(address)
-        names = {
-            line.split(" ")[0].split("{")[0]
-            for line in text.splitlines()
-            if line and not line.startswith("#")
-        }
-        assert names == contract_names()
+        ours = {name for name in served_names(text) if not name.startswith("process_")}
+        # Counters and info metrics get the suffixes the naming guide gives them.
+        expected = contract_names() - {Metric.TOKENS, Metric.INFO}
+        suffixed = {f"{Metric.TOKENS}_total", f"{Metric.TOKENS}_created", f"{Metric.INFO}_info"}
+        assert ours == expected | suffixed
+        assert "process_resident_memory_bytes" in served_names(text)
         # Nothing known yet: every gauge is NaN, which the operator's reading skips; the
         # trainer downloads what it needs from its start.
         assert parse_progress(text).model_dump(exclude_none=True) == {
@@ -63,6 +72,19 @@ def test_endpoint_serves_exactly_the_contract_gauges() -> None:
         for stage in TrainerStage:
             server.stage(stage)
             assert parse_progress(scrape(address)).stage == stage
+        # For dashboards: tokens as a counter, the newest checkpoint's time, what trains.
+        server.count_tokens(1000)
+        server.count_tokens(24)
+        server.checkpointed(4)
+        server.describe(model="unsloth/gpt-oss-20b", backend="Unsloth on CUDA", version="0.1.0")
+        value = server.registry.get_sample_value
+        assert value(f"{Metric.TOKENS}_total") == 1024
+        assert value(Metric.CHECKPOINT_STEP) == 4
+        assert abs(value(Metric.LAST_CHECKPOINT_TIMESTAMP) - time.time()) < 60
+        assert (
+            'finetune_info{backend="Unsloth on CUDA",model="unsloth/gpt-oss-20b",'
+            'version="0.1.0"} 1.0' in scrape(address)
+        )
     finally:
         server.stop()
 
