@@ -182,9 +182,9 @@ def _printer_columns() -> list[dict[str, Any]]:
         {"name": "Eval Loss", "type": "string", "jsonPath": ".status.progress.evalLossDisplay"},
         {
             "name": "ETA",
-            "type": "integer",
-            "jsonPath": ".status.progress.etaSeconds",
-            "description": "Estimated seconds to the last step.",
+            "type": "string",
+            "jsonPath": ".status.progress.eta",
+            "description": "Estimated time to the last step (3h34m).",
         },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Job", "type": "string", "jsonPath": ".status.jobName", "priority": 1},

@@ -166,6 +166,19 @@ def loss_display(loss: float | None) -> str | None:
     return f"{loss:.4g}"
 
 
+def duration_display(seconds: int | None) -> str | None:
+    """``seconds`` as a person reads a wait: 3h34m, 12m05s, 45s (days as hours: 50h00m)."""
+    if seconds is None or seconds < 0:
+        return None
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
 class ProgressStatus(_Status):
     """Live training progress, read from the trainer's metrics endpoint."""
 
@@ -190,6 +203,11 @@ class ProgressStatus(_Status):
     learning_rate: float | None = Field(None, description="Current learning rate.")
     tokens_per_second: float | None = Field(None, description="Training throughput.")
     eta_seconds: int | None = Field(None, description="Estimated seconds to the last step.")
+    eta: Short | None = Field(
+        None,
+        description="etaSeconds as a person reads it (3h34m, 12m05s), for the printer "
+        "column; set with etaSeconds.",
+    )
     updated_at: Timestamp | None = Field(
         None, description="When this progress was read (RFC 3339)."
     )

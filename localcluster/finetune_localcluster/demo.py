@@ -47,7 +47,7 @@ def _columns(body: dict[str, Any]) -> tuple[str, ...]:
         status.get("phase") or "",
         progress.get("summary") or "",
         progress.get("lossDisplay") or "",
-        str(progress.get("etaSeconds", "")),
+        str(progress.get("eta", "")),
         status.get("reason") or "",
     )
 

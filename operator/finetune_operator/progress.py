@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from finetune_api.contract import TrainerProgress
-from finetune_api.status import ProgressStatus, loss_display
+from finetune_api.status import ProgressStatus, duration_display, loss_display
 
 from .timeutil import Clock, parse_time, rfc3339, utcnow
 
@@ -173,6 +173,7 @@ def progress_status(
     eta = _eta(current, previous, now)
     if eta is not None:
         fresh["etaSeconds"] = eta
+        fresh["eta"] = duration_display(eta)
     fresh["updatedAt"] = rfc3339(now)
     return ProgressStatus.model_validate(fresh)
 

@@ -16,6 +16,7 @@ from finetune_api.status import (
     OutputStatus,
     Phase,
     Reason,
+    duration_display,
     loss_display,
 )
 
@@ -75,3 +76,11 @@ def test_the_loss_a_person_reads(loss: float | None, shown: str | None) -> None:
     assert loss_display(loss) == shown
     if shown is not None:
         assert len(shown) <= 10
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0s"), (45, "45s"), (725, "12m05s"), (12840, "3h34m"), (180000, "50h00m"), (None, None)],
+)
+def test_an_eta_reads_as_a_person_says_it(seconds: int | None, shown: str | None) -> None:
+    assert duration_display(seconds) == shown

@@ -40,6 +40,7 @@ def test_eta_from_the_step_rate() -> None:
     )
     assert out is not None
     assert out["etaSeconds"] == 80  # 5 s per step, 16 steps left
+    assert out["eta"] == "1m20s"  # for the printer column
 
 
 def test_done() -> None:
