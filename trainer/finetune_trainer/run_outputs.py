@@ -118,9 +118,10 @@ def write_final_outputs(
     trainer.save_model(str(final_dir))
     tokenizer.save_pretrained(str(final_dir))
     metrics_log.write_jsonl(final_dir / METRICS_FILE)
-    model_name = config.model.name or config.model.source_kind
     plot_loss(
-        metrics_log.records, final_dir / LOSS_PLOT_FILE, f"{model_name} LoRA r={config.lora.rank}"
+        metrics_log.records,
+        final_dir / LOSS_PLOT_FILE,
+        f"{config.model.display_name}: LoRA r={config.lora.rank}",
     )
     # After save_model: the card replaces PEFT's template README.md.
     record = progress.report.provenance or TrainerProvenance()

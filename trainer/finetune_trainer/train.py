@@ -180,7 +180,7 @@ class TrainingRun:
         backend = select_backend(self.runtime.backend, self.runtime.scratch())
         log.info("backend: %s", backend.description)
         self.metrics.describe(
-            model=self.config.model.name or self.config.model.source_kind,
+            model=self.config.model.display_name,
             backend=backend.description,
             version=__version__,
         )

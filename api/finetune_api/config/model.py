@@ -105,3 +105,17 @@ class ModelSpec(SpecModel):
     @property
     def source_kind(self) -> str:
         return next(s for s in _SOURCES if getattr(self, s) is not None)
+
+    @property
+    def display_name(self) -> str:
+        """The model as a title names it: the Hub id, else the last part of its location
+        (gpt-oss-20b-unsloth-bnb-4bit for pvc path models/gpt-oss-20b-unsloth-bnb-4bit)."""
+        if self.name is not None:
+            return self.name
+        if self.pvc is not None:
+            location = self.pvc.path or self.pvc.claim_name
+        elif self.s3 is not None:
+            location = self.s3.uri[len("s3://") :]
+        else:
+            location = self.path or "model"
+        return location.rstrip("/").rsplit("/", 1)[-1] or location

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -421,3 +423,22 @@ def test_a_dataset_configmap_key_must_say_its_format(key: str) -> None:
     with pytest.raises(ValidationError) as info:
         TrainerConfig.from_mapping({"dataset": {"configMap": {"name": "chats", "key": key}}})
     assert any("must end in .jsonl or .json" in line for line in describe_errors(info.value))
+
+
+@pytest.mark.parametrize(
+    ("model", "shown"),
+    [
+        ({"name": "unsloth/gpt-oss-20b"}, "unsloth/gpt-oss-20b"),
+        (
+            {"pvc": {"claimName": "models", "path": "cache/gpt-oss-20b-unsloth-bnb-4bit"}},
+            "gpt-oss-20b-unsloth-bnb-4bit",
+        ),
+        ({"pvc": {"claimName": "gpt-oss"}}, "gpt-oss"),
+        ({"s3": {"uri": "s3://models/gpt-oss-20b/"}}, "gpt-oss-20b"),
+        ({"path": "/models/tiny-gpt-oss"}, "tiny-gpt-oss"),
+    ],
+)
+def test_the_model_is_named_by_its_id_or_the_end_of_its_location(
+    model: dict[str, Any], shown: str
+) -> None:
+    assert TrainerConfig.from_mapping({"model": model}).model.display_name == shown
