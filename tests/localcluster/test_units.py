@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -12,20 +11,7 @@ import finetune_localcluster
 from finetune_localcluster import podstatus
 from finetune_localcluster.images import registry_host, simulated_pull_error
 from finetune_localcluster.podenv import ContainerConfigError, expand, field_value
-from finetune_localcluster.quantity import divide_rounding_up, parse_quantity
-
-
-@pytest.mark.parametrize(
-    ("text", "value"),
-    [("500m", Decimal("0.5")), ("64Gi", Decimal(64 * 2**30)), ("1e3", Decimal(1000)), ("2", 2)],
-)
-def test_parse_quantity(text: str, value: Decimal) -> None:
-    assert parse_quantity(text) == value
-
-
-def test_parse_quantity_rejects_garbage() -> None:
-    with pytest.raises(ValueError, match="invalid quantity"):
-        parse_quantity("12xyz")
+from finetune_localcluster.quantity import divide_rounding_up
 
 
 def test_resource_values_round_up_like_the_downward_api() -> None:
