@@ -60,6 +60,8 @@ class Env:
     POD_IP = "POD_IP"  # downward API; the metrics server binds here when set
     SCRATCH_DIR = "FTO_SCRATCH_DIR"  # overrides SCRATCH_DIR (S3 staging, downloads)
     HF_TOKEN = "HF_TOKEN"
+    # plain (default) or json: one JSON object per log line on stderr, for log pipelines.
+    LOG_FORMAT = "FTO_LOG_FORMAT"
     # Who holds the output location: the same FineTuneJob's next pod takes its lease over at
     # once, any other writer waits for it to end or expire. Default: host name and pid.
     RUN_ID = "FTO_RUN_ID"

@@ -27,6 +27,8 @@ class OperatorConfig:
     trainer_image_pull_policy: str = "IfNotPresent"
     # The trainer checkpoints on SIGTERM; give it time to finish writing before SIGKILL.
     trainer_grace_period_seconds: int = 300
+    # Trainer pods' log format (their FTO_LOG_FORMAT): plain | json.
+    trainer_log_format: str = "plain"
     # UID/GID the trainer runs as (restricted Pod Security needs a non-root numeric user).
     # None: the platform assigns trainer pods their user (OpenShift's restricted-v2).
     trainer_uid: int | None = 1000
@@ -110,11 +112,17 @@ class OperatorConfig:
         log_format = get("LOG_FORMAT", "plain")
         if log_format not in ("plain", "json"):
             raise ValueError(f"FTO_LOG_FORMAT must be plain or json, not {log_format!r}")
+        trainer_log_format = get("TRAINER_LOG_FORMAT", "plain")
+        if trainer_log_format not in ("plain", "json"):
+            raise ValueError(
+                f"FTO_TRAINER_LOG_FORMAT must be plain or json, not {trainer_log_format!r}"
+            )
         return cls(
             namespaces=namespaces,
             trainer_image=get("TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
             trainer_image_pull_policy=get("TRAINER_IMAGE_PULL_POLICY", "IfNotPresent"),
             trainer_grace_period_seconds=get("TRAINER_GRACE_PERIOD_SECONDS", "300", int),
+            trainer_log_format=trainer_log_format,
             trainer_uid=get("TRAINER_UID", "1000", _uid_or_platform),
             trainer_service_account=get("TRAINER_SERVICE_ACCOUNT", "").strip(),
             progress_poll_seconds=get("PROGRESS_POLL_SECONDS", "10", float),

@@ -148,3 +148,13 @@ def test_a_uid_from_an_openshift_range_renders_as_a_whole_number(helm: Path) -> 
     assert pod["securityContext"]["runAsUser"] == 1000660000
     trainer = _trainer_job(helm, values)["spec"]["template"]["spec"]
     assert trainer["securityContext"]["runAsUser"] == 1000660001
+
+
+def test_trainer_json_logs_reach_the_trainer_pod_only_when_asked(helm: Path) -> None:
+    def env_of(values: dict[str, Any]) -> dict[str, str]:
+        container = _trainer_job(helm, values)["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value", "") for e in container["env"]}
+
+    assert "FTO_LOG_FORMAT" not in env_of(GPU_VALUES)  # Jobs of plain-logging clusters as before
+    json_values = {**GPU_VALUES, "trainer": {**GPU_VALUES["trainer"], "logFormat": "json"}}
+    assert env_of(json_values)["FTO_LOG_FORMAT"] == "json"

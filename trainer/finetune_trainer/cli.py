@@ -104,13 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging() -> None:
-    """Human-readable logs on stderr; stdout carries the JSON step records and the plan."""
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
+    """Logs on stderr, for people or (``FTO_LOG_FORMAT=json``) one JSON object a line for
+    log pipelines; stdout carries the JSON step records and the plan either way."""
+    wanted = os.environ.get(Env.LOG_FORMAT, "plain") or "plain"
+    handler = logging.StreamHandler(sys.stderr)
+    if wanted == "json":
+        from pythonjsonlogger.json import JsonFormatter
+
+        handler.setFormatter(
+            JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    if wanted not in ("plain", "json"):
+        log.warning("%s must be plain or json, not %r: logging plain", Env.LOG_FORMAT, wanted[:40])
 
 
 def config_path(arg: Path | None) -> Path:

@@ -85,6 +85,7 @@ def build_env(
     grace_period_seconds: int,
     namespace: str = "",
     name: str = "",
+    log_format: str = "plain",
 ) -> list[dict[str, Any]]:
     """The trainer's environment. ``run_id`` (the FineTuneJob's uid) lets the next pod of
     the same FineTuneJob take over the output lease at once, while another FineTuneJob's
@@ -99,6 +100,8 @@ def build_env(
         {"name": contract.Env.GRACE_PERIOD_SECONDS, "value": str(grace_period_seconds)},
     ]
     env += [{"name": k, "value": v} for k, v in _SCRATCH_ENV.items()]
+    if log_format != "plain":  # the trainer's default: Jobs of plain-logging clusters unchanged
+        env.append({"name": contract.Env.LOG_FORMAT, "value": log_format})
     token = config.model.token_secret_ref
     if token is not None:
         env.append(_secret(contract.Env.HF_TOKEN, token.name, token.key))

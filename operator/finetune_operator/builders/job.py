@@ -117,6 +117,7 @@ def build_job(spec: FineTuneJobSpec, owner: Owner, settings: OperatorConfig) -> 
             grace_period_seconds=settings.trainer_grace_period_seconds,
             namespace=owner.namespace,
             name=owner.name,
+            log_format=settings.trainer_log_format,
         ),
         "ports": [{"name": contract.METRICS_PORT_NAME, "containerPort": contract.METRICS_PORT}],
         "resources": _resources(spec),

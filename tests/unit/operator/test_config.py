@@ -61,3 +61,10 @@ def test_bad_settings_say_which_variable(env: dict, fragment: str) -> None:
 def test_an_empty_trainer_uid_leaves_the_user_to_the_platform() -> None:
     assert OperatorConfig.from_env({"FTO_TRAINER_UID": ""}).trainer_uid is None
     assert OperatorConfig.from_env({}).trainer_uid == 1000
+
+
+def test_trainer_logs_are_plain_unless_asked_for_json() -> None:
+    assert OperatorConfig.from_env({}).trainer_log_format == "plain"
+    assert OperatorConfig.from_env({"FTO_TRAINER_LOG_FORMAT": "json"}).trainer_log_format == "json"
+    with pytest.raises(ValueError, match="FTO_TRAINER_LOG_FORMAT must be plain or json"):
+        OperatorConfig.from_env({"FTO_TRAINER_LOG_FORMAT": "xml"})

@@ -3,6 +3,7 @@ config validation never import torch."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import uuid
@@ -392,3 +393,14 @@ def test_progress_bars_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> No
     progress_bars.silence_progress_bars_off_a_terminal()
     assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
     assert kwargs()["disable_tqdm"] is False
+
+
+def test_json_logs_on_request(tmp_path: Path) -> None:
+    """FTO_LOG_FORMAT=json: every line on stderr is one JSON object, for log pipelines."""
+    config = write_config(tmp_path / "c.yaml", {"training": {"maxSteps": 0}})
+    result = run_cli(["--config", str(config)], cli_env(tmp_path, FTO_LOG_FORMAT="json"))
+    assert result.returncode == 78
+    records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert records, result.stderr
+    assert {"time", "level", "logger", "message"} <= records[-1].keys()
+    assert any("training.maxSteps" in r["message"] for r in records)
