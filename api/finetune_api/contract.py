@@ -79,9 +79,10 @@ class Env:
     WANDB_API_KEY = "WANDB_API_KEY"
 
     @staticmethod
-    def s3(role: Literal["model", "dataset", "output"], what: str) -> str:
-        """Per-location S3 credentials, so model, dataset and output may use different
-        Secrets: FTO_S3_OUTPUT_ACCESS_KEY_ID, ..._SECRET_ACCESS_KEY, ..._SESSION_TOKEN."""
+    def s3(role: Literal["model", "dataset", "output", "eval"], what: str) -> str:
+        """Per-location S3 credentials, so model, dataset, output and the eval set
+        (dataset.eval.s3, role eval) may use different Secrets: FTO_S3_OUTPUT_ACCESS_KEY_ID,
+        ..._SECRET_ACCESS_KEY, ..._SESSION_TOKEN."""
         return f"FTO_S3_{role.upper()}_{what}"
 
 

@@ -330,6 +330,7 @@ def _endpoints(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
         ("spec.model.s3.endpoint", spec.model.s3),
         ("spec.dataset.s3.endpoint", spec.dataset.s3),
         ("spec.output.s3.endpoint", spec.output.s3),
+        ("spec.dataset.eval.s3.endpoint", spec.dataset.eval.s3 if spec.dataset.eval else None),
     ):
         if location is not None and location.endpoint:
             found.append((field, location.endpoint))

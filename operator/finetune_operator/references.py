@@ -46,23 +46,21 @@ def claim_fields(spec: FineTuneJobSpec) -> list[tuple[str, str]]:
 def dataset_config_map_problem(
     spec: FineTuneJobSpec, namespace: str, kube: Kube, then: str
 ) -> str | None:
-    """Why dataset.configMap cannot be mounted (the ConfigMap or its key is missing), or
-    None. ``then`` says what happens once it is fixed."""
-    source = spec.dataset.config_map
-    if source is None:
-        return None
-    found = kube.get_config_map(namespace, source.name)
-    if found is None:
-        return (
-            f"spec.dataset.configMap.name: ConfigMap {source.name} does not exist in namespace "
-            f"{namespace}; create it ({then})"
-        )
-    keys = sorted({*(found.get("data") or {}), *(found.get("binaryData") or {})})
-    if source.key not in keys:
-        return (
-            f"spec.dataset.configMap.key: ConfigMap {source.name} in namespace {namespace} has "
-            f"no key {source.key} (its keys: {', '.join(keys) or 'none'}); add it ({then})"
-        )
+    """Why dataset.configMap or dataset.eval.configMap cannot be mounted (the ConfigMap or
+    its key is missing), or None. ``then`` says what happens once it is fixed."""
+    for field, source in spec.dataset.config_maps:
+        found = kube.get_config_map(namespace, source.name)
+        if found is None:
+            return (
+                f"spec.{field}.name: ConfigMap {source.name} does not exist in namespace "
+                f"{namespace}; create it ({then})"
+            )
+        keys = sorted({*(found.get("data") or {}), *(found.get("binaryData") or {})})
+        if source.key not in keys:
+            return (
+                f"spec.{field}.key: ConfigMap {source.name} in namespace {namespace} has "
+                f"no key {source.key} (its keys: {', '.join(keys) or 'none'}); add it ({then})"
+            )
     return None
 
 

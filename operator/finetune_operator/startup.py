@@ -123,6 +123,7 @@ def _secret_refs(spec: FineTuneJobSpec) -> list[tuple[str, str, dict[str, str]]]
         ("model", spec.model.s3),
         ("dataset", spec.dataset.s3),
         ("output", spec.output.s3),
+        ("dataset.eval", spec.dataset.eval.s3 if spec.dataset.eval is not None else None),
     ):
         creds: S3CredentialsRef | None = location.credentials_secret_ref if location else None
         if creds is None:
@@ -142,15 +143,18 @@ def _config_fix(spec: FineTuneJobSpec, namespace: str, detail: str) -> str | Non
     """The spec fields behind a missing Secret, ConfigMap or key, and the fix; None when
     the kubelet's message names nothing the spec points at."""
     refs = _secret_refs(spec)
-    config_map = spec.dataset.config_map
+    config_maps = spec.dataset.config_maps
     missing_key = _NO_KEY.search(detail)
     if missing_key:
         kind, name, key = missing_key["kind"], missing_key["name"], missing_key["key"]
         if kind == "Secret":
             fields = [f for _, n, keys in refs if n == name for f, k in keys.items() if k == key]
         else:
-            matches = config_map is not None and (config_map.name, config_map.key) == (name, key)
-            fields = ["spec.dataset.configMap.key"] if matches else []
+            fields = [
+                f"spec.{field}.key"
+                for field, ref in config_maps
+                if (ref.name, ref.key) == (name, key)
+            ]
         if fields:
             return (
                 f"{' and '.join(fields)}: {kind} {name} in namespace {namespace} has no key "
@@ -165,8 +169,7 @@ def _config_fix(spec: FineTuneJobSpec, namespace: str, detail: str) -> str | Non
             fields = [f"{field}.name" for field, n, _ in refs if n == name]
         else:
             kind = "ConfigMap"
-            matches = config_map is not None and config_map.name == name
-            fields = ["spec.dataset.configMap.name"] if matches else []
+            fields = [f"spec.{field}.name" for field, ref in config_maps if ref.name == name]
         if fields:
             return (
                 f"{' and '.join(fields)}: {kind} {name} does not exist in namespace "
@@ -205,7 +208,8 @@ def startup_failure_message(
     elif fix is None:
         fix = _config_fix(spec, namespace, stuck.detail) or (
             "check the Secrets and keys the spec names (spec.model.tokenSecretRef, "
-            "spec.model.s3, spec.dataset.s3 and spec.output.s3 credentialsSecretRef), "
+            "spec.model.s3, spec.dataset.s3, spec.output.s3 and spec.dataset.eval.s3 "
+            "credentialsSecretRef), "
             f"{RECREATE}"
         )
     seconds = spec.lifecycle.startup_deadline_seconds

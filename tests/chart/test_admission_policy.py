@@ -198,6 +198,20 @@ def test_a_finetunejob_names_only_what_its_creator_may_read(
         "spec.dataset.eval.pvc.claimName: you may not get PersistentVolumeClaim someone-elses"
         in _refused(cluster, namespace, held_out)
     )
+    eval_chats = {"configMap": {"name": "private-chats", "key": "eval.jsonl"}}
+    assert (
+        "spec.dataset.eval.configMap.name: you may not get ConfigMap private-chats in "
+        f"namespace {namespace}" in _refused(cluster, namespace, {"dataset": {"eval": eval_chats}})
+    )
+    eval_chats["configMap"]["name"] = "readable-chats"
+    _admitted(cluster, namespace, {"dataset": {"eval": eval_chats}})
+    eval_s3 = {"s3": {**S3, "credentialsSecretRef": {"name": "db-password"}}}
+    assert (
+        "spec.dataset.eval.s3.credentialsSecretRef.name: you may not get Secret db-password in "
+        f"namespace {namespace}" in _refused(cluster, namespace, {"dataset": {"eval": eval_s3}})
+    )
+    eval_s3["s3"]["credentialsSecretRef"]["name"] = "readable-s3"
+    _admitted(cluster, namespace, {"dataset": {"eval": eval_s3}})
     account = {"serviceAccountName": "default"}
     assert "may not get ServiceAccount default" in _refused(cluster, namespace, account)
 
@@ -226,6 +240,14 @@ def test_the_clusters_policy_holds_at_admission(
     ):
         message = _refused(cluster, namespace, {"output": {"s3": {**S3, "endpoint": endpoint}}})
         assert f"S3 endpoint {endpoint} is not allowed" in message
+    for endpoint in ("http://169.254.169.254/latest", "http://127.0.0.1:9000"):
+        held_out = {"dataset": {"eval": {"s3": {**S3, "endpoint": endpoint}}}}
+        assert f"S3 endpoint {endpoint} is not allowed" in _refused(cluster, namespace, held_out)
+    _admitted(
+        cluster,
+        namespace,
+        {"dataset": {"eval": {"s3": {**S3, "endpoint": "https://minio.example"}}}},
+    )
     # A backslash ends the host for some URL parsers (urllib3 reads evil.com); the API
     # server's does not take it in a host at all.
     message = _refused(

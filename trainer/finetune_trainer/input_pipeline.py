@@ -83,7 +83,7 @@ def _eval_rows(
     if spec.fraction is not None:
         return hold_out(rows, spec, config.training.seed)
     source = eval_source(config.dataset)
-    local = resolve_dataset(source, scratch)
+    local = resolve_dataset(source, scratch, "eval")
     evaluated = load_eval_rows(
         config.dataset, local, token=token, cache_dir=scratch / "datasets-cache"
     )

@@ -126,7 +126,12 @@ def http_status(exc: BaseException) -> int | None:
 
 # --- S3 ------------------------------------------------------------------------------------
 
-S3Role = Literal["model", "dataset", "output"]
+S3Role = Literal["model", "dataset", "output", "eval"]
+
+
+def s3_field(role: S3Role) -> str:
+    """The spec section of a role's S3 location: the eval set's is dataset.eval."""
+    return "dataset.eval" if role == "eval" else role
 
 
 @dataclass(frozen=True)
@@ -316,7 +321,7 @@ def s3_problem(
     ``endpoint``."""
     from finetune_api.contract import Env
 
-    loc = f"{role}.s3" if role else "s3"
+    loc = f"{s3_field(role)}.s3" if role else "s3"
     answer = s3_answer(exc)
     code, shown = "", ""
     if answer is not None and answer.from_store:

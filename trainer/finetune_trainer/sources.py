@@ -17,6 +17,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from finetune_api.config import (
     ConfigMapKey,
@@ -30,6 +31,7 @@ from finetune_api.config.output import pvc_uri
 from finetune_api.contract import CONFIGMAP_MOUNT_ROOT, PVC_MOUNT_ROOT, Env
 
 from .errors import InvalidDataset, InvalidInput, InvalidModel
+from .remote_errors import S3Role, s3_field
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +70,23 @@ def _scratch_key(location: S3Location) -> str:
 
 
 def _download(
-    location: S3Location, role: str, dest: Path, *, reuse: bool, invalid: type[InvalidInput]
+    location: S3Location, role: S3Role, dest: Path, *, reuse: bool, invalid: type[InvalidInput]
 ) -> Path:
-    """Download ``location`` into ``dest``; what only a change of the source can fix is
-    raised as ``invalid``, naming ``<role>.s3``."""
+    """Download ``location`` into ``dest`` with ``role``'s credentials; what only a change
+    of the source can fix is raised as ``invalid``, naming the location's field."""
     from .storage.s3 import S3Store, UnsafeKey, download_prefix_or_object
 
-    store = S3Store.for_location(location, role)  # type: ignore[arg-type]
+    field = s3_field(role)
+    store = S3Store.for_location(location, role)
     log.info("downloading %s into %s", location.uri, dest)
     try:
         return download_prefix_or_object(store, location.prefix, dest, reuse=reuse)
     except FileNotFoundError:
-        raise invalid(f"{role}.s3: nothing at {location.uri}; check the URI") from None
+        raise invalid(f"{field}.s3: nothing at {location.uri}; check the URI") from None
     except UnsafeKey as exc:
         raise invalid(
-            f"{role}.s3: {exc}; rename or remove that object{exc.hint}, or point "
-            f"{role}.s3.uri at a prefix without it"
+            f"{field}.s3: {exc}; rename or remove that object{exc.hint}, or point "
+            f"{field}.s3.uri at a prefix without it"
         ) from None
 
 
@@ -125,22 +128,27 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"
 _WEIGHT_FILES = ("*.safetensors", "*.bin")
 
 
-def resolve_dataset(spec: DatasetSpec, scratch: Path) -> Path | None:
-    """The local file or directory holding the data, or None for a Hub dataset."""
+def resolve_dataset(
+    spec: DatasetSpec, scratch: Path, role: Literal["dataset", "eval"] = "dataset"
+) -> Path | None:
+    """The local file or directory holding the data, or None for a Hub dataset. ``role``
+    eval resolves the eval set's own source (data/eval_split.py's eval_source): messages
+    name dataset.eval, and an S3 source is read with the eval set's credentials."""
     if spec.name is not None:
         return None
+    field = s3_field(role)
     if spec.path is not None:
-        path, what = Path(spec.path).expanduser(), f"dataset.path {spec.path}"
+        path, what = Path(spec.path).expanduser(), f"{field}.path {spec.path}"
     elif spec.pvc is not None:
-        path, what = pvc_local_path(spec.pvc), f"dataset.pvc {pvc_uri(spec.pvc)}"
+        path, what = pvc_local_path(spec.pvc), f"{field}.pvc {pvc_uri(spec.pvc)}"
     elif spec.config_map is not None:
         ref = spec.config_map
-        path, what = configmap_local_path(ref), f"dataset.configMap {ref.name}/{ref.key}"
+        path, what = configmap_local_path(ref), f"{field}.configMap {ref.name}/{ref.key}"
     else:
         assert spec.s3 is not None
-        dest = scratch / "dataset" / _scratch_key(spec.s3)
-        path = _download(spec.s3, "dataset", dest, reuse=False, invalid=InvalidDataset)
-        what = f"dataset.s3 {spec.s3.uri}"
+        dest = scratch / role / _scratch_key(spec.s3)
+        path = _download(spec.s3, role, dest, reuse=False, invalid=InvalidDataset)
+        what = f"{field}.s3 {spec.s3.uri}"
     if not path.exists():
         raise InvalidDataset(f"{what}: {path} does not exist; check the source")
     return path

@@ -127,5 +127,14 @@ class DatasetSpec(SpecModel):
         return self
 
     @property
+    def config_maps(self) -> list[tuple[str, ConfigMapKey]]:
+        """(spec field under dataset, reference) of each ConfigMap key the trainer reads:
+        the training data's and the eval set's."""
+        found = [("dataset.configMap", self.config_map)]
+        if self.eval is not None:
+            found.append(("dataset.eval.configMap", self.eval.config_map))
+        return [(field, ref) for field, ref in found if ref is not None]
+
+    @property
     def source_kind(self) -> str:
         return next(s for s in _SOURCES if getattr(self, s) is not None)

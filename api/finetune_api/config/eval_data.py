@@ -8,17 +8,22 @@ from typing import TYPE_CHECKING, Annotated
 from pydantic import Field, model_validator
 
 from .base import HubRepoId, LocalPath, ShortString, SpecModel, cel
-from .sources import PvcPath
+from .sources import ConfigMapKey, PvcPath, S3Location
 from .split import SplitExpr
 
 if TYPE_CHECKING:
     from .trainer_config import TrainerConfig
 
 MAX_EVAL_FRACTION = 0.5
-_SOURCES = ("name", "path", "pvc")
+_SOURCES = ("name", "path", "pvc", "s3", "config_map")
+_SOURCE_FIELDS = (
+    "dataset.eval.name, dataset.eval.path, dataset.eval.pvc, dataset.eval.s3 and "
+    "dataset.eval.configMap"
+)
 _FORMS = (
     "set one of dataset.eval.split (a split of the training source), a separate source "
-    "(dataset.eval.name, dataset.eval.path or dataset.eval.pvc, with an optional split), or "
+    "(dataset.eval.name, dataset.eval.path, dataset.eval.pvc, dataset.eval.s3 or "
+    "dataset.eval.configMap, with an optional split), or "
     "dataset.eval.fraction (rows held out of the training data)"
 )
 
@@ -26,7 +31,8 @@ _FORMS = (
 class EvalDataSpec(SpecModel):
     """The evaluation rows, rendered, masked and truncated as the training rows are. One
     form: split (another split of the training source, e.g. test), a separate source (a Hub
-    dataset name, a path, or a PVC path; its split defaults to train), or fraction (that
+    dataset name, a path, a PVC path, an S3 prefix or object, or a ConfigMap key; its split
+    defaults to train), or fraction (that
     share of the training rows, drawn with seed, is held out and never trained on)."""
 
     model_config = {
@@ -34,12 +40,13 @@ class EvalDataSpec(SpecModel):
             "x-kubernetes-validations": [
                 cel(
                     "has(self.fraction) != (has(self.split) || has(self.name) || "
-                    "has(self.path) || has(self.pvc))",
+                    "has(self.path) || has(self.pvc) || has(self.s3) || has(self.configMap))",
                     _FORMS,
                 ),
                 cel(
-                    "[has(self.name), has(self.path), has(self.pvc)].filter(x, x).size() <= 1",
-                    "set at most one of dataset.eval.name, dataset.eval.path and dataset.eval.pvc",
+                    "[has(self.name), has(self.path), has(self.pvc), has(self.s3), "
+                    "has(self.configMap)].filter(x, x).size() <= 1",
+                    f"set at most one of {_SOURCE_FIELDS}",
                 ),
                 cel("!has(self.seed) || has(self.fraction)", "dataset.eval.seed needs fraction"),
                 cel(
@@ -65,6 +72,16 @@ class EvalDataSpec(SpecModel):
         None, description="A separate .json, .jsonl or .parquet file, or a directory of them."
     )
     pvc: PvcPath | None = Field(None, description="A separate data file or directory on a PVC.")
+    s3: S3Location | None = Field(
+        None,
+        description="A separate data object, or prefix of data objects, on S3; its "
+        "credentialsSecretRef is its own (it may differ from dataset.s3's).",
+    )
+    config_map: ConfigMapKey | None = Field(
+        None,
+        description="A separate small dataset in a ConfigMap key whose name ends in .jsonl "
+        "or .json (at most 1 MiB).",
+    )
     fraction: Annotated[float, Field(gt=0, le=MAX_EVAL_FRACTION)] | None = Field(
         None,
         description="Hold out this fraction of the training rows (after maxSamples) for "
@@ -83,10 +100,8 @@ class EvalDataSpec(SpecModel):
     def _one_form(self) -> EvalDataSpec:
         sources = [s for s in _SOURCES if getattr(self, s) is not None]
         if len(sources) > 1:
-            raise ValueError(
-                "set at most one of dataset.eval.name, dataset.eval.path and dataset.eval.pvc "
-                f"(got {', '.join(sources)})"
-            )
+            names = ", ".join("configMap" if s == "config_map" else s for s in sources)
+            raise ValueError(f"set at most one of {_SOURCE_FIELDS} (got {names})")
         named = self.split is not None or bool(sources)
         if self.fraction is not None and named:
             raise ValueError(

@@ -30,7 +30,7 @@ def _secret(name: str, secret: str, key: str, optional: bool = False) -> dict[st
 
 
 def _s3_env(
-    role: Literal["model", "dataset", "output"], location: S3Location | None
+    role: Literal["model", "dataset", "output", "eval"], location: S3Location | None
 ) -> list[dict[str, Any]]:
     if location is None or location.credentials_secret_ref is None:
         return []
@@ -108,5 +108,6 @@ def build_env(
     env += _s3_env("model", config.model.s3)
     env += _s3_env("dataset", config.dataset.s3)
     env += _s3_env("output", config.output.s3)
+    env += _s3_env("eval", config.dataset.eval.s3 if config.dataset.eval is not None else None)
     env += _tracking_env(config, namespace, name)
     return env

@@ -2,7 +2,8 @@
 
 The trainer's config file comes from the pod's own annotation (downward API). The trainer
 resolves ``pvc:`` and ``configMap:`` sources under fixed roots from the contract, so each
-referenced claim or dataset ConfigMap is mounted once at ``<root>/<name>``.
+referenced claim or ConfigMap (dataset's and the eval set's) is mounted once at
+``<root>/<name>``.
 A claim used for the output is mounted read-write; claims used only for inputs honour
 their ``readOnly`` (default true).
 """
@@ -78,22 +79,34 @@ def build_storage(spec: FineTuneJobSpec) -> PodStorage:
                 "readOnly": read_only,
             }
         )
-    if config.dataset.config_map is not None:
-        source = config.dataset.config_map
+    for index, (config_map, keys) in enumerate(_config_map_keys(config).items()):
+        # The first keeps the name Jobs had before eval sets could come from a ConfigMap.
+        name = _volume_name("dataset-configmap", index) if index else "dataset-configmap"
         volumes.append(
             {
-                "name": "dataset-configmap",
+                "name": name,
                 "configMap": {
-                    "name": source.name,
-                    "items": [{"key": source.key, "path": source.key}],
+                    "name": config_map,
+                    "items": [{"key": key, "path": key} for key in keys],
                 },
             }
         )
         mounts.append(
             {
-                "name": "dataset-configmap",
-                "mountPath": f"{contract.CONFIGMAP_MOUNT_ROOT}/{source.name}",
+                "name": name,
+                "mountPath": f"{contract.CONFIGMAP_MOUNT_ROOT}/{config_map}",
                 "readOnly": True,
             }
         )
     return PodStorage(volumes=volumes, mounts=mounts)
+
+
+def _config_map_keys(config: TrainerConfig) -> dict[str, list[str]]:
+    """ConfigMap name -> its keys the trainer reads (dataset's, then the eval set's): one
+    volume per ConfigMap, since each is mounted at ``<root>/<name>``."""
+    keys: dict[str, list[str]] = {}
+    for _, source in config.dataset.config_maps:
+        listed = keys.setdefault(source.name, [])
+        if source.key not in listed:
+            listed.append(source.key)
+    return keys

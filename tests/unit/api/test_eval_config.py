@@ -31,6 +31,10 @@ def errors_of(**sections: Any) -> str:
         {"name": "org/eval-set", "configName": "en", "revision": "v1", "split": "validation"},
         {"path": "/data/eval.jsonl"},
         {"pvc": {"claimName": "data", "path": "eval"}},
+        {"s3": {"uri": "s3://bkt/eval", "credentialsSecretRef": {"name": "eval-s3"}}},
+        {"s3": {"uri": "s3://bkt/eval.jsonl", "endpoint": "https://minio.example"}, "split": "t"},
+        {"configMap": {"name": "held-out", "key": "eval.jsonl"}},
+        {"configMap": {"name": "held-out", "key": "eval.json"}, "maxSamples": 3},
         {"fraction": 0.1},
         {"fraction": 0.5, "seed": 11, "maxSamples": 100},
     ],
@@ -53,7 +57,17 @@ def test_each_form_is_accepted(evaluation: dict[str, Any]) -> None:
         ({"split": "test", "seed": 3}, "dataset.eval.seed is the seed of dataset.eval.fraction"),
         ({"name": "a/b", "path": "/e.jsonl"}, "set at most one of dataset.eval.name"),
         ({"path": "/e.jsonl", "revision": "v1"}, "only used with dataset.eval.name"),
-        ({"split": "test", "s3": {"uri": "s3://b/e"}}, "spec.dataset.eval.s3"),
+        (
+            {"s3": {"uri": "s3://bkt/e"}, "configMap": {"name": "m", "key": "e.jsonl"}},
+            "set at most one of dataset.eval.name, dataset.eval.path, dataset.eval.pvc, "
+            "dataset.eval.s3 and dataset.eval.configMap (got s3, configMap)",
+        ),
+        ({"pvc": {"claimName": "d"}, "s3": {"uri": "s3://bkt/e"}}, "(got pvc, s3)"),
+        ({"fraction": 0.1, "s3": {"uri": "s3://bkt/e"}}, "dataset.eval.fraction holds rows out"),
+        ({"s3": {"uri": "s3://bkt/e"}, "revision": "v1"}, "only used with dataset.eval.name"),
+        ({"configMap": {"name": "m", "key": "eval.csv"}}, "must end in .jsonl or .json"),
+        ({"s3": {"uri": "http://b/e"}}, "spec.dataset.eval.s3.uri"),
+        ({"s3": {"uri": "s3://bkt/e", "credentialsSecretRef": {}}}, "credentialsSecretRef.name"),
     ],
 )
 def test_a_wrong_form_is_refused_naming_the_field(
@@ -130,6 +144,17 @@ def test_the_rules_are_admission_rules_too() -> None:
     assert "dataset.eval.seed needs fraction" in messages
     assert any(m.startswith("set one of dataset.eval.split") for m in messages)
     assert evaluation["properties"]["fraction"]["maximum"] == 0.5
+    one_source = next(m for m in messages if m.startswith("set at most one of dataset.eval"))
+    assert "dataset.eval.s3 and dataset.eval.configMap" in one_source
+    dataset = spec["properties"]["dataset"]["properties"]
+    for kind in ("s3", "configMap"):  # the same types as the training source's
+        assert evaluation["properties"][kind] == dataset[kind] | {
+            "description": evaluation["properties"][kind]["description"]
+        }
+    key = evaluation["properties"]["configMap"]["properties"]["key"]
+    assert _rules(key) == {
+        next(iter(_rules(key))): "self.endsWith('.jsonl') || self.endsWith('.json')"
+    }
     printer = build_crd()["spec"]["versions"][0]["additionalPrinterColumns"]
     assert {
         "name": "Eval Loss",

@@ -214,6 +214,35 @@ class TestJobBuilder:
         assert all("value" not in e for e in env.values() if "valueFrom" in e)
         assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
 
+    def test_an_eval_set_on_s3_has_its_own_credentials_by_reference(
+        self, owner: Owner, settings: OperatorConfig
+    ) -> None:
+        creds = {"name": "eval-s3", "sessionTokenKey": "token"}
+        spec = spec_of(
+            {
+                "dataset": {
+                    "s3": {"uri": "s3://bkt/train", "credentialsSecretRef": {"name": "train-s3"}},
+                    "eval": {"s3": {"uri": "s3://bkt/eval", "credentialsSecretRef": creds}},
+                }
+            }
+        )
+        env = env_of(build_job(spec, owner, settings))
+        assert env["FTO_S3_EVAL_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {
+            "name": "eval-s3",
+            "key": "AWS_ACCESS_KEY_ID",
+        }
+        assert env["FTO_S3_EVAL_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"] == {
+            "name": "eval-s3",
+            "key": "AWS_SECRET_ACCESS_KEY",
+        }
+        assert env["FTO_S3_EVAL_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+            "name": "eval-s3",
+            "key": "token",
+        }
+        dataset = env[contract.Env.s3("dataset", "ACCESS_KEY_ID")]
+        assert dataset["valueFrom"]["secretKeyRef"]["name"] == "train-s3"
+        assert all("value" not in e for e in env.values() if "valueFrom" in e)
+
     def test_the_trainer_knows_its_run_and_its_grace_period(
         self, owner: Owner, settings: OperatorConfig
     ) -> None:
@@ -326,6 +355,51 @@ class TestVolumes:
         spec = spec_of({"dataset": {"configMap": {"name": "tiny", "key": "train.jsonl"}}})
         job = build_job(spec, owner, settings)
         assert self.mounts(job)["/mnt/configmap/tiny"]["readOnly"] is True
+
+    def test_an_eval_set_in_a_configmap_is_mounted_beside_the_training_data(
+        self, owner, settings
+    ) -> None:
+        held_out = {"configMap": {"name": "held-out", "key": "eval.jsonl"}}
+        spec = spec_of(
+            {"dataset": {"configMap": {"name": "tiny", "key": "train.jsonl"}, "eval": held_out}}
+        )
+        job = build_job(spec, owner, settings)
+        mounts = self.mounts(job)
+        assert mounts["/mnt/configmap/tiny"]["readOnly"] is True
+        assert mounts["/mnt/configmap/held-out"]["readOnly"] is True
+        volumes = {v["name"]: v for v in pod_spec(job)["volumes"] if "configMap" in v}
+        assert volumes["dataset-configmap"]["configMap"]["name"] == "tiny"
+        assert volumes["dataset-configmap-1"]["configMap"] == {
+            "name": "held-out",
+            "items": [{"key": "eval.jsonl", "path": "eval.jsonl"}],
+        }
+
+    def test_one_configmap_for_both_sets_is_one_volume_with_both_keys(
+        self, owner, settings
+    ) -> None:
+        spec = spec_of(
+            {
+                "dataset": {
+                    "configMap": {"name": "chats", "key": "train.jsonl"},
+                    "eval": {"configMap": {"name": "chats", "key": "eval.jsonl"}},
+                }
+            }
+        )
+        job = build_job(spec, owner, settings)
+        volumes = [v for v in pod_spec(job)["volumes"] if "configMap" in v]
+        assert volumes == [
+            {
+                "name": "dataset-configmap",
+                "configMap": {
+                    "name": "chats",
+                    "items": [
+                        {"key": "train.jsonl", "path": "train.jsonl"},
+                        {"key": "eval.jsonl", "path": "eval.jsonl"},
+                    ],
+                },
+            }
+        ]
+        assert "/mnt/configmap/chats" in self.mounts(job)
 
 
 class TestLifecyclePatch:

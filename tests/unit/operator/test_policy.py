@@ -139,6 +139,20 @@ def test_loopback_metadata_and_the_api_server_are_refused_by_default(endpoint: s
     assert len(problems) == 1 and problems[0].startswith(f"spec.output.s3.endpoint: {endpoint} ")
 
 
+def test_the_eval_sets_s3_endpoint_is_held_to_the_same_policy() -> None:
+    evaluation = {"s3": {"uri": "s3://bucket/e", "endpoint": "http://169.254.169.254/latest"}}
+    spec = spec_of({"dataset": {"eval": evaluation}})
+    problems = policy_problems(spec, OperatorConfig())
+    assert len(problems) == 1
+    assert problems[0].startswith("spec.dataset.eval.s3.endpoint: http://169.254.169.254/latest ")
+    listed = OperatorConfig(allowed_s3_endpoints=("minio.example",))
+    evaluation["s3"]["endpoint"] = "https://minio.example"
+    assert policy_problems(spec_of({"dataset": {"eval": evaluation}}), listed) == []
+    evaluation["s3"]["endpoint"] = "https://other.example"
+    problems = policy_problems(spec_of({"dataset": {"eval": evaluation}}), listed)
+    assert len(problems) == 1 and problems[0].startswith("spec.dataset.eval.s3.endpoint: ")
+
+
 @pytest.mark.parametrize(
     "endpoint",
     [

@@ -828,6 +828,46 @@ class TestReferences:
         operator.reconcile()
         assert len(kube.jobs) == 1
 
+    def test_a_missing_eval_config_map_holds_the_job_back(self) -> None:
+        held_out = {"configMap": {"name": "held-out", "key": "eval.jsonl"}}
+        kube = MemoryKube(
+            body(
+                {
+                    **TestDatasetConfigMap.SPEC,
+                    "dataset": {**TestDatasetConfigMap.SPEC["dataset"], "eval": held_out},
+                }
+            )
+        )
+        kube.config_maps["chats"] = {"data": {"train.jsonl": "{}"}}
+        operator = reconciler(kube)
+        operator.reconcile()
+        assert kube.jobs == {}
+        status = kube.ftj["status"]
+        assert status["reason"] == "DatasetConfigMapMissing"
+        assert status["message"].startswith(
+            "spec.dataset.eval.configMap.name: ConfigMap held-out does not exist in namespace "
+        )
+        kube.config_maps["held-out"] = {"data": {"train.jsonl": "{}"}}
+        operator.reconcile()
+        assert kube.jobs == {}
+        assert kube.ftj["status"]["message"].startswith(
+            "spec.dataset.eval.configMap.key: ConfigMap held-out in namespace "
+        )
+        kube.config_maps["held-out"] = {"data": {"eval.jsonl": "{}"}}
+        operator.reconcile()
+        assert len(kube.jobs) == 1
+
+    def test_an_eval_s3_endpoint_on_cloud_metadata_is_not_allowed(self) -> None:
+        evaluation = {"s3": {"uri": "s3://bkt/e", "endpoint": "http://169.254.169.254"}}
+        kube = MemoryKube(body({"dataset": {"eval": evaluation}}))
+        reconciler(kube).reconcile()
+        assert kube.jobs == {}
+        assert kube.ftj["status"]["reason"] == "NotAllowed"
+        assert (
+            "spec.dataset.eval.s3.endpoint: http://169.254.169.254 "
+            in (kube.ftj["status"]["message"])
+        )
+
     def test_a_config_map_deleted_after_the_job_was_made_is_still_named(self) -> None:
         kube = MemoryKube(body(TestDatasetConfigMap.SPEC))
         kube.config_maps["chats"] = {"data": {"train.jsonl": "{}"}}

@@ -125,3 +125,27 @@ def test_the_kubelets_text_is_bounded_and_made_safe() -> None:
     message = message_for(S3_OUTPUT, "CreateContainerConfigError", detail)
     assert "\x1b" not in message
     assert len(message) < 2500
+
+
+def test_the_eval_sets_own_secret_and_config_map_are_named() -> None:
+    evaluation = {"s3": {"uri": "s3://bucket/eval", "credentialsSecretRef": {"name": "eval-s3"}}}
+    message = message_for(
+        {"dataset": {"eval": evaluation}},
+        "CreateContainerConfigError",
+        'secret "eval-s3" not found',
+    )
+    assert message.startswith(
+        "spec.dataset.eval.s3.credentialsSecretRef.name: Secret eval-s3 does not exist in "
+        "namespace ml"
+    )
+    detail = "couldn't find key eval.jsonl in ConfigMap ml/chats"
+    spec = {
+        "dataset": {
+            "configMap": {"name": "chats", "key": "train.jsonl"},
+            "eval": {"configMap": {"name": "chats", "key": "eval.jsonl"}},
+        }
+    }
+    message = message_for(spec, "CreateContainerConfigError", detail)
+    assert message.startswith(
+        "spec.dataset.eval.configMap.key: ConfigMap chats in namespace ml has no key eval.jsonl"
+    )

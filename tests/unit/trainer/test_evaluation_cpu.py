@@ -133,6 +133,84 @@ def test_a_separate_source_is_evaluated(
     assert [r["step"] for r in eval_records(run)] == [2]
 
 
+def test_an_eval_set_on_s3_is_read_with_its_own_credentials(
+    tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path, s3_server: Any
+) -> None:
+    """dataset.eval.s3 is downloaded with FTO_S3_EVAL_*, the variables the operator fills
+    from dataset.eval.s3.credentialsSecretRef: no other S3 credentials are in the env."""
+    bucket = s3_server.create_bucket(f"eval-{uuid.uuid4().hex[:10]}")
+    rows = write_tiny_dataset(tmp_path / "rows.jsonl", rows=5, seed=7)
+    s3_server.client().put_object(Bucket=bucket, Key="held/rows.jsonl", Body=rows.read_bytes())
+    out = tmp_path / "out"
+    source = {"uri": f"s3://{bucket}/held", "endpoint": s3_server.endpoint}
+    source["region"] = s3_server.region
+    config = eval_config(
+        tiny_model_dir, tiny_dataset_path, out, {"s3": source}, maxSteps=2, saveSteps=2
+    )
+    run = run_to_end(
+        config,
+        tmp_path,
+        out,
+        FTO_S3_EVAL_ACCESS_KEY_ID=s3_server.access_key,
+        FTO_S3_EVAL_SECRET_ACCESS_KEY=s3_server.secret_key,
+    )
+    assert run.code == ExitCode.SUCCEEDED, run.stderr[-4000:]
+    assert "loaded 5 rows from" in run.stderr and "(split train)" in run.stderr
+    assert [r["step"] for r in eval_records(run)] == [2]
+
+
+def test_an_eval_set_on_s3_without_access_exits_naming_dataset_eval_s3(
+    tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path, s3_server: Any
+) -> None:
+    bucket = s3_server.create_bucket(f"eval-{uuid.uuid4().hex[:10]}")
+    out = tmp_path / "out"
+    source = {"uri": f"s3://{bucket}/held", "endpoint": s3_server.endpoint}
+    source["region"] = s3_server.region
+    config = eval_config(
+        tiny_model_dir, tiny_dataset_path, out, {"s3": source}, maxSteps=2, saveSteps=2
+    )
+    run = run_to_end(
+        config,
+        tmp_path,
+        out,
+        FTO_S3_EVAL_ACCESS_KEY_ID=s3_server.access_key,
+        FTO_S3_EVAL_SECRET_ACCESS_KEY="wrong-" + s3_server.secret_key,
+    )
+    assert run.code != ExitCode.SUCCEEDED
+    assert run.message.message.startswith("dataset.eval.s3: "), run.message.message
+
+
+def test_an_eval_set_in_a_mounted_config_map_is_evaluated(
+    tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path
+) -> None:
+    """dataset.eval.configMap is read where the operator mounts it: <root>/<name>/<key>."""
+    root = tmp_path / "configmaps"
+    write_tiny_dataset(root / "held-out" / "eval.jsonl", rows=4, seed=9)
+    out = tmp_path / "out"
+    evaluation = {"configMap": {"name": "held-out", "key": "eval.jsonl"}}
+    config = eval_config(
+        tiny_model_dir, tiny_dataset_path, out, evaluation, maxSteps=2, saveSteps=2
+    )
+    run = run_to_end(config, tmp_path, out, FTO_CONFIGMAP_ROOT=str(root))
+    assert run.code == ExitCode.SUCCEEDED, run.stderr[-4000:]
+    assert f"loaded 4 rows from {root / 'held-out' / 'eval.jsonl'}" in run.stderr
+    assert [r["step"] for r in eval_records(run)] == [2]
+
+
+def test_a_missing_eval_config_map_key_exits_78_naming_it(
+    tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    evaluation = {"configMap": {"name": "held-out", "key": "eval.jsonl"}}
+    config = eval_config(
+        tiny_model_dir, tiny_dataset_path, out, evaluation, maxSteps=2, saveSteps=2
+    )
+    run = run_to_end(config, tmp_path, out, FTO_CONFIGMAP_ROOT=str(tmp_path / "none"))
+    assert run.code == ExitCode.INVALID_INPUT
+    assert run.message.reason == "InvalidDataset"
+    assert run.message.message.startswith("dataset.eval.configMap held-out/eval.jsonl: ")
+
+
 def test_a_missing_eval_split_exits_78_naming_dataset_eval(
     tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path
 ) -> None:

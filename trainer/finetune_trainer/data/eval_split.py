@@ -34,8 +34,8 @@ def eval_source(data: DatasetSpec) -> DatasetSpec:
             revision=spec.revision,
             path=spec.path,
             pvc=spec.pvc,
-            s3=None,
-            config_map=None,
+            s3=spec.s3,
+            config_map=spec.config_map,
             split=spec.split or "train",
         )
     else:

@@ -15,7 +15,7 @@ from finetune_api.config import S3Location
 from finetune_api.contract import Env, TrainerReason
 
 from ..errors import InvalidConfig
-from ..remote_errors import S3Role
+from ..remote_errors import S3Role, s3_field
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -31,7 +31,7 @@ def credentials_from_env(role: S3Role) -> dict[str, str]:
         missing = Env.s3(role, "SECRET_ACCESS_KEY" if key_id else "ACCESS_KEY_ID")
         raise InvalidConfig(
             f"{missing} is not set but its pair is; set both or neither (check the "
-            f"credentialsSecretRef of the {role} S3 location)",
+            f"credentialsSecretRef of {s3_field(role)}.s3)",
             reason=TrainerReason.INVALID_S3_CREDENTIALS,
         )
     if not key_id:
