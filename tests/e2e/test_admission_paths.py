@@ -82,3 +82,31 @@ def test_a_dataset_configmap_key_must_say_its_format(ftjs: FineTuneJobs) -> None
     for key in ("train.jsonl", "train.json"):
         admitted = dry_run(ftjs, {"dataset": {"configMap": {"name": "chats", "key": key}}})
         assert admitted.returncode == 0, admitted.stderr
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "message"),
+    [
+        (
+            {"s3": {"uri": "s3://evals/chats.jsonl"}, "configMap": {"name": "c", "key": "e.jsonl"}},
+            "set at most one of dataset.eval.name",
+        ),
+        ({"configMap": {"name": "c", "key": "e.txt"}}, ".jsonl"),
+        ({"s3": {"uri": "s3://evals/e.jsonl"}, "revision": "main"}, "dataset.eval.revision"),
+    ],
+)
+def test_an_eval_source_the_operator_would_refuse_is_refused_at_admission(
+    ftjs: FineTuneJobs, evaluation: dict[str, Any], message: str
+) -> None:
+    result = dry_run(ftjs, {"dataset": {"path": "/data/train.jsonl", "eval": evaluation}})
+    assert result.returncode != 0
+    assert message in " ".join(result.stderr.split()), result.stderr
+
+
+def test_eval_sets_on_s3_and_in_a_config_map_are_admitted(ftjs: FineTuneJobs) -> None:
+    for evaluation in (
+        {"s3": {"uri": "s3://evals/chats.jsonl"}},
+        {"configMap": {"name": "evals", "key": "chats.jsonl"}},
+    ):
+        result = dry_run(ftjs, {"dataset": {"path": "/data/train.jsonl", "eval": evaluation}})
+        assert result.returncode == 0, result.stderr
