@@ -424,7 +424,9 @@ def test_without_the_admission_policy_the_operator_refuses_what_it_would(
 
 
 def test_suspend_and_resume_toggle_the_job(ftjs: FineTuneJobs) -> None:
-    ftjs.apply("toggle", SUSPENDED)
+    # More GPUs than any node has: once unsuspended, the pod stays Pending (a pod that
+    # fits would run the trainer, and the Pending status could pass between two polls).
+    ftjs.apply("toggle", {**SUSPENDED, "resources": {"gpus": 8}})
     ftjs.wait_phase("toggle", "Suspended")
     assert ftjs.jobs("toggle")[0]["spec"]["suspend"] is True
     uid = ftjs.get("toggle")["metadata"]["uid"]
@@ -433,7 +435,7 @@ def test_suspend_and_resume_toggle_the_job(ftjs: FineTuneJobs) -> None:
     ftjs.patch("toggle", {"spec": {"lifecycle": {"suspend": False}}})
     status = ftjs.wait_status(
         "toggle",
-        lambda s: s.get("phase") == "Pending" and s.get("observedGeneration") == 2,
+        lambda s: s.get("reason") == "Unschedulable" and s.get("observedGeneration") == 2,
         what="unsuspended",
     )
     assert ftjs.jobs("toggle")[0]["spec"]["suspend"] is False
