@@ -76,7 +76,7 @@ def _check_stalled(ftjs: FineTuneJobs, name: str, pod: str) -> dict[str, Any]:
     assert "no training progress since" in message and f"is {DEADLINE_SECONDS}s" in message
     assert f"stage {status['progress']['stage']}" in message, message
     assert status["progress"]["stage"] in ("Training", "Saving"), status
-    assert "metrics endpoint has not answered since" in message, message
+    assert "its metrics endpoint is not answering" in message, message
     assert "spec.lifecycle.progressDeadlineSeconds" in message and pod in message
     warnings = [
         e
