@@ -265,9 +265,10 @@ def _between_steps(control: Any) -> TrainerStage:
     return TrainerStage.SAVING if control.should_save else TrainerStage.TRAINING
 
 
-def make_callbacks(tracker: RunTracker) -> list[Any]:
-    """The TrainerCallback that forwards to ``tracker``, and a progress bar that leaves
-    stdout to the JSON records (the stock one also prints each log dict there)."""
+def make_callbacks(tracker: RunTracker, *, progress_bar: bool = False) -> list[Any]:
+    """The TrainerCallback that forwards to ``tracker`` and, with ``progress_bar`` (stderr
+    is a terminal), a progress bar that leaves stdout to the JSON records (the stock one
+    also prints each log dict there)."""
     import torch
     from transformers import TrainerCallback
     from transformers.trainer_callback import ProgressCallback
@@ -303,4 +304,4 @@ def make_callbacks(tracker: RunTracker) -> list[Any]:
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
             return None
 
-    return [_RunCallback(), _QuietProgress()]
+    return [_RunCallback(), *([_QuietProgress()] if progress_bar else [])]

@@ -15,6 +15,7 @@ from .divergence import DivergenceWatch, make_divergence_callback
 from .evaluation import EvalTracker, eval_config_kwargs, evaluate_with, make_eval_callbacks
 from .memory_plan import MemoryPlan
 from .metrics import MetricsLog, MetricsServer
+from .progress_bars import progress_bars_wanted
 from .run_progress import RunProgress
 from .signals import StopRequest
 from .storage.targets import OutputTarget
@@ -86,10 +87,13 @@ def build_sft_trainer(
         accounting=accounting,
         micro_batches_per_step=args.gradient_accumulation_steps,
     )
-    from transformers.trainer_callback import ProgressCallback
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+    # Trainer prints each log dict on stdout (PrinterCallback, its choice without tqdm) or
+    # under its bar: stdout carries only our JSON step records.
     trainer.remove_callback(ProgressCallback)
-    for callback in make_callbacks(tracker):
+    trainer.remove_callback(PrinterCallback)
+    for callback in make_callbacks(tracker, progress_bar=progress_bars_wanted()):
         trainer.add_callback(callback)
     # After the run's own callback: the diverged values are published before it stops.
     trainer.add_callback(

@@ -21,6 +21,9 @@ def built(tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path_factory: Any) 
 
     from finetune_trainer.backends import select_backend
     from finetune_trainer.data import load_rows, prepare_dataset
+    from finetune_trainer.input_pipeline import TrainingInputs
+    from finetune_trainer.provenance import rows_digest
+    from finetune_trainer.step_plan import plan_steps
 
     tmp = tmp_path_factory.mktemp("sft")
     config = TrainerConfig.from_mapping(
@@ -41,7 +44,12 @@ def built(tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path_factory: Any) 
     model, tokenizer = backend.load(config, model_source, None, plan)
     target = make_target(config, tmp)
     target.prepare()
-    trainer = run._build_trainer(backend, plan, model, tokenizer, prepared.dataset, target)
+    inputs = TrainingInputs(
+        data=prepared,
+        steps=plan_steps(len(prepared.dataset), config.training),
+        rows_digest=rows_digest(prepared.dataset),
+    )
+    trainer = run._build_trainer(backend, plan, model, tokenizer, inputs, target)
     return prepared.dataset, trainer
 
 
