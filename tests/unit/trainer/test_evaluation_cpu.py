@@ -133,6 +133,24 @@ def test_a_separate_source_is_evaluated(
     assert [r["step"] for r in eval_records(run)] == [2]
 
 
+def run_with_eval_on_s3(
+    model: Path, data: Path, tmp_path: Path, s3_server: Any, bucket: str, secret_key: str
+) -> Run:
+    """Two steps with the eval set at s3://<bucket>/held, read with FTO_S3_EVAL_* only (the
+    variables the operator fills from dataset.eval.s3.credentialsSecretRef)."""
+    out = tmp_path / "out"
+    source = {"uri": f"s3://{bucket}/held", "endpoint": s3_server.endpoint}
+    source["region"] = s3_server.region
+    config = eval_config(model, data, out, {"s3": source}, maxSteps=2, saveSteps=2)
+    return run_to_end(
+        config,
+        tmp_path,
+        out,
+        FTO_S3_EVAL_ACCESS_KEY_ID=s3_server.access_key,
+        FTO_S3_EVAL_SECRET_ACCESS_KEY=secret_key,
+    )
+
+
 def test_an_eval_set_on_s3_is_read_with_its_own_credentials(
     tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path, s3_server: Any
 ) -> None:
@@ -141,18 +159,8 @@ def test_an_eval_set_on_s3_is_read_with_its_own_credentials(
     bucket = s3_server.create_bucket(f"eval-{uuid.uuid4().hex[:10]}")
     rows = write_tiny_dataset(tmp_path / "rows.jsonl", rows=5, seed=7)
     s3_server.client().put_object(Bucket=bucket, Key="held/rows.jsonl", Body=rows.read_bytes())
-    out = tmp_path / "out"
-    source = {"uri": f"s3://{bucket}/held", "endpoint": s3_server.endpoint}
-    source["region"] = s3_server.region
-    config = eval_config(
-        tiny_model_dir, tiny_dataset_path, out, {"s3": source}, maxSteps=2, saveSteps=2
-    )
-    run = run_to_end(
-        config,
-        tmp_path,
-        out,
-        FTO_S3_EVAL_ACCESS_KEY_ID=s3_server.access_key,
-        FTO_S3_EVAL_SECRET_ACCESS_KEY=s3_server.secret_key,
+    run = run_with_eval_on_s3(
+        tiny_model_dir, tiny_dataset_path, tmp_path, s3_server, bucket, s3_server.secret_key
     )
     assert run.code == ExitCode.SUCCEEDED, run.stderr[-4000:]
     assert "loaded 5 rows from" in run.stderr and "(split train)" in run.stderr
@@ -163,18 +171,8 @@ def test_an_eval_set_on_s3_without_access_exits_naming_dataset_eval_s3(
     tiny_model_dir: Path, tiny_dataset_path: Path, tmp_path: Path, s3_server: Any
 ) -> None:
     bucket = s3_server.create_bucket(f"eval-{uuid.uuid4().hex[:10]}")
-    out = tmp_path / "out"
-    source = {"uri": f"s3://{bucket}/held", "endpoint": s3_server.endpoint}
-    source["region"] = s3_server.region
-    config = eval_config(
-        tiny_model_dir, tiny_dataset_path, out, {"s3": source}, maxSteps=2, saveSteps=2
-    )
-    run = run_to_end(
-        config,
-        tmp_path,
-        out,
-        FTO_S3_EVAL_ACCESS_KEY_ID=s3_server.access_key,
-        FTO_S3_EVAL_SECRET_ACCESS_KEY="wrong-" + s3_server.secret_key,
+    run = run_with_eval_on_s3(
+        tiny_model_dir, tiny_dataset_path, tmp_path, s3_server, bucket, "wrong-key"
     )
     assert run.code != ExitCode.SUCCEEDED
     assert run.message.message.startswith("dataset.eval.s3: "), run.message.message
